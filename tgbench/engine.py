@@ -1,0 +1,430 @@
+"""The meta-learning engine: functional inner unrolls, meta-gradients, evaluation, and the one meta-step.
+
+Reading order: ``inner_step`` (one learner SGD step, run functionally) -> ``train_learner`` (T steps on a
+teacher's lessons) -> the three meta-gradient estimators (``backprop_meta_loss``, with optional
+checkpointing and vmap population; ``es_gradient`` and ``hybrid_gradient``) -> ``MetaTrainer.step``, the single
+outer iteration that the runner, the Optuna objective and the asv benchmarks all call.
+
+Learners are plain ``nn.Module``s whose parameters are held *outside* the module as a list of tensors and
+applied with ``torch.func.functional_call``; every update is out of place, so the learner's final weights are a
+differentiable function of the teacher's meta-parameters.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, grad as func_grad, stack_module_state, vmap
+from torch.utils.checkpoint import checkpoint
+
+from tgbench.config import InnerLoop, LearnerSpace, OuterLoop
+from tgbench.data import Split
+from tgbench.errors import Diverged
+from tgbench.inner import OPTIMIZERS
+from tgbench.nn import Learner, LearnerSpec
+from tgbench.source import Lesson, Teacher
+
+Tensors = list[torch.Tensor]
+
+
+# --------------------------------------------------------------------------------------------- one inner step
+def lesson_loss(log_probs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against integer labels (B,) or soft-label probabilities (B, classes)."""
+    if y.dim() == 1:
+        return F.nll_loss(log_probs, y)
+    return -(y * log_probs).sum(dim=1).mean()
+
+
+def inner_step(learner: Learner, names: Sequence[str], params: Tensors, state: tuple, lesson: Lesson, t: int,
+               update: Callable, *, create_graph: bool, grad_impl: str = "autograd") -> tuple[Tensors, tuple]:
+    """One optimiser step of the learner on ``lesson``; returns new (params, state), out of place.
+
+    ``grad_impl="autograd"`` uses ``torch.autograd.grad`` (fastest on CPU: ``torch.func.grad`` always builds
+    the double-backward graph, measured ~1.6x slower); ``"func"`` uses ``torch.func.grad``, which is what works
+    under ``vmap``.
+    """
+    def loss_of(p: Sequence[torch.Tensor]) -> torch.Tensor:
+        return lesson_loss(functional_call(learner, dict(zip(names, p)), (lesson.x,)), lesson.y)
+
+    if grad_impl == "func":
+        grads = list(func_grad(loss_of)(tuple(params)))
+    else:
+        grads = list(torch.autograd.grad(loss_of(params), params, create_graph=create_graph))
+    params, state = update(params, grads, state, lesson.lr, lesson.momentum, t)
+    if not create_graph:  # cut the graph: forward-only unrolls (evaluation, ES) keep O(1) memory
+        params = [p.detach().requires_grad_() for p in params]
+        state = tuple([s.detach() for s in group] for group in state)
+    return params, state
+
+
+def real_loss(learner: Learner, names: Sequence[str], params: Sequence[torch.Tensor], batch: Split) -> torch.Tensor:
+    """The meta-loss: the learner's NLL on a batch of *real training* data."""
+    return F.nll_loss(functional_call(learner, dict(zip(names, params)), (batch.x,)), batch.y)
+
+
+@dataclass
+class Unroll:
+    """The pieces of one learner training run, shared by every estimator."""
+
+    learner: Learner
+    names: list[str]
+    params: Tensors                     # initial learner weights (leaves)
+    episode: Any                        # the source's randomness for this unroll
+    meta_batch: Split | None            # real training batch for the meta-loss (None: no meta-loss)
+    steps: int
+    optimizer: str = "sgd_momentum"
+    intermediate_losses: bool = False
+
+
+def train_learner(teacher_at: Callable[[int], Lesson], u: Unroll, *, differentiable: bool,
+                  grad_impl: str = "autograd", params: Tensors | None = None,
+                  after_step: Callable[[int, Tensors], None] | None = None) -> tuple[Tensors, torch.Tensor]:
+    """Train ``u.learner`` for ``u.steps`` steps on ``teacher_at(t)``; return (final params, meta-loss or None).
+
+    The meta-loss is the real-data loss after the last step, or (``intermediate_losses``) its average over
+    every step. ``after_step(t, params)`` observes the learner (evaluation curves).
+    """
+    init, update = OPTIMIZERS[u.optimizer]
+    params = list(u.params if params is None else params)
+    state = init(params)
+    intermediate = []
+    for t in range(u.steps):
+        params, state = inner_step(u.learner, u.names, params, state, teacher_at(t), t, update,
+                                   create_graph=differentiable, grad_impl=grad_impl)
+        if u.intermediate_losses and t < u.steps - 1:
+            intermediate.append(real_loss(u.learner, u.names, params, u.meta_batch))
+        if after_step is not None:
+            after_step(t, params)
+    if u.meta_batch is None:
+        return params, None
+    final = real_loss(u.learner, u.names, params, u.meta_batch)
+    return params, torch.stack(intermediate + [final]).mean() if intermediate else final
+
+
+# ------------------------------------------------------------------------------------ backprop meta-gradient
+def backprop_meta_loss(teacher: Teacher, u: Unroll, checkpoint_every: int = 0) -> torch.Tensor:
+    """Meta-loss whose ``.backward()`` is the exact (second-order) meta-gradient through the whole unroll.
+
+    With ``checkpoint_every = k > 0`` the unroll runs in segments of k steps under
+    ``torch.utils.checkpoint(use_reentrant=True)``: each segment's forward keeps only its outputs, and the
+    backward replays it (2 evaluations per step; memory O(T/k + k) steps instead of O(T)). The reentrant
+    variant is the one that can contain a double-backward inner step; it needs the teacher's meta-parameters
+    as explicit inputs (hence ``functional_call``) and the outer ``.backward()`` rather than
+    ``autograd.grad`` — measured on this CPU, see DESIGN.md.
+    """
+    if not checkpoint_every:
+        return train_learner(lambda t: teacher(t, u.episode), u, differentiable=True)[1]
+
+    init, update = OPTIMIZERS[u.optimizer]
+    meta_names, meta_tensors = zip(*teacher.named_parameters())
+    params, state = list(u.params), init(u.params)
+    n_params, n_groups = len(params), len(state)
+    intermediate = torch.zeros(())
+
+    for t0 in range(0, u.steps, checkpoint_every):
+        t1 = min(t0 + checkpoint_every, u.steps)
+
+        def segment(*flat, t0=t0, t1=t1):
+            p = list(flat[:n_params])
+            s = tuple(list(flat[n_params * (1 + g): n_params * (2 + g)]) for g in range(n_groups))
+            meta = dict(zip(meta_names, flat[n_params * (1 + n_groups): -1]))
+            acc = flat[-1]
+            with torch.enable_grad():
+                for t in range(t0, t1):
+                    lesson = functional_call(teacher, meta, (t, u.episode))
+                    p, s = inner_step(u.learner, u.names, p, s, lesson, t, update, create_graph=True)
+                    if u.intermediate_losses and t < u.steps - 1:
+                        acc = acc + real_loss(u.learner, u.names, p, u.meta_batch)
+            return (*p, *[x for group in s for x in group], acc)
+
+        out = checkpoint(segment, *params, *[x for group in state for x in group], *meta_tensors, intermediate,
+                         use_reentrant=True)
+        params = list(out[:n_params])
+        state = tuple(list(out[n_params * (1 + g): n_params * (2 + g)]) for g in range(n_groups))
+        intermediate = out[-1]
+    final = real_loss(u.learner, u.names, params, u.meta_batch)
+    return (intermediate + final) / u.steps if u.intermediate_losses else final
+
+
+def population_meta_loss(teacher: Teacher, u: Unroll, stacked: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean meta-loss of P learners (one architecture, P inits stacked on dim 0) trained in parallel by vmap.
+
+    All members see the same lessons (computed once, outside vmap), so the gradient of the mean is the mean
+    of the P individual meta-gradients.
+    """
+    lessons = [teacher(t, u.episode) for t in range(u.steps)]
+
+    def member(params: dict[str, torch.Tensor]) -> torch.Tensor:
+        member_unroll = Unroll(u.learner, u.names, [params[n] for n in u.names], None, u.meta_batch, u.steps,
+                               u.optimizer, u.intermediate_losses)
+        return train_learner(lessons.__getitem__, member_unroll, differentiable=True, grad_impl="func")[1]
+
+    return vmap(member, randomness="different")(stacked).mean()
+
+
+# ------------------------------------------------------------------------------------- ES and the hybrid
+def _perturbations(theta: Sequence[torch.Tensor], sigma: float, generator: torch.Generator) -> Tensors:
+    return [torch.randn(p.shape, generator=generator, dtype=p.dtype) * sigma for p in theta]
+
+
+def _sample_variance(samples: list[Tensors]) -> float:
+    """Scalar variance of per-sample gradient estimates: squared deviations summed over parameters, / N."""
+    flat = torch.stack([torch.cat([g.flatten() for g in s]) for s in samples])
+    return float(((flat - flat.mean(0)) ** 2).sum() / flat.shape[0])
+
+
+def _mean(samples: list[Tensors]) -> Tensors:
+    return [torch.stack(group).mean(0) for group in zip(*samples)]
+
+
+@dataclass
+class GradientEstimate:
+    grads: Tensors
+    loss: float                       # mean loss over the evaluated points
+    variances: dict[str, float] = field(default_factory=dict)
+
+
+def es_gradient(loss_fn: Callable[[Tensors], float], theta: Sequence[torch.Tensor], sigma: float, pairs: int,
+                generator: torch.Generator) -> GradientEstimate:
+    """Antithetic ES:  g = 1/(2 N sigma^2) * sum_i [L(theta + e_i) - L(theta - e_i)] e_i,  e_i ~ N(0, sigma^2 I).
+
+    ``loss_fn`` is forward-only; unbiased for the Gaussian-smoothed loss (exactly unbiased on a quadratic).
+    """
+    samples, losses = [], []
+    for _ in range(pairs):
+        eps = _perturbations(theta, sigma, generator)
+        plus = loss_fn([p + e for p, e in zip(theta, eps)])
+        minus = loss_fn([p - e for p, e in zip(theta, eps)])
+        samples.append([(plus - minus) / (2 * sigma ** 2) * e for e in eps])
+        losses += [plus, minus]
+    return GradientEstimate(_mean(samples), sum(losses) / len(losses), {"es": _sample_variance(samples)})
+
+
+def hybrid_gradient(loss_and_grad_fn: Callable[[Tensors], tuple[float, Tensors]], theta: Sequence[torch.Tensor],
+                    sigma: float, pairs: int, generator: torch.Generator) -> GradientEstimate:
+    """Inverse-variance-weighted combination of ES and backprop (reparameterisation) estimates (Metz et al.).
+
+    At the same antithetic points theta +/- e_i, the per-pair ES estimate and the per-pair backprop estimate
+    (mean of the two gradients) are formed; with s^2 their empirical variances,
+        g = (g_RP * s^2_ES + g_ES * s^2_RP) / (s^2_RP + s^2_ES).
+    When backprop through a long unroll becomes chaotic its variance explodes and ES takes over.
+    """
+    es_samples, rp_samples, losses = [], [], []
+    for _ in range(pairs):
+        eps = _perturbations(theta, sigma, generator)
+        plus, g_plus = loss_and_grad_fn([p + e for p, e in zip(theta, eps)])
+        minus, g_minus = loss_and_grad_fn([p - e for p, e in zip(theta, eps)])
+        es_samples.append([(plus - minus) / (2 * sigma ** 2) * e for e in eps])
+        rp_samples.append([(a + b) / 2 for a, b in zip(g_plus, g_minus)])
+        losses += [plus, minus]
+    s2_es, s2_rp = _sample_variance(es_samples), _sample_variance(rp_samples)
+    g_es, g_rp = _mean(es_samples), _mean(rp_samples)
+    total = s2_es + s2_rp
+    w_rp = 0.5 if total == 0 or not math.isfinite(total) else s2_es / total
+    if not math.isfinite(s2_rp):  # backprop blew up: fall back on ES alone
+        w_rp = 0.0
+    grads = [w_rp * r + (1 - w_rp) * e for r, e in zip(g_rp, g_es)]
+    return GradientEstimate(grads, sum(losses) / len(losses), {"es": s2_es, "backprop": s2_rp, "w_backprop": w_rp})
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+@dataclass
+class EvalResult:
+    """Accuracy/loss of fresh learners trained on a teacher, after each inner step (index 0 = at init)."""
+
+    test_acc: list[float]
+    val_acc: list[float]
+    test_loss: list[float]
+    val_loss: list[float]
+
+    @property
+    def final(self) -> dict[str, float]:
+        return {"test_acc": self.test_acc[-1], "val_acc": self.val_acc[-1],
+                "test_loss": self.test_loss[-1], "val_loss": self.val_loss[-1]}
+
+
+@torch.no_grad()
+def _accuracy_and_loss(learner, names, params, split: Split, chunk: int = 2000) -> tuple[float, float]:
+    # chunked so that evaluation memory stays flat; mean-only BN uses each chunk's batch statistics
+    correct, loss = 0, 0.0
+    for i in range(0, len(split), chunk):
+        out = functional_call(learner, dict(zip(names, params)), (split.x[i:i + chunk],))
+        correct += int((out.argmax(1) == split.y[i:i + chunk]).sum())
+        loss += float(F.nll_loss(out, split.y[i:i + chunk], reduction="sum"))
+    return correct / len(split), loss / len(split)
+
+
+def evaluate(teacher: Teacher, specs: Sequence[LearnerSpec], test: Split, val: Split, *, steps: int,
+             learners: int, image_shape, num_classes: int, generator: torch.Generator, optimizer: str = "sgd_momentum",
+             per_step: bool = True) -> EvalResult:
+    """Train ``learners`` fresh learners per architecture on the teacher's data (no meta-gradient) and average
+    their test/val accuracy and loss after every inner step (``per_step``) or only at init and after the last."""
+    sums = torch.zeros(4, steps + 1)  # rows: test_acc, test_loss, val_acc, val_loss; column t = after t steps
+    count = 0
+    for spec in specs:
+        learner = Learner(spec, image_shape, num_classes)
+        for _ in range(learners):
+            learner.reset_parameters(generator)
+            names, params = _detached_params(learner)
+            episode = teacher.new_episode(generator)
+
+            def record(t: int, p: Tensors) -> None:
+                if per_step or t in (-1, steps - 1):
+                    sums[:, t + 1] += torch.tensor([*_accuracy_and_loss(learner, names, p, test),
+                                                    *_accuracy_and_loss(learner, names, p, val)])
+
+            record(-1, params)
+            with torch.no_grad():
+                lessons = [teacher(t, episode) for t in range(steps)]
+            u = Unroll(learner, names, params, episode, None, steps, optimizer)
+            train_learner(lessons.__getitem__, u, differentiable=False, after_step=record)
+            count += 1
+    rows = (sums / count).tolist()
+    if not per_step:  # only the endpoints were measured
+        rows = [[row[0], row[-1]] for row in rows]
+    return EvalResult(test_acc=rows[0], test_loss=rows[1], val_acc=rows[2], val_loss=rows[3])
+
+
+def _detached_params(learner: Learner) -> tuple[list[str], Tensors]:
+    names = [n for n, _ in learner.named_parameters()]
+    return names, [p.detach().clone().requires_grad_() for p in learner.parameters()]
+
+
+# ------------------------------------------------------------------------------------------ the meta-step
+def cosine_factor(iteration: int, total: int, final_fraction: float) -> float:
+    """Cosine decay from 1 to ``final_fraction`` over ``total`` iterations (the official schedule)."""
+    progress = min(iteration / max(total, 1), 1.0)
+    return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@dataclass
+class StepStats:
+    iteration: int
+    meta_loss: float
+    grad_norm: float
+    seconds: float
+    architecture: str
+    extras: dict[str, float] = field(default_factory=dict)
+
+
+class MetaTrainer:
+    """Owns a teacher's outer optimisation. ``step()`` is *the* meta-step: sample an architecture and a fresh
+    init, unroll T inner steps on the teacher's lessons, estimate the meta-gradient (backprop / ES / hybrid,
+    optionally checkpointed or over a vmap population), and apply one Adam update with the cosine schedule.
+
+    Raises ``Diverged`` when the meta-loss, the meta-gradient or the meta-parameters stop being finite.
+    """
+
+    def __init__(self, teacher: Teacher, space: LearnerSpace, train: Split, inner: InnerLoop, outer: OuterLoop,
+                 *, image_shape, num_classes: int, seed: int = 0, learner_weight_norm: bool | None = None):
+        self.teacher, self.space, self.train = teacher, space, train
+        self.inner, self.outer = inner, outer
+        self.image_shape, self.num_classes = image_shape, num_classes
+        self.learner_weight_norm = learner_weight_norm
+        self.rng = random.Random(seed)                       # architecture sampling
+        self.generator = torch.Generator().manual_seed(seed)  # inits, episodes, meta-batches, ES noise
+        self.meta_params = [p for p in teacher.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(self.meta_params, lr=outer.lr, betas=outer.betas) if self.meta_params else None
+        self.iteration = 0
+        self._learners: dict[LearnerSpec, Learner] = {}
+
+    def _learner(self, spec: LearnerSpec) -> Learner:
+        if spec not in self._learners:
+            self._learners[spec] = Learner(spec, self.image_shape, self.num_classes)
+        return self._learners[spec]
+
+    def _meta_batch(self) -> Split:
+        idx = torch.randint(len(self.train), (self.outer.meta_batch_size,), generator=self.generator)
+        return Split(self.train.x[idx], self.train.y[idx])
+
+    def step(self) -> StepStats:
+        start = time.perf_counter()
+        spec = self.space.sample(self.rng, self.learner_weight_norm)
+        learner = self._learner(spec)
+        learner.reset_parameters(self.generator)
+        names, params = _detached_params(learner)
+        u = Unroll(learner, names, params, self.teacher.new_episode(self.generator), self._meta_batch(),
+                   self.inner.steps, self.inner.optimizer, self.outer.intermediate_losses)
+        for p in self.meta_params:
+            p.grad = None
+        extras: dict[str, float] = {}
+        if self.outer.meta_gradient == "backprop":
+            if self.outer.population > 1:
+                inits = []
+                for _ in range(self.outer.population):
+                    learner.reset_parameters(self.generator)
+                    inits.append(_detached_params(learner)[1])
+                stacked = {n: torch.stack([init[i] for init in inits]) for i, n in enumerate(names)}
+                loss = population_meta_loss(self.teacher, u, stacked)
+            else:
+                loss = backprop_meta_loss(self.teacher, u, self.outer.checkpoint_every)
+            meta_loss = float(loss.detach())
+            self._check_finite("meta-loss", meta_loss)
+            if self.meta_params:
+                loss.backward()
+        else:
+            estimate = self._es_or_hybrid(u)
+            meta_loss, extras = estimate.loss, estimate.variances
+            self._check_finite("meta-loss", meta_loss)
+            for p, g in zip(self.meta_params, estimate.grads):
+                p.grad = g
+        grad_norm = self._apply_update()
+        self.iteration += 1
+        return StepStats(self.iteration, meta_loss, grad_norm, time.perf_counter() - start, spec.describe(), extras)
+
+    def _es_or_hybrid(self, u: Unroll) -> GradientEstimate:
+        names = [n for n, p in self.teacher.named_parameters() if p.requires_grad]
+        theta = [p.detach() for p in self.meta_params]
+
+        def loss_fn(point: Tensors) -> float:  # forward-only unroll at perturbed meta-parameters
+            meta = dict(zip(names, point))
+            with torch.no_grad():
+                lessons = [functional_call(self.teacher, meta, (t, u.episode)) for t in range(u.steps)]
+            return float(train_learner(lessons.__getitem__, u, differentiable=False)[1])
+
+        def loss_and_grad(point: Tensors) -> tuple[float, Tensors]:
+            leaves = [p.clone().requires_grad_() for p in point]
+            meta = dict(zip(names, leaves))
+            loss = train_learner(lambda t: functional_call(self.teacher, meta, (t, u.episode)), u,
+                                 differentiable=True)[1]
+            grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+            return float(loss), [torch.zeros_like(p) if g is None else g for p, g in zip(leaves, grads)]
+
+        if self.outer.meta_gradient == "es":
+            return es_gradient(loss_fn, theta, self.outer.es_sigma, self.outer.es_pairs, self.generator)
+        return hybrid_gradient(loss_and_grad, theta, self.outer.es_sigma, self.outer.es_pairs, self.generator)
+
+    def _apply_update(self) -> float:
+        if not self.meta_params:
+            return 0.0
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.meta_params]
+        grad_norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+        self._check_finite("meta-gradient norm", grad_norm)
+        if self.outer.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.meta_params, self.outer.grad_clip)
+        factor = (cosine_factor(self.iteration, self.outer.iterations, self.outer.final_lr_fraction)
+                  if self.outer.schedule == "cosine" else 1.0)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.outer.lr * factor
+        self.optimizer.step()
+        for p in self.meta_params:
+            if not torch.isfinite(p).all():
+                raise Diverged(f"meta-parameters became non-finite at outer iteration {self.iteration}")
+        return grad_norm
+
+    def _check_finite(self, what: str, value: float) -> None:
+        if not math.isfinite(value):
+            raise Diverged(f"{what} is {value} at outer iteration {self.iteration}")
+
+    def evaluate(self, test: Split, val: Split, specs: Sequence[LearnerSpec], learners: int, seed: int,
+                 per_step: bool = True) -> EvalResult:
+        """Evaluation with its own seeded generator, so it never perturbs the meta-training random stream."""
+        return evaluate(self.teacher, specs, test, val, steps=self.inner.steps, learners=learners,
+                        image_shape=self.image_shape, num_classes=self.num_classes,
+                        generator=torch.Generator().manual_seed(seed), optimizer=self.inner.optimizer,
+                        per_step=per_step)

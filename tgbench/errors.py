@@ -1,0 +1,26 @@
+"""Errors the CLI maps to exit codes.
+
+`BadInput` (exit 2) is anything the user can fix: a config, a flag, missing data, an unknown name. Its
+message is the whole story on one line, naming the file and the key at fault. Anything else is a bug or an
+environment failure (exit 1).
+"""
+
+
+class BadInput(Exception):
+    """User-fixable input problem; the CLI prints ``str(self)`` on one line and exits 2."""
+
+
+class ConfigError(BadInput):
+    """A suite YAML file (or profile override) does not validate."""
+
+
+class UnknownName(BadInput):
+    """A registry lookup failed; the message lists the valid choices and the closest match."""
+
+
+class DataNotFound(BadInput):
+    """A dataset is not on disk, could not be downloaded, and has no fallback."""
+
+
+class Diverged(Exception):
+    """Meta-training produced NaN/inf; the cell is recorded as diverged, the suite goes on."""

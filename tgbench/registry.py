@@ -1,0 +1,112 @@
+"""The one registry: every pluggable thing (methods, datasets) is registered here once, by name.
+
+Entries are lazy ``"package.module:Attribute"`` strings, imported on first use, so listing names never
+imports torch-heavy modules and a broken plugin only fails when it is asked for (with its name in the
+error). Third-party packages add methods through the ``tgbench.methods`` entry-point group.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+from importlib.metadata import entry_points
+from typing import Any, Callable
+
+from tgbench.errors import BadInput, UnknownName
+
+
+class Registry:
+    """Name -> lazily imported object of one kind.
+
+    ``base`` (optional, a ``"module:Class"`` string or a class) is checked on load: a registered class must
+    subclass it, so a typo'd target fails loudly rather than half-working.
+    """
+
+    def __init__(self, kind: str, base: str | type | None = None, entry_point_group: str | None = None):
+        self.kind = kind
+        self._base = base
+        self._targets: dict[str, str | Any] = {}
+        self._loaded: dict[str, Any] = {}
+        self._entry_point_group = entry_point_group
+        self._entry_points_scanned = entry_point_group is None
+
+    def register(self, name: str, target: str | Any, *, replace: bool = False) -> None:
+        """Register ``target`` (an object or ``"module:attr"``) under ``name``; duplicate names are refused."""
+        if name in self._targets and not replace and self._targets[name] != target:
+            raise ValueError(f"{self.kind} {name!r} is already registered (as {self._targets[name]!r})")
+        self._targets[name] = target
+        self._loaded.pop(name, None)
+
+    def decorator(self, name: str) -> Callable[[Any], Any]:
+        """``@registry.decorator("name")`` for classes defined in plugin files."""
+
+        def wrap(obj: Any) -> Any:
+            self.register(name, obj)
+            return obj
+
+        return wrap
+
+    def _scan_entry_points(self) -> None:
+        if self._entry_points_scanned:
+            return
+        self._entry_points_scanned = True
+        for ep in entry_points(group=self._entry_point_group):
+            if ep.name not in self._targets:
+                self._targets[ep.name] = ep.value
+
+    def names(self) -> list[str]:
+        self._scan_entry_points()
+        return sorted(self._targets)
+
+    def __contains__(self, name: str) -> bool:
+        self._scan_entry_points()
+        return name in self._targets
+
+    def unknown(self, name: str, where: str = "") -> UnknownName:
+        """The error for an unknown name: valid choices plus a 'did you mean'."""
+        names = self.names()
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        prefix = f"{where}: " if where else ""
+        return UnknownName(f"{prefix}unknown {self.kind} {name!r}{hint}; choose from: {', '.join(names)}")
+
+    def get(self, name: str, where: str = "") -> Any:
+        self._scan_entry_points()
+        if name not in self._targets:
+            raise self.unknown(name, where)
+        if name not in self._loaded:
+            target = self._targets[name]
+            if isinstance(target, str):
+                module_name, _, attr = target.partition(":")
+                try:
+                    obj = getattr(importlib.import_module(module_name), attr)
+                except Exception as exc:  # a plugin that fails on import is named, not a traceback
+                    raise BadInput(
+                        f"{self.kind} {name!r}: importing {target!r} failed: {type(exc).__name__}: {exc}"
+                    ) from exc
+            else:
+                obj = target
+            base = self._resolve_base()
+            if base is not None and not (isinstance(obj, type) and issubclass(obj, base)):
+                raise BadInput(f"{self.kind} {name!r}: {target!r} is not a subclass of {base.__name__}")
+            self._loaded[name] = obj
+        return self._loaded[name]
+
+    def _resolve_base(self) -> type | None:
+        if isinstance(self._base, str):
+            module_name, _, attr = self._base.partition(":")
+            self._base = getattr(importlib.import_module(module_name), attr)
+        return self._base
+
+
+# Teaching-data sources. Built-ins live in methods/ (installed as tgbench.methods).
+methods = Registry("method", base="tgbench.source:Source", entry_point_group="tgbench.methods")
+methods.register("real", "tgbench.methods.real:RealData")
+methods.register("dataset_distillation", "tgbench.methods.dataset_distillation:DatasetDistillation")
+methods.register("gtn", "tgbench.methods.gtn:GTN")
+
+# Datasets: each target is a loader function  (data_root, download, seed) -> tgbench.data.Dataset.
+datasets = Registry("dataset")
+datasets.register("mnist", "tgbench.data:load_mnist")
+datasets.register("mnist-5k", "tgbench.data:load_mnist_5k")
+datasets.register("fashion-mnist", "tgbench.data:load_fashion_mnist")
+datasets.register("cifar10", "tgbench.data:load_cifar10")

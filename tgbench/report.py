@@ -1,0 +1,397 @@
+"""Writes a suite's report (markdown, CSVs, figures) from plain DataFrames.
+
+The runner builds a :class:`ReportInputs` from the store; this module only formats. ``report.md`` is a pure
+function of the inputs (every interval is a seeded bootstrap from :mod:`tgbench.stats`); the PNGs are not
+byte-reproducible (matplotlib metadata, fonts) but show the same data.
+
+Statistics conventions (also stated in the report itself): means, intervals and p-values use complete cells
+only; diverged and failed cells are counted per source but excluded. Intervals are 95 % percentile
+bootstrap CIs over seeds (1000 resamples, :func:`tgbench.stats.mean_ci`). Sources evaluated on different
+resolved datasets are never put in the same table, p-value matrix or figure panel.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display; must precede pyplot
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from tgbench import stats  # noqa: E402
+
+COMPLETE = "complete"
+DIVERGED = "diverged"
+FAILED = "failed"
+HEADER_KEYS = ("suite", "profile", "revision", "command", "machine", "created")
+UNKNOWN_DATASET = "(unknown dataset)"
+
+
+@dataclass
+class ReportInputs:
+    """Everything a report is made of; see the module docstring of the runner for how it is assembled.
+
+    * ``summary``: one row per cell: ``source, method, variant, seed, status, dataset_resolved,
+      test_acc_final, val_acc_final`` (fractions in [0, 1]), ``meta_train_seconds, outer_iterations``.
+    * ``curves``: long ``source, seed, outer_iter, val_acc, test_acc`` (accuracy during meta-training).
+    * ``steps``: long ``source, seed, inner_step, test_acc, val_acc`` (final teachers; step 0 = at init).
+    * ``samples``: source -> ``(rows, classes, C, H, W)`` images in [0, 1]; ``sample_steps``: source -> the
+      inner step of each row.
+    * ``meta``: suite, profile, revision, command, machine, torch, created (ISO time), and anything else.
+    """
+
+    summary: pd.DataFrame
+    curves: pd.DataFrame
+    steps: pd.DataFrame
+    samples: dict[str, np.ndarray] = field(default_factory=dict)
+    sample_steps: dict[str, list[int]] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------- tables
+
+
+@dataclass(frozen=True)
+class SourceRow:
+    """One line of a results table: a source's aggregate over its cells on one resolved dataset."""
+
+    source: str
+    variant: str
+    n_cells: int
+    n_complete: int
+    n_diverged: int
+    n_failed: int
+    test: stats.MeanCI
+    val: stats.MeanCI
+    meta_train_seconds: float
+
+
+def _source_row(source: str, cells: pd.DataFrame) -> SourceRow:
+    ok = cells[cells["status"] == COMPLETE]
+    variants = sorted({str(v) for v in cells["variant"].dropna()})
+    secs = ok["meta_train_seconds"].dropna()
+    return SourceRow(
+        source=str(source),
+        variant=", ".join(variants),
+        n_cells=len(cells),
+        n_complete=len(ok),
+        n_diverged=int((cells["status"] == DIVERGED).sum()),
+        n_failed=int((cells["status"] == FAILED).sum()),
+        test=stats.mean_ci(ok["test_acc_final"]),
+        val=stats.mean_ci(ok["val_acc_final"]),
+        meta_train_seconds=float(secs.mean()) if len(secs) else math.nan,
+    )
+
+
+def source_rows(summary: pd.DataFrame) -> list[SourceRow]:
+    """Rows of one dataset's table, by mean test accuracy descending (no complete cell: last; ties: name)."""
+    rows = [_source_row(s, g) for s, g in summary.groupby("source", sort=True)]
+
+    def key(r: SourceRow) -> tuple:
+        m = r.test.mean
+        return (math.isnan(m), -m if not math.isnan(m) else 0.0, r.source)
+
+    return sorted(rows, key=key)
+
+
+def datasets(summary: pd.DataFrame) -> list[str]:
+    """Resolved datasets in the summary, sorted; a missing value is its own group."""
+    return sorted(summary["dataset_resolved"].fillna(UNKNOWN_DATASET).astype(str).unique())
+
+
+def _by_dataset(summary: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    return summary[summary["dataset_resolved"].fillna(UNKNOWN_DATASET).astype(str) == dataset]
+
+
+def fmt_pct_ci(ci: stats.MeanCI) -> str:
+    """``"97.31 % [96.90, 97.72]"`` for fractions; ``"—"`` with no data, ``"[n/a]"`` with one value."""
+    if math.isnan(ci.mean):
+        return "—"
+    if math.isnan(ci.low) or math.isnan(ci.high):
+        return f"{100 * ci.mean:.2f} % [n/a]"
+    return f"{100 * ci.mean:.2f} % [{100 * ci.low:.2f}, {100 * ci.high:.2f}]"
+
+
+def _fmt_p(p: float) -> str:
+    return "n/a" if math.isnan(p) else f"{p:.3g}"
+
+
+def _cell(text: Any) -> str:
+    """Markdown table cell: pipes escaped, newlines flattened."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(c) for c in r) + " |" for r in rows]
+    return lines
+
+
+RESULTS_HEADER = [
+    "source",
+    "variant",
+    "seeds completed",
+    "test acc, last inner step (mean % [95 % CI])",
+    "val acc (mean % [95 % CI])",
+    "mean meta-train time (s)",
+    "diverged",
+    "failed",
+]
+
+
+def results_table(rows: list[SourceRow]) -> list[str]:
+    """Markdown lines of one results table."""
+    body = [
+        [
+            r.source,
+            r.variant,
+            f"{r.n_complete}/{r.n_cells}",
+            fmt_pct_ci(r.test),
+            fmt_pct_ci(r.val),
+            "—" if math.isnan(r.meta_train_seconds) else f"{r.meta_train_seconds:.1f}",
+            r.n_diverged,
+            r.n_failed,
+        ]
+        for r in rows
+    ]
+    return _md_table(RESULTS_HEADER, body)
+
+
+def p_value_matrix(summary: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    """Pairwise Welch p-values of ``test_acc_final`` over complete cells, rows/columns in ``order``."""
+    ok = summary[summary["status"] == COMPLETE]
+    return stats.pairwise_p_values(ok, "source", "test_acc_final", test="welch", order=order)
+
+
+def p_value_table(matrix: pd.DataFrame) -> list[str]:
+    names = [str(c) for c in matrix.columns]
+    body = [
+        [names[i]] + ["—" if i == j else _fmt_p(float(matrix.iat[i, j])) for j in range(len(names))]
+        for i in range(len(names))
+    ]
+    return _md_table(["source"] + names, body)
+
+
+# --------------------------------------------------------------------------------------------- markdown
+
+
+def _code(text: Any) -> str:
+    s = str(text)
+    ticks = "``" if "`" in s else "`"
+    pad = " " if ticks == "``" else ""
+    return f"{ticks}{pad}{s}{pad}{ticks}"
+
+
+def header_lines(meta: dict[str, Any]) -> list[str]:
+    """Title and the provenance list: the fixed keys first, then any other meta keys sorted."""
+    g = meta.get
+    lines = [f"# tgbench report: {g('suite', '?')}", ""]
+    lines += [
+        f"- **suite**: {g('suite', '?')}",
+        f"- **profile**: {g('profile', '?')}",
+        f"- **revision**: {_code(g('revision', '?'))}",
+        f"- **command**: {_code(g('command', '?'))}",
+        f"- **machine**: {g('machine', '?')}",
+        f"- **date**: {g('created', '?')}",
+    ]
+    lines += [f"- **{k}**: {meta[k]}" for k in sorted(meta, key=str) if k not in HEADER_KEYS]
+    return lines + [""]
+
+
+def _method_note(meta: dict[str, Any]) -> str:
+    return (
+        f"*Produced by {_code(meta.get('command', '?'))} with profile `{meta.get('profile', '?')}`. "
+        "Accuracies are test/validation accuracy of a freshly initialised learner after the last inner step, "
+        "averaged over the completed seeds; brackets are 95 % percentile bootstrap CIs over seeds "
+        "(scipy.stats.bootstrap, 1000 resamples, seed 0; [n/a] = a single seed). Diverged and failed cells "
+        "are counted but excluded from the means, times and p-values.*"
+    )
+
+
+def dataset_section(summary: pd.DataFrame, dataset: str, meta: dict[str, Any]) -> list[str]:
+    """Results table, provenance note and p-value matrix of one resolved dataset."""
+    cells = _by_dataset(summary, dataset)
+    rows = source_rows(cells)
+    lines = [f"## Dataset: {dataset}", ""] + results_table(rows) + ["", _method_note(meta), ""]
+    lines += [
+        f"### Pairwise Welch p-values ({dataset})",
+        "",
+        "Two-sided Welch t-test on test_acc_final of complete cells (no multiple-comparison correction; "
+        "n/a = fewer than 2 complete seeds on a side).",
+        "",
+    ]
+    lines += p_value_table(p_value_matrix(cells, [r.source for r in rows]))
+    return lines + [""]
+
+
+def render_markdown(inputs: ReportInputs, figures: list[str]) -> str:
+    """The whole ``report.md``; deterministic given ``inputs`` and the figure file names."""
+    lines = header_lines(inputs.meta)
+    summary = inputs.summary
+    if summary.empty:
+        lines += ["No cells in the summary.", ""]
+    for ds in datasets(summary) if not summary.empty else []:
+        lines += dataset_section(summary, ds, inputs.meta)
+    if figures:
+        lines += ["## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures] + [""]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+# --------------------------------------------------------------------------------------------- figures
+# Bands are stats.mean_ci per point (95 % percentile bootstrap over seeds), computed for all points of a
+# source at once by stats.mean_ci_columns (one vectorised scipy.stats.bootstrap call), so this stays fast
+# even for thousands of outer iterations.
+
+
+def _complete_only(long: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
+    """Drop (source, seed) pairs whose cell is not complete; pairs the summary does not know are kept."""
+    if long.empty or summary.empty:
+        return long
+    bad = summary.loc[summary["status"] != COMPLETE, ["source", "seed"]]
+    bad_keys = set(zip(bad["source"].astype(str), bad["seed"]))
+    keep = [(str(s), d) not in bad_keys for s, d in zip(long["source"], long["seed"])]
+    return long[np.asarray(keep, dtype=bool)]
+
+
+def _dataset_of(summary: pd.DataFrame) -> dict[str, str]:
+    if summary.empty:
+        return {}
+    ds = summary["dataset_resolved"].fillna(UNKNOWN_DATASET).astype(str)
+    return {str(s): d for s, d in zip(summary["source"], ds)}
+
+
+def _band(ax, long: pd.DataFrame, x: str, y: str, label: str) -> None:
+    """Mean line and 95 % CI band over seeds of ``long[y]`` against ``long[x]``."""
+    wide = long.pivot_table(index=x, columns="seed", values=y, aggfunc="mean").sort_index()
+    mean, low, high = stats.mean_ci_columns(wide.to_numpy().T)
+    xs = wide.index.to_numpy(dtype=float)
+    (line,) = ax.plot(xs, 100 * mean, label=f"{label} (n={wide.shape[1]})")
+    ax.fill_between(xs, 100 * low, 100 * high, color=line.get_color(), alpha=0.2, linewidth=0)
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def band_plot(long: pd.DataFrame, summary: pd.DataFrame, x: str, xlabel: str, title: str) -> plt.Figure:
+    """One panel per resolved dataset, one mean ± 95 % CI line per source (test accuracy, %).
+
+    Only complete cells are drawn (see :func:`_complete_only`); the legend gives each source's seed count.
+    """
+    data = _complete_only(long, summary).copy()
+    ds_of = _dataset_of(summary)
+    data["_ds"] = [ds_of.get(str(s), UNKNOWN_DATASET) for s in data["source"]]
+    panels = sorted(data["_ds"].unique()) or ["(no complete cells)"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    for ax, ds in zip(axes[0], panels):
+        part = data[data["_ds"] == ds]
+        for source, g in part.groupby("source", sort=True):
+            _band(ax, g, x, "test_acc", str(source))
+        ax.set(title=ds, xlabel=xlabel, ylabel="test accuracy (%)")
+        ax.grid(alpha=0.3)
+        if ax.get_lines():
+            ax.legend(title="source (seeds)", fontsize="small")
+    fig.suptitle(f"{title}\nmean over seeds, band = 95 % bootstrap CI")
+    fig.tight_layout()
+    return fig
+
+
+def _safe_name(source: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(source)) or "_"
+
+
+def _to_image(x: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """(C, H, W) in [0, 1] -> something imshow takes, and the colormap (gray for 1 channel)."""
+    x = np.clip(np.asarray(x, dtype=float), 0.0, 1.0)
+    if x.shape[0] == 1:
+        return x[0], "gray"
+    if x.shape[0] == 3:
+        return np.transpose(x, (1, 2, 0)), None
+    raise ValueError(f"sample images must have 1 or 3 channels, got {x.shape[0]}")
+
+
+def samples_grid(source: str, images: np.ndarray, steps: list[int] | None) -> plt.Figure:
+    """Grid of learned samples: one column per class, one row per recorded inner step (paper Fig. 6).
+
+    Column titles are the class index, row labels ``"step k"`` (``"row i"`` if ``steps`` is missing or
+    has the wrong length). 1-channel images are drawn in gray, 3-channel as RGB; values clipped to [0, 1].
+    """
+    images = np.asarray(images)
+    if images.ndim != 5:
+        raise ValueError(f"samples[{source!r}] must be (rows, classes, C, H, W), got shape {images.shape}")
+    n_rows, n_cls = images.shape[:2]
+    labels = [f"step {k}" for k in steps] if steps is not None and len(steps) == n_rows else None
+    labels = labels or [f"row {i}" for i in range(n_rows)]
+    cell = min(1.0, 24.0 / max(n_cls, 1))
+    fig, axes = plt.subplots(
+        n_rows, n_cls, figsize=(cell * n_cls + 1.0, cell * n_rows + 0.8), squeeze=False
+    )
+    for r in range(n_rows):
+        for c in range(n_cls):
+            ax = axes[r, c]
+            img, cmap = _to_image(images[r, c])
+            ax.imshow(img, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(str(c), fontsize=8)
+            if c == 0:
+                ax.set_ylabel(labels[r], fontsize=8)
+    fig.suptitle(f"Learned samples: {source} (columns = class, rows = inner step)")
+    fig.tight_layout()
+    return fig
+
+
+def samples_figure(source: str, images: np.ndarray, steps: list[int] | None, path: Path) -> Path:
+    """Write :func:`samples_grid` to ``path``."""
+    return _save(samples_grid(source, images, steps), path)
+
+
+# --------------------------------------------------------------------------------------------- entry
+
+
+CURVES_XLABEL, CURVES_TITLE = "outer iteration (meta-training steps)", "Test accuracy during meta-training"
+STEPS_XLABEL, STEPS_TITLE = "inner step (learner SGD steps; 0 = at init)", "Test accuracy vs inner step, final teachers"
+
+
+def _write_figures(out_dir: Path, inputs: ReportInputs) -> list[Path]:
+    """curves.png, inner_steps.png (each skipped if its frame is empty), then samples_<source>.png."""
+    written = []
+    if not inputs.curves.empty:
+        fig = band_plot(inputs.curves, inputs.summary, "outer_iter", CURVES_XLABEL, CURVES_TITLE)
+        written.append(_save(fig, out_dir / "curves.png"))
+    if not inputs.steps.empty:
+        fig = band_plot(inputs.steps, inputs.summary, "inner_step", STEPS_XLABEL, STEPS_TITLE)
+        written.append(_save(fig, out_dir / "inner_steps.png"))
+    for source in sorted(inputs.samples):
+        path = out_dir / f"samples_{_safe_name(source)}.png"
+        written.append(samples_figure(source, inputs.samples[source], inputs.sample_steps.get(source), path))
+    return written
+
+
+def write_report(out_dir: Path, inputs: ReportInputs) -> list[Path]:
+    """Write summary.csv, steps.csv, curves.csv, the figures and report.md into ``out_dir``.
+
+    Returns the paths written (CSVs, figures, then report.md). A figure whose data frame is empty is skipped.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, frame in (("summary", inputs.summary), ("steps", inputs.steps), ("curves", inputs.curves)):
+        path = out_dir / f"{name}.csv"
+        frame.to_csv(path, index=False)
+        written.append(path)
+    figures = _write_figures(out_dir, inputs)
+    written += figures
+    md = out_dir / "report.md"
+    md.write_text(render_markdown(inputs, [p.name for p in figures]), encoding="utf-8")
+    written.append(md)
+    return written

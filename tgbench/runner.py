@@ -1,0 +1,353 @@
+"""Runs a few-step suite: every cell (source x seed) meta-trains a teacher, evaluates it, and lands in the store.
+
+``run_suite`` is what ``tgbench run`` calls. Cells already finished in the store under the same config hash
+are skipped (resume); with ``jobs > 1`` cells run in worker processes (one fresh process per cell, so each
+record's peak memory is its own). The report is rebuilt from the store at the end (``build_report``).
+"""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import io
+import platform
+import resource
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from tgbench.config import Suite, SourceEntry, load_suite
+from tgbench.data import Dataset, load_dataset
+from tgbench.engine import MetaTrainer
+from tgbench.errors import BadInput, Diverged
+from tgbench.inner import InnerHyperparameters
+from tgbench.registry import methods
+from tgbench.source import SourceContext, Teacher
+from tgbench.store import Store, cell_key, config_hash
+
+SAMPLE_ROWS = 6        # rows of the generated-samples figure, evenly spaced over the inner steps
+EVAL_SEED_OFFSET = 10_000  # evaluation learners use their own random stream, never the meta-training one
+
+
+def default_profile() -> str:
+    return "paper" if torch.cuda.is_available() else "cpu"
+
+
+def git_revision() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=5, cwd=Path(__file__).parent).stdout.strip()
+        return (rev + ("-dirty" if dirty else "")) or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def machine() -> str:
+    return f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".replace("  ", " ")
+
+
+def study_name(suite: Suite, profile: str) -> str:
+    return f"{suite.name}@{profile}"
+
+
+def cell_hash(suite: Suite, entry: SourceEntry, dataset_resolved: str) -> str:
+    """What makes two runs of a cell the same experiment: everything but the seed count and the other arms."""
+    protocol = suite.model_dump(mode="json", exclude={"profiles", "sources", "description"})
+    protocol["evaluation"].pop("seeds")
+    return config_hash({"protocol": protocol, "source": entry.model_dump(mode="json"), "data": dataset_resolved})
+
+
+# ------------------------------------------------------------------------------------------ one cell
+@dataclass
+class CellTask:
+    """Everything a worker process needs to run one cell (top-level and picklable)."""
+
+    suite_path: str
+    profile: str
+    source: str
+    seed: int
+    storage: str
+    data_root: str | None
+    artifacts_dir: str | None = None
+    progress: bool = True
+
+
+def build_teacher(suite: Suite, entry: SourceEntry, dataset: Dataset, seed: int) -> Teacher:
+    torch.manual_seed(seed)  # sources initialise with torch's default RNG: seed it per cell
+    ctx = SourceContext(dataset.train, suite.inner.steps, suite.inner.batch_size, dataset.image_shape,
+                        dataset.num_classes)
+    cls = methods.get(entry.method)
+    source = cls(cls.Params.model_validate(entry.params), ctx)
+    hyper = InnerHyperparameters(suite.inner.steps, suite.inner.lr, suite.inner.momentum,
+                                 suite.inner.learn_lr, suite.inner.learn_momentum)
+    return Teacher(source, hyper, suite.inner.optimizer)
+
+
+def sample_grid(teacher: Teacher, dataset: Dataset, seed: int) -> tuple[np.ndarray, list[int]]:
+    """(rows, classes, C, H, W) images in [0, 1]: for rows evenly spaced over the inner steps, the first example
+    of each class in that step's batch (black where a batch has no example of a class)."""
+    steps = teacher.hyper.log_lr.shape[0]
+    rows = sorted(set(np.linspace(0, steps - 1, min(SAMPLE_ROWS, steps)).round().astype(int).tolist()))
+    grid = np.zeros((len(rows), dataset.num_classes, *dataset.image_shape), dtype=np.float32)
+    with torch.no_grad():
+        episode = teacher.new_episode(torch.Generator().manual_seed(seed))
+        for r, t in enumerate(rows):
+            lesson = teacher(t, episode)
+            labels = lesson.y if lesson.y.dim() == 1 else lesson.y.argmax(1)
+            for c in range(dataset.num_classes):
+                hits = (labels == c).nonzero().flatten()
+                if len(hits):
+                    grid[r, c] = dataset.denormalise(lesson.x[hits[0]]).numpy()
+    return grid, rows
+
+
+def encode_array(a: np.ndarray) -> str:
+    """Compact JSON-able encoding of a small image array (uint8, npy, base64) for the store."""
+    buf = io.BytesIO()
+    np.save(buf, (np.clip(a, 0, 1) * 255).round().astype(np.uint8))
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def decode_array(s: str) -> np.ndarray:
+    return np.load(io.BytesIO(base64.b64decode(s))).astype(np.float32) / 255
+
+
+def meta_train(suite: Suite, entry: SourceEntry, dataset: Dataset, seed: int, progress: bool = True,
+               on_eval=None) -> tuple[Teacher, dict]:
+    """Meta-train one teacher and evaluate it; returns (teacher, record fields). Diverged runs are recorded."""
+    teacher = build_teacher(suite, entry, dataset, seed)
+    outer = suite.outer_for(entry)
+    learner_wn = teacher.source.learner_weight_norm
+    trainer = MetaTrainer(teacher, suite.learner, dataset.train, suite.inner, outer,
+                          image_shape=dataset.image_shape, num_classes=dataset.num_classes, seed=seed,
+                          learner_weight_norm=learner_wn)
+    specs = suite.evaluation.learner_specs(suite.learner, learner_wn)
+    ev = suite.evaluation
+    curve, status, error = [], "complete", None
+
+    def check(iteration: int, meta_loss: float | None) -> dict:
+        result = trainer.evaluate(dataset.test, dataset.val, specs, ev.eval_learners,
+                                  seed=EVAL_SEED_OFFSET + seed, per_step=False).final
+        point = {"outer_iter": iteration, "val_acc": result["val_acc"], "test_acc": result["test_acc"],
+                 "val_loss": result["val_loss"], "meta_loss": meta_loss}
+        curve.append(point)
+        if on_eval is not None:
+            on_eval(point)
+        return point
+
+    check(0, None)
+    train_seconds = 0.0
+    bar = tqdm(total=outer.iterations, desc=f"{entry.name} seed {seed}", disable=not progress, leave=False,
+               unit="it", dynamic_ncols=True)
+    try:
+        for it in range(1, outer.iterations + 1):
+            stats = trainer.step()
+            train_seconds += stats.seconds
+            bar.update(1)
+            if it % ev.eval_every == 0 or it == outer.iterations:
+                point = check(it, stats.meta_loss)
+                bar.set_postfix(val_acc=f"{point['val_acc']:.3f}", meta_loss=f"{stats.meta_loss:.3f}")
+    except Diverged as exc:
+        status, error = "diverged", str(exc)
+    finally:
+        bar.close()
+
+    record = {"status": status, "error": error, "meta_train_seconds": train_seconds,
+              "outer_iterations": trainer.iteration, "curve": curve, "schedule": teacher.hyper.schedule()}
+    if status == "complete":
+        start = time.perf_counter()
+        final = trainer.evaluate(dataset.test, dataset.val, specs, ev.final_learners, seed=EVAL_SEED_OFFSET + seed)
+        grid, rows = sample_grid(teacher, dataset, seed)
+        record.update({
+            "test_acc_final": final.test_acc[-1], "val_acc_final": final.val_acc[-1],
+            "test_loss_final": final.test_loss[-1], "val_loss_final": final.val_loss[-1],
+            "steps_test_acc": final.test_acc, "steps_val_acc": final.val_acc,
+            "eval_seconds": time.perf_counter() - start,
+            "samples": encode_array(grid), "sample_steps": rows,
+            "eval_architectures": [s.describe() for s in specs],
+        })
+    else:  # diverged: the last finite evaluation stands for the cell, flagged by its status
+        last = curve[-1]
+        record.update({"test_acc_final": last["test_acc"], "val_acc_final": last["val_acc"],
+                       "val_loss_final": last["val_loss"]})
+    return teacher, record
+
+
+def run_cell(task: CellTask) -> dict:
+    """Run one cell start to finish and write it to the store (top-level: runs in worker processes too)."""
+    suite = load_suite(task.suite_path, task.profile)
+    entry = next(e for e in suite.sources if e.name == task.source)
+    dataset = load_dataset(suite.dataset.name, data_root=task.data_root, download=suite.dataset.download,
+                           fallback=suite.dataset.fallback, seed=0)
+    store = Store(task.storage, task.artifacts_dir)
+    study = store.study(study_name(suite, task.profile))
+    chash = cell_hash(suite, entry, dataset.resolved)
+    trial = store.begin(study, cell_key(entry.name, task.seed), chash)
+    try:
+        teacher, fields = meta_train(suite, entry, dataset, task.seed, progress=task.progress)
+    except BaseException as exc:  # Ctrl-C or a bug: the cell is marked failed, never left 'running'
+        store.finish(study, trial, {"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
+        raise
+    record = {
+        "cell": cell_key(entry.name, task.seed), "config_hash": chash, "suite": suite.name, "profile": task.profile,
+        "source": entry.name, "method": entry.method, "variant": variant_of(entry), "seed": task.seed,
+        "dataset": suite.dataset.name, "dataset_resolved": dataset.resolved, "fallback_reason": dataset.fallback_reason,
+        "inner_steps": suite.inner.steps, "batch_size": suite.inner.batch_size,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "torch": torch.__version__, "device": "cpu", "threads": torch.get_num_threads(),
+        "revision": git_revision(), "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        **fields,
+    }
+    if record["status"] == "complete":
+        record["teacher_artifact"] = store.save_teacher(study, trial, {
+            "method": entry.method, "params": entry.params, "state_dict": teacher.state_dict(),
+            "suite": suite.model_dump(mode="json"), "dataset_resolved": dataset.resolved, "seed": task.seed,
+            "image_shape": dataset.image_shape, "num_classes": dataset.num_classes})
+    store.finish(study, trial, record)
+    return record
+
+
+def variant_of(entry: SourceEntry) -> str:
+    parts = [f"{k}={v}" for k, v in sorted(entry.params.items())]
+    parts += [f"outer.{k}={v}" for k, v in sorted(entry.outer.items())]
+    return ", ".join(parts) or "default"
+
+
+# ------------------------------------------------------------------------------------------ the suite
+@dataclass
+class RunOptions:
+    profile: str | None = None
+    storage: str | None = None
+    jobs: int = 1
+    seeds: int | None = None
+    out: str | None = None
+    data_root: str | None = None
+    artifacts_dir: str | None = None
+    progress: bool = True
+
+
+def run_suite(suite_path: str, opts: RunOptions, log=print) -> Path:
+    """Run every unfinished cell of a suite, then write its report; returns the report directory."""
+    profile = opts.profile or default_profile()
+    suite = load_suite(suite_path, profile)
+    if suite.kind != "fewstep":
+        raise BadInput(f"{suite_path}: kind: 'tgbench run' runs fewstep suites; {suite.kind!r} suites are not "
+                       "implemented yet")
+    out_dir = _writable_out_dir(opts.out, suite, profile)
+    dataset = load_dataset(suite.dataset.name, data_root=opts.data_root, download=suite.dataset.download,
+                           fallback=suite.dataset.fallback, seed=0)
+    if dataset.fallback_reason:
+        log(f"WARNING: {dataset.fallback_reason}\nWARNING: falling back to {dataset.resolved!r}; every result "
+            f"records dataset_resolved={dataset.resolved!r}", file=sys.stderr)
+    store = Store(opts.storage, opts.artifacts_dir)
+    study = store.study(study_name(suite, profile))
+    seeds = opts.seeds or suite.evaluation.seeds
+    hashes = {cell_key(e.name, s): cell_hash(suite, e, dataset.resolved) for e in suite.sources for s in range(seeds)}
+    done = store.done_cells(study)
+    tasks = [CellTask(str(suite_path), profile, e.name, s, store.url, opts.data_root, opts.artifacts_dir,
+                      opts.progress and opts.jobs == 1)
+             for e in suite.sources for s in range(seeds)
+             if (cell_key(e.name, s), hashes[cell_key(e.name, s)]) not in done]
+    log(f"{suite.name} @ {profile}: {len(hashes)} cells, {len(hashes) - len(tasks)} already done, "
+        f"{len(tasks)} to run on {dataset.resolved} ({len(dataset.train)} train examples); store {store.url}")
+    start = time.perf_counter()
+    if opts.jobs <= 1:
+        for task in tqdm(tasks, desc="cells", disable=not opts.progress or len(tasks) < 2, unit="cell"):
+            run_cell(task)
+    else:
+        with ProcessPoolExecutor(max_workers=opts.jobs, max_tasks_per_child=1) as pool:
+            futures = [pool.submit(run_cell, task) for task in tasks]
+            for future in tqdm(as_completed(futures), total=len(futures), desc="cells", disable=not opts.progress):
+                future.result()
+    log(f"ran {len(tasks)} cells in {time.perf_counter() - start:.0f} s")
+    build_report(suite, profile, store, out_dir, {k: {h} for k, h in hashes.items()}, command=_command_line())
+    log(f"report: {out_dir / 'report.md'}")
+    return out_dir
+
+
+def _writable_out_dir(out: str | None, suite: Suite, profile: str) -> Path:
+    out_dir = Path(out) if out else Path("results") / suite.name / profile
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".tgbench-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise BadInput(f"--out: cannot write to {out_dir}: {exc.strerror}") from None
+    return out_dir
+
+
+def _command_line() -> str:
+    args = [Path(sys.argv[0]).name] + sys.argv[1:]
+    return " ".join(args)
+
+
+# ------------------------------------------------------------------------------------------ the report
+def report_frames(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(summary, curves, steps) DataFrames from store records (see tgbench.report.ReportInputs)."""
+    summary_cols = ["source", "method", "variant", "seed", "status", "dataset_resolved", "test_acc_final",
+                    "val_acc_final", "meta_train_seconds", "outer_iterations", "peak_rss_mb", "revision"]
+    summary = pd.DataFrame([{c: r.get(c) for c in summary_cols} for r in records], columns=summary_cols)
+    curves = pd.DataFrame([{"source": r["source"], "seed": r["seed"], **point}
+                           for r in records for point in r.get("curve", [])],
+                          columns=["source", "seed", "outer_iter", "val_acc", "test_acc", "val_loss", "meta_loss"])
+    steps = pd.DataFrame([{"source": r["source"], "seed": r["seed"], "inner_step": i, "test_acc": te, "val_acc": va}
+                          for r in records if r.get("steps_test_acc")
+                          for i, (te, va) in enumerate(zip(r["steps_test_acc"], r["steps_val_acc"]))],
+                         columns=["source", "seed", "inner_step", "test_acc", "val_acc"])
+    return (summary.sort_values(["source", "seed"]).reset_index(drop=True),
+            curves.sort_values(["source", "seed", "outer_iter"]).reset_index(drop=True) if len(curves) else curves,
+            steps.sort_values(["source", "seed", "inner_step"]).reset_index(drop=True) if len(steps) else steps)
+
+
+def build_report(suite: Suite, profile: str, store: Store, out_dir: Path, accept: dict[str, set[str]],
+                 command: str = "") -> list[Path]:
+    """Write the report of the cells in ``accept`` (cell key -> acceptable config hashes) from the store."""
+    from tgbench.report import ReportInputs, write_report
+
+    study = store.study(study_name(suite, profile), create=False)
+    records = store.records(study, accept)
+    if not records:
+        raise BadInput(f"no results for suite {suite.name!r} at profile {profile!r} in {store.url}; run it first")
+    summary, curves, steps = report_frames(records)
+    samples, sample_steps = {}, {}
+    for r in sorted(records, key=lambda r: (r["source"], r["seed"])):
+        if r.get("samples") and r["source"] not in samples:  # the lowest seed's teacher stands for its source
+            samples[r["source"]] = decode_array(r["samples"])
+            sample_steps[r["source"]] = r["sample_steps"]
+    revisions = sorted({r.get("revision", "unknown") for r in records})
+    meta = {"suite": suite.name, "profile": profile, "revision": ", ".join(revisions),
+            "command": command or f"tgbench run {suite.name} --profile {profile}", "machine": machine(),
+            "torch": torch.__version__, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "inner loop": f"{suite.inner.steps} steps x batch {suite.inner.batch_size}",
+            "outer iterations": str(suite.outer.iterations), "store": store.url}
+    return write_report(out_dir, ReportInputs(summary, curves, steps, samples, sample_steps, meta))
+
+
+def report_suite(suite_path: str, opts: RunOptions, log=print) -> Path:
+    """Rebuild a suite's report from the store alone (no training)."""
+    profile = opts.profile or default_profile()
+    suite = load_suite(suite_path, profile)
+    out_dir = _writable_out_dir(opts.out, suite, profile)
+    store = Store(opts.storage, opts.artifacts_dir)
+    study = store.study(study_name(suite, profile), create=False)
+    seeds = opts.seeds or suite.evaluation.seeds
+    # a cell's hash depends on the dataset it resolved to: accept the suite's current config on any of them
+    resolved = {r.get("dataset_resolved") for r in store.records(study)}
+    accept: dict[str, set[str]] = {}
+    for dataset_resolved in resolved:
+        for e in suite.sources:
+            for s in range(seeds):
+                accept.setdefault(cell_key(e.name, s), set()).add(cell_hash(suite, e, dataset_resolved))
+    build_report(suite, profile, store, out_dir, accept, command=_command_line())
+    log(f"report: {out_dir / 'report.md'}")
+    return out_dir
