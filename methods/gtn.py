@@ -65,7 +65,7 @@ class GTN(Source):
             self.register_buffer("labels", balanced_labels(pool, ctx.num_classes))
             if params.learn_labels:
                 self.label_logits = nn.Parameter(
-                    torch.nn.functional.one_hot(self.labels, ctx.num_classes).float() * 3.0)
+                    torch.nn.functional.one_hot(self.labels, ctx.num_classes).to(torch.get_default_dtype()) * 3.0)
 
     def new_episode(self, generator: torch.Generator):
         steps, batch = self.ctx.steps, self.ctx.batch_size

@@ -3,6 +3,7 @@ else, 130 interrupted."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -110,6 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tgbench: interrupted; the running cell is marked failed and will re-run next time", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug or an environment failure: one line (the traceback under TGBENCH_DEBUG=1)
+        if os.environ.get("TGBENCH_DEBUG"):
+            raise
+        message = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"tgbench: error: {type(exc).__name__}: {message} (rerun with TGBENCH_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        return 1
     return 0
 
 

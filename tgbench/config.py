@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator,
+                      model_validator)
 
 from tgbench.errors import BadInput, ConfigError
 from tgbench.nn import ACTIVATIONS, LearnerSpec
@@ -151,14 +152,15 @@ class Suite(Strict):
     sources: list[SourceEntry] = Field(min_length=1)
     profiles: dict[Literal["smoke", "cpu", "paper"], dict[str, Any]] = Field(default_factory=dict)
 
-    @model_validator(mode="after")
-    def _unique_labels(self) -> "Suite":
+    @field_validator("sources")
+    @classmethod
+    def _unique_labels(cls, sources: list[SourceEntry]) -> list[SourceEntry]:
         seen = set()
-        for entry in self.sources:
+        for entry in sources:
             if entry.name in seen:
                 raise ValueError(f"two sources are named {entry.name!r}; give one a distinct `label`")
             seen.add(entry.name)
-        return self
+        return sources
 
     def outer_for(self, entry: SourceEntry) -> OuterLoop:
         return OuterLoop.model_validate({**self.outer.model_dump(), **entry.outer})
@@ -195,27 +197,30 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if include is not None:
         if not isinstance(include, str):
             raise ConfigError(f"{path}: include: must be a file name")
-        raw = _deep_merge(_read_yaml((path.parent / include).resolve(), seen + (path,)), raw)
+        target = (path.parent / include).resolve()
+        if not target.is_file():
+            raise ConfigError(f"{path}: include: no such file {target}")
+        raw = _deep_merge(_read_yaml(target, seen + (path,)), raw)
     return raw
 
 
-def _format_error(path: Path, exc: ValidationError, prefix: str = "") -> str:
+def _format_error(path: Path, exc: ValidationError, prefix: str = "", root: type[BaseModel] | None = None) -> str:
     err = exc.errors()[0]
     loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in (prefix, *err["loc"]) if p != "")
     loc = loc.replace(".[", "[")
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         key = str(err["loc"][-1])
-        parent = _model_at(err["loc"][:-1])
+        parent = _model_at(err["loc"][:-1], root or Suite)
         close = difflib.get_close_matches(key, list(parent.model_fields), n=1) if parent else []
         msg = f"unknown key{f' (did you mean {close[0]!r}?)' if close else ''}"
     extra = f" (and {len(exc.errors()) - 1} more problem(s))" if len(exc.errors()) > 1 else ""
     return f"{path}: {loc or '<top>'}: {msg}{extra}"
 
 
-def _model_at(loc: tuple) -> type[BaseModel] | None:
-    """The pydantic model class at a location path in Suite (for 'did you mean' on unknown keys)."""
-    model: Any = Suite
+def _model_at(loc: tuple, root: type[BaseModel]) -> type[BaseModel] | None:
+    """The pydantic model class at a location path in ``root`` (for 'did you mean' on unknown keys)."""
+    model: Any = root
     for part in loc:
         if isinstance(part, int):
             continue
@@ -276,8 +281,8 @@ def _check_sources(path: Path, suite: Suite, where: str) -> None:
         try:
             cls.Params.model_validate(entry.params)
         except ValidationError as exc:
-            raise ConfigError(_format_error(path, exc, prefix=f"{key}.params")) from None
+            raise ConfigError(_format_error(path, exc, prefix=f"{key}.params", root=cls.Params)) from None
         try:
             suite.outer_for(entry)
         except ValidationError as exc:
-            raise ConfigError(_format_error(path, exc, prefix=f"{key}.outer")) from None
+            raise ConfigError(_format_error(path, exc, prefix=f"{key}.outer", root=OuterLoop)) from None

@@ -228,7 +228,8 @@ def hybrid_gradient(loss_and_grad_fn: Callable[[Tensors], tuple[float, Tensors]]
     w_rp = 0.5 if total == 0 or not math.isfinite(total) else s2_es / total
     if not math.isfinite(s2_rp):  # backprop blew up: fall back on ES alone
         w_rp = 0.0
-    grads = [w_rp * r + (1 - w_rp) * e for r, e in zip(g_rp, g_es)]
+    # (w_rp == 0 must not touch g_rp: 0 * nan is nan, which would defeat the fallback above)
+    grads = list(g_es) if w_rp == 0.0 else [w_rp * r + (1 - w_rp) * e for r, e in zip(g_rp, g_es)]
     return GradientEstimate(grads, sum(losses) / len(losses), {"es": s2_es, "backprop": s2_rp, "w_backprop": w_rp})
 
 

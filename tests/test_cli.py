@@ -1,0 +1,234 @@
+"""The ``tgbench`` command line: listings, bad flags and bad inputs (exit 2, one stderr line, nothing written to
+the store), the exit-code contract (0 ok, 2 bad input, 1 anything else, 130 interrupted).
+
+In-process via ``tgbench.cli.main``; one test runs the installed script where its real exit code matters.
+Every run passes ``--storage``/``--out`` under tmp_path so nothing lands in the repository's results/.
+"""
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tgbench import cli
+from tgbench.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+SUITE = REPO / "suites" / "mnist_fewstep.yaml"
+SCRIPT = Path(sys.executable).with_name("tgbench")
+
+
+@pytest.fixture(autouse=True)
+def _no_env_storage(monkeypatch):
+    for var in ("TGBENCH_STORAGE", "TGBENCH_ARTIFACTS", "TGBENCH_DEBUG"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def _cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, f"expected exactly one stderr line, got {len(lines)}:\n{err}"
+    assert "Traceback" not in err
+    assert lines[0].startswith("tgbench: error: ")
+    return lines[0]
+
+
+def _studies(db: Path) -> list[str]:
+    if not db.exists():
+        return []
+    with sqlite3.connect(db) as con:
+        try:
+            return [r[0] for r in con.execute("select study_name from studies")]
+        except sqlite3.OperationalError:  # no tables at all
+            return []
+
+
+def _store_args(tmp_path: Path) -> list[str]:
+    return ["--storage", f"sqlite:///{tmp_path}/t.db", "--out", str(tmp_path / "out")]
+
+
+# ------------------------------------------------------------------------------------------ list
+def _first_words(out: str) -> list[str]:
+    return [line.split()[0] for line in out.splitlines() if line and not line[0].isspace()]
+
+
+def test_list_methods(capsys):
+    code, out, err = _cli(["list", "methods"], capsys)
+    assert code == 0, err
+    assert _first_words(out) == ["dataset_distillation", "gtn", "real"]
+    assert "curriculum = 'full'" in out  # each method's params and defaults are listed under it
+
+
+def test_list_datasets(capsys):
+    code, out, err = _cli(["list", "datasets"], capsys)
+    assert code == 0, err
+    assert set(out.split()) >= {"mnist", "mnist-5k", "fashion-mnist", "cifar10"}
+    assert out.split() == sorted(out.split())
+
+
+def test_list_suites(capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    code, out, err = _cli(["list", "suites"], capsys)
+    assert code == 0, err
+    shipped = sorted(str(p.relative_to(REPO)) for p in (REPO / "suites").glob("*.yaml"))
+    assert shipped
+    listed = [line.split()[0] for line in out.splitlines()]
+    assert listed == shipped
+    assert "INVALID" not in out
+    assert "suites/mnist_fewstep.yaml" in listed
+
+
+def test_list_suites_flags_an_invalid_suite(capsys, monkeypatch, tmp_path):
+    (tmp_path / "suites").mkdir()
+    (tmp_path / "suites" / "broken.yaml").write_text("name: x\nsources: [{method: gtm}]\n")
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = _cli(["list", "suites"], capsys)
+    assert code == 0
+    assert "broken.yaml" in out and "INVALID" in out and "gtn" in out
+
+
+def test_unknown_list_target(capsys):
+    code, _, err = _cli(["list", "gizmos"], capsys)
+    assert code == 2
+    assert "gizmos" in _one_error_line(err)
+
+
+def test_no_command(capsys):
+    code, _, err = _cli([], capsys)
+    assert code == 2
+    _one_error_line(err)
+
+
+# ------------------------------------------------------------------------------------------ bad run input
+def test_run_missing_suite_file(tmp_path, capsys):
+    path = tmp_path / "missing.yaml"
+    code, _, err = _cli(["run", str(path), "--profile", "smoke", *_store_args(tmp_path)], capsys)
+    assert code == 2
+    assert str(path) in _one_error_line(err)
+    assert not (tmp_path / "t.db").exists()
+
+
+def test_run_unknown_profile(tmp_path, capsys):
+    code, _, err = _cli(["run", str(SUITE), "--profile", "nope", *_store_args(tmp_path)], capsys)
+    assert code == 2
+    line = _one_error_line(err)
+    assert "--profile" in line and "nope" in line
+    assert not (tmp_path / "t.db").exists()
+
+
+def test_run_profile_missing_from_suite(tmp_path, capsys):
+    suite = tmp_path / "s.yaml"
+    suite.write_text("name: t\nsources: [{method: real}]\nprofiles:\n  smoke: {}\n")
+    code, _, err = _cli(["run", str(suite), "--profile", "paper", *_store_args(tmp_path)], capsys)
+    assert code == 2
+    line = _one_error_line(err)
+    assert str(suite) in line and "--profile" in line and "paper" in line
+    assert not (tmp_path / "t.db").exists()
+
+
+@pytest.mark.parametrize("seeds", ["0", "-1", "two"])
+def test_run_bad_seeds(seeds, tmp_path, capsys):
+    code, _, err = _cli(["run", str(SUITE), "--profile", "smoke", "--seeds", seeds, *_store_args(tmp_path)], capsys)
+    assert code == 2
+    assert "--seeds" in _one_error_line(err)
+    assert not (tmp_path / "t.db").exists()
+
+
+def test_run_bad_storage_scheme(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _cli(["run", str(SUITE), "--profile", "smoke", "--no-progress", "--storage", "notascheme://x",
+                         "--out", str(tmp_path / "out")], capsys)
+    assert code == 2
+    line = _one_error_line(err)
+    assert "--storage" in line and "notascheme://x" in line
+    assert not list(tmp_path.rglob("*.db"))
+    assert not (tmp_path / "results").exists()
+
+
+def test_run_unwritable_out(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    out = blocker / "report"
+    code, _, err = _cli(["run", str(SUITE), "--profile", "smoke", "--no-progress",
+                         "--storage", f"sqlite:///{tmp_path}/t.db", "--out", str(out)], capsys)
+    assert code == 2
+    line = _one_error_line(err)
+    assert "--out" in line and str(out) in line
+    assert not (tmp_path / "t.db").exists()
+    assert _studies(tmp_path / "t.db") == []
+
+
+def test_run_sqlite_path_under_a_file(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    code, _, err = _cli(["run", str(SUITE), "--profile", "smoke", "--no-progress",
+                         "--storage", f"sqlite:///{blocker}/sub/t.db", "--out", str(tmp_path / "out")], capsys)
+    assert code == 2
+    assert "--storage" in _one_error_line(err)
+
+
+def test_report_without_results(tmp_path, capsys):
+    code, _, err = _cli(["report", str(SUITE), "--profile", "smoke", *_store_args(tmp_path)], capsys)
+    assert code == 2
+    line = _one_error_line(err)
+    assert "mnist_fewstep" in line and "run" in line
+    assert _studies(tmp_path / "t.db") == []
+
+
+def test_installed_script_bad_run_flags(tmp_path):
+    """The console script's own exit codes and single-line errors, nothing created in the store."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TGBENCH_")}
+    for flags, needle in ((["--profile", "nope"], "--profile"), (["--seeds", "0"], "--seeds")):
+        res = subprocess.run([str(SCRIPT), "run", str(SUITE), *flags, *_store_args(tmp_path)], capture_output=True,
+                             text=True, env=env, cwd=tmp_path, timeout=120)
+        assert res.returncode == 2, res.stderr
+        assert needle in _one_error_line(res.stderr)
+    res = subprocess.run([str(SCRIPT), "run", str(tmp_path / "missing.yaml"), "--profile", "smoke",
+                          *_store_args(tmp_path)], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert res.returncode == 2
+    assert "missing.yaml" in _one_error_line(res.stderr)
+    assert not (tmp_path / "t.db").exists()
+    assert not (tmp_path / "results").exists()
+
+
+# ------------------------------------------------------------------------------------------ exit-code contract
+def _boom(what):
+    raise RuntimeError("boom\nsecond line")
+
+
+def test_unexpected_error_is_one_line_and_exit_1(monkeypatch, capsys):
+    monkeypatch.setattr(cli, "_list", _boom)
+    code, _, err = _cli(["list", "methods"], capsys)
+    assert code == 1
+    line = _one_error_line(err)
+    assert line.startswith("tgbench: error: RuntimeError: boom")
+    assert "TGBENCH_DEBUG=1" in line
+
+
+def test_unexpected_error_propagates_under_debug(monkeypatch, capsys):
+    monkeypatch.setattr(cli, "_list", _boom)
+    monkeypatch.setenv("TGBENCH_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="boom"):
+        main(["list", "methods"])
+
+
+def test_keyboard_interrupt_is_130(monkeypatch, capsys):
+    def interrupt(what):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_list", interrupt)
+    code, _, err = _cli(["list", "methods"], capsys)
+    assert code == 130
+    assert "interrupted" in _one_error_line(err).lower() or "interrupted" in err
