@@ -38,7 +38,8 @@ class DatasetDistillation(Source):
             images = torch.randn(steps, batch, *shape) * params.init_scale
         self.images = nn.Parameter(images)
         if params.learn_labels:
-            self.label_logits = nn.Parameter(torch.nn.functional.one_hot(labels, ctx.num_classes).to(torch.get_default_dtype()) * 3.0)
+            self.label_logits = nn.Parameter(
+                torch.nn.functional.one_hot(labels, ctx.num_classes).to(torch.get_default_dtype()) * 3.0)
 
     def _real_examples(self, labels: torch.Tensor) -> torch.Tensor:
         train = self.ctx.train

@@ -215,6 +215,16 @@ def test_functional_inner_loop_matches_torch_optim(float64, weight_norm, differe
     assert moved > 1e-3  # the learner actually trained
 
 
+def test_lesson_loss_soft_labels_match_hard_labels_and_cross_entropy():
+    g = torch.Generator().manual_seed(0)
+    log_probs = torch.log_softmax(torch.randn(6, CLASSES, generator=g), dim=1)
+    y = torch.randint(CLASSES, (6,), generator=g)
+    onehot = F.one_hot(y, CLASSES).to(log_probs.dtype)
+    torch.testing.assert_close(lesson_loss(log_probs, onehot), F.nll_loss(log_probs, y))
+    soft = torch.softmax(torch.randn(6, CLASSES, generator=g), dim=1)
+    torch.testing.assert_close(lesson_loss(log_probs, soft), F.cross_entropy(log_probs, soft))
+
+
 def test_inner_hyperparameters_parametrisation():
     hyper = InnerHyperparameters(4, lr=0.03, momentum=0.8)
     lr, m = hyper(2)
@@ -254,9 +264,9 @@ def test_intermediate_losses_average_every_step(float64):
         short = Unroll(u.learner, u.names, u.params, u.episode, u.meta_batch, T)
         per_step.append(float(train_learner(lambda t: teacher(t, u.episode), short, differentiable=False)[1].detach()))
     expected = sum(per_step) / len(per_step)
-    assert float(backprop_meta_loss(teacher, u)) == pytest.approx(expected, rel=1e-10)
-    assert float(backprop_meta_loss(teacher, u, checkpoint_every=3)) == pytest.approx(expected, rel=1e-10)
-    assert float(backprop_meta_loss(teacher, plain)) == pytest.approx(per_step[-1], rel=1e-10)
+    assert float(backprop_meta_loss(teacher, u).detach()) == pytest.approx(expected, rel=1e-10)
+    assert float(backprop_meta_loss(teacher, u, checkpoint_every=3).detach()) == pytest.approx(expected, rel=1e-10)
+    assert float(backprop_meta_loss(teacher, plain).detach()) == pytest.approx(per_step[-1], rel=1e-10)
 
 
 # ----------------------------------------------------------------------------------------- 4. weight norm
@@ -384,7 +394,7 @@ def _noisy_backprop(loss, true_grad_fn, noise: float, seed: int):
     return loss_and_grad
 
 
-@pytest.mark.parametrize("noise", [1.0, 3.0, 10.0])
+@pytest.mark.parametrize("noise", [1.0, 10.0, 30.0])  # backprop much better than / comparable to / worse than ES
 def test_hybrid_gradient_variance_not_larger_than_either_estimator(noise):
     a, b, theta, loss, true = _quadratic()
 
@@ -407,6 +417,8 @@ def test_hybrid_gradient_variance_not_larger_than_either_estimator(noise):
     var = {k: float(torch.stack(v).var(0).sum()) for k, v in (("hybrid", hybrid), ("es", es), ("rp", rp))}
     assert len(rp) == reps
     assert var["hybrid"] <= 1.02 * min(var["es"], var["rp"]), var
+    if 0.1 < var["rp"] / var["es"] < 10:  # comparable estimators: the combination is clearly better than both
+        assert var["hybrid"] < 0.9 * min(var["es"], var["rp"]), var
     # and it is still an (essentially) unbiased estimate of the true gradient
     assert (torch.stack(hybrid).mean(0) - true).norm() < 4 * math.sqrt(var["hybrid"] / reps)
 
@@ -479,7 +491,7 @@ def test_population_meta_gradient_is_mean_of_individual_gradients(float64, inter
         loss, grads = meta_gradients(teacher, member)
         losses.append(loss)
         individual.append(grads)
-    assert float(pop_loss) == pytest.approx(sum(losses) / 3, rel=1e-10)
+    assert float(pop_loss.detach()) == pytest.approx(sum(losses) / 3, rel=1e-10)
     assert len(set(losses)) == 3  # distinct inits, distinct losses
     for n in pop:
         mean = torch.stack([grads[n] for grads in individual]).mean(0)

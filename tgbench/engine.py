@@ -121,7 +121,8 @@ def backprop_meta_loss(teacher: Teacher, u: Unroll, checkpoint_every: int = 0) -
         return train_learner(lambda t: teacher(t, u.episode), u, differentiable=True)[1]
 
     init, update = OPTIMIZERS[u.optimizer]
-    meta_names, meta_tensors = zip(*teacher.named_parameters())
+    named = list(teacher.named_parameters())  # may be empty (e.g. real data with a fixed lr/momentum)
+    meta_names, meta_tensors = [n for n, _ in named], [p for _, p in named]
     params, state = list(u.params), init(u.params)
     n_params, n_groups = len(params), len(state)
     intermediate = torch.zeros(())
@@ -354,7 +355,7 @@ class MetaTrainer:
         for p in self.meta_params:
             p.grad = None
         extras: dict[str, float] = {}
-        if self.outer.meta_gradient == "backprop":
+        if self.outer.meta_gradient == "backprop" or not self.meta_params:  # nothing to estimate: loss only
             if self.outer.population > 1:
                 inits = []
                 for _ in range(self.outer.population):
@@ -386,7 +387,7 @@ class MetaTrainer:
             meta = dict(zip(names, point))
             with torch.no_grad():
                 lessons = [functional_call(self.teacher, meta, (t, u.episode)) for t in range(u.steps)]
-            return float(train_learner(lessons.__getitem__, u, differentiable=False)[1])
+            return float(train_learner(lessons.__getitem__, u, differentiable=False)[1].detach())
 
         def loss_and_grad(point: Tensors) -> tuple[float, Tensors]:
             leaves = [p.clone().requires_grad_() for p in point]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import io
+import os
 import platform
 import resource
 import subprocess
@@ -79,6 +80,7 @@ class CellTask:
     data_root: str | None
     artifacts_dir: str | None = None
     progress: bool = True
+    threads: int | None = None   # torch threads in this cell's process (None: torch's default)
 
 
 def build_teacher(suite: Suite, entry: SourceEntry, dataset: Dataset, seed: int) -> Teacher:
@@ -184,6 +186,8 @@ def meta_train(suite: Suite, entry: SourceEntry, dataset: Dataset, seed: int, pr
 
 def run_cell(task: CellTask) -> dict:
     """Run one cell start to finish and write it to the store (top-level: runs in worker processes too)."""
+    if task.threads:
+        torch.set_num_threads(task.threads)
     suite = load_suite(task.suite_path, task.profile)
     entry = next(e for e in suite.sources if e.name == task.source)
     dataset = load_dataset(suite.dataset.name, data_root=task.data_root, download=suite.dataset.download,
@@ -253,8 +257,11 @@ def run_suite(suite_path: str, opts: RunOptions, log=print) -> Path:
     seeds = opts.seeds or suite.evaluation.seeds
     hashes = {cell_key(e.name, s): cell_hash(suite, e, dataset.resolved) for e in suite.sources for s in range(seeds)}
     done = store.done_cells(study)
+    # N workers share the cores: give each its slice so they don't oversubscribe (spinning OpenMP threads
+    # fighting over 2 cores slow small convolutions down many times over)
+    threads = max(1, (os.cpu_count() or 1) // opts.jobs) if opts.jobs > 1 else None
     tasks = [CellTask(str(suite_path), profile, e.name, s, store.url, opts.data_root, opts.artifacts_dir,
-                      opts.progress and opts.jobs == 1)
+                      opts.progress and opts.jobs == 1, threads)
              for e in suite.sources for s in range(seeds)
              if (cell_key(e.name, s), hashes[cell_key(e.name, s)]) not in done]
     log(f"{suite.name} @ {profile}: {len(hashes)} cells, {len(hashes) - len(tasks)} already done, "
