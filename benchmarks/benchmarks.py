@@ -1,0 +1,219 @@
+"""asv benchmarks of tgbench's meta-learning engine: speed, peak memory, FLOP throughput and (next to them) quality.
+
+Everything runs the engine's own ``MetaTrainer.step()`` / ``MetaTrainer.evaluate()`` — never a copy of the loop —
+on ``mnist-5k`` (always offline) with the ``cpu`` profile's model sizes:
+
+* learner: conv [16, 32] -> fc [64], mean-only BN, weight norm (the suite default);
+* gtn generator: noise 32, fc 256, channels [32, 16], weight norm, full curriculum;
+* inner loop: B = 128 unless noted, sgd_momentum with learned per-step lr and momentum.
+
+``setup`` builds the trainer and runs one warm-up step. Built trainers are cached per process (keyed by the
+parameters), because asv re-runs ``setup`` before every sample: the cache keeps a repeat from paying for
+construction + warm-up again. Each benchmark's state (meta-parameters, iteration count) therefore carries over
+between samples of one process; that changes no cost. Seeds are fixed, so every process builds the same trainer.
+
+Run (from the repository root):  ``asv run --python=same --quick --show-stderr``  (see asv.conf.json).
+Threads are torch's default (all cores). On a machine where other jobs hold a core, two OpenMP threads stall on
+each other (measured >10x slower on the 2-core VM): run with ``OMP_NUM_THREADS=1`` there, and compare results
+only between runs with the same setting.
+"""
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any
+
+from tgbench.config import OuterLoop, Suite
+from tgbench.data import Dataset, load_dataset
+from tgbench.engine import MetaTrainer
+from tgbench.runner import build_teacher
+
+DATASET = "mnist-5k"
+SEED = 0
+EVAL_SEED = 10_000
+BATCH = 128
+
+CPU_LEARNER = {"conv_channels": [[16, 32]], "fc_hidden": [[64]]}
+CPU_GTN = {"curriculum": "full", "weight_norm": True, "noise_dim": 32, "fc_hidden": 256, "channels": [32, 16]}
+SOURCE_PARAMS = {"real": {}, "dataset_distillation": {}, "gtn": CPU_GTN}
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+# (shared with compare.py; no asv prefixes here)
+@functools.lru_cache(maxsize=None)
+def dataset(name: str = DATASET) -> Dataset:
+    return load_dataset(name)
+
+
+def bench_suite(method: str, params: dict | None = None, *, steps: int, batch: int = BATCH,
+                learner: dict | None = None, outer: dict | None = None) -> Suite:
+    """A one-source fewstep ``Suite`` validated by tgbench's own config models (so benchmarks cannot drift
+    from what a suite file could say)."""
+    return Suite.model_validate({
+        "name": f"bench-{method}",
+        "dataset": {"name": DATASET},
+        "learner": CPU_LEARNER if learner is None else learner,
+        "inner": {"steps": steps, "batch_size": batch},
+        "outer": outer or {},
+        "sources": [{"method": method, "params": SOURCE_PARAMS.get(method, {}) if params is None else params}],
+    })
+
+
+def build_trainer(suite: Suite, data: Dataset, seed: int = SEED) -> MetaTrainer:
+    """The ``MetaTrainer`` that ``tgbench.runner.meta_train`` would build for the suite's first source.
+
+    (Composes public pieces exactly as the runner does; a ``MetaTrainer.from_suite(suite, entry, dataset,
+    seed)`` in the engine/runner would make this helper unnecessary.)
+    """
+    entry = suite.sources[0]
+    teacher = build_teacher(suite, entry, data, seed)
+    return MetaTrainer(teacher, suite.learner, data.train, suite.inner, suite.outer_for(entry),
+                       image_shape=data.image_shape, num_classes=data.num_classes, seed=seed,
+                       learner_weight_norm=teacher.source.learner_weight_norm)
+
+
+def eval_specs(suite: Suite, trainer: MetaTrainer) -> list:
+    """The learner architectures the runner evaluates a teacher on (the suite's reference learner)."""
+    return suite.evaluation.learner_specs(suite.learner, trainer.teacher.source.learner_weight_norm)
+
+
+def count_step_flops(step) -> int:
+    """FLOPs (matmul/conv/bmm family, as counted by ``torch.utils.flop_counter``) of one call of ``step``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    return counter.get_total_flops()
+
+
+_CACHE: dict[Any, Any] = {}
+
+
+def warm_trainer(method: str, steps: int, batch: int = BATCH, outer: dict | None = None) -> tuple[Suite, MetaTrainer]:
+    """(suite, trainer) for these settings, built and warmed up once per process."""
+    outer = {k: v for k, v in (outer or {}).items() if OuterLoop.model_fields[k].default != v}  # one key per config
+    key = (method, steps, batch, tuple(sorted(outer.items())))
+    if key not in _CACHE:
+        suite = bench_suite(method, steps=steps, batch=batch, outer=outer)
+        trainer = build_trainer(suite, dataset())
+        trainer.step()  # warm-up
+        _CACHE[key] = (suite, trainer)
+    return _CACHE[key]
+
+
+# --------------------------------------------------------------------------------------------- benchmarks
+class MetaIteration:
+    """Wall time of one outer iteration (``MetaTrainer.step()``): T inner steps + the exact meta-gradient
+    + one Adam update."""
+
+    params = (["real", "dataset_distillation", "gtn"], [8, 32])
+    param_names = ["source", "steps"]
+    number = 1
+    repeat = (1, 3, 20.0)
+    rounds = 1
+    warmup_time = 0.0      # setup already ran a warm-up step
+    timeout = 300
+    batch = BATCH          # (plain class attributes like this one are ours, not asv's; tests shrink them)
+
+    def setup(self, source: str, steps: int) -> None:
+        self.suite, self.trainer = warm_trainer(source, steps, self.batch)
+
+    def time_meta_iteration(self, source: str, steps: int) -> None:
+        self.trainer.step()
+
+
+class EvaluationUnroll:
+    """Wall time of evaluating a GTN teacher: one fresh learner trained for T=32 steps on its lessons
+    (forward-only unroll), test/val accuracy at init and at the end."""
+
+    number = 1
+    repeat = (1, 3, 20.0)
+    rounds = 1
+    warmup_time = 0.0
+    timeout = 300
+    steps, batch = 32, BATCH
+
+    def setup(self) -> None:
+        self.suite, self.trainer = warm_trainer("gtn", self.steps, self.batch)
+        self.specs = eval_specs(self.suite, self.trainer)
+        self._evaluate()  # warm-up
+
+    def _evaluate(self):
+        data = dataset()
+        return self.trainer.evaluate(data.test, data.val, self.specs, learners=1, seed=EVAL_SEED, per_step=False)
+
+    def time_evaluation_unroll(self) -> None:
+        self._evaluate()
+
+
+class PeakMemMetaIteration:
+    """Peak memory of one GTN meta-iteration at T=32, without and with gradient checkpointing every 4 steps.
+
+    asv's peakmem is the *process-wide* high-water mark of the resident set size (ru_maxrss): it includes the
+    interpreter, torch, the dataset and the models built in setup, and the warm-up step in setup (whose peak
+    equals the measured step's). Compare the two parameters with each other, not with the step's own size
+    (``benchmarks/compare.py`` measures the step's own peak in fresh subprocesses).
+    """
+
+    params = ([0, 4],)
+    param_names = ["checkpoint_every"]
+    rounds = 1
+    timeout = 300
+    steps, batch = 32, BATCH
+
+    def setup(self, checkpoint_every: int) -> None:
+        self.suite, self.trainer = warm_trainer("gtn", self.steps, self.batch,
+                                                outer={"checkpoint_every": checkpoint_every})
+
+    def peakmem_meta_iteration(self, checkpoint_every: int) -> None:
+        self.trainer.step()
+
+
+class FewstepAccuracy:
+    """Quality next to speed: test accuracy (mnist-5k test split) of learners trained for 8 steps of batch 32 on
+    a teacher meta-trained for a fixed tiny budget (10 outer iterations, fixed seeds). Not a result — a tripwire:
+    a change that makes the engine faster but wrong shows up here."""
+
+    params = (["gtn", "real"],)
+    param_names = ["source"]
+    unit = "accuracy"
+    rounds = 1
+    timeout = 120
+    steps, batch, iterations, learners = 8, 32, 10, 2
+
+    def setup(self, source: str) -> None:
+        # a fresh trainer each time: the budget must be exactly `iterations` steps from the same start
+        self.suite = bench_suite(source, steps=self.steps, batch=self.batch, outer={"iterations": self.iterations})
+        self.trainer = build_trainer(self.suite, dataset())
+
+    def track_fewstep_accuracy(self, source: str) -> float:
+        for _ in range(self.iterations):
+            self.trainer.step()
+        data = dataset()
+        result = self.trainer.evaluate(data.test, data.val, eval_specs(self.suite, self.trainer),
+                                       learners=self.learners, seed=EVAL_SEED, per_step=False)
+        return result.final["test_acc"]
+
+
+class Throughput:
+    """Achieved GFLOP/s of one GTN meta-iteration at T=8: FLOPs counted once with ``FlopCounterMode`` (in
+    setup), divided by the wall time of another, uncounted step. DESIGN.md: this CPU peaks near 86 GFLOP/s
+    (matmul) and 109 GFLOP/s (3x3 conv)."""
+
+    unit = "GFLOP/s"
+    rounds = 1
+    timeout = 180
+    steps, batch = 8, BATCH
+
+    def setup(self) -> None:
+        self.suite, self.trainer = warm_trainer("gtn", self.steps, self.batch)
+        key = ("flops", self.steps, self.batch)
+        if key not in _CACHE:
+            _CACHE[key] = count_step_flops(self.trainer.step)
+        self.flops = _CACHE[key]
+
+    def track_gflops(self) -> float:
+        start = time.perf_counter()
+        self.trainer.step()
+        return self.flops / (time.perf_counter() - start) / 1e9

@@ -1,0 +1,159 @@
+"""The performance-tracking layer cannot rot silently: every asv benchmark runs once (setup + method) at its smallest
+parameters, ``asv.conf.json`` is valid, and ``benchmarks/compare.py --quick`` prints every section's figures.
+
+Sizes are shrunk through the benchmark classes' own size attributes (``steps`` / ``batch``), so the code paths
+are the real ones (checkpointing, FLOP counting, evaluation) at a fraction of the cost.
+"""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `benchmarks` is a top-level folder of the repository, not an installed package
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import benchmarks as bm  # noqa: E402
+
+REFERENCE = ROOT.parent / "shared/reference/naive_unroll.py"
+SMALL_BATCH = 16
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread avoids oversubscription stalls."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.fixture
+def small(monkeypatch):
+    """Shrink every benchmark's fixed sizes (T and B) to the smallest used anywhere."""
+    for cls in (bm.MetaIteration, bm.EvaluationUnroll, bm.PeakMemMetaIteration, bm.Throughput):
+        monkeypatch.setattr(cls, "batch", SMALL_BATCH)
+    for cls in (bm.EvaluationUnroll, bm.PeakMemMetaIteration):
+        monkeypatch.setattr(cls, "steps", 8)
+    monkeypatch.setattr(bm, "_CACHE", {})
+
+
+def _run(cls, method: str, *params):
+    bench = cls()
+    bench.setup(*params)
+    return getattr(bench, method)(*params)
+
+
+def _smallest(cls) -> list[tuple]:
+    """Every combination at the smallest numeric parameter values (all non-numeric values kept)."""
+    if not getattr(cls, "params", None):
+        return [()]
+    params = cls.params if isinstance(cls.params[0], list) else [cls.params]
+    axes = [[min(axis)] if all(isinstance(v, int) for v in axis) else axis for axis in params]
+    combos = [()]
+    for axis in axes:
+        combos = [c + (v,) for c in combos for v in axis]
+    return combos
+
+
+@pytest.mark.parametrize("params", _smallest(bm.MetaIteration), ids=lambda p: "-".join(map(str, p)))
+def test_time_meta_iteration(small, params):
+    assert _run(bm.MetaIteration, "time_meta_iteration", *params) is None
+
+
+def test_time_evaluation_unroll(small):
+    _run(bm.EvaluationUnroll, "time_evaluation_unroll")
+
+
+@pytest.mark.parametrize("params", _smallest(bm.PeakMemMetaIteration) + [(4,)], ids=lambda p: f"checkpoint_every={p[0]}")
+def test_peakmem_meta_iteration(small, params):
+    bench = bm.PeakMemMetaIteration()
+    bench.setup(*params)
+    assert bench.trainer.outer.checkpoint_every == params[0]
+    bench.peakmem_meta_iteration(*params)
+
+
+@pytest.mark.parametrize("params", _smallest(bm.FewstepAccuracy), ids=lambda p: p[0])
+def test_track_fewstep_accuracy(small, monkeypatch, params):
+    monkeypatch.setattr(bm.FewstepAccuracy, "iterations", 2)
+    acc = _run(bm.FewstepAccuracy, "track_fewstep_accuracy", *params)
+    assert 0.0 <= acc <= 1.0
+
+
+def test_track_fewstep_accuracy_is_deterministic(small, monkeypatch):
+    monkeypatch.setattr(bm.FewstepAccuracy, "iterations", 1)
+    assert _run(bm.FewstepAccuracy, "track_fewstep_accuracy", "real") == \
+        _run(bm.FewstepAccuracy, "track_fewstep_accuracy", "real")
+
+
+def test_track_gflops(small):
+    bench = bm.Throughput()
+    bench.setup()
+    assert bench.flops > 0
+    gflops = bench.track_gflops()
+    assert 0.0 < gflops < 10_000
+
+
+def test_units_and_discovery_names():
+    """asv reads `unit` from the class; the names asv discovers are the ones the docs and CI refer to."""
+    assert bm.FewstepAccuracy.unit == "accuracy" and bm.Throughput.unit == "GFLOP/s"
+    names = {f"{cls.__name__}.{m}" for cls in (bm.MetaIteration, bm.EvaluationUnroll, bm.PeakMemMetaIteration,
+                                               bm.FewstepAccuracy, bm.Throughput)
+             for m in vars(cls) if re.match(r"(time|peakmem|track)_", m)}
+    assert names == {"MetaIteration.time_meta_iteration", "EvaluationUnroll.time_evaluation_unroll",
+                     "PeakMemMetaIteration.peakmem_meta_iteration", "FewstepAccuracy.track_fewstep_accuracy",
+                     "Throughput.track_gflops"}
+
+
+def test_compare_module_defines_no_benchmarks():
+    """asv imports every module of the benchmarks package, compare.py included."""
+    from benchmarks import compare
+
+    prefixes = ("time_", "peakmem_", "track_", "mem_", "timeraw_")
+    assert not [n for n in vars(compare) if n.startswith(prefixes)]
+
+
+def test_asv_conf_is_valid_json():
+    conf = json.loads((ROOT / "asv.conf.json").read_text())
+    assert conf["benchmark_dir"] == "benchmarks"
+    assert conf["project"] == "tgbench" and conf["repo"] == "."
+    assert all(conf[d].startswith(".asv/") for d in ("env_dir", "results_dir", "html_dir"))
+
+
+def test_compare_quick_prints_every_section():
+    if not REFERENCE.is_file():
+        pytest.skip(f"compare.py needs the plain-PyTorch reference, absent here: {REFERENCE}")
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--quick", "--threads", "1"],
+                          capture_output=True, text=True, cwd=str(ROOT), timeout=300)
+    out = proc.stdout
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(r"^machine: .+cores", out, re.M) and re.search(r"^torch \S+: 1 intra-op threads", out, re.M)
+    for pattern in [
+        r"^== 1\. meta-iteration time", r"^tgbench: [\d.]+ s/iteration", r"^naive: +[\d.]+ s/iteration",
+        r"^ratio tgbench/naive = [\d.]+ +target <= 1\.0: (met|NOT met)$",
+        r"^== 2\. achieved GFLOP/s", r"^matmul peak .*: [\d.]+ GFLOP/s",
+        r"^tgbench achieved / peak = [\d.]+ % +goal >= 60 %: (met|NOT met)$",
+        r"^== 3\. gradient checkpointing at T=8: checkpoint_every=2",
+        r"^memory ratio checkpointed/none = [\d.]+ +target <= 0\.35: (met|NOT met)$",
+        r"^time ratio checkpointed/none = [\d.]+ +target <= 1\.5: (met|NOT met)$",
+        r"^== 4\. vmap population of 8 learners",
+        r"^throughput ratio vmap/sequential = [\d.]+x +target >= 3x: (met|NOT met)$",
+        r"^== summary",
+    ]:
+        assert re.search(pattern, out, re.M), f"missing /{pattern}/ in compare.py output:\n{out}"
+    assert len(re.findall(r"^ *(met|NOT met): ", out, re.M)) == 5
+
+
+def test_compare_reports_missing_reference(tmp_path):
+    from benchmarks import compare
+
+    with pytest.raises(SystemExit, match="reference is missing"):
+        compare.load_reference(tmp_path / "naive_unroll.py")
