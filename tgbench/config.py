@@ -68,7 +68,7 @@ class LearnerSpace(Strict):
 
 class InnerLoop(Strict):
     steps: PositiveInt = 32
-    batch_size: PositiveInt = 128
+    batch_size: int = Field(128, ge=2)                # batch statistics (mean-only BN, generator BN) need B >= 2
     optimizer: Literal["sgd_momentum", "adam"] = "sgd_momentum"
     lr: PositiveFloat = 0.02                          # initial value of the learned per-step learning rate
     momentum: float = Field(0.5, gt=0.0, lt=1.0)      # initial value of the learned per-step momentum
