@@ -26,7 +26,7 @@ from typing import Any
 from tgbench.config import OuterLoop, Suite
 from tgbench.data import Dataset, load_dataset
 from tgbench.engine import MetaTrainer
-from tgbench.runner import build_teacher
+from tgbench import runner
 
 DATASET = "mnist-5k"
 SEED = 0
@@ -60,16 +60,8 @@ def bench_suite(method: str, params: dict | None = None, *, steps: int, batch: i
 
 
 def build_trainer(suite: Suite, data: Dataset, seed: int = SEED) -> MetaTrainer:
-    """The ``MetaTrainer`` that ``tgbench.runner.meta_train`` would build for the suite's first source.
-
-    (Composes public pieces exactly as the runner does; a ``MetaTrainer.from_suite(suite, entry, dataset,
-    seed)`` in the engine/runner would make this helper unnecessary.)
-    """
-    entry = suite.sources[0]
-    teacher = build_teacher(suite, entry, data, seed)
-    return MetaTrainer(teacher, suite.learner, data.train, suite.inner, suite.outer_for(entry),
-                       image_shape=data.image_shape, num_classes=data.num_classes, seed=seed,
-                       learner_weight_norm=teacher.source.learner_weight_norm)
+    """The ``MetaTrainer`` that ``tgbench run`` builds for the suite's first source (``runner.build_trainer``)."""
+    return runner.build_trainer(suite, suite.sources[0], data, seed)
 
 
 def eval_specs(suite: Suite, trainer: MetaTrainer) -> list:

@@ -94,6 +94,15 @@ def build_teacher(suite: Suite, entry: SourceEntry, dataset: Dataset, seed: int)
     return Teacher(source, hyper, suite.inner.optimizer)
 
 
+def build_trainer(suite: Suite, entry: SourceEntry, dataset: Dataset, seed: int) -> MetaTrainer:
+    """The ``MetaTrainer`` of one cell: its teacher, the suite's learner space, inner and (per-arm) outer loop.
+    Shared by the runner, the benchmarks and anything else that meta-trains a suite's source."""
+    teacher = build_teacher(suite, entry, dataset, seed)
+    return MetaTrainer(teacher, suite.learner, dataset.train, suite.inner, suite.outer_for(entry),
+                       image_shape=dataset.image_shape, num_classes=dataset.num_classes, seed=seed,
+                       learner_weight_norm=teacher.source.learner_weight_norm)
+
+
 def sample_grid(teacher: Teacher, dataset: Dataset, seed: int) -> tuple[np.ndarray, list[int]]:
     """(rows, classes, C, H, W) images in [0, 1]: for rows evenly spaced over the inner steps, the first example
     of each class in that step's batch (black where a batch has no example of a class)."""
@@ -126,13 +135,9 @@ def decode_array(s: str) -> np.ndarray:
 def meta_train(suite: Suite, entry: SourceEntry, dataset: Dataset, seed: int, progress: bool = True,
                on_eval=None) -> tuple[Teacher, dict]:
     """Meta-train one teacher and evaluate it; returns (teacher, record fields). Diverged runs are recorded."""
-    teacher = build_teacher(suite, entry, dataset, seed)
-    outer = suite.outer_for(entry)
-    learner_wn = teacher.source.learner_weight_norm
-    trainer = MetaTrainer(teacher, suite.learner, dataset.train, suite.inner, outer,
-                          image_shape=dataset.image_shape, num_classes=dataset.num_classes, seed=seed,
-                          learner_weight_norm=learner_wn)
-    specs = suite.evaluation.learner_specs(suite.learner, learner_wn)
+    trainer = build_trainer(suite, entry, dataset, seed)
+    teacher, outer = trainer.teacher, trainer.outer
+    specs = suite.evaluation.learner_specs(suite.learner, teacher.source.learner_weight_norm)
     ev = suite.evaluation
     curve, status, error = [], "complete", None
 
