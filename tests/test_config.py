@@ -73,7 +73,7 @@ BAD = {
     "negative_steps": ("name: t\ninner: {steps: -3}\n" + GOOD_SOURCES, ["inner.steps:", "greater than 0"]),
     "zero_steps": ("name: t\ninner: {steps: 0}\n" + GOOD_SOURCES, ["inner.steps:", "greater than 0"]),
     "zero_outer_iterations": ("name: t\nouter: {iterations: 0}\n" + GOOD_SOURCES, ["outer.iterations:"]),
-    "batch_size_zero": ("name: t\ninner: {batch_size: 0}\n" + GOOD_SOURCES, ["inner.batch_size:", "greater than 0"]),
+    "batch_size_zero": ("name: t\ninner: {batch_size: 0}\n" + GOOD_SOURCES, ["inner.batch_size:", "greater than or equal to 2"]),
     "inner_lr_zero": ("name: t\ninner: {lr: 0}\n" + GOOD_SOURCES, ["inner.lr:", "greater than 0"]),
     "outer_lr_negative": ("name: t\nouter: {lr: -0.5}\n" + GOOD_SOURCES, ["outer.lr:", "greater than 0"]),
     "seeds_zero": ("name: t\nevaluation: {seeds: 0}\n" + GOOD_SOURCES, ["evaluation.seeds:", "greater than 0"]),
