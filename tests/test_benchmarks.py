@@ -25,15 +25,7 @@ REFERENCE = ROOT.parent / "shared/reference/naive_unroll.py"
 SMALL_BATCH = 16
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread avoids oversubscription stalls."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("single_thread")  # fixture in conftest.py
 
 
 @pytest.fixture

@@ -36,16 +36,7 @@ TINY_GTN = dict(noise_dim=4, fc_hidden=8, channels=(4, 2))
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-@pytest.fixture(autouse=True)
-def single_thread():
-    """These models are tiny: intra-op threads only add overhead, and on a shared 2-core machine thread
-    oversubscription made single meta-gradients 50x slower. Restored afterwards."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("single_thread")  # fixture in conftest.py
 
 
 @pytest.fixture

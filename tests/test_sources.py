@@ -32,15 +32,6 @@ TINY_GTN = dict(noise_dim=4, fc_hidden=8, channels=(4, 2))
 METHODS = methods.names()
 
 
-@pytest.fixture
-def single_thread():
-    """Tiny models: threads only add overhead (and thrash on a shared 2-core machine). Restored afterwards."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def random_split(n: int, seed: int, shape=SHAPE, classes=CLASSES) -> Split:
