@@ -134,10 +134,99 @@ class SourceEntry(Strict):
     label: str | None = None                  # unique name of this arm in tables; default: the method name
     params: dict[str, Any] = Field(default_factory=dict)   # validated by the method's own Params model
     outer: dict[str, Any] = Field(default_factory=dict)    # per-arm overrides of the suite's outer loop
+    inner: dict[str, Any] = Field(default_factory=dict)    # per-arm overrides of the suite's inner loop
+    # set by a suite's `sweep:` expansion (not usually written by hand): the arm this entry is a sweep point
+    # of, and the swept value, so reports can group e.g. accuracy vs inner steps per arm
+    arm: str | None = None
+    sweep_value: Any = None
 
     @property
     def name(self) -> str:
         return self.label or self.method
+
+
+SWEEPABLE = ("inner", "outer", "params")
+
+
+def check_setting_key(key: str) -> str:
+    """``inner.<x>`` / ``outer.<x>`` (checked against the loop models) or ``params.<x>`` (checked per method
+    by ``load_suite``)."""
+    section, _, leaf = key.partition(".")
+    if section not in SWEEPABLE or not leaf:
+        raise ValueError(f"{key!r} must be inner.<setting>, outer.<setting> or params.<setting>")
+    model = {"inner": InnerLoop, "outer": OuterLoop}.get(section)
+    if model is not None and leaf not in model.model_fields:
+        close = difflib.get_close_matches(leaf, list(model.model_fields), n=1)
+        raise ValueError(f"{section} has no setting {leaf!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return key
+
+
+class Sweep(Strict):
+    """Run every source once per value of one setting, e.g. ``{key: inner.steps, values: [8, 16, 32, 64]}``.
+
+    Each source becomes one arm per value, labelled ``<source>[<setting>=<value>]``; the value is applied as a
+    per-arm override (``inner:``/``outer:``/``params:``), so each sweep point is an ordinary cell with its own
+    config hash.
+    """
+
+    key: str
+    values: list[Any] = Field(min_length=1)
+
+    @field_validator("key")
+    @classmethod
+    def _known_key(cls, key: str) -> str:
+        return check_setting_key(key)
+
+    def expand(self, entry: SourceEntry) -> list[SourceEntry]:
+        section, _, leaf = self.key.partition(".")
+        arms = []
+        for value in self.values:
+            fields = entry.model_dump()
+            fields[section] = {**fields[section], leaf: value}
+            fields.update(label=f"{entry.name}[{leaf}={value}]", arm=entry.name, sweep_value=value)
+            arms.append(SourceEntry.model_validate(fields))
+        return arms
+
+
+class SearchDimension(Strict):
+    """One hyperparameter of a tune suite's search space: a float/int range (``log`` for log-uniform) or
+    ``choices``."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    integer: bool = False
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> "SearchDimension":
+        if self.choices is not None:
+            if not self.choices or self.low is not None or self.high is not None:
+                raise ValueError("give either non-empty `choices` or `low`/`high`, not both")
+            return self
+        if self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError("needs low < high (or `choices`)")
+        if self.log and self.low <= 0:
+            raise ValueError("log scale needs low > 0")
+        return self
+
+
+class TuneConfig(Strict):
+    """Optuna study per arm (kind: tune): TPE over ``space``; objective = final validation loss (minimised)."""
+
+    trials: PositiveInt = 20
+    seed: int = 0                        # TPE sampler seed; trial k meta-trains with seed k
+    startup_trials: PositiveInt = 10     # random trials before TPE models the space (Optuna's default)
+    pruning: bool = False                # off by default: pruning would hide the instability being measured
+    divergence_cap: PositiveFloat = 5.0  # a diverged trial scores min(last finite val loss, cap); ln 10 = 2.30
+    space: dict[str, SearchDimension] = Field(min_length=1)   # keys inner.<x>, outer.<x> or params.<x>
+
+    @field_validator("space")
+    @classmethod
+    def _known_keys(cls, space: dict[str, SearchDimension]) -> dict[str, SearchDimension]:
+        for key in space:
+            check_setting_key(key)
+        return space
 
 
 class Suite(Strict):
@@ -151,19 +240,28 @@ class Suite(Strict):
     evaluation: Evaluation = Field(default_factory=Evaluation)
     sources: list[SourceEntry] = Field(min_length=1)
     profiles: dict[Literal["smoke", "cpu", "paper"], dict[str, Any]] = Field(default_factory=dict)
+    sweep: Sweep | None = None            # fewstep: one arm per (source, value)
+    tune: TuneConfig | None = None        # kind: tune
 
-    @field_validator("sources")
-    @classmethod
-    def _unique_labels(cls, sources: list[SourceEntry]) -> list[SourceEntry]:
+    @model_validator(mode="after")
+    def _expand_and_check(self) -> "Suite":
+        if self.sweep is not None:  # entries made by an earlier expansion (a re-validated dump) stay as they are
+            self.sources = [arm for e in self.sources
+                            for arm in ([e] if e.arm is not None else self.sweep.expand(e))]
         seen = set()
-        for entry in sources:
+        for entry in self.sources:
             if entry.name in seen:
                 raise ValueError(f"two sources are named {entry.name!r}; give one a distinct `label`")
             seen.add(entry.name)
-        return sources
+        if self.kind == "tune" and self.tune is None:
+            raise ValueError("kind: tune needs a `tune:` section (trials, space)")
+        return self
 
     def outer_for(self, entry: SourceEntry) -> OuterLoop:
         return OuterLoop.model_validate({**self.outer.model_dump(), **entry.outer})
+
+    def inner_for(self, entry: SourceEntry) -> InnerLoop:
+        return InnerLoop.model_validate({**self.inner.model_dump(), **entry.inner})
 
 
 def _deep_merge(base: dict, override: dict) -> dict:
@@ -286,3 +384,26 @@ def _check_sources(path: Path, suite: Suite, where: str) -> None:
             suite.outer_for(entry)
         except ValidationError as exc:
             raise ConfigError(_format_error(path, exc, prefix=f"{key}.outer", root=OuterLoop)) from None
+        try:
+            suite.inner_for(entry)
+        except ValidationError as exc:
+            raise ConfigError(_format_error(path, exc, prefix=f"{key}.inner", root=InnerLoop)) from None
+    for name, dim in (suite.tune.space.items() if suite.tune else ()):
+        section, _, leaf = name.partition(".")
+        for i, entry in enumerate(suite.sources):
+            params = methods.get(entry.method).Params.model_fields
+            if section == "params" and leaf not in params:
+                close = difflib.get_close_matches(leaf, list(params), n=1)
+                hint = f" (did you mean 'params.{close[0]}'?)" if close else ""
+                raise ConfigError(f"{path}: {where}tune.space.{name}: method {entry.method!r} of sources[{i}] "
+                                  f"has no parameter {leaf!r}{hint}")
+            from tgbench.tune import arm_with
+
+            for value in dim.choices if dim.choices is not None else (dim.low, dim.high):
+                value = int(value) if dim.integer else value
+                try:
+                    arm_with(suite, entry, {name: value})
+                except ValidationError as exc:
+                    reason = exc.errors()[0]["msg"].removeprefix("Value error, ")
+                    raise ConfigError(f"{path}: {where}tune.space.{name}: {value!r} is not a legal value for "
+                                      f"sources[{i}]: {reason}") from None

@@ -395,7 +395,7 @@ class MetaTrainer:
             loss = train_learner(lambda t: functional_call(self.teacher, meta, (t, u.episode)), u,
                                  differentiable=True)[1]
             grads = torch.autograd.grad(loss, leaves, allow_unused=True)
-            return float(loss), [torch.zeros_like(p) if g is None else g for p, g in zip(leaves, grads)]
+            return float(loss.detach()), [torch.zeros_like(p) if g is None else g for p, g in zip(leaves, grads)]
 
         if self.outer.meta_gradient == "es":
             return es_gradient(loss_fn, theta, self.outer.es_sigma, self.outer.es_pairs, self.generator)

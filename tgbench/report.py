@@ -230,6 +230,65 @@ def dataset_section(summary: pd.DataFrame, dataset: str, meta: dict[str, Any]) -
     return lines + [""]
 
 
+# --------------------------------------------------------------------------------------------- sweeps
+def sweep_frame(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per (dataset, arm, swept value): runs, diverged count and fraction, test accuracy of the non-diverged
+    (complete) runs with its CI, mean meta-training time. Empty when the suite has no ``sweep:``."""
+    cols = ["dataset_resolved", "arm", "value", "runs", "diverged", "diverged_fraction", "test_acc_mean",
+            "test_acc_low", "test_acc_high", "complete", "meta_train_seconds"]
+    if "sweep_value" not in summary or summary["sweep_value"].isna().all():
+        return pd.DataFrame(columns=cols)
+    swept = summary[summary["sweep_value"].notna()].copy()
+    swept["dataset_resolved"] = swept["dataset_resolved"].fillna(UNKNOWN_DATASET).astype(str)
+    rows = []
+    for (ds, arm, value), g in swept.groupby(["dataset_resolved", "arm", "sweep_value"], sort=True):
+        ok = g[g["status"] == COMPLETE]
+        ci = stats.mean_ci(ok["test_acc_final"])
+        diverged = int((g["status"] == DIVERGED).sum())
+        rows.append([ds, arm, value, len(g), diverged, diverged / len(g), ci.mean, ci.low, ci.high, len(ok),
+                     float(ok["meta_train_seconds"].mean()) if len(ok) else math.nan])
+    return pd.DataFrame(rows, columns=cols)
+
+
+def sweep_section(frame: pd.DataFrame, key: str) -> list[str]:
+    lines = [f"## Sweep over `{key}`", "",
+             "Per arm and value: runs diverged (NaN/inf meta-loss, meta-gradient or parameters) and test accuracy "
+             "after the last inner step of the runs that did not diverge (mean [95 % bootstrap CI over seeds]).", ""]
+    for ds, part in frame.groupby("dataset_resolved", sort=True):
+        rows = [[r.arm, r.value, f"{r.diverged}/{r.runs}",
+                 fmt_pct_ci(stats.MeanCI(r.test_acc_mean, r.test_acc_low, r.test_acc_high, r.complete)),
+                 "–" if math.isnan(r.meta_train_seconds) else f"{r.meta_train_seconds:.0f}"]
+                for r in part.itertuples()]
+        lines += [f"### {ds}", ""]
+        lines += _md_table(["arm", key, "diverged", "test acc (non-diverged)", "meta-train s"], rows) + [""]
+    return lines
+
+
+def sweep_figure(frame: pd.DataFrame, key: str) -> plt.Figure:
+    """Test accuracy (non-diverged, mean with CI bars) and divergence rate against the swept value, per arm."""
+    fig, (acc_ax, div_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    numeric = pd.to_numeric(frame["value"], errors="coerce")
+    for arm, g in frame.assign(_x=numeric).groupby("arm", sort=True):
+        g = g.sort_values("_x")
+        xs = g["_x"].to_numpy(dtype=float)
+        mean = 100 * g["test_acc_mean"].to_numpy(dtype=float)
+        err = np.vstack([mean - 100 * g["test_acc_low"].to_numpy(dtype=float),
+                         100 * g["test_acc_high"].to_numpy(dtype=float) - mean])
+        acc_ax.errorbar(xs, mean, yerr=np.nan_to_num(err), marker="o", capsize=3, label=str(arm))
+        div_ax.plot(xs, 100 * g["diverged_fraction"].to_numpy(dtype=float), marker="o", label=str(arm))
+    positive = numeric.notna().all() and (numeric > 0).all()
+    for ax in (acc_ax, div_ax):
+        if positive:
+            ax.set_xscale("log", base=2)
+        ax.set_xlabel(key)
+        ax.grid(alpha=0.3)
+    acc_ax.set(ylabel="test accuracy (%), non-diverged runs", title=f"Few-step accuracy vs {key}")
+    div_ax.set(ylabel="runs diverged (%)", title=f"Divergence vs {key}", ylim=(-5, 105))
+    acc_ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def render_markdown(inputs: ReportInputs, figures: list[str]) -> str:
     """The whole ``report.md``; deterministic given ``inputs`` and the figure file names."""
     lines = header_lines(inputs.meta)
@@ -238,6 +297,9 @@ def render_markdown(inputs: ReportInputs, figures: list[str]) -> str:
         lines += ["No cells in the summary.", ""]
     for ds in datasets(summary) if not summary.empty else []:
         lines += dataset_section(summary, ds, inputs.meta)
+    sweep = sweep_frame(summary)
+    if not sweep.empty:
+        lines += sweep_section(sweep, inputs.meta.get("sweep", "sweep"))
     if figures:
         lines += ["## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures] + [""]
     return "\n".join(lines).rstrip("\n") + "\n"
@@ -371,6 +433,9 @@ def _write_figures(out_dir: Path, inputs: ReportInputs) -> list[Path]:
     if not inputs.steps.empty:
         fig = band_plot(inputs.steps, inputs.summary, "inner_step", STEPS_XLABEL, STEPS_TITLE)
         written.append(_save(fig, out_dir / "inner_steps.png"))
+    sweep = sweep_frame(inputs.summary)
+    if not sweep.empty:
+        written.append(_save(sweep_figure(sweep, inputs.meta.get("sweep", "sweep")), out_dir / "sweep.png"))
     for source in sorted(inputs.samples):
         path = out_dir / f"samples_{_safe_name(source)}.png"
         written.append(samples_figure(source, inputs.samples[source], inputs.sample_steps.get(source), path))
@@ -385,7 +450,11 @@ def write_report(out_dir: Path, inputs: ReportInputs) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, frame in (("summary", inputs.summary), ("steps", inputs.steps), ("curves", inputs.curves)):
+    frames = [("summary", inputs.summary), ("steps", inputs.steps), ("curves", inputs.curves)]
+    sweep = sweep_frame(inputs.summary)
+    if not sweep.empty:
+        frames.append(("sweep", sweep))
+    for name, frame in frames:
         path = out_dir / f"{name}.csv"
         frame.to_csv(path, index=False)
         written.append(path)

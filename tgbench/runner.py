@@ -64,7 +64,13 @@ def cell_hash(suite: Suite, entry: SourceEntry, dataset_resolved: str) -> str:
     """What makes two runs of a cell the same experiment: everything but the seed count and the other arms."""
     protocol = suite.model_dump(mode="json", exclude={"profiles", "sources", "description"})
     protocol["evaluation"].pop("seeds")
-    return config_hash({"protocol": protocol, "source": entry.model_dump(mode="json"), "data": dataset_resolved})
+    # settings added after results were stored must not change old cells' hashes while left unset
+    protocol = {k: v for k, v in protocol.items() if v is not None}
+    source = entry.model_dump(mode="json")
+    for key, unset in (("inner", {}), ("arm", None), ("sweep_value", None)):
+        if source.get(key) == unset:
+            source.pop(key)
+    return config_hash({"protocol": protocol, "source": source, "data": dataset_resolved})
 
 
 # ------------------------------------------------------------------------------------------ one cell
@@ -85,20 +91,19 @@ class CellTask:
 
 def build_teacher(suite: Suite, entry: SourceEntry, dataset: Dataset, seed: int) -> Teacher:
     torch.manual_seed(seed)  # sources initialise with torch's default RNG: seed it per cell
-    ctx = SourceContext(dataset.train, suite.inner.steps, suite.inner.batch_size, dataset.image_shape,
-                        dataset.num_classes)
+    inner = suite.inner_for(entry)
+    ctx = SourceContext(dataset.train, inner.steps, inner.batch_size, dataset.image_shape, dataset.num_classes)
     cls = methods.get(entry.method)
     source = cls(cls.Params.model_validate(entry.params), ctx)
-    hyper = InnerHyperparameters(suite.inner.steps, suite.inner.lr, suite.inner.momentum,
-                                 suite.inner.learn_lr, suite.inner.learn_momentum)
-    return Teacher(source, hyper, suite.inner.optimizer)
+    hyper = InnerHyperparameters(inner.steps, inner.lr, inner.momentum, inner.learn_lr, inner.learn_momentum)
+    return Teacher(source, hyper, inner.optimizer)
 
 
 def build_trainer(suite: Suite, entry: SourceEntry, dataset: Dataset, seed: int) -> MetaTrainer:
     """The ``MetaTrainer`` of one cell: its teacher, the suite's learner space, inner and (per-arm) outer loop.
     Shared by the runner, the benchmarks and anything else that meta-trains a suite's source."""
     teacher = build_teacher(suite, entry, dataset, seed)
-    return MetaTrainer(teacher, suite.learner, dataset.train, suite.inner, suite.outer_for(entry),
+    return MetaTrainer(teacher, suite.learner, dataset.train, suite.inner_for(entry), suite.outer_for(entry),
                        image_shape=dataset.image_shape, num_classes=dataset.num_classes, seed=seed,
                        learner_weight_norm=teacher.source.learner_weight_norm)
 
@@ -210,7 +215,8 @@ def run_cell(task: CellTask) -> dict:
         "cell": cell_key(entry.name, task.seed), "config_hash": chash, "suite": suite.name, "profile": task.profile,
         "source": entry.name, "method": entry.method, "variant": variant_of(entry), "seed": task.seed,
         "dataset": suite.dataset.name, "dataset_resolved": dataset.resolved, "fallback_reason": dataset.fallback_reason,
-        "inner_steps": suite.inner.steps, "batch_size": suite.inner.batch_size,
+        "inner_steps": suite.inner_for(entry).steps, "batch_size": suite.inner_for(entry).batch_size,
+        "arm": entry.arm or entry.name, "sweep_value": entry.sweep_value,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "torch": torch.__version__, "device": "cpu", "threads": torch.get_num_threads(),
         "revision": git_revision(), "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -228,6 +234,7 @@ def run_cell(task: CellTask) -> dict:
 def variant_of(entry: SourceEntry) -> str:
     parts = [f"{k}={v}" for k, v in sorted(entry.params.items())]
     parts += [f"outer.{k}={v}" for k, v in sorted(entry.outer.items())]
+    parts += [f"inner.{k}={v}" for k, v in sorted(entry.inner.items())]
     return ", ".join(parts) or "default"
 
 
@@ -248,6 +255,10 @@ def run_suite(suite_path: str, opts: RunOptions, log=print) -> Path:
     """Run every unfinished cell of a suite, then write its report; returns the report directory."""
     profile = opts.profile or default_profile()
     suite = load_suite(suite_path, profile)
+    if suite.kind == "tune":
+        from tgbench.tune import run_tune_suite
+
+        return run_tune_suite(suite_path, opts, log)
     if suite.kind != "fewstep":
         raise BadInput(f"{suite_path}: kind: 'tgbench run' runs fewstep suites; {suite.kind!r} suites are not "
                        "implemented yet")
@@ -307,7 +318,8 @@ def _command_line() -> str:
 def report_frames(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(summary, curves, steps) DataFrames from store records (see tgbench.report.ReportInputs)."""
     summary_cols = ["source", "method", "variant", "seed", "status", "dataset_resolved", "test_acc_final",
-                    "val_acc_final", "meta_train_seconds", "outer_iterations", "peak_rss_mb", "revision"]
+                    "val_acc_final", "meta_train_seconds", "outer_iterations", "peak_rss_mb", "revision",
+                    "arm", "sweep_value"]
     summary = pd.DataFrame([{c: r.get(c) for c in summary_cols} for r in records], columns=summary_cols)
     curves = pd.DataFrame([{"source": r["source"], "seed": r["seed"], **point}
                            for r in records for point in r.get("curve", [])],
@@ -342,6 +354,8 @@ def build_report(suite: Suite, profile: str, store: Store, out_dir: Path, accept
             "torch": torch.__version__, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "inner loop": f"{suite.inner.steps} steps x batch {suite.inner.batch_size}",
             "outer iterations": str(suite.outer.iterations), "store": store.url}
+    if suite.sweep is not None:
+        meta["sweep"] = suite.sweep.key
     return write_report(out_dir, ReportInputs(summary, curves, steps, samples, sample_steps, meta))
 
 
@@ -351,6 +365,12 @@ def report_suite(suite_path: str, opts: RunOptions, log=print) -> Path:
     suite = load_suite(suite_path, profile)
     out_dir = _writable_out_dir(opts.out, suite, profile)
     store = Store(opts.storage, opts.artifacts_dir)
+    if suite.kind == "tune":
+        from tgbench.tune import write_tune_report
+
+        write_tune_report(suite, profile, store, out_dir, command=_command_line())
+        log(f"report: {out_dir / 'report.md'}")
+        return out_dir
     study = store.study(study_name(suite, profile), create=False)
     seeds = opts.seeds or suite.evaluation.seeds
     # a cell's hash depends on the dataset it resolved to: accept the suite's current config on any of them

@@ -1,0 +1,302 @@
+"""Tune suites (``kind: tune``): hyperparameter sensitivity of each arm, measured by Optuna's TPE sampler.
+
+The GTN paper's Fig. 2 argument: tune GTN with and without weight normalisation by Bayesian optimisation and
+box-plot the final validation loss of *every* run made during tuning; the spread is the sensitivity. Here each
+arm (source entry) gets its own Optuna study ``<suite>@<profile>/<arm>`` in the experiment store:
+
+* a trial samples ``tune.space`` (dotted keys ``inner.lr``, ``outer.lr``, ``params.noise_dim`` ...), applies the
+  values as per-arm overrides and meta-trains one teacher with ``runner.meta_train`` (the same meta-step as
+  every suite), meta-training seed = trial number;
+* objective = validation loss of fresh learners after the last inner step on the final teacher (minimised),
+  reported per evaluation so that ``tune.pruning: true`` can prune (off by default: pruning would stop exactly
+  the unstable runs whose final loss is being measured);
+* a diverged trial (NaN/inf meta-loss, meta-gradient or parameters, or a non-finite final loss) is not an
+  error: it completes with value min(last finite validation loss, ``tune.divergence_cap``) and user attribute
+  ``status=diverged``, and counts towards ``tune.trials``;
+* resume: a study counts its finished (complete or pruned) trials and runs only the rest. A trial left
+  ``RUNNING`` by a killed process is marked failed when the arm starts again (one process per tune study).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+from tgbench import stats
+from tgbench.config import SearchDimension, SourceEntry, Suite, load_suite
+from tgbench.data import Dataset, load_dataset
+from tgbench.errors import BadInput
+from tgbench.store import Store
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def arm_study_name(suite: Suite, profile: str, entry: SourceEntry) -> str:
+    return f"{suite.name}@{profile}/{entry.name}"
+
+
+def suggest(trial: optuna.Trial, name: str, dim: SearchDimension) -> Any:
+    if dim.choices is not None:
+        return trial.suggest_categorical(name, dim.choices)
+    if dim.integer:
+        return trial.suggest_int(name, int(dim.low), int(dim.high), log=dim.log)
+    return trial.suggest_float(name, dim.low, dim.high, log=dim.log)
+
+
+def arm_with(suite: Suite, entry: SourceEntry, values: dict[str, Any]) -> SourceEntry:
+    """The arm with sampled ``values`` applied as per-arm overrides, validated like any arm (``load_suite`` checks
+    both ends of every range this way, so a study cannot fail half-way on an illegal value)."""
+    fields = entry.model_dump()
+    for key, value in values.items():
+        section, _, leaf = key.partition(".")
+        fields[section] = {**fields[section], leaf: value}
+    arm = SourceEntry.model_validate(fields)
+    suite.outer_for(arm), suite.inner_for(arm)
+    from tgbench.registry import methods
+
+    methods.get(arm.method).Params.model_validate(arm.params)
+    return arm
+
+
+def objective_value(record: dict, cap: float) -> tuple[float, str]:
+    """(objective, status) of a meta-training record: final validation loss, or for a diverged run its last
+    finite validation loss capped at ``cap``."""
+    final = record.get("val_loss_final")
+    if record["status"] == "complete" and final is not None and math.isfinite(final):
+        return float(final), "complete"
+    finite = [p["val_loss"] for p in record.get("curve", []) if p.get("val_loss") is not None
+              and math.isfinite(p["val_loss"])]
+    return (min(finite[-1], cap) if finite else cap), "diverged"
+
+
+def make_objective(suite: Suite, entry: SourceEntry, dataset: Dataset, progress: bool):
+    from tgbench.runner import git_revision, meta_train
+
+    tune = suite.tune
+
+    def objective(trial: optuna.Trial) -> float:
+        values = {key: suggest(trial, key, dim) for key, dim in tune.space.items()}
+        arm = arm_with(suite, entry, values)
+
+        def on_eval(point: dict) -> None:
+            loss = point["val_loss"]
+            if loss is not None and math.isfinite(loss) and point["outer_iter"] > 0:
+                trial.report(loss, point["outer_iter"])
+                if tune.pruning and trial.should_prune():
+                    raise optuna.TrialPruned()
+
+        _, record = meta_train(suite, arm, dataset, seed=trial.number, progress=progress, on_eval=on_eval)
+        value, status = objective_value(record, tune.divergence_cap)
+        for key in ("val_acc_final", "test_acc_final", "val_loss_final", "meta_train_seconds", "outer_iterations",
+                    "error"):
+            trial.set_user_attr(key, record.get(key))
+        trial.set_user_attr("status", status)
+        trial.set_user_attr("curve", record["curve"])
+        trial.set_user_attr("dataset_resolved", dataset.resolved)
+        trial.set_user_attr("revision", git_revision())
+        trial.set_user_attr("finished", dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+        return value
+
+    return objective
+
+
+def tune_arm(store: Store, suite: Suite, profile: str, entry: SourceEntry, dataset: Dataset, progress: bool,
+             log=print) -> optuna.Study:
+    """Run the arm's study up to ``tune.trials`` finished trials (resuming what is in the store)."""
+    tune = suite.tune
+    name = arm_study_name(suite, profile, entry)
+    study = optuna.create_study(study_name=name, storage=store.storage, direction="minimize", load_if_exists=True)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        # left by a killed run (tune studies have one process each): free it so it is re-sampled
+        store.storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    done = len(study.get_trials(deepcopy=False, states=FINISHED))
+    todo = max(0, tune.trials - done)
+    log(f"{name}: {done} trials done, {todo} to run")
+    if todo:
+        # a fresh sampler seed per resumption, so a resumed study does not replay its random start-up trials
+        study.sampler = optuna.samplers.TPESampler(seed=tune.seed + len(study.trials),
+                                                   n_startup_trials=tune.startup_trials)
+        study.pruner = optuna.pruners.MedianPruner() if tune.pruning else optuna.pruners.NopPruner()
+        study.optimize(make_objective(suite, entry, dataset, progress), n_trials=todo, show_progress_bar=False,
+                       callbacks=[lambda s, t: log(f"  trial {t.number}: {t.user_attrs.get('status', t.state.name)} "
+                                                   f"val loss {t.value if t.value is not None else float('nan'):.4f}")])
+    return study
+
+
+def run_tune_suite(suite_path: str, opts, log=print) -> Path:
+    from tgbench.runner import _writable_out_dir, default_profile
+
+    profile = opts.profile or default_profile()
+    suite = load_suite(suite_path, profile)
+    if opts.seeds:
+        raise BadInput(f"{suite_path}: --seeds: tune suites run tune.trials trials per arm, not seeds")
+    out_dir = _writable_out_dir(opts.out, suite, profile)
+    dataset = load_dataset(suite.dataset.name, data_root=opts.data_root, download=suite.dataset.download,
+                           fallback=suite.dataset.fallback, seed=0)
+    if dataset.fallback_reason:
+        log(f"WARNING: {dataset.fallback_reason}\nWARNING: falling back to {dataset.resolved!r}", file=sys.stderr)
+    store = Store(opts.storage, opts.artifacts_dir)
+    start = time.perf_counter()
+    for entry in suite.sources:
+        tune_arm(store, suite, profile, entry, dataset, opts.progress, log)
+    log(f"tuned {len(suite.sources)} arms in {time.perf_counter() - start:.0f} s")
+    write_tune_report(suite, profile, store, out_dir, command=_command())
+    log(f"report: {out_dir / 'report.md'}")
+    return out_dir
+
+
+def _command() -> str:
+    return " ".join([Path(sys.argv[0]).name] + sys.argv[1:])
+
+
+# ------------------------------------------------------------------------------------------ the report
+def trials_frame(store: Store, suite: Suite, profile: str) -> pd.DataFrame:
+    """One row per finished trial of every arm: arm, number, status, value, sampled params, timings."""
+    rows = []
+    for entry in suite.sources:
+        try:
+            study = optuna.load_study(study_name=arm_study_name(suite, profile, entry), storage=store.storage)
+        except KeyError:
+            continue
+        for t in study.get_trials(deepcopy=False, states=FINISHED):
+            status = "pruned" if t.state == TrialState.PRUNED else t.user_attrs.get("status", "complete")
+            rows.append({"arm": entry.name, "trial": t.number, "status": status, "value": t.value,
+                         **{f"param:{k}": v for k, v in t.params.items()},
+                         "val_acc_final": t.user_attrs.get("val_acc_final"),
+                         "test_acc_final": t.user_attrs.get("test_acc_final"),
+                         "meta_train_seconds": t.user_attrs.get("meta_train_seconds"),
+                         "dataset_resolved": t.user_attrs.get("dataset_resolved"),
+                         "revision": t.user_attrs.get("revision")})
+    return pd.DataFrame(rows)
+
+
+def summary_frame(trials: pd.DataFrame) -> pd.DataFrame:
+    """Per arm: trials, diverged, median and IQR of the final loss over all trials (diverged at their recorded
+    value), best, and the median over the non-diverged trials only."""
+    rows = []
+    for arm, g in trials.groupby("arm", sort=False):
+        values = g["value"].to_numpy(dtype=float)
+        ok = g.loc[g["status"] == "complete", "value"].to_numpy(dtype=float)
+        q1, median, q3 = np.percentile(values, [25, 50, 75])
+        rows.append({"arm": arm, "trials": len(g), "diverged": int((g["status"] == "diverged").sum()),
+                     "pruned": int((g["status"] == "pruned").sum()), "median": median, "q1": q1, "q3": q3,
+                     "iqr": q3 - q1, "best": float(values.min()),
+                     "median_non_diverged": float(np.median(ok)) if len(ok) else math.nan})
+    return pd.DataFrame(rows)
+
+
+def importances(store: Store, suite: Suite, profile: str) -> pd.DataFrame:
+    """Optuna's fANOVA parameter importances per arm (empty for an arm with too few finished trials)."""
+    rows = []
+    for entry in suite.sources:
+        try:
+            study = optuna.load_study(study_name=arm_study_name(suite, profile, entry), storage=store.storage)
+            result = optuna.importance.get_param_importances(
+                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+        except (KeyError, ValueError, RuntimeError):  # no study, < 2 trials, or no variation
+            continue
+        rows += [{"arm": entry.name, "param": k, "importance": v} for k, v in result.items()]
+    return pd.DataFrame(rows, columns=["arm", "param", "importance"])
+
+
+def box_plot(trials: pd.DataFrame, cap: float):
+    """Fig. 2: final validation loss per arm, a box over all trials and every trial as a point; diverged trials
+    are red crosses (at their recorded value, capped at ``cap``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = list(dict.fromkeys(trials["arm"]))
+    fig, ax = plt.subplots(figsize=(2.2 + 1.8 * len(arms), 4.5))
+    ax.boxplot([trials.loc[trials["arm"] == a, "value"].to_numpy(dtype=float) for a in arms],
+               showfliers=False, widths=0.5)
+    ax.set_xticks(range(1, len(arms) + 1), arms)
+    rng = np.random.default_rng(0)
+    for i, arm in enumerate(arms, start=1):
+        g = trials[trials["arm"] == arm]
+        xs = i + rng.uniform(-0.12, 0.12, len(g))
+        diverged = (g["status"] == "diverged").to_numpy()
+        ax.scatter(xs[~diverged], g["value"].to_numpy(dtype=float)[~diverged], s=18, color="k", alpha=0.7,
+                   zorder=3, label="trial" if i == 1 else None)
+        if diverged.any():
+            ax.scatter(xs[diverged], g["value"].to_numpy(dtype=float)[diverged], s=40, marker="x", color="red",
+                       zorder=4, label="diverged")
+    ax.axhline(cap, color="red", linestyle=":", linewidth=1, label=f"divergence cap {cap:g}")
+    ax.set(ylabel="final validation loss (lower is better)", title="Hyperparameter sensitivity (all tuning trials)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3, axis="y")
+    handles, labels = ax.get_legend_handles_labels()
+    by_label = dict(zip(labels, handles))
+    ax.legend(by_label.values(), by_label.keys(), fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def write_tune_report(suite: Suite, profile: str, store: Store, out_dir: Path, command: str = "") -> Path:
+    import matplotlib.pyplot as plt
+
+    from tgbench.report import _md_table
+    from tgbench.runner import machine
+
+    trials = trials_frame(store, suite, profile)
+    if trials.empty:
+        raise BadInput(f"no finished tune trials for suite {suite.name!r} at profile {profile!r} in {store.url}")
+    summary = summary_frame(trials)
+    imp = importances(store, suite, profile)
+    trials.to_csv(out_dir / "trials.csv", index=False)
+    summary.to_csv(out_dir / "summary.csv", index=False)
+    imp.to_csv(out_dir / "importances.csv", index=False)
+    fig = box_plot(trials, suite.tune.divergence_cap)
+    fig.savefig(out_dir / "final_loss_boxplot.png", dpi=100)
+    plt.close(fig)
+
+    space = ", ".join(f"`{k}` " + (f"∈ {d.choices}" if d.choices is not None else
+                                    f"∈ [{d.low:g}, {d.high:g}]{' log' if d.log else ''}")
+                      for k, d in suite.tune.space.items())
+    lines = [f"# tgbench tune report: {suite.name}", "",
+             f"- **profile**: {profile}",
+             f"- **revision**: {', '.join(sorted({str(r) for r in trials['revision'].dropna()}))}",
+             f"- **command**: `{command or f'tgbench run {suite.name} --profile {profile}'}`",
+             f"- **machine**: {machine()}",
+             f"- **dataset**: {', '.join(sorted({str(d) for d in trials['dataset_resolved'].dropna()}))}",
+             f"- **created**: {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}",
+             f"- **protocol**: {suite.inner.steps} inner steps x batch {suite.inner.batch_size}, "
+             f"{suite.outer.iterations} outer iterations per trial, {suite.tune.trials} TPE trials per arm "
+             f"({suite.tune.startup_trials} random start-up), pruning {'on' if suite.tune.pruning else 'off'}",
+             f"- **search space**: {space}",
+             f"- **store**: {store.url} (studies `{suite.name}@{profile}/<arm>`; `optuna-dashboard {store.url}`)",
+             "",
+             "## Final validation loss over all tuning trials (paper Fig. 2)", "",
+             "Objective: validation loss of fresh learners after the last inner step, trained on the trial's "
+             f"final teacher. Diverged trials count at min(last finite validation loss, {suite.tune.divergence_cap:g}).",
+             ""]
+    rows = [[r.arm, r.trials, r.diverged, f"{r.median:.4f}", f"{r.q1:.4f} – {r.q3:.4f} ({r.iqr:.4f})",
+             f"{r.best:.4f}", "–" if math.isnan(r.median_non_diverged) else f"{r.median_non_diverged:.4f}"]
+            for r in summary.itertuples()]
+    lines += _md_table(["arm", "trials", "diverged", "median", "IQR (q1 – q3)", "best", "median (non-diverged)"],
+                       rows) + [""]
+    if len(summary) == 2:
+        a, b = summary["arm"]
+        va = trials.loc[trials["arm"] == a, "value"]
+        vb = trials.loc[trials["arm"] == b, "value"]
+        lines += [f"Mann-Whitney U (two-sided) on the final losses of `{a}` vs `{b}`: "
+                  f"p = {stats.mann_whitney_p(va, vb):.3g}.", ""]
+    lines += ["## Parameter importances (Optuna fANOVA, per arm)", ""]
+    if imp.empty:
+        lines += ["Too few finished trials to estimate importances.", ""]
+    else:
+        table = imp.pivot(index="param", columns="arm", values="importance").fillna(0.0)
+        lines += _md_table(["param", *table.columns], [[p, *[f"{v:.3f}" for v in row]]
+                                                        for p, row in zip(table.index, table.to_numpy())]) + [""]
+    lines += ["## Figures", "", "![final_loss_boxplot](final_loss_boxplot.png)", ""]
+    (out_dir / "report.md").write_text("\n".join(lines), encoding="utf-8")
+    return out_dir
