@@ -181,6 +181,19 @@ def test_more_trials_later_runs_only_the_new_ones(tmp_path, single_thread):
     assert len(trials) == 2 and trials[0].value == first.value and trials[0].datetime_complete == first.datetime_complete
 
 
+def test_a_changed_protocol_refuses_to_mix_with_old_trials(tmp_path, single_thread, capsys):
+    path = _tune_suite(tmp_path, trials=1)
+    _with_smoke(path)
+    assert _run(path, tmp_path) == 0
+    raw = yaml.safe_load(path.read_text())
+    raw["outer"]["iterations"] = 3
+    path.write_text(yaml.safe_dump(raw))
+    assert _run(path, tmp_path) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "different configuration" in err[0] and "tiny_tune@smoke/wn" in err[0]
+    assert len(_study(tmp_path).get_trials()) == 1
+
+
 def test_killed_study_continues_where_it_stopped(tmp_path):
     """SIGKILL a tune run after its first trial finished; the same command completes the rest: the finished
     trial is untouched, the interrupted one is marked failed, and exactly `trials` trials finish."""

@@ -34,13 +34,21 @@ from tgbench import stats
 from tgbench.config import SearchDimension, SourceEntry, Suite, load_suite
 from tgbench.data import Dataset, load_dataset
 from tgbench.errors import BadInput
-from tgbench.store import Store
+from tgbench.store import Store, config_hash
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def arm_study_name(suite: Suite, profile: str, entry: SourceEntry) -> str:
     return f"{suite.name}@{profile}/{entry.name}"
+
+
+def tune_hash(suite: Suite, entry: SourceEntry, dataset_resolved: str) -> str:
+    """What makes two tune trials comparable: everything but the number of trials (raising it adds trials)."""
+    from tgbench.runner import cell_hash
+
+    return config_hash({"cell": cell_hash(suite.model_copy(update={"tune": None}), entry, dataset_resolved),
+                        "tune": suite.tune.model_dump(mode="json", exclude={"trials"})})
 
 
 def suggest(trial: optuna.Trial, name: str, dim: SearchDimension) -> Any:
@@ -114,6 +122,11 @@ def tune_arm(store: Store, suite: Suite, profile: str, entry: SourceEntry, datas
     tune = suite.tune
     name = arm_study_name(suite, profile, entry)
     study = optuna.create_study(study_name=name, storage=store.storage, direction="minimize", load_if_exists=True)
+    chash = tune_hash(suite, entry, dataset.resolved)
+    if study.user_attrs.get("config_hash", chash) != chash:
+        raise BadInput(f"study {name!r} in {store.url} was run under a different configuration of this arm; "
+                       "keep both by using another --storage, or delete the study (optuna delete-study)")
+    study.set_user_attr("config_hash", chash)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         # left by a killed run (tune studies have one process each): free it so it is re-sampled
         store.storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
