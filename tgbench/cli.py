@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("what", choices=("methods", "suites", "datasets"))
 
     board = sub.add_parser("leaderboard", help="rank every finished few-step arm in the store, per comparable protocol")
-    board.add_argument("--storage", help="Optuna storage URL (default: sqlite:///results/tgbench.db, or $TGBENCH_STORAGE)")
+    board.add_argument("--storage", action="append", help="Optuna storage URL, repeatable to merge stores "
+                                                          "(default: sqlite:///results/tgbench.db, or $TGBENCH_STORAGE)")
     board.add_argument("--artifacts", help="directory of the teacher artifact store (default: next to the SQLite file)")
     board.add_argument("--out", help="Markdown file; the CSV and figures go next to it (default: results/LEADERBOARD.md)")
 

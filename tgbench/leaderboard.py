@@ -45,9 +45,11 @@ DEFAULT_OUT = Path("results") / "LEADERBOARD.md"
 
 
 # ------------------------------------------------------------------------------------------ the protocol
-def protocol_of(suite: dict, dataset_resolved: str) -> dict:
-    """What must be equal for two runs to share a table, from a suite's JSON dump (``Suite.model_dump``)."""
-    inner, ev = suite["inner"], suite["evaluation"]
+def protocol_of(suite: dict, dataset_resolved: str, entry: dict | None = None) -> dict:
+    """What must be equal for two runs to share a table, from a suite's JSON dump (``Suite.model_dump``) and the
+    arm's (``SourceEntry.model_dump``): an arm's own ``inner`` overrides, where a suite has them, count."""
+    inner = {**suite["inner"], **((entry or {}).get("inner") or {})}
+    ev = suite["evaluation"]
     return {"dataset": dataset_resolved,
             "inner": {k: inner[k] for k in ("steps", "batch_size", "optimizer")},
             "learner": suite["learner"],
@@ -78,27 +80,32 @@ def _synthetic_dataset(image_shape, num_classes: int, batch_size: int, meta_batc
                    (0.0,) * image_shape[0], (1.0,) * image_shape[0], "random tensors for FLOP counting")
 
 
-def meta_train_flops(suite, entry, image_shape, num_classes: int, seed: int, iterations: int) -> float:
+def meta_train_flops(suite, entry, image_shape, num_classes: int, seed: int, iterations: int,
+                     cache: dict | None = None) -> float:
     """Matmul/conv FLOPs of ``iterations`` meta-iterations of one cell, counted by ``FlopCounterMode``.
 
     The architecture of iteration i is drawn by the trainer's own seeded ``random.Random(seed)``, so the exact
     sequence is replayed here; one ``MetaTrainer.step()`` per distinct architecture is counted (a meta-step's
     FLOPs depend only on shapes) on random data of the dataset's shape, and the counts are summed over the
-    sequence. Torch's global RNG is left as it was.
+    sequence. Torch's global RNG is left as it was. ``cache`` (architecture -> FLOPs of one step) may be shared
+    between calls for the same cell config, e.g. its seeds.
     """
     from torch.utils.flop_counter import FlopCounterMode
 
     from tgbench.config import LearnerSpace
     from tgbench.runner import build_trainer
 
-    data = _synthetic_dataset(image_shape, num_classes, suite.inner.batch_size,
-                              suite.outer_for(entry).meta_batch_size)
+    inner = suite.inner_for(entry) if hasattr(suite, "inner_for") else suite.inner  # per-arm inner, where supported
+    data = _synthetic_dataset(image_shape, num_classes, inner.batch_size, suite.outer_for(entry).meta_batch_size)
     with torch.random.fork_rng():
         trainer = build_trainer(suite, entry, data, seed)
         rng = random.Random(seed)  # the trainer's architecture stream (MetaTrainer.rng)
         archs = Counter(suite.learner.sample(rng, trainer.learner_weight_norm) for _ in range(iterations))
-        total = 0.0
+        total, cache = 0.0, {} if cache is None else cache
         for spec in archs:
+            if spec in cache:
+                total += archs[spec] * cache[spec]
+                continue
             trainer.space = LearnerSpace(conv_channels=[list(spec.conv_channels)], fc_hidden=[list(spec.fc_hidden)],
                                          kernel_size=[spec.kernel_size], activation=[spec.activation],
                                          batch_norm=spec.batch_norm, weight_norm=spec.weight_norm)
@@ -108,7 +115,8 @@ def meta_train_flops(suite, entry, image_shape, num_classes: int, seed: int, ite
                     trainer.step()
             except Diverged:  # a throwaway step from a fresh init blew up: no trustworthy count
                 return math.nan
-            total += archs[spec] * counter.get_total_flops()
+            cache[spec] = counter.get_total_flops()
+            total += archs[spec] * cache[spec]
     return float(total)
 
 
@@ -146,7 +154,7 @@ class _ProtocolResolver:
 
     def __init__(self, store: Store, log):
         self.store, self.log = store, log
-        self._flops_cache: dict[tuple, float] = {}
+        self._step_flops: dict[str, dict] = {}  # config hash -> {architecture: FLOPs of one meta-step}
         self._artifact_cache: dict[str, dict | None] = {}
 
     def _artifact(self, record: dict) -> dict | None:
@@ -169,7 +177,9 @@ class _ProtocolResolver:
         for r in [record, *siblings]:  # any seed of the same config saved the same suite
             saved = self._artifact(r)
             if saved is not None:
-                return protocol_of(saved["suite"], record["dataset_resolved"])
+                entry = next((e for e in saved["suite"]["sources"]
+                              if (e.get("label") or e["method"]) == record["source"]), None)
+                return protocol_of(saved["suite"], record["dataset_resolved"], entry)
         return {"partial": True, "suite": record.get("suite"), "dataset": record.get("dataset_resolved"),
                 "inner_steps": record.get("inner_steps"), "batch_size": record.get("batch_size")}
 
@@ -179,10 +189,7 @@ class _ProtocolResolver:
         saved = next((s for s in (self._artifact(r) for r in [record, *siblings]) if s is not None), None)
         if saved is None:
             return math.nan
-        key = (record["config_hash"], record["seed"], record.get("outer_iterations"))
-        if key not in self._flops_cache:
-            self._flops_cache[key] = self._measure(saved, record)
-        return self._flops_cache[key]
+        return self._measure(saved, record)
 
     def _measure(self, saved: dict, record: dict) -> float:
         from tgbench.config import Suite
@@ -191,17 +198,27 @@ class _ProtocolResolver:
             suite = Suite.model_validate(saved["suite"])
             entry = next(e for e in suite.sources if e.name == record["source"])
             return meta_train_flops(suite, entry, tuple(saved["image_shape"]), saved["num_classes"], record["seed"],
-                                    int(record["outer_iterations"]))
+                                    int(record["outer_iterations"]),
+                                    cache=self._step_flops.setdefault(record["config_hash"], {}))
         except Exception as exc:  # e.g. a plugin method that is not installed here
             self.log(f"leaderboard: cannot count FLOPs of {record.get('suite')}/{record.get('cell')}: "
                      f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
             return math.nan
 
 
-def collect(store: Store, log=print) -> list[Table]:
-    """Every finished few-step arm in the store, grouped into comparable tables, ranked, Pareto front marked."""
-    resolver = _ProtocolResolver(store, log)
+def collect(stores: Store | list[Store], log=print) -> list[Table]:
+    """Every finished few-step arm in the store(s), grouped into comparable tables, ranked, Pareto front marked."""
     tables: dict[tuple[str, str], Table] = {}
+    for store in [stores] if isinstance(stores, Store) else stores:
+        _collect_store(store, tables, log)
+    for table in tables.values():
+        table.rows.sort(key=lambda r: (-_or(r.accuracy.mean, -1.0), r.suite, r.source))
+        mark_pareto(table.rows)
+    return sorted(tables.values(), key=lambda t: (t.protocol.get("dataset") or "", t.profile, t.key))
+
+
+def _collect_store(store: Store, tables: dict[tuple[str, str], Table], log) -> None:
+    resolver = _ProtocolResolver(store, log)
     for name in sorted(store.study_names()):
         study = store.study(name, create=False)
         records = [r for r in store.records(study)  # few-step cells (other kinds of study hold other records)
@@ -227,10 +244,6 @@ def collect(store: Store, log=print) -> list[Table]:
                 meta_train_seconds=_mean([r.get("meta_train_seconds") for r in complete]),
                 flops=_mean(flops), finished=max((r.get("finished") or "") for r in cells)[:10],
                 revisions=", ".join(sorted({r.get("revision", "unknown") for r in cells}))))
-    for table in tables.values():
-        table.rows.sort(key=lambda r: (-_or(r.accuracy.mean, -1.0), r.suite, r.source))
-        mark_pareto(table.rows)
-    return sorted(tables.values(), key=lambda t: (t.protocol.get("dataset") or "", t.profile, t.key))
 
 
 def _mean(values) -> float:
@@ -256,7 +269,8 @@ def mark_pareto(rows: list[Row]) -> None:
 def _fmt_flops(flops: float) -> str:
     if math.isnan(flops):
         return "n/a"
-    return f"{flops / 1e9:.4g}"
+    giga = flops / 1e9
+    return f"{giga:,.0f}" if giga >= 100 else f"{giga:.3g}"
 
 
 HEADER = ["rank", "source", "suite", "variant", "test acc, last inner step (mean % [95 % CI])", "seeds",
@@ -346,15 +360,17 @@ def write_leaderboard(tables: list[Table], out: Path, meta: dict[str, str]) -> l
     return [out, csv, *written]
 
 
-def build_leaderboard(storage: str | None, out: str | None, artifacts_dir: str | None = None, command: str = "",
-                      log=print) -> Path:
-    """What ``tgbench leaderboard`` does: read the whole store, write the Markdown, CSV and figures."""
+def build_leaderboard(storages: list[str] | None, out: str | None, artifacts_dir: str | None = None,
+                      command: str = "", log=print) -> Path:
+    """What ``tgbench leaderboard`` does: read the whole store(s), write the Markdown, CSV and figures.
+    ``artifacts_dir`` (default: each SQLite store's own) applies to every store."""
     from tgbench.runner import git_revision, machine
 
-    store = Store(storage, artifacts_dir)
-    tables = collect(store, log)
+    stores = [Store(url, artifacts_dir) for url in (storages or [None])]
+    tables = collect(stores, log)
     out_path = Path(out) if out else DEFAULT_OUT
-    meta = {"command": command or "tgbench leaderboard", "store": store.url, "machine": machine(),
+    meta = {"command": command or "tgbench leaderboard", "store": ", ".join(s.url for s in stores),
+            "machine": machine(),
             "torch": torch.__version__, "leaderboard revision": git_revision(),
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     write_leaderboard(tables, out_path, meta)

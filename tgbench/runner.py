@@ -208,7 +208,7 @@ def run_cell(task: CellTask) -> dict:
         teacher, fields = meta_train(suite, entry, dataset, task.seed, progress=task.progress)
         from tgbench.leaderboard import meta_train_flops, protocol_of  # what the leaderboard compares and costs
 
-        fields["protocol"] = protocol_of(suite.model_dump(mode="json"), dataset.resolved)
+        fields["protocol"] = protocol_of(suite.model_dump(mode="json"), dataset.resolved, entry.model_dump(mode="json"))
         fields["meta_train_flops"] = meta_train_flops(suite, entry, dataset.image_shape, dataset.num_classes,
                                                       task.seed, fields["outer_iterations"])
     except BaseException as exc:  # Ctrl-C or a bug: the cell is marked failed, never left 'running'

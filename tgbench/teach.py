@@ -153,7 +153,9 @@ def teach(path: str | Path, model: str | None = None, steps: int | None = None, 
 
     payload = load_exported(path)
     suite = Suite.model_validate(payload["suite"])
-    entry = SourceEntry(method=payload["method"], params=payload["params"])
+    # the arm as it was configured (per-arm overrides included); files without a source name: method + params
+    entry = next((e for e in suite.sources if e.name == payload.get("source")),
+                 SourceEntry(method=payload["method"], params=payload["params"]))
     dataset = load_dataset(payload["dataset_resolved"], data_root=data_root, download=suite.dataset.download,
                            fallback=None, seed=0)  # seed 0: the runner's split
     seed = payload["seed"]
@@ -165,18 +167,19 @@ def teach(path: str | Path, model: str | None = None, steps: int | None = None, 
     else:
         specs = [model_factory(model, dataset.image_shape, dataset.num_classes)]
         what = model
-    steps = steps or suite.inner.steps
+    trained_steps = teacher.hyper.log_lr.shape[0]  # T the teacher was meta-trained for (its schedule's length)
+    steps = steps or trained_steps
     learners = learners or suite.evaluation.final_learners
     result = evaluate(teacher, specs, dataset.test, dataset.val, steps=steps, learners=learners,
                       image_shape=dataset.image_shape, num_classes=dataset.num_classes,
                       generator=torch.Generator().manual_seed(EVAL_SEED_OFFSET + seed),
-                      optimizer=suite.inner.optimizer, per_step=False)
+                      optimizer=teacher.optimizer, per_step=False)
     rec = payload.get("record", {})
     log(f"teacher: {payload.get('study')} {payload.get('source')} seed {seed} (method {payload['method']}, "
-        f"{payload['dataset_resolved']}, trained {suite.inner.steps} steps x batch {suite.inner.batch_size})")
+        f"{payload['dataset_resolved']}, meta-trained for {trained_steps} inner steps)")
     log(f"model: {what}; {learners} fresh model(s) per architecture, {steps} steps")
     log(f"test accuracy: {result.test_acc[-1]:.6f}  (val {result.val_acc[-1]:.6f})")
     if rec.get("test_acc_final") is not None:
-        log(f"recorded in the store for this seed (evaluation learners, {suite.inner.steps} steps, "
+        log(f"recorded in the store for this seed (evaluation learners, {trained_steps} steps, "
             f"{suite.evaluation.final_learners} learners): test accuracy {rec['test_acc_final']:.6f}")
     return result
