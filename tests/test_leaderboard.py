@@ -189,3 +189,9 @@ def test_pareto_front():
             _row("middle", 0.90, 1e10), _row("tie_worse", 0.90, 2e10), _row("unknown", 0.99, math.nan)]
     mark_pareto(rows)
     assert {r.source for r in rows if r.pareto} == {"cheap", "best", "middle"}
+
+
+def test_leaderboard_of_a_missing_store_is_bad_input(tmp_path, capsys):
+    missing = tmp_path / "nope.db"
+    assert main(["leaderboard", "--storage", f"sqlite:///{missing}", "--out", str(tmp_path / "L.md")]) == 2
+    assert "no store at" in capsys.readouterr().err and not missing.exists()

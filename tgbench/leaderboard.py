@@ -366,6 +366,9 @@ def build_leaderboard(storages: list[str] | None, out: str | None, artifacts_dir
     ``artifacts_dir`` (default: each SQLite store's own) applies to every store."""
     from tgbench.runner import git_revision, machine
 
+    for url in storages or []:  # reading must not create an empty SQLite store where a typo'd path points
+        if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+            raise BadInput(f"--storage: no store at {url.removeprefix('sqlite:///')}")
     stores = [Store(url, artifacts_dir) for url in (storages or [None])]
     tables = collect(stores, log)
     out_path = Path(out) if out else DEFAULT_OUT

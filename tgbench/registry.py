@@ -12,8 +12,8 @@ import hashlib
 import importlib
 import importlib.util
 import sys
-from pathlib import Path
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, Callable
 
 from tgbench.errors import BadInput, UnknownName
@@ -78,7 +78,7 @@ class Registry:
         sys.modules[module_name] = module
         try:
             spec.loader.exec_module(module)
-        except BaseException as exc:  # a broken plugin is one line naming its file, not a traceback
+        except (Exception, SystemExit) as exc:  # a broken plugin is one line naming its file, not a traceback
             del sys.modules[module_name]
             first = str(exc).splitlines()[0] if str(exc) else ""
             raise BadInput(f"{path}: importing the plugin failed: {type(exc).__name__}: {first}") from None
@@ -86,6 +86,7 @@ class Registry:
         if not isinstance(declared, dict) or not declared:
             del sys.modules[module_name]
             raise BadInput(f"{path}: METHODS: a plugin file must declare METHODS = {{'name': SourceSubclass, ...}}")
+        self._scan_entry_points()  # so that a name taken by an installed plugin is refused too
         for name, target in declared.items():
             try:
                 self.register(name, target)
