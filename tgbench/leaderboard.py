@@ -288,8 +288,13 @@ def table_lines(table: Table, figure: str | None) -> list[str]:
                      _fmt_flops(r.flops), "★" if r.pareto else "", r.finished, r.revisions])
     lines = [f"## {table.protocol.get('dataset')} · profile `{table.profile}` · protocol `{table.key}`", "",
              f"Protocol: {describe_protocol(table.protocol)}.", "", *_md_table(HEADER, body), ""]
+    front = sorted((r for r in table.rows if r.pareto), key=lambda r: r.flops)
+    if front:
+        lines += ["Cost-aware view — the Pareto front, cheapest first (each step buys accuracy with compute): "
+                  + " → ".join(f"{r.suite}/{r.source} ({100 * r.accuracy.mean:.2f} % for {_fmt_flops(r.flops)} "
+                               "GFLOP)" for r in front) + ".", ""]
     if figure:
-        lines += [f"Accuracy vs meta-training compute (Pareto front ★ joined): ![pareto]({figure})", ""]
+        lines += [f"Accuracy vs meta-training compute, Pareto front in red: ![pareto]({figure})", ""]
     return lines
 
 
@@ -307,7 +312,7 @@ def pareto_figure(table: Table, path: Path) -> Path | None:
                     xytext=(4, 4), textcoords="offset points")
     front = sorted((r for r in rows if r.pareto), key=lambda r: r.flops)
     ax.plot([r.flops / 1e9 for r in front], [100 * r.accuracy.mean for r in front], "--", color="tab:red",
-            label="Pareto front")
+            drawstyle="steps-post", label="Pareto front")
     ax.set_xscale("log")
     ax.set_xlabel("meta-training compute per seed (GFLOP, FlopCounterMode)")
     ax.set_ylabel("test accuracy after the last inner step (%)")
