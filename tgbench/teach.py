@@ -5,8 +5,9 @@ the teacher's full state dict (a GTN's generator weights and learned curriculum 
 plus the learned per-step ``log_lr`` / ``logit_momentum``), the resolved suite it was trained under, and the
 cell's recorded evaluation.
 
-``tgbench teach`` rebuilds that teacher and trains fresh models from scratch on its lessons with its learned
-lr/momentum schedule, through the engine's own evaluation (:func:`tgbench.engine.evaluate`, seeded exactly as
+``tgbench teach`` rebuilds that teacher (loading the resolved dataset it was trained on: its test split is what
+is reported, and sources such as ``real`` draw their lessons from its training split) and trains fresh models from
+scratch on its lessons with its learned lr/momentum schedule, through the engine's own evaluation (:func:`tgbench.engine.evaluate`, seeded exactly as
 the runner's final evaluation: ``EVAL_SEED_OFFSET + seed``). Without ``--model`` it trains the suite's
 evaluation learners and reproduces the store's ``test_acc_final`` for that seed exactly (same machine, same
 thread count). With ``--model package.module:ClassName`` it trains your architecture instead:
