@@ -165,7 +165,8 @@ def test_protocol_covers_exactly_the_comparability_fields(tmp_path):
 
 def test_flop_count_replays_the_trainers_architecture_sequence(tmp_path, single_thread):
     path = tmp_path / "space.yaml"
-    path.write_text("name: space\n" + SUITES["gamma"].replace("conv_channels: [[4, 8]]", "conv_channels: [[4, 8], [8]]"))
+    two_archs = SUITES["gamma"].replace("conv_channels: [[4, 8]]", "conv_channels: [[4, 8], [8]]")
+    path.write_text("name: space\n" + two_archs)
     suite = load_suite(path, "smoke")
     entry = suite.sources[0]
     data = _synthetic_dataset((1, 28, 28), 10, suite.inner.batch_size, suite.outer.meta_batch_size)

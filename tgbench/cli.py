@@ -65,20 +65,21 @@ def build_parser() -> argparse.ArgumentParser:
     listing = sub.add_parser("list", help="list registered names")
     listing.add_argument("what", choices=("methods", "suites", "datasets"))
 
-    board = sub.add_parser("leaderboard", help="rank every finished few-step arm in the store, per comparable protocol")
+    board = sub.add_parser("leaderboard", help="rank every finished few-step arm in the store, per protocol")
     board.add_argument("--storage", action="append", help="Optuna storage URL, repeatable to merge stores "
-                                                          "(default: sqlite:///results/tgbench.db, or $TGBENCH_STORAGE)")
-    board.add_argument("--artifacts", help="directory of the teacher artifact store (default: next to the SQLite file)")
-    board.add_argument("--out", help="Markdown file; the CSV and figures go next to it (default: results/LEADERBOARD.md)")
+                                                          "(default: sqlite:///results/tgbench.db or $TGBENCH_STORAGE)")
+    board.add_argument("--artifacts", help="directory of the teacher artifact store (default: next to each SQLite)")
+    board.add_argument("--out", help="Markdown file; CSV and figures go next to it (default: results/LEADERBOARD.md)")
 
-    export = sub.add_parser("export", help="save one cell's trained teacher (weights, curriculum, lr/momentum) to a file")
+    export = sub.add_parser("export", help="save one cell's trained teacher (weights, curriculum, lr/momentum)")
     export.add_argument("--suite", required=True, help="suite YAML file or suite name")
     export.add_argument("--profile", choices=("smoke", "cpu", "paper"), help="profile (default: cpu, or paper on CUDA)")
     export.add_argument("--source", required=True, help="source label in the suite, e.g. gtn")
     export.add_argument("--seed", type=int, default=0, help="cell seed (default 0)")
     export.add_argument("--out", required=True, help="file to write, e.g. teacher.pt")
-    export.add_argument("--storage", help="Optuna storage URL (default: sqlite:///results/tgbench.db, or $TGBENCH_STORAGE)")
-    export.add_argument("--artifacts", help="directory of the teacher artifact store (default: next to the SQLite file)")
+    export.add_argument("--storage", help="Optuna storage URL (default: sqlite:///results/tgbench.db, or "
+                                          "$TGBENCH_STORAGE)")
+    export.add_argument("--artifacts", help="directory of the teacher artifact store (default: next to the SQLite)")
 
     teach = sub.add_parser("teach", help="train a model from scratch on an exported teacher's data; print its accuracy")
     teach.add_argument("teacher", help="file written by `tgbench export`")

@@ -7,10 +7,11 @@ cell's recorded evaluation.
 
 ``tgbench teach`` rebuilds that teacher (loading the resolved dataset it was trained on: its test split is what
 is reported, and sources such as ``real`` draw their lessons from its training split) and trains fresh models from
-scratch on its lessons with its learned lr/momentum schedule, through the engine's own evaluation (:func:`tgbench.engine.evaluate`, seeded exactly as
-the runner's final evaluation: ``EVAL_SEED_OFFSET + seed``). Without ``--model`` it trains the suite's
-evaluation learners and reproduces the store's ``test_acc_final`` for that seed exactly (same machine, same
-thread count). With ``--model package.module:ClassName`` it trains your architecture instead:
+scratch on its lessons with its learned lr/momentum schedule, through the engine's own evaluation
+(:func:`tgbench.engine.evaluate`, seeded exactly as the runner's final evaluation: ``EVAL_SEED_OFFSET + seed``).
+Without ``--model`` it trains the suite's evaluation learners and reproduces the store's ``test_acc_final`` for
+that seed exactly (same machine, same thread count). With ``--model package.module:ClassName`` it trains your
+architecture instead:
 
 * the class is an ``nn.Module`` constructed as ``ClassName(image_shape, num_classes)`` (``image_shape`` is
   ``(C, H, W)``) whose ``forward(x)`` maps ``(B, C, H, W)`` normalised images to ``(B, num_classes)`` logits;
