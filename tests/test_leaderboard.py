@@ -30,14 +30,11 @@ outer: {iterations: 2, lr: 0.01, meta_batch_size: 32}
 evaluation: {seeds: 1, eval_every: 2, eval_learners: 1, final_learners: 1}
 profiles: {smoke: {}}
 """
-TINY_GTN = "{noise_dim: 8, fc_hidden: 16, channels: [8, 4]}"
 SUITES = {
-    "alpha": PROTOCOL.replace("STEPS", "4") + f"""
-evaluation: {{seeds: 2, eval_every: 2, eval_learners: 1, final_learners: 1}}
+    "alpha": PROTOCOL.replace("STEPS", "4") + """
+evaluation: {seeds: 2, eval_every: 2, eval_learners: 1, final_learners: 1}
 sources:
   - method: real
-  - method: gtn
-    params: {TINY_GTN}
 """,
     "beta": PROTOCOL.replace("STEPS", "4") + """
 outer: {iterations: 3, lr: 0.02, meta_batch_size: 32}
@@ -77,7 +74,7 @@ def test_two_comparable_studies_share_a_table_the_third_gets_its_own(store):
     tables = collect(store, log=lambda *a: None)
     assert len(tables) == 2
     arms = [{(r.suite, r.source) for r in t.rows} for t in tables]
-    assert {("alpha", "real"), ("alpha", "gtn"), ("beta", "real"), ("beta", "dataset_distillation")} in arms
+    assert {("alpha", "real"), ("beta", "real"), ("beta", "dataset_distillation")} in arms
     assert {("gamma", "real")} in arms
     for table in tables:
         accs = [r.accuracy.mean for r in table.rows]
@@ -85,7 +82,7 @@ def test_two_comparable_studies_share_a_table_the_third_gets_its_own(store):
         assert any(r.pareto for r in table.rows)
         assert all(r.flops > 0 and r.meta_train_seconds > 0 for r in table.rows)
     # the row's number is stats.mean_ci over the store's records of that arm (two seeds here)
-    shared = next(t for t in tables if len(t.rows) == 4)
+    shared = next(t for t in tables if len(t.rows) == 3)
     row = next(r for r in shared.rows if (r.suite, r.source) == ("alpha", "real"))
     values = [r["test_acc_final"] for r in records_of(store, "alpha") if r["source"] == "real"]
     assert row.seeds_complete == 2 and row.accuracy == stats.mean_ci(values)
@@ -98,7 +95,7 @@ def test_cli_writes_markdown_csv_and_pareto_figures(store, tmp_path, capsys):
     md = out.read_text()
     assert md.count("\n## ") == 2 and "protocol" in md and "★" in md
     csv = pd.read_csv(out.with_suffix(".csv"))
-    assert len(csv) == 5 and csv["table"].nunique() == 2
+    assert len(csv) == 4 and csv["table"].nunique() == 2
     assert csv.groupby("table")["rank"].apply(lambda r: sorted(r) == list(range(1, len(r) + 1))).all()
     figures = sorted((out.parent / "LEADERBOARD_figures").glob("pareto_*.png"))
     assert len(figures) == 2 and all(f.stat().st_size > 1000 for f in figures)
