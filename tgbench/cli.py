@@ -30,6 +30,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--artifacts", help="directory of the teacher artifact store (default: next to the SQLite file)")
 
 
+def _add_methods_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--methods-dir", action="append", default=[], metavar="DIR",
+                   help="register the methods of every *.py file in DIR (each declares METHODS = {name: class}); "
+                        "repeatable")
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -58,6 +64,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     listing = sub.add_parser("list", help="list registered names")
     listing.add_argument("what", choices=("methods", "suites", "datasets"))
+
+    board = sub.add_parser("leaderboard", help="rank every finished few-step arm in the store, per protocol")
+    board.add_argument("--storage", action="append", help="Optuna storage URL, repeatable to merge stores "
+                                                          "(default: sqlite:///results/tgbench.db or $TGBENCH_STORAGE)")
+    board.add_argument("--artifacts", help="directory of the teacher artifact store (default: next to each SQLite)")
+    board.add_argument("--out", help="Markdown file; CSV and figures go next to it (default: results/LEADERBOARD.md)")
+
+    export = sub.add_parser("export", help="save one cell's trained teacher (weights, curriculum, lr/momentum)")
+    export.add_argument("--suite", required=True, help="suite YAML file or suite name")
+    export.add_argument("--profile", choices=("smoke", "cpu", "paper"), help="profile (default: cpu, or paper on CUDA)")
+    export.add_argument("--source", required=True, help="source label in the suite, e.g. gtn")
+    export.add_argument("--seed", type=int, default=0, help="cell seed (default 0)")
+    export.add_argument("--out", required=True, help="file to write, e.g. teacher.pt")
+    export.add_argument("--storage", help="Optuna storage URL (default: sqlite:///results/tgbench.db, or "
+                                          "$TGBENCH_STORAGE)")
+    export.add_argument("--artifacts", help="directory of the teacher artifact store (default: next to the SQLite)")
+
+    teach = sub.add_parser("teach", help="train a model from scratch on an exported teacher's data; print its accuracy")
+    teach.add_argument("teacher", help="file written by `tgbench export`")
+    teach.add_argument("--model", help="package.module:ClassName, an nn.Module built as Class(image_shape, "
+                                       "num_classes) returning logits (default: the suite's evaluation learners)")
+    teach.add_argument("--steps", type=_positive_int, help="inner steps (default: the teacher's T)")
+    teach.add_argument("--learners", type=_positive_int, help="fresh models to average (default: the suite's "
+                                                              "evaluation.final_learners)")
+    teach.add_argument("--data-root", help="directory holding datasets (also $TGBENCH_DATA, ~/.cache/tgbench)")
+
+    for p in (run, validate, report, listing, board, export, teach):
+        _add_methods_dir(p)
     return parser
 
 
@@ -87,6 +121,11 @@ def _list(what: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.methods_dir:
+            from tgbench.registry import methods
+
+            for folder in args.methods_dir:
+                methods.load_dir(folder)
         if args.command == "validate":
             from tgbench.config import PROFILES, load_suite
 
@@ -102,9 +141,23 @@ def main(argv: list[str] | None = None) -> int:
                               artifacts_dir=args.artifacts)
             if args.command == "run":
                 opts.jobs, opts.data_root, opts.progress = args.jobs, args.data_root, not args.no_progress
+                opts.methods_dirs = tuple(str(Path(d).resolve()) for d in args.methods_dir)
                 run_suite(args.suite, opts)
             else:
                 report_suite(args.suite, opts)
+        elif args.command == "leaderboard":
+            from tgbench.leaderboard import build_leaderboard
+            from tgbench.runner import _command_line
+
+            build_leaderboard(args.storage, args.out, args.artifacts, command=_command_line())
+        elif args.command == "export":
+            from tgbench.teach import export_teacher
+
+            export_teacher(args.suite, args.profile, args.source, args.seed, args.out, args.storage, args.artifacts)
+        elif args.command == "teach":
+            from tgbench.teach import teach
+
+            teach(args.teacher, args.model, steps=args.steps, learners=args.learners, data_root=args.data_root)
     except BadInput as exc:
         print(f"tgbench: error: {exc}", file=sys.stderr)
         return 2

@@ -265,11 +265,15 @@ def evaluate(teacher: Teacher, specs: Sequence[LearnerSpec], test: Split, val: S
              learners: int, image_shape, num_classes: int, generator: torch.Generator, optimizer: str = "sgd_momentum",
              per_step: bool = True) -> EvalResult:
     """Train ``learners`` fresh learners per architecture on the teacher's data (no meta-gradient) and average
-    their test/val accuracy and loss after every inner step (``per_step``) or only at init and after the last."""
+    their test/val accuracy and loss after every inner step (``per_step``) or only at init and after the last.
+
+    An entry of ``specs`` may also be a factory ``(image_shape, num_classes) -> module`` returning
+    log-probabilities with a ``reset_parameters(generator)`` (``tgbench teach --model``)."""
     sums = torch.zeros(4, steps + 1)  # rows: test_acc, test_loss, val_acc, val_loss; column t = after t steps
     count = 0
     for spec in specs:
-        learner = Learner(spec, image_shape, num_classes)
+        learner = Learner(spec, image_shape, num_classes) if isinstance(spec, LearnerSpec) else spec(image_shape,
+                                                                                                    num_classes)
         for _ in range(learners):
             learner.reset_parameters(generator)
             names, params = _detached_params(learner)

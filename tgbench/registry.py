@@ -2,13 +2,18 @@
 
 Entries are lazy ``"package.module:Attribute"`` strings, imported on first use, so listing names never
 imports torch-heavy modules and a broken plugin only fails when it is asked for (with its name in the
-error). Third-party packages add methods through the ``tgbench.methods`` entry-point group.
+error). Third-party packages add methods through the ``tgbench.methods`` entry-point group, and loose plugin
+files through ``--methods-dir DIR`` (``Registry.load_dir``): every path ends in the same ``register`` call.
 """
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib
+import importlib.util
+import sys
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, Callable
 
 from tgbench.errors import BadInput, UnknownName
@@ -44,6 +49,55 @@ class Registry:
             return obj
 
         return wrap
+
+    def load_dir(self, directory: str | Path) -> list[str]:
+        """Import every ``*.py`` file in ``directory`` (sorted, ``_``-prefixed files skipped) and register what
+        each declares in a module-level ``METHODS = {"name": Class}`` mapping; returns the names registered.
+
+        Plugin files are imported eagerly (their names must be known before a suite is validated), so a file
+        that raises on import, declares no ``METHODS`` or reuses a taken name fails here: ``BadInput`` naming
+        the file. Loading the same file twice is a no-op (worker processes and the main process both call it).
+        """
+        folder = Path(directory)
+        if not folder.is_dir():
+            raise BadInput(f"--methods-dir: {folder} is not a directory")
+        names = []
+        for path in sorted(folder.glob("*.py")):
+            if path.name.startswith("_"):
+                continue
+            names += self._load_file(path.resolve())
+        return names
+
+    def _load_file(self, path: Path) -> list[str]:
+        digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]
+        module_name = f"tgbench_plugin_{digest}_{path.stem}"  # one module per file, even for equal file names
+        if module_name in sys.modules:
+            return list(getattr(sys.modules[module_name], "METHODS", {}))
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except (Exception, SystemExit) as exc:  # a broken plugin is one line naming its file, not a traceback
+            del sys.modules[module_name]
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise BadInput(f"{path}: importing the plugin failed: {type(exc).__name__}: {first}") from None
+        declared = getattr(module, "METHODS", None)
+        if not isinstance(declared, dict) or not declared:
+            del sys.modules[module_name]
+            raise BadInput(f"{path}: METHODS: a plugin file must declare METHODS = {{'name': SourceSubclass, ...}}")
+        self._scan_entry_points()  # so that a name taken by an installed plugin is refused too
+        for name, target in declared.items():
+            try:
+                self.register(name, target)
+            except ValueError as exc:  # the name is taken
+                raise BadInput(f"{path}: METHODS[{name!r}]: {exc}") from None
+            try:
+                self.get(name)  # check the base class now, while the file can still be named
+            except BadInput as exc:
+                self._targets.pop(name)
+                raise BadInput(f"{path}: METHODS[{name!r}]: {exc}") from None
+        return list(declared)
 
     def _scan_entry_points(self) -> None:
         if self._entry_points_scanned:

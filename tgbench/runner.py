@@ -87,6 +87,7 @@ class CellTask:
     artifacts_dir: str | None = None
     progress: bool = True
     threads: int | None = None   # torch threads in this cell's process (None: torch's default)
+    methods_dirs: tuple[str, ...] = ()   # --methods-dir plugin folders, re-registered in each worker process
 
 
 def build_teacher(suite: Suite, entry: SourceEntry, dataset: Dataset, seed: int) -> Teacher:
@@ -198,6 +199,8 @@ def run_cell(task: CellTask) -> dict:
     """Run one cell start to finish and write it to the store (top-level: runs in worker processes too)."""
     if task.threads:
         torch.set_num_threads(task.threads)
+    for folder in task.methods_dirs:
+        methods.load_dir(folder)
     suite = load_suite(task.suite_path, task.profile)
     entry = next(e for e in suite.sources if e.name == task.source)
     dataset = load_dataset(suite.dataset.name, data_root=task.data_root, download=suite.dataset.download,
@@ -208,6 +211,11 @@ def run_cell(task: CellTask) -> dict:
     trial = store.begin(study, cell_key(entry.name, task.seed), chash)
     try:
         teacher, fields = meta_train(suite, entry, dataset, task.seed, progress=task.progress)
+        from tgbench.leaderboard import meta_train_flops, protocol_of  # what the leaderboard compares and costs
+
+        fields["protocol"] = protocol_of(suite.model_dump(mode="json"), dataset.resolved, entry.model_dump(mode="json"))
+        fields["meta_train_flops"] = meta_train_flops(suite, entry, dataset.image_shape, dataset.num_classes,
+                                                      task.seed, fields["outer_iterations"])
     except BaseException as exc:  # Ctrl-C or a bug: the cell is marked failed, never left 'running'
         store.finish(study, trial, {"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
         raise
@@ -249,6 +257,7 @@ class RunOptions:
     data_root: str | None = None
     artifacts_dir: str | None = None
     progress: bool = True
+    methods_dirs: tuple[str, ...] = ()
 
 
 def run_suite(suite_path: str, opts: RunOptions, log=print) -> Path:
@@ -277,7 +286,7 @@ def run_suite(suite_path: str, opts: RunOptions, log=print) -> Path:
     # fighting over 2 cores slow small convolutions down many times over)
     threads = max(1, (os.cpu_count() or 1) // opts.jobs) if opts.jobs > 1 else None
     tasks = [CellTask(str(suite_path), profile, e.name, s, store.url, opts.data_root, opts.artifacts_dir,
-                      opts.progress and opts.jobs == 1, threads)
+                      opts.progress and opts.jobs == 1, threads, tuple(opts.methods_dirs))
              for e in suite.sources for s in range(seeds)
              if (cell_key(e.name, s), hashes[cell_key(e.name, s)]) not in done]
     log(f"{suite.name} @ {profile}: {len(hashes)} cells, {len(hashes) - len(tasks)} already done, "

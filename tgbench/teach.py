@@ -1,0 +1,187 @@
+"""Export a trained teacher from the store, and teach any model with it.
+
+``tgbench export`` copies one complete cell's teacher artifact out of the store into a self-describing file:
+the teacher's full state dict (a GTN's generator weights and learned curriculum codes, or DD's pixel tensors,
+plus the learned per-step ``log_lr`` / ``logit_momentum``), the resolved suite it was trained under, and the
+cell's recorded evaluation.
+
+``tgbench teach`` rebuilds that teacher (loading the resolved dataset it was trained on: its test split is what
+is reported, and sources such as ``real`` draw their lessons from its training split) and trains fresh models from
+scratch on its lessons with its learned lr/momentum schedule, through the engine's own evaluation
+(:func:`tgbench.engine.evaluate`, seeded exactly as the runner's final evaluation: ``EVAL_SEED_OFFSET + seed``).
+Without ``--model`` it trains the suite's evaluation learners and reproduces the store's ``test_acc_final`` for
+that seed exactly (same machine, same thread count). With ``--model package.module:ClassName`` it trains your
+architecture instead:
+
+* the class is an ``nn.Module`` constructed as ``ClassName(image_shape, num_classes)`` (``image_shape`` is
+  ``(C, H, W)``) whose ``forward(x)`` maps ``(B, C, H, W)`` normalised images to ``(B, num_classes)`` logits;
+* each of the ``--learners`` models is a fresh construction under a seed drawn from the evaluation generator
+  (its own default initialisation), trained functionally (``torch.func.functional_call``, heavy-ball SGD or Adam
+  as the suite's inner optimiser, with the teacher's per-step lr and momentum); it stays in training mode
+  throughout, so batch-norm layers use batch statistics, as tgbench's learners do;
+* a subclass of :class:`tgbench.nn.Learner` with that constructor is used as is (it already returns
+  log-probabilities and draws its init from the generator), which is what makes the round trip exact.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tgbench.errors import BadInput
+
+FORMAT = "tgbench-teacher/1"
+RECORD_KEYS = ("suite", "profile", "source", "method", "variant", "seed", "config_hash", "dataset_resolved",
+               "test_acc_final", "val_acc_final", "eval_architectures", "outer_iterations", "meta_train_seconds",
+               "revision", "finished", "torch", "threads")
+
+
+# ------------------------------------------------------------------------------------------ export
+def _suite_name(suite: str) -> str:
+    """A suite argument is a YAML file (its ``name`` is used) or a bare suite name."""
+    if suite.endswith((".yaml", ".yml")) or Path(suite).is_file():
+        from tgbench.config import load_suite
+
+        return load_suite(suite).name
+    return suite
+
+
+def export_teacher(suite: str, profile: str | None, source: str, seed: int, out: str, storage: str | None = None,
+                   artifacts_dir: str | None = None, log=print) -> Path:
+    """Write the teacher of cell (source, seed) of ``suite@profile`` from the store to ``out``."""
+    from tgbench.runner import default_profile
+    from tgbench.store import Store, cell_key
+
+    profile = profile or default_profile()
+    name = f"{_suite_name(suite)}@{profile}"
+    store = Store(storage, artifacts_dir)
+    records = {r["cell"]: r for r in store.records(store.study(name, create=False))}
+    record = records.get(cell_key(source, seed))
+    if record is None:
+        raise BadInput(f"--source/--seed: no cell {cell_key(source, seed)!r} in study {name!r}; it has: "
+                       f"{', '.join(sorted(records)) or 'none'}")
+    if record["status"] != "complete" or not record.get("teacher_artifact"):
+        raise BadInput(f"--source/--seed: cell {record['cell']!r} of {name!r} is {record['status']}; only complete "
+                       "cells have a saved teacher")
+    payload = store.load_teacher(record["teacher_artifact"])
+    payload.update({"format": FORMAT, "study": name, "profile": profile, "source": source,
+                    "schedule": record.get("schedule"), "record": {k: record.get(k) for k in RECORD_KEYS}})
+    path = Path(out)
+    try:  # write to a temporary file first: a failed export never leaves a half-written teacher
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(fd)
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise BadInput(f"--out: cannot write {path}: {exc.strerror}") from None
+    log(f"exported {name} {record['cell']} (method {payload['method']}, {payload['dataset_resolved']}, recorded test "
+        f"acc {record['test_acc_final']:.4f}) -> {path}")
+    return path
+
+
+def load_exported(path: str | Path) -> dict:
+    try:
+        payload = torch.load(path, weights_only=False)
+    except FileNotFoundError:
+        raise BadInput(f"{path}: no such teacher file") from None
+    except Exception as exc:
+        raise BadInput(f"{path}: not a readable teacher file ({type(exc).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise BadInput(f"{path}: format: not a tgbench teacher (expected {FORMAT!r}; write one with `tgbench export`)")
+    return payload
+
+
+# ------------------------------------------------------------------------------------------ teach
+class UserModel(nn.Module):
+    """A user's logits model behind the learner interface the engine uses: log-probabilities out, and
+    ``reset_parameters(generator)`` = a fresh construction under a seed drawn from ``generator``."""
+
+    def __init__(self, cls: type[nn.Module], image_shape, num_classes: int):
+        super().__init__()
+        self.cls, self.args = cls, (tuple(image_shape), num_classes)
+        self.model = cls(*self.args)
+
+    def reset_parameters(self, generator: torch.Generator) -> None:
+        seed = int(torch.randint(2 ** 62, (1,), generator=generator))
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            fresh = self.cls(*self.args)
+        self.model.load_state_dict(fresh.state_dict())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(self.model(x), dim=1)
+
+
+def model_factory(target: str, image_shape, num_classes: int):
+    """``package.module:ClassName`` -> a factory ``(image_shape, num_classes) -> learner`` for the engine."""
+    from tgbench.nn import Learner
+
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise BadInput(f"--model: {target!r} is not of the form package.module:ClassName")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except Exception as exc:
+        raise BadInput(f"--model: cannot import {target!r}: {type(exc).__name__}: {exc}") from None
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise BadInput(f"--model: {target!r} is not an nn.Module class")
+    factory = cls if issubclass(cls, Learner) else functools.partial(UserModel, cls)
+    try:  # check the contract once, up front, so a wrong model is one line and not a shape error mid-training
+        with torch.random.fork_rng():
+            out = factory(tuple(image_shape), num_classes)(torch.zeros(2, *image_shape))
+    except Exception as exc:
+        raise BadInput(f"--model: {target}(image_shape={tuple(image_shape)}, num_classes={num_classes}) on a batch "
+                       f"of 2 failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    if tuple(out.shape) != (2, num_classes):
+        raise BadInput(f"--model: {target} returned shape {tuple(out.shape)} for a batch of 2; expected "
+                       f"(2, {num_classes}) logits")
+    return factory
+
+
+def teach(path: str | Path, model: str | None = None, steps: int | None = None, learners: int | None = None,
+          data_root: str | None = None, log=print):
+    """Train fresh models on an exported teacher's lessons; returns the engine's ``EvalResult`` (endpoints)."""
+    from tgbench.config import SourceEntry, Suite
+    from tgbench.data import load_dataset
+    from tgbench.engine import evaluate
+    from tgbench.runner import EVAL_SEED_OFFSET, build_teacher
+
+    payload = load_exported(path)
+    suite = Suite.model_validate(payload["suite"])
+    # the arm as it was configured (per-arm overrides included); files without a source name: method + params
+    entry = next((e for e in suite.sources if e.name == payload.get("source")),
+                 SourceEntry(method=payload["method"], params=payload["params"]))
+    dataset = load_dataset(payload["dataset_resolved"], data_root=data_root, download=suite.dataset.download,
+                           fallback=None, seed=0)  # seed 0: the runner's split
+    seed = payload["seed"]
+    teacher = build_teacher(suite, entry, dataset, seed)
+    teacher.load_state_dict(payload["state_dict"])
+    if model is None:
+        specs = suite.evaluation.learner_specs(suite.learner, teacher.source.learner_weight_norm)
+        what = "the suite's evaluation learner(s) " + ", ".join(s.describe() for s in specs)
+    else:
+        specs = [model_factory(model, dataset.image_shape, dataset.num_classes)]
+        what = model
+    trained_steps = teacher.hyper.log_lr.shape[0]  # T the teacher was meta-trained for (its schedule's length)
+    steps = steps or trained_steps
+    learners = learners or suite.evaluation.final_learners
+    result = evaluate(teacher, specs, dataset.test, dataset.val, steps=steps, learners=learners,
+                      image_shape=dataset.image_shape, num_classes=dataset.num_classes,
+                      generator=torch.Generator().manual_seed(EVAL_SEED_OFFSET + seed),
+                      optimizer=teacher.optimizer, per_step=False)
+    rec = payload.get("record", {})
+    log(f"teacher: {payload.get('study')} {payload.get('source')} seed {seed} (method {payload['method']}, "
+        f"{payload['dataset_resolved']}, meta-trained for {trained_steps} inner steps)")
+    log(f"model: {what}; {learners} fresh model(s) per architecture, {steps} steps")
+    log(f"test accuracy: {result.test_acc[-1]:.6f}  (val {result.val_acc[-1]:.6f})")
+    if rec.get("test_acc_final") is not None:
+        log(f"recorded in the store for this seed (evaluation learners, {trained_steps} steps, "
+            f"{suite.evaluation.final_learners} learners): test accuracy {rec['test_acc_final']:.6f}")
+    return result
