@@ -94,7 +94,7 @@ def meta_train_flops(suite, entry, image_shape, num_classes: int, seed: int, ite
     from tgbench.config import LearnerSpace
     from tgbench.runner import build_trainer
 
-    inner = suite.inner_for(entry) if hasattr(suite, "inner_for") else suite.inner  # per-arm inner, where supported
+    inner = suite.inner_for(entry)
     data = _synthetic_dataset(image_shape, num_classes, inner.batch_size, suite.outer_for(entry).meta_batch_size)
     with torch.random.fork_rng():
         trainer = build_trainer(suite, entry, data, seed)
