@@ -62,7 +62,7 @@ def study_name(suite: Suite, profile: str) -> str:
 
 def cell_hash(suite: Suite, entry: SourceEntry, dataset_resolved: str) -> str:
     """What makes two runs of a cell the same experiment: everything but the seed count and the other arms."""
-    protocol = suite.model_dump(mode="json", exclude={"profiles", "sources", "description"})
+    protocol = suite.model_dump(mode="json", exclude={"profiles", "sources", "description", "nas"})
     protocol["evaluation"].pop("seeds")
     return config_hash({"protocol": protocol, "source": entry.model_dump(mode="json"), "data": dataset_resolved})
 
@@ -248,6 +248,9 @@ def run_suite(suite_path: str, opts: RunOptions, log=print) -> Path:
     """Run every unfinished cell of a suite, then write its report; returns the report directory."""
     profile = opts.profile or default_profile()
     suite = load_suite(suite_path, profile)
+    if suite.kind == "nas_proxy":  # ground truth + proxies instead of cells: tgbench/nas.py
+        from tgbench.nas import run_nas_suite  # (lazy: nas imports this module)
+        return run_nas_suite(suite_path, suite, profile, opts, log)
     if suite.kind != "fewstep":
         raise BadInput(f"{suite_path}: kind: 'tgbench run' runs fewstep suites; {suite.kind!r} suites are not "
                        "implemented yet")
@@ -349,6 +352,9 @@ def report_suite(suite_path: str, opts: RunOptions, log=print) -> Path:
     """Rebuild a suite's report from the store alone (no training)."""
     profile = opts.profile or default_profile()
     suite = load_suite(suite_path, profile)
+    if suite.kind == "nas_proxy":
+        from tgbench.nas import report_nas_suite
+        return report_nas_suite(suite_path, suite, profile, opts, log)
     out_dir = _writable_out_dir(opts.out, suite, profile)
     store = Store(opts.storage, opts.artifacts_dir)
     study = store.study(study_name(suite, profile), create=False)
