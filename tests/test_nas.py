@@ -202,6 +202,18 @@ def test_smoke_suite_end_to_end_and_cache(tmp_path, monkeypatch):
     assert {s: len(store.study(s).trials) for s in store.study_names()} == trials
     assert _rows(out / "architectures.csv") == archs
 
+    # a teacher stored by another suite's study is loaded by reference: the same teacher, the same scores
+    extra = "        - {proxy: teaching, label: gtn-stored, params: {source: mnist_nas_proxy@smoke/gtn, steps: 8}}\n"
+    text = SUITE.read_text().replace("        - {proxy: param_count}\n      search", "        - {proxy: param_count}\n"
+                                     + extra + "      search")
+    assert "gtn-stored" in text
+    (tmp_path / "suite").mkdir()
+    (tmp_path / "suite" / "nas.yaml").write_text(text)
+    assert main([*args[:1], str(tmp_path / "suite" / "nas.yaml"), *args[2:-1], str(tmp_path / "out2")]) == 0
+    assert trainings == [] and meta_trainings == []
+    archs2 = _rows(tmp_path / "out2" / "architectures.csv")
+    assert [a["score:gtn-stored"] for a in archs2] == [a["score:gtn-8"] for a in archs2]
+
     # report-only rebuild from the store
     (out / "report.md").unlink()
     assert main(["report", str(SUITE), "--profile", "smoke", "--storage", f"sqlite:///{tmp_path}/t.db",

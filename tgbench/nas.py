@@ -38,7 +38,7 @@ from scipy import stats as st
 from tqdm import tqdm
 
 from tgbench import stats
-from tgbench.config import LearnerSpace, Suite
+from tgbench.config import LearnerSpace, SourceEntry, Suite
 from tgbench.data import Dataset, load_dataset
 from tgbench.errors import BadInput, ConfigError
 from tgbench.nn import LearnerSpec
@@ -113,7 +113,7 @@ def check_nas(path: Path, suite: Suite, where: str) -> None:
             loc = ".".join(map(str, err["loc"]))
             raise ConfigError(f"{path}: {key}.params.{loc}: {err['msg']}") from None
         source = cls.teacher_source(params)
-        if source is not None and source not in labels:
+        if source is not None and "/" not in source and source not in labels:
             raise ConfigError(f"{path}: {key}.params.source: no source labelled {source!r}; sources: "
                               f"{', '.join(labels)}")
 
@@ -135,7 +135,7 @@ def truth_frame(store: Store, suite: Suite, dataset_resolved: str, specs: list[L
         raise BadInput(f"ground truth incomplete in {store.url}: {len(records)} of {len(wanted)} (architecture, "
                        "seed) runs stored under this protocol; run the suite first")
     return pd.DataFrame([{k: r.get(k) for k in ("arch_id", "seed", "val_acc", "test_acc", "best_epoch",
-                                                "epochs_run", "seconds")} for r in records])
+                                                "epochs_run", "seconds", "cpu_seconds")} for r in records])
 
 
 def ensure_ground_truth(store: Store, suite: Suite, dataset: Dataset, specs: list[LearnerSpec],
@@ -152,7 +152,7 @@ def ensure_ground_truth(store: Store, suite: Suite, dataset: Dataset, specs: lis
     for spec, seed in tqdm(todo, desc="ground truth", disable=not progress, unit="run", dynamic_ncols=True):
         aid = arch_id(spec)
         trial = store.begin(study, cell_key(aid, seed), protocol)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         try:
             result = train_real(spec, dataset, suite.nas.ground_truth, arch_seed(aid, seed))
         except BaseException as exc:
@@ -161,24 +161,36 @@ def ensure_ground_truth(store: Store, suite: Suite, dataset: Dataset, specs: lis
         store.finish(study, trial, {
             "status": "complete", "arch_id": aid, "seed": seed, "description": spec.describe(),
             "spec": spec.as_dict(), "dataset_resolved": dataset.resolved, "protocol": protocol,
-            "seconds": time.perf_counter() - start, "test_acc_final": result["test_acc"], **result})
+            "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu_start,
+            "test_acc_final": result["test_acc"], **result})
     return truth_frame(store, suite, dataset.resolved, specs), len(todo)
 
 
 # ---------------------------------------------------------------------------------------------- teachers
-def _teacher_entries(suite: Suite) -> list:
-    needed = {proxies.get(e.proxy).teacher_source(proxies.get(e.proxy).Params.model_validate(e.params))
-              for e in suite.nas.proxies}
-    return [e for e in suite.sources if e.name in needed]
+def _teacher_refs(suite: Suite) -> list[str]:
+    """Teacher references of the suite's teaching proxies, in order: a source label of this suite (``gtn``), or
+    ``<study>/<label>`` for a teacher another suite stored (e.g. ``mnist_fewstep@cpu/gtn``)."""
+    refs = []
+    for e in suite.nas.proxies:
+        cls = proxies.get(e.proxy)
+        ref = cls.teacher_source(cls.Params.model_validate(e.params))
+        if ref is not None and ref not in refs:
+            refs.append(ref)
+    return refs
 
 
 def ensure_teachers(suite_path: str, suite: Suite, profile: str, dataset: Dataset, store: Store, opts,
                     log=print) -> tuple[dict[str, Teacher], dict[str, dict]]:
-    """Meta-train (with ``runner.run_cell``, resumable like any few-step cell) and load the teacher of every
-    source a teaching proxy uses; returns (label -> teacher, label -> its store record)."""
+    """Load the teacher of every reference a teaching proxy uses: this suite's sources are meta-trained first
+    (with ``runner.run_cell``: resumable like any few-step cell, seed 0), ``<study>/<label>`` references are
+    loaded from that study of the same store. Returns (reference -> teacher, reference -> its store record)."""
     study = store.study(study_name(suite, profile))
     teachers, records = {}, {}
-    for entry in _teacher_entries(suite):
+    for ref in _teacher_refs(suite):
+        if "/" in ref:
+            teachers[ref], records[ref] = _stored_teacher(suite_path, ref, dataset, store)
+            continue
+        entry = next(e for e in suite.sources if e.name == ref)
         key, chash = cell_key(entry.name, TEACHER_SEED), cell_hash(suite, entry, dataset.resolved)
         if (key, chash) not in store.done_cells(study):
             log(f"meta-training teacher {entry.name!r} ({suite.outer_for(entry).iterations} outer iterations)")
@@ -188,12 +200,35 @@ def ensure_teachers(suite_path: str, suite: Suite, profile: str, dataset: Datase
         if record["status"] != "complete":
             raise BadInput(f"{suite_path}: sources: teacher {entry.name!r} {record['status']} during meta-training "
                            f"({record.get('error')}); its proxies cannot run")
-        payload = store.load_teacher(record["teacher_artifact"])
-        teacher = build_teacher(suite, entry, dataset, TEACHER_SEED)
-        teacher.load_state_dict(payload["state_dict"])
-        teacher.eval()
-        teachers[entry.name], records[entry.name] = teacher, record
+        teachers[ref], records[ref] = _load_teacher(store, record, suite, entry, dataset), record
     return teachers, records
+
+
+def _load_teacher(store: Store, record: dict, suite: Suite, entry: SourceEntry, dataset: Dataset) -> Teacher:
+    payload = store.load_teacher(record["teacher_artifact"])
+    teacher = build_teacher(suite, entry, dataset, TEACHER_SEED)
+    teacher.load_state_dict(payload["state_dict"])
+    return teacher.eval()
+
+
+def _stored_teacher(suite_path: str, ref: str, dataset: Dataset, store: Store) -> tuple[Teacher, dict]:
+    """The newest complete seed-0 teacher of ``<study>/<label>`` (e.g. one the few-step suite meta-trained)."""
+    name, label = ref.rsplit("/", 1)
+    where = f"{suite_path}: nas.proxies: source {ref!r}"
+    if name not in store.study_names():
+        raise BadInput(f"{where}: no study {name!r} in {store.url}; run that suite first")
+    found = [r for r in store.records(store.study(name, create=False))
+             if r["cell"] == cell_key(label, TEACHER_SEED) and r["status"] == "complete" and r.get("teacher_artifact")]
+    if not found:
+        raise BadInput(f"{where}: study {name!r} has no complete seed-{TEACHER_SEED} teacher of source {label!r}")
+    record = found[0]
+    if record["dataset_resolved"] != dataset.resolved:
+        raise BadInput(f"{where}: that teacher was trained on {record['dataset_resolved']!r}, this suite resolved "
+                       f"{dataset.resolved!r}")
+    payload = store.load_teacher(record["teacher_artifact"])
+    their_suite = Suite.model_validate(payload["suite"])
+    entry = SourceEntry(method=payload["method"], params=payload["params"], label=label)
+    return _load_teacher(store, record, their_suite, entry, dataset), record
 
 
 # ---------------------------------------------------------------------------------------------- proxies
@@ -223,13 +258,13 @@ def run_proxies(suite: Suite, profile: str, dataset: Dataset, store: Store, spec
             continue
         proxy: Proxy = cls(params, ctx)
         trial = store.begin(study, key, chash)
-        scores, seconds = {}, {}
+        scores, seconds, cpu_seconds = {}, {}, {}
         try:
             for spec, aid in tqdm(list(zip(specs, ids)), desc=entry.name, disable=not progress, leave=False,
                                   unit="arch", dynamic_ncols=True):
-                start = time.perf_counter()
+                start, cpu_start = time.perf_counter(), time.process_time()
                 scores[aid] = float(proxy.score(spec, arch_seed(aid, suite.nas.scoring_seed)))
-                seconds[aid] = time.perf_counter() - start
+                seconds[aid], cpu_seconds[aid] = time.perf_counter() - start, time.process_time() - cpu_start
         except BaseException as exc:
             trial.set_user_attr("status", "failed")
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
@@ -237,7 +272,7 @@ def run_proxies(suite: Suite, profile: str, dataset: Dataset, store: Store, spec
             raise
         record = {"cell": key, "status": "complete", "proxy": entry.proxy, "dataset_resolved": dataset.resolved, "label": entry.name,
                   "family": cls.family, "params": params.model_dump(mode="json"), "scores": scores,
-                  "seconds": seconds, "teacher_source": source,
+                  "seconds": seconds, "cpu_seconds": cpu_seconds, "teacher_source": source,
                   "setup_seconds": teacher_record.get("meta_train_seconds", 0.0) if teacher_record else 0.0}
         for k, v in record.items():
             trial.set_user_attr(k, v)
@@ -317,7 +352,8 @@ def random_search(score, truth, budgets: list[int], repeats: int, seed: int = 0)
 def architecture_table(specs: list[LearnerSpec], truth: pd.DataFrame, records: list[dict]) -> pd.DataFrame:
     """One row per scored architecture: id, description, ground truth (mean over seeds), every proxy's score."""
     gt = truth.groupby("arch_id").agg(val_acc=("val_acc", "mean"), test_acc=("test_acc", "mean"),
-                                      gt_seeds=("seed", "count"), gt_seconds=("seconds", "mean"))
+                                      gt_seeds=("seed", "count"), gt_seconds=("seconds", "mean"),
+                                      gt_cpu_seconds=("cpu_seconds", "mean"))
     rows = []
     for spec in specs:
         aid = arch_id(spec)
@@ -331,10 +367,11 @@ def metrics_table(archs: pd.DataFrame, records: list[dict], target: str, resampl
     rows = []
     for r in records:
         score = archs[f"score:{r['label']}"].to_numpy(float)
-        per_arch = float(np.mean(list(r["seconds"].values())))
         rows.append({"proxy": r["label"], "family": r["family"], "n": len(score),
                      **proxy_metrics(score, archs[target].to_numpy(float), resamples),
-                     "seconds_per_arch": per_arch, "setup_seconds": r["setup_seconds"],
+                     "seconds_per_arch": float(np.mean(list(r["seconds"].values()))),
+                     "cpu_seconds_per_arch": float(np.mean(list(r["cpu_seconds"].values()))),
+                     "setup_seconds": r["setup_seconds"],
                      "total_seconds": r["setup_seconds"] + float(sum(r["seconds"].values()))})
     return pd.DataFrame(rows)
 
@@ -367,7 +404,7 @@ def _fmt_seconds(s: float) -> str:
 
 
 def render_nas_markdown(meta: dict, metrics: pd.DataFrame, search: pd.DataFrame, archs: pd.DataFrame,
-                        target: str, gt_seconds: float, figures: list[str]) -> str:
+                        target: str, gt_cost: tuple[float, float], figures: list[str]) -> str:
     from tgbench.report import _md_table, header_lines
 
     lines = header_lines(meta)
@@ -378,15 +415,18 @@ def render_nas_markdown(meta: dict, metrics: pd.DataFrame, search: pd.DataFrame,
               "Brackets: 95 % percentile bootstrap CIs over architectures (scipy.stats.bootstrap, paired, "
               f"{meta.get('bootstrap resamples', 1000)} resamples, seed 0). Top-50 % ρ: Spearman over the half of "
               "the architectures the proxy scores highest; top-10 % precision: share of the true top 10 % found in "
-              "the proxy's top 10 %. Cost: seconds per architecture on this machine; setup = one-time cost "
-              "(meta-training the teacher).", ""]
+              "the proxy's top 10 %. Cost per architecture in CPU seconds (robust to other load on the machine) and "
+              "wall seconds, measured on the machine above; setup = one-time wall cost (meta-training the "
+              "teacher); total = setup + wall cost of every architecture.", ""]
     header = ["proxy", "family", "Spearman ρ", "top-50 % Spearman ρ", "Kendall τ", "top-10 % precision",
-              "s / arch", "setup s", f"total s ({n} archs)"]
+              "CPU s / arch", "wall s / arch", "setup s", f"total s ({n} archs)"]
     body = [[r.proxy, r.family] + [_fmt_ci(r[m], r[f"{m}_low"], r[f"{m}_high"]) for m in METRICS]
-            + [_fmt_seconds(r.seconds_per_arch), _fmt_seconds(r.setup_seconds), _fmt_seconds(r.total_seconds)]
+            + [_fmt_seconds(r.cpu_seconds_per_arch), _fmt_seconds(r.seconds_per_arch), _fmt_seconds(r.setup_seconds),
+               _fmt_seconds(r.total_seconds)]
             for _, r in metrics.iterrows()]
     lines += _md_table(header, body)
-    lines += ["", f"Ground truth cost: {_fmt_seconds(gt_seconds)} s per architecture and seed (mean).", ""]
+    lines += ["", f"Ground-truth cost: {_fmt_seconds(gt_cost[1])} CPU s ({_fmt_seconds(gt_cost[0])} wall s) per "
+              "architecture and seed (mean).", ""]
     lines += ["## Random-search NAS", "",
               f"Best architecture out of N random candidates picked by each proxy: its ground-truth "
               f"{target.replace('_', ' ')} (%), mean [95 % bootstrap CI] over repeats (the same candidate draws "
@@ -433,17 +473,17 @@ def _scatter_figure(archs: pd.DataFrame, metrics: pd.DataFrame, target: str):
     return fig
 
 
-def _cost_figure(metrics: pd.DataFrame, gt_seconds: float):
+def _cost_figure(metrics: pd.DataFrame, gt_cpu_seconds: float):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for _, m in metrics.iterrows():
         err = [[m.spearman - m.spearman_low], [m.spearman_high - m.spearman]] if np.isfinite(m.spearman_low) else None
-        ax.errorbar(max(m.seconds_per_arch, 1e-6), m.spearman, yerr=err, fmt="o", capsize=3)
-        ax.annotate(m.proxy, (max(m.seconds_per_arch, 1e-6), m.spearman), fontsize=7, xytext=(4, 3),
+        ax.errorbar(max(m.cpu_seconds_per_arch, 1e-6), m.spearman, yerr=err, fmt="o", capsize=3)
+        ax.annotate(m.proxy, (max(m.cpu_seconds_per_arch, 1e-6), m.spearman), fontsize=7, xytext=(4, 3),
                     textcoords="offset points")
-    ax.axvline(gt_seconds, color="gray", linestyle="--", label="ground truth (per seed)")
-    ax.set(xscale="log", xlabel="cost per architecture (s, log)", ylabel="Spearman ρ with ground truth",
+    ax.axvline(gt_cpu_seconds, color="gray", linestyle="--", label="ground truth (per seed)")
+    ax.set(xscale="log", xlabel="CPU seconds per architecture (log)", ylabel="Spearman ρ with ground truth",
            title="Proxy quality vs cost (error bars: 95 % bootstrap CI)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -479,17 +519,17 @@ def write_nas_report(out_dir: Path, suite: Suite, archs: pd.DataFrame, truth: pd
     nas = suite.nas
     metrics = metrics_table(archs, records, nas.target, nas.bootstrap_resamples)
     search = search_table(archs, records, nas.target, nas.search_budgets, nas.search_repeats)
-    gt_seconds = float(truth["seconds"].mean())
+    gt_cost = (float(truth["seconds"].mean()), float(truth["cpu_seconds"].mean()))
     written = []
     for name, frame in (("architectures", archs), ("ground_truth", truth), ("metrics", metrics),
                         ("random_search", search)):
         frame.to_csv(out_dir / f"{name}.csv", index=False)
         written.append(out_dir / f"{name}.csv")
     figures = [_save(_scatter_figure(archs, metrics, nas.target), out_dir / "scatter.png"),
-               _save(_cost_figure(metrics, gt_seconds), out_dir / "cost.png"),
+               _save(_cost_figure(metrics, gt_cost[1]), out_dir / "cost.png"),
                _save(_search_figure(search, nas.target), out_dir / "random_search.png")]
     md = out_dir / "report.md"
-    md.write_text(render_nas_markdown(meta, metrics, search, archs, nas.target, gt_seconds,
+    md.write_text(render_nas_markdown(meta, metrics, search, archs, nas.target, gt_cost,
                                       [p.name for p in figures]), encoding="utf-8")
     return written + figures + [md]
 

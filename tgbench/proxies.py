@@ -143,7 +143,8 @@ class RealEpochs(Proxy):
 
 # ------------------------------------------------------------------------------------ teaching data
 class TeachingParams(ProxyParams):
-    source: str                                 # label of one of the suite's `sources` (its meta-trained teacher)
+    source: str             # a label of the suite's `sources`, or `<study>/<label>` (e.g. mnist_fewstep@cpu/gtn):
+                            # the seed-0 teacher another suite stored in the same store
     steps: PositiveInt | None = None            # k inner steps (default: the suite's inner.steps)
     learners: PositiveInt = 1                   # fresh inits averaged per architecture
 
