@@ -131,9 +131,16 @@ def test_train_real_learns_and_stops_early(proxy_ctx, single_thread):
     schedule = proxy_ctx.suite.nas.ground_truth.model_copy(update={"epochs": 2})
     result = train_real(LearnerSpec((4,), (32,), 3, "relu"), proxy_ctx.dataset, schedule, seed=0)
     assert result["val_acc"] > 0.5 and result["epochs_run"] == 2 and len(result["curve"]) == 2
-    short = train_real(LearnerSpec((4,), (32,), 3, "relu"), proxy_ctx.dataset, schedule, seed=0, epochs=0.5,
-                       evaluate_test=False)
-    assert short["epochs_run"] == pytest.approx(0.5, abs=0.05) and short["test_acc"] is None
+    short = train_real(LearnerSpec((4,), (32,), 3, "relu"), proxy_ctx.dataset, schedule, seed=0, epochs=1.5,
+                       evaluate_test=False, every_epoch=False)
+    assert short["epochs_run"] == pytest.approx(1.5, abs=0.05) and short["test_acc"] is None
+    assert len(short["curve"]) == 1
+    patient = schedule.model_copy(update={"epochs": 12, "patience": 1})
+    stopped = train_real(LearnerSpec((4,), (32,), 3, "relu"), proxy_ctx.dataset, patient, seed=0)
+    curve = [p["val_acc"] for p in stopped["curve"]]
+    # stops at the first epoch that does not beat the best so far, and reports the best epoch's accuracies
+    assert stopped["epochs_run"] < 12 and curve[-1] <= max(curve[:-1])
+    assert all(b > a for a, b in zip(curve[:-2], curve[1:-1])) and stopped["val_acc"] == max(curve)
 
 
 # ------------------------------------------------------------------------------------------- config errors
@@ -145,12 +152,12 @@ def _write(tmp_path: Path, edit) -> Path:
 
 
 @pytest.mark.parametrize("edit, expected", [
-    (lambda t: t.replace("{proxy: synflow}\n        - {proxy: grad_norm}", "{proxy: synflw}\n        - {proxy: grad_norm}"),
-     "did you mean 'synflow'"),
+    (lambda t: t.replace("{proxy: synflow}\n        - {proxy: grad_norm}",
+                         "{proxy: synflw}\n        - {proxy: grad_norm}"), "did you mean 'synflow'"),
     (lambda t: t.replace("params: {source: gtn, steps: 8}", "params: {source: gtm, steps: 8}"), "no source labelled"),
     (lambda t: t.replace("n_architectures: 6", "n_architectures: 600"), "exceeds the 34 distinct"),
-    (lambda t: t.replace("{proxy: param_count}\n      search", "{proxy: param_count, params: {bacth: 1}}\n      search"),
-     "params.bacth"),
+    (lambda t: t.replace("{proxy: param_count}\n      search",
+                         "{proxy: param_count, params: {bacth: 1}}\n      search"), "params.bacth"),
 ])
 def test_bad_nas_config_is_one_line_exit_2(tmp_path, capsys, edit, expected):
     path = _write(tmp_path, edit)

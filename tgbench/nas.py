@@ -26,7 +26,6 @@ import random
 import sys
 import time
 import warnings
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -85,8 +84,13 @@ def scored_architectures(suite: Suite) -> list[LearnerSpec]:
     return random.Random(suite.nas.scoring_seed).sample(space, suite.nas.n_architectures)
 
 
+PROXY_SEED_OFFSET = 1_000_000   # proxies draw inits / batches from their own stream, never a ground-truth seed's
+
+
 def arch_seed(aid: str, offset: int = 0) -> int:
-    """Per-architecture seed: the same architecture gets the same init wherever it is scored."""
+    """Per-architecture seed: the same architecture gets the same init wherever it is scored. Ground-truth seed s
+    uses offset s; proxies use ``PROXY_SEED_OFFSET + scoring_seed``, so that e.g. a 1-epoch proxy is not the
+    first epoch of a ground-truth run (shared noise would inflate its correlation)."""
     return int(aid[:8], 16) + offset
 
 
@@ -263,16 +267,17 @@ def run_proxies(suite: Suite, profile: str, dataset: Dataset, store: Store, spec
             for spec, aid in tqdm(list(zip(specs, ids)), desc=entry.name, disable=not progress, leave=False,
                                   unit="arch", dynamic_ncols=True):
                 start, cpu_start = time.perf_counter(), time.process_time()
-                scores[aid] = float(proxy.score(spec, arch_seed(aid, suite.nas.scoring_seed)))
+                scores[aid] = float(proxy.score(spec, arch_seed(aid, PROXY_SEED_OFFSET + suite.nas.scoring_seed)))
                 seconds[aid], cpu_seconds[aid] = time.perf_counter() - start, time.process_time() - cpu_start
         except BaseException as exc:
             trial.set_user_attr("status", "failed")
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
             study.tell(trial, state=TrialState.FAIL)
             raise
-        record = {"cell": key, "status": "complete", "proxy": entry.proxy, "dataset_resolved": dataset.resolved, "label": entry.name,
-                  "family": cls.family, "params": params.model_dump(mode="json"), "scores": scores,
-                  "seconds": seconds, "cpu_seconds": cpu_seconds, "teacher_source": source,
+        record = {"cell": key, "status": "complete", "proxy": entry.proxy, "label": entry.name,
+                  "dataset_resolved": dataset.resolved, "family": cls.family,
+                  "params": params.model_dump(mode="json"), "scores": scores, "seconds": seconds,
+                  "cpu_seconds": cpu_seconds, "teacher_source": source,
                   "setup_seconds": teacher_record.get("meta_train_seconds", 0.0) if teacher_record else 0.0}
         for k, v in record.items():
             trial.set_user_attr(k, v)
@@ -476,10 +481,11 @@ def _scatter_figure(archs: pd.DataFrame, metrics: pd.DataFrame, target: str):
 def _cost_figure(metrics: pd.DataFrame, gt_cpu_seconds: float):
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for _, m in metrics.iterrows():
+    fig, ax = plt.subplots(figsize=(8, 5))
+    colors = plt.cm.tab20(np.linspace(0, 1, max(len(metrics), 1)))
+    for (_, m), color in zip(metrics.iterrows(), colors):
         err = [[m.spearman - m.spearman_low], [m.spearman_high - m.spearman]] if np.isfinite(m.spearman_low) else None
-        ax.errorbar(max(m.cpu_seconds_per_arch, 1e-6), m.spearman, yerr=err, fmt="o", capsize=3)
+        ax.errorbar(max(m.cpu_seconds_per_arch, 1e-6), m.spearman, yerr=err, fmt="o", capsize=3, color=color)
         ax.annotate(m.proxy, (max(m.cpu_seconds_per_arch, 1e-6), m.spearman), fontsize=7, xytext=(4, 3),
                     textcoords="offset points")
     ax.axvline(gt_cpu_seconds, color="gray", linestyle="--", label="ground truth (per seed)")
@@ -494,17 +500,24 @@ def _cost_figure(metrics: pd.DataFrame, gt_cpu_seconds: float):
 def _search_figure(search: pd.DataFrame, target: str):
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, g in search.groupby("proxy", sort=False):
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    groups = list(search.groupby("proxy", sort=False))
+    colors = plt.cm.tab20(np.linspace(0, 1, max(len(groups) - 2, 1)))   # > 10 proxies: no repeated colours
+    for i, (label, g) in enumerate(groups):
         g = g.sort_values("budget")
-        style = {"color": "black", "linestyle": "--"} if label in (ORACLE, RANDOM) else {}
-        if label == RANDOM:
-            style["color"] = "gray"
-        (line,) = ax.plot(g["budget"], 100 * g["mean"], marker="o", markersize=3, label=label, **style)
-        ax.fill_between(g["budget"], 100 * g["low"], 100 * g["high"], color=line.get_color(), alpha=0.15,
-                        linewidth=0)
+        style = {"color": colors[i % len(colors)]}
+        if label in (ORACLE, RANDOM):
+            style = {"color": "black" if label == ORACLE else "gray", "linestyle": "--"}
+        ax.plot(g["budget"], 100 * g["mean"], marker="o", markersize=3, label=label, **style)
+        ax.fill_between(g["budget"], 100 * g["low"], 100 * g["high"], color=style["color"], alpha=0.08, linewidth=0)
+    budgets = sorted(search["budget"].unique())
     ax.set(xscale="log", xlabel="search budget N (random candidates)", ylabel=f"ground truth {target} of pick (%)",
-           title="Random-search NAS with each proxy (band: 95 % bootstrap CI over repeats)")
+           title="Random-search NAS: the proxy's pick of N candidates\n(mean over repeats, band: 95 % bootstrap CI)")
+    ax.set_xticks(budgets)
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()

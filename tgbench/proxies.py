@@ -79,16 +79,16 @@ class Proxy:
 
 # ------------------------------------------------------------------------------------ real-data training
 def train_real(spec: LearnerSpec, dataset: Dataset, schedule: GroundTruthSchedule, seed: int,
-               epochs: float | None = None, evaluate_test: bool = True) -> dict[str, Any]:
+               epochs: float | None = None, evaluate_test: bool = True, every_epoch: bool = True) -> dict[str, Any]:
     """Train a fresh ``spec`` learner on the real training split with Adam (the ground-truth protocol).
 
     Every epoch is a seeded permutation cut into ``len(train) // batch_size`` full batches (dropping the
     remainder keeps every batch >= 2 for mean-only BN). Validation (and test) accuracy is measured after every
-    full epoch and after the last step; the run stops early when validation accuracy has not improved for
-    ``schedule.patience`` epochs. Returns the accuracies at the best-validation epoch (model selection on
-    validation only) and after the last step, and the per-epoch curve. ``epochs`` (may be fractional)
-    overrides ``schedule.epochs``. Each step is the package's one inner step (``engine.inner_step``) with its
-    Adam update, detached (no meta-gradient).
+    full epoch (unless ``every_epoch`` is off) and after the last step; the run stops early when validation
+    accuracy has not improved for ``schedule.patience`` epochs. Returns the accuracies at the best-validation
+    epoch (model selection on validation only) and after the last step, and the per-epoch curve. ``epochs``
+    (may be fractional) overrides ``schedule.epochs``. Each step is the package's one inner step
+    (``engine.inner_step``) with its Adam update, detached (no meta-gradient).
     """
     generator = torch.Generator().manual_seed(seed)
     learner = Learner(spec, dataset.image_shape, dataset.num_classes)
@@ -108,7 +108,7 @@ def train_real(spec: LearnerSpec, dataset: Dataset, schedule: GroundTruthSchedul
         idx = order[(t % per_epoch) * batch: (t % per_epoch + 1) * batch]
         params, state = inner_step(learner, names, params, state, Lesson(train.x[idx], train.y[idx], lr, beta1),
                                    t, update, create_graph=False)
-        if (t + 1) % per_epoch and t + 1 < total:
+        if t + 1 < total and ((t + 1) % per_epoch or not every_epoch):
             continue
         point = {"epoch": (t + 1) / per_epoch,
                  "val_acc": _accuracy_and_loss(learner, names, params, dataset.val)[0],
@@ -138,7 +138,9 @@ class RealEpochs(Proxy):
 
     def score(self, spec: LearnerSpec, seed: int) -> float:
         schedule = self.ctx.suite.nas.ground_truth.model_copy(update={"patience": None})
-        return train_real(spec, self.ctx.dataset, schedule, seed, self.params.epochs, evaluate_test=False)["val_acc_last"]
+        result = train_real(spec, self.ctx.dataset, schedule, seed, self.params.epochs, evaluate_test=False,
+                            every_epoch=False)   # one validation pass, at the end: the proxy pays for no more
+        return result["val_acc_last"]
 
 
 # ------------------------------------------------------------------------------------ teaching data
