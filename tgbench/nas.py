@@ -533,6 +533,12 @@ def write_nas_report(out_dir: Path, suite: Suite, archs: pd.DataFrame, truth: pd
     metrics = metrics_table(archs, records, nas.target, nas.bootstrap_resamples)
     search = search_table(archs, records, nas.target, nas.search_budgets, nas.search_repeats)
     gt_cost = (float(truth["seconds"].mean()), float(truth["cpu_seconds"].mean()))
+    teachers = {r["teacher_source"]: r["setup_seconds"] for r in records if r.get("teacher_source")}
+    meta = {**meta, "compute behind these numbers": (
+        f"ground truth {truth['cpu_seconds'].sum():.0f} CPU s ({truth['seconds'].sum():.0f} wall s); proxies "
+        f"{sum(sum(r['cpu_seconds'].values()) for r in records):.0f} CPU s "
+        f"({sum(sum(r['seconds'].values()) for r in records):.0f} wall s); teacher meta-training "
+        f"{sum(teachers.values()):.0f} wall s (however many runs it took to fill the store)")}
     written = []
     for name, frame in (("architectures", archs), ("ground_truth", truth), ("metrics", metrics),
                         ("random_search", search)):
@@ -571,6 +577,8 @@ def _load_dataset(suite: Suite, opts, log) -> Dataset:
 def run_nas_suite(suite_path: str, suite: Suite, profile: str, opts, log=print) -> Path:
     """Ground truth (cached), teachers (cached), proxy scores (cached per proxy), then the report."""
     out_dir = _writable_out_dir(opts.out, suite, profile)
+    if opts.jobs > 1:
+        log("note: nas_proxy suites run in one process; --jobs is ignored", file=sys.stderr)
     dataset = _load_dataset(suite, opts, log)
     store = Store(opts.storage, opts.artifacts_dir)
     specs = scored_architectures(suite)
