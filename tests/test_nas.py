@@ -157,7 +157,12 @@ def _write(tmp_path: Path, edit) -> Path:
     (lambda t: t.replace("params: {source: gtn, steps: 8}", "params: {source: gtm, steps: 8}"), "no source labelled"),
     (lambda t: t.replace("n_architectures: 6", "n_architectures: 600"), "exceeds the 34 distinct"),
     (lambda t: t.replace("{proxy: param_count}\n      search",
-                         "{proxy: param_count, params: {bacth: 1}}\n      search"), "params.bacth"),
+                         "{proxy: param_count, params: {bacth: 1}}\n      search"), "params.bacth: unknown key"),
+    (lambda t: t.replace("{proxy: jacob_cov, params: {batch_size: 16}}", "{proxy: jacob_cov, params: {batch_sze: 16}}"),
+     "did you mean 'batch_size'"),
+    (lambda t: t.replace("n_architectures: 6", "n_architecture: 6"), "did you mean 'n_architectures'"),
+    (lambda t: t.replace("kind: nas_proxy", "kind: fewstep"), "only nas_proxy suites may have one"),
+    (lambda t: t.split("\nnas:")[0] + "\n", "needs a `nas:` section"),
 ])
 def test_bad_nas_config_is_one_line_exit_2(tmp_path, capsys, edit, expected):
     path = _write(tmp_path, edit)

@@ -37,7 +37,7 @@ from scipy import stats as st
 from tqdm import tqdm
 
 from tgbench import stats
-from tgbench.config import LearnerSpace, SourceEntry, Suite
+from tgbench.config import LearnerSpace, SourceEntry, Suite, _format_error
 from tgbench.data import Dataset, load_dataset
 from tgbench.errors import BadInput, ConfigError
 from tgbench.nn import LearnerSpec
@@ -113,9 +113,7 @@ def check_nas(path: Path, suite: Suite, where: str) -> None:
         try:
             params = cls.Params.model_validate(entry.params)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            loc = ".".join(map(str, err["loc"]))
-            raise ConfigError(f"{path}: {key}.params.{loc}: {err['msg']}") from None
+            raise ConfigError(_format_error(path, exc, prefix=f"{key}.params", root=cls.Params)) from None
         source = cls.teacher_source(params)
         if source is not None and "/" not in source and source not in labels:
             raise ConfigError(f"{path}: {key}.params.source: no source labelled {source!r}; sources: "
