@@ -127,6 +127,35 @@ def test_zero_cost_proxy_finite_and_architecture_dependent(name, proxy_ctx, sing
     assert proxy.score(ARCHS[0], seed=3) == scores[0]       # deterministic under a seed
 
 
+def test_synflow_matches_its_closed_form_on_a_relu_mlp(proxy_ctx, single_thread):
+    # with |W| weights, an all-ones input and ReLU, the (BN-free) MLP is linear with positive activations:
+    # R = 1' |W2| |W1| 1 (+ zero biases), and sum(W * dR/dW) over each of the two layers is R itself, so S = 2R
+    from tgbench.proxies import SynFlow, _plain_learner
+
+    spec = LearnerSpec((), (32,), 3, "relu")
+    learner = _plain_learner(spec, proxy_ctx, seed=5).double()
+    with torch.no_grad():
+        w1, w2 = learner.fcs[0].weight.abs(), learner.classifier.weight.abs()
+        expected = 2 * float(w2.sum(0) @ (w1 @ torch.ones(784, dtype=torch.float64)))
+    assert SynFlow(SynFlow.Params(), proxy_ctx).score(spec, seed=5) == pytest.approx(expected, rel=1e-9)
+
+
+def test_nwot_matches_a_scipy_hamming_reference(proxy_ctx, single_thread):
+    from scipy.spatial.distance import pdist, squareform
+
+    from tgbench.proxies import NWOT, _plain_learner, _train_batch
+
+    spec = LearnerSpec((), (64,), 3, "tanh")
+    learner = _plain_learner(spec, proxy_ctx, seed=2)
+    x = _train_batch(proxy_ctx, 16, seed=2).x
+    with torch.no_grad():
+        h = learner.fcs[0](x.flatten(1))
+        codes = ((h - h.mean(0)) > 0).numpy()          # sign of the (mean-only BN) pre-activation
+    kernel = codes.shape[1] * (1 - squareform(pdist(codes, "hamming")))
+    expected = np.linalg.slogdet(kernel)[1]
+    assert NWOT(NWOT.Params(batch_size=16), proxy_ctx).score(spec, seed=2) == pytest.approx(expected, rel=1e-9)
+
+
 def test_train_real_learns_and_stops_early(proxy_ctx, single_thread):
     schedule = proxy_ctx.suite.nas.ground_truth.model_copy(update={"epochs": 2})
     result = train_real(LearnerSpec((4,), (32,), 3, "relu"), proxy_ctx.dataset, schedule, seed=0)
