@@ -112,8 +112,11 @@ def proxy_ctx():
     return ProxyContext(load_dataset("mnist-5k"), suite, {})
 
 
-def test_zero_cost_proxies_are_registered():
+def test_zero_cost_proxies_are_registered(capsys):
     assert set(ZERO_COST) >= {"synflow", "grad_norm", "snip", "jacob_cov", "nwot", "param_count"}
+    assert main(["list", "proxies"]) == 0
+    listed = {line.split()[0] for line in capsys.readouterr().out.splitlines() if not line.startswith(" ")}
+    assert listed == set(proxies.names()) >= set(ZERO_COST) | {"teaching", "real_epochs"}
 
 
 @pytest.mark.parametrize("name", ZERO_COST)
