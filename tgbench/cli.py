@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(report)
 
     listing = sub.add_parser("list", help="list registered names")
-    listing.add_argument("what", choices=("methods", "suites", "datasets"))
+    listing.add_argument("what", choices=("methods", "suites", "datasets", "proxies"))
 
     board = sub.add_parser("leaderboard", help="rank every finished few-step arm in the store, per protocol")
     board.add_argument("--storage", action="append", help="Optuna storage URL, repeatable to merge stores "
@@ -107,6 +107,14 @@ def _list(what: str) -> None:
     elif what == "datasets":
         for name in datasets.names():
             print(name)
+    elif what == "proxies":
+        from tgbench.registry import proxies
+
+        for name in proxies.names():
+            cls = proxies.get(name)
+            print(f"{name:24s} [{cls.family}] {cls.description}")
+            for field, info in cls.Params.model_fields.items():
+                print(f"{'':26s}{field} = {'(required)' if info.is_required() else repr(info.default)}")
     else:
         from tgbench.config import load_suite
 

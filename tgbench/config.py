@@ -227,6 +227,49 @@ class TuneConfig(Strict):
         for key in space:
             check_setting_key(key)
         return space
+class ProxyEntry(Strict):
+    """One proxy of a ``nas_proxy`` suite: a registered proxy (``tgbench list proxies``) and its params."""
+
+    proxy: str
+    label: str | None = None                  # unique name of this proxy in tables; default: the proxy name
+    params: dict[str, Any] = Field(default_factory=dict)   # validated by the proxy's own Params model
+
+    @property
+    def name(self) -> str:
+        return self.label or self.proxy
+
+
+class GroundTruthSchedule(Strict):
+    """How each scored architecture is trained on real data for its ground-truth accuracy (Adam, full epochs)."""
+
+    epochs: PositiveInt = 10
+    batch_size: int = Field(128, ge=2)
+    lr: PositiveFloat = 1e-3
+    patience: PositiveInt | None = None       # stop when val acc has not improved for this many epochs
+    seeds: PositiveInt = 2                    # independent inits averaged per architecture
+
+
+class NasConfig(Strict):
+    """The ``nas:`` section of a ``nas_proxy`` suite. The search space is the suite's ``learner`` space (every
+    combination of its option lists); ``n_architectures`` of it, drawn with ``scoring_seed``, are scored."""
+
+    n_architectures: PositiveInt = 100
+    scoring_seed: int = 0
+    target: Literal["test_acc", "val_acc"] = "test_acc"    # the ground-truth accuracy proxies are judged against
+    ground_truth: GroundTruthSchedule = Field(default_factory=GroundTruthSchedule)
+    proxies: list[ProxyEntry] = Field(min_length=1)
+    search_budgets: list[PositiveInt] = Field(default_factory=lambda: [10, 25, 50])
+    search_repeats: PositiveInt = 200
+    bootstrap_resamples: PositiveInt = 1000
+
+    @field_validator("proxies")
+    @classmethod
+    def _unique_proxy_labels(cls, proxies: list[ProxyEntry]) -> list[ProxyEntry]:
+        names = [p.name for p in proxies]
+        dup = next((n for n in names if names.count(n) > 1), None)
+        if dup is not None:
+            raise ValueError(f"two proxies are named {dup!r}; give one a distinct `label`")
+        return proxies
 
 
 class Suite(Strict):
@@ -242,6 +285,13 @@ class Suite(Strict):
     profiles: dict[Literal["smoke", "cpu", "paper"], dict[str, Any]] = Field(default_factory=dict)
     sweep: Sweep | None = None            # fewstep: one arm per (source, value)
     tune: TuneConfig | None = None        # kind: tune
+    nas: NasConfig | None = None              # kind nas_proxy only: architectures, ground truth, proxies
+
+    @model_validator(mode="after")
+    def _nas_section(self) -> "Suite":
+        if (self.kind == "nas_proxy") != (self.nas is not None):
+            raise ValueError("a nas_proxy suite needs a `nas:` section, and only nas_proxy suites may have one")
+        return self
 
     @model_validator(mode="after")
     def _expand_and_check(self) -> "Suite":
@@ -407,3 +457,7 @@ def _check_sources(path: Path, suite: Suite, where: str) -> None:
                     reason = exc.errors()[0]["msg"].removeprefix("Value error, ")
                     raise ConfigError(f"{path}: {where}tune.space.{name}: {value!r} is not a legal value for "
                                       f"sources[{i}]: {reason}") from None
+    if suite.nas is not None:
+        from tgbench.nas import check_nas
+
+        check_nas(path, suite, where)

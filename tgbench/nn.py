@@ -143,14 +143,17 @@ class Learner(nn.Module):
         for layer in [*self.convs, *self.fcs, self.classifier]:
             layer.reset_parameters(generator)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, C, H, W) -> (B, classes) log-probs
+    def logits(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, C, H, W) -> (B, classes) pre-softmax outputs
         h = x
         for conv in self.convs:
             h = self.act(self.bn(F.max_pool2d(conv(h), 3, 2, 1)))
         h = h.flatten(1)
         for fc in self.fcs:
             h = self.act(self.bn(fc(h)))
-        return F.log_softmax(self.classifier(h), dim=1)
+        return self.classifier(h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, C, H, W) -> (B, classes) log-probs
+        return F.log_softmax(self.logits(x), dim=1)
 
 
 @dataclass(frozen=True)

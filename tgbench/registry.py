@@ -1,4 +1,4 @@
-"""The one registry: every pluggable thing (methods, datasets) is registered here once, by name.
+"""The one registry: every pluggable thing (methods, datasets, NAS proxies) is registered here once, by name.
 
 Entries are lazy ``"package.module:Attribute"`` strings, imported on first use, so listing names never
 imports torch-heavy modules and a broken plugin only fails when it is asked for (with its name in the
@@ -164,3 +164,14 @@ datasets.register("mnist", "tgbench.data:load_mnist")
 datasets.register("mnist-5k", "tgbench.data:load_mnist_5k")
 datasets.register("fashion-mnist", "tgbench.data:load_fashion_mnist")
 datasets.register("cifar10", "tgbench.data:load_cifar10")
+
+# NAS proxies: each scores an architecture (cheaply) for the nas_proxy suites; see tgbench/proxies.py.
+proxies = Registry("proxy", base="tgbench.proxies:Proxy", entry_point_group="tgbench.proxies")
+proxies.register("param_count", "tgbench.proxies:ParamCount")
+proxies.register("synflow", "tgbench.proxies:SynFlow")
+proxies.register("grad_norm", "tgbench.proxies:GradNorm")
+proxies.register("snip", "tgbench.proxies:Snip")
+proxies.register("jacob_cov", "tgbench.proxies:JacobCov")
+proxies.register("nwot", "tgbench.proxies:NWOT")
+proxies.register("teaching", "tgbench.proxies:TeachingData")
+proxies.register("real_epochs", "tgbench.proxies:RealEpochs")

@@ -62,7 +62,7 @@ def study_name(suite: Suite, profile: str) -> str:
 
 def cell_hash(suite: Suite, entry: SourceEntry, dataset_resolved: str) -> str:
     """What makes two runs of a cell the same experiment: everything but the seed count and the other arms."""
-    protocol = suite.model_dump(mode="json", exclude={"profiles", "sources", "description"})
+    protocol = suite.model_dump(mode="json", exclude={"profiles", "sources", "description", "nas"})
     protocol["evaluation"].pop("seeds")
     # settings added after results were stored must not change old cells' hashes while left unset
     protocol = {k: v for k, v in protocol.items() if v is not None}
@@ -268,6 +268,9 @@ def run_suite(suite_path: str, opts: RunOptions, log=print) -> Path:
         from tgbench.tune import run_tune_suite
 
         return run_tune_suite(suite_path, opts, log)
+    if suite.kind == "nas_proxy":  # ground truth + proxies instead of cells: tgbench/nas.py
+        from tgbench.nas import run_nas_suite  # (lazy: nas imports this module)
+        return run_nas_suite(suite_path, suite, profile, opts, log)
     if suite.kind != "fewstep":
         raise BadInput(f"{suite_path}: kind: 'tgbench run' runs fewstep suites; {suite.kind!r} suites are not "
                        "implemented yet")
@@ -372,6 +375,9 @@ def report_suite(suite_path: str, opts: RunOptions, log=print) -> Path:
     """Rebuild a suite's report from the store alone (no training)."""
     profile = opts.profile or default_profile()
     suite = load_suite(suite_path, profile)
+    if suite.kind == "nas_proxy":
+        from tgbench.nas import report_nas_suite
+        return report_nas_suite(suite_path, suite, profile, opts, log)
     out_dir = _writable_out_dir(opts.out, suite, profile)
     store = Store(opts.storage, opts.artifacts_dir)
     if suite.kind == "tune":

@@ -1,0 +1,639 @@
+"""NAS proxy-quality suites (``kind: nas_proxy``): how well does each proxy rank architectures?
+
+Reading order: the search space (``enumerate_space``, ``arch_id``, ``scored_architectures``) -> ground truth
+(``ensure_ground_truth``: each scored architecture trained on real data, cached in the store) -> teachers
+(``ensure_teachers``: the suite's sources meta-trained by ``runner.run_cell``, the same cells as a few-step
+suite) -> proxies (``run_proxies``: every registered proxy of the suite scores every architecture, timed) ->
+metrics (``proxy_metrics``: Spearman, top-50 % Spearman, Kendall, top-10 % precision, each with a bootstrap CI
+over architectures) -> ``random_search`` -> the report. ``run_nas_suite`` / ``report_nas_suite`` are what
+``tgbench run`` / ``tgbench report`` dispatch to.
+
+Where things live in the store:
+
+* ground truth: the study ``nas_ground_truth`` shared by every suite and profile, one trial per
+  (architecture id, seed), keyed by the *protocol hash* (training schedule + resolved dataset). Any suite that
+  asks for the same architecture under the same protocol reuses it: a second run trains nothing.
+* teachers and proxy scores: the suite's own study ``<suite>@<profile>``: teacher cells ``<source>|seed=0`` as
+  written by ``run_cell``, and one trial per proxy (``proxy:<label>``) holding every architecture's score and
+  cost, keyed by a hash of what the scores depend on (so an interrupted run resumes proxy by proxy).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import math
+import random
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from optuna.trial import TrialState
+from pydantic import ValidationError
+from scipy import stats as st
+from tqdm import tqdm
+
+from tgbench import stats
+from tgbench.config import LearnerSpace, SourceEntry, Suite, _format_error
+from tgbench.data import Dataset, load_dataset
+from tgbench.errors import BadInput, ConfigError
+from tgbench.nn import LearnerSpec
+from tgbench.proxies import Proxy, ProxyContext, train_real
+from tgbench.registry import proxies
+from tgbench.runner import (CellTask, _command_line, _writable_out_dir, build_teacher, cell_hash, git_revision,
+                            machine, run_cell, study_name)
+from tgbench.source import Teacher
+from tgbench.store import Store, cell_key, config_hash
+
+GROUND_TRUTH_STUDY = "nas_ground_truth"
+TEACHER_SEED = 0           # one teacher per teaching source (seed 0 of its cell)
+TOP_FRACTION = 0.10        # "top-10 %" precision and the marked points of the scatter plots
+ORACLE, RANDOM = "oracle (ground truth)", "random pick"
+
+
+# ---------------------------------------------------------------------------------------------- search space
+def arch_id(spec: LearnerSpec) -> str:
+    """Stable 16-hex id of an architecture: a hash of its full spec (same spec, same id, on any machine)."""
+    return config_hash(spec.as_dict())
+
+
+def enumerate_space(space: LearnerSpace) -> list[LearnerSpec]:
+    """Every distinct architecture of a learner space: the product of its option lists, sorted by id.
+
+    Canonicalised so that each network appears once: without conv blocks the kernel size means nothing (it is
+    set to the first option). Specs with no hidden layer at all (a linear classifier) are left out: there is
+    no architecture to search, and activation-based proxies have nothing to look at.
+    """
+    specs = set()
+    for conv, fc, kernel, act in itertools.product(space.conv_channels, space.fc_hidden, space.kernel_size,
+                                                   space.activation):
+        if not conv and not fc:
+            continue
+        specs.add(LearnerSpec(tuple(conv), tuple(fc), kernel if conv else space.kernel_size[0], act,
+                              space.batch_norm, space.weight_norm))
+    return sorted(specs, key=arch_id)
+
+
+def scored_architectures(suite: Suite) -> list[LearnerSpec]:
+    """The ``nas.n_architectures`` architectures a suite scores: a seeded sample (``nas.scoring_seed``) of the
+    space, independent of the meta-training's architecture sampling."""
+    space = enumerate_space(suite.learner)
+    return random.Random(suite.nas.scoring_seed).sample(space, suite.nas.n_architectures)
+
+
+PROXY_SEED_OFFSET = 1_000_000   # proxies draw inits / batches from their own stream, never a ground-truth seed's
+
+
+def arch_seed(aid: str, offset: int = 0) -> int:
+    """Per-architecture seed: the same architecture gets the same init wherever it is scored. Ground-truth seed s
+    uses offset s; proxies use ``PROXY_SEED_OFFSET + scoring_seed``, so that e.g. a 1-epoch proxy is not the
+    first epoch of a ground-truth run (shared noise would inflate its correlation)."""
+    return int(aid[:8], 16) + offset
+
+
+def check_nas(path: Path, suite: Suite, where: str) -> None:
+    """Validate a suite's ``nas:`` section against the registry and the suite (called by ``load_suite``)."""
+    nas = suite.nas
+    size = len(enumerate_space(suite.learner))
+    if nas.n_architectures > size:
+        raise ConfigError(f"{path}: {where}nas.n_architectures: {nas.n_architectures} exceeds the {size} distinct "
+                          "architectures of the learner space")
+    if max(nas.search_budgets) > nas.n_architectures:
+        raise ConfigError(f"{path}: {where}nas.search_budgets: {max(nas.search_budgets)} exceeds n_architectures "
+                          f"({nas.n_architectures})")
+    labels = [e.name for e in suite.sources]
+    for i, entry in enumerate(nas.proxies):
+        key = f"{where}nas.proxies[{i}]"
+        if entry.proxy not in proxies:
+            raise proxies.unknown(entry.proxy, f"{path}: {key}.proxy")
+        cls = proxies.get(entry.proxy, f"{path}: {key}.proxy")
+        try:
+            params = cls.Params.model_validate(entry.params)
+        except ValidationError as exc:
+            raise ConfigError(_format_error(path, exc, prefix=f"{key}.params", root=cls.Params)) from None
+        source = cls.teacher_source(params)
+        if source is not None and "/" not in source and source not in labels:
+            raise ConfigError(f"{path}: {key}.params.source: no source labelled {source!r}; sources: "
+                              f"{', '.join(labels)}")
+
+
+# ---------------------------------------------------------------------------------------------- ground truth
+def ground_truth_protocol(suite: Suite, dataset_resolved: str) -> str:
+    """Hash of what a ground-truth accuracy depends on besides the architecture and seed."""
+    schedule = suite.nas.ground_truth.model_dump(mode="json", exclude={"seeds"})
+    return config_hash({"schedule": schedule, "data": dataset_resolved, "trainer": "adam/train_real/v1"})
+
+
+def truth_frame(store: Store, suite: Suite, dataset_resolved: str, specs: list[LearnerSpec]) -> pd.DataFrame:
+    """Stored ground truth of ``specs`` under the suite's protocol: one row per (architecture, seed)."""
+    study = store.study(GROUND_TRUTH_STUDY, create=False)
+    protocol = ground_truth_protocol(suite, dataset_resolved)
+    wanted = {cell_key(arch_id(s), seed): {protocol} for s in specs for seed in range(suite.nas.ground_truth.seeds)}
+    records = [r for r in store.records(study, wanted) if r["status"] == "complete"]
+    if len(records) != len(wanted):
+        raise BadInput(f"ground truth incomplete in {store.url}: {len(records)} of {len(wanted)} (architecture, "
+                       "seed) runs stored under this protocol; run the suite first")
+    return pd.DataFrame([{k: r.get(k) for k in ("arch_id", "seed", "val_acc", "test_acc", "best_epoch",
+                                                "epochs_run", "seconds", "cpu_seconds")} for r in records])
+
+
+def ensure_ground_truth(store: Store, suite: Suite, dataset: Dataset, specs: list[LearnerSpec],
+                        progress: bool = True, log=print) -> tuple[pd.DataFrame, int]:
+    """Train every (architecture, seed) not yet in the store under this protocol; return (per-seed records,
+    number of trainings run now)."""
+    study = store.study(GROUND_TRUTH_STUDY)
+    protocol = ground_truth_protocol(suite, dataset.resolved)
+    seeds = range(suite.nas.ground_truth.seeds)
+    done = store.done_cells(study)
+    todo = [(s, seed) for s in specs for seed in seeds if (cell_key(arch_id(s), seed), protocol) not in done]
+    log(f"ground truth: {len(specs)} architectures x {len(seeds)} seeds, {len(specs) * len(seeds) - len(todo)} "
+        f"cached, {len(todo)} to train (protocol {protocol})")
+    for spec, seed in tqdm(todo, desc="ground truth", disable=not progress, unit="run", dynamic_ncols=True):
+        aid = arch_id(spec)
+        trial = store.begin(study, cell_key(aid, seed), protocol)
+        start, cpu_start = time.perf_counter(), time.process_time()
+        try:
+            result = train_real(spec, dataset, suite.nas.ground_truth, arch_seed(aid, seed))
+        except BaseException as exc:
+            store.finish(study, trial, {"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
+            raise
+        store.finish(study, trial, {
+            "status": "complete", "arch_id": aid, "seed": seed, "description": spec.describe(),
+            "spec": spec.as_dict(), "dataset_resolved": dataset.resolved, "protocol": protocol,
+            "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu_start,
+            "test_acc_final": result["test_acc"], **result})
+    return truth_frame(store, suite, dataset.resolved, specs), len(todo)
+
+
+# ---------------------------------------------------------------------------------------------- teachers
+def _teacher_refs(suite: Suite) -> list[str]:
+    """Teacher references of the suite's teaching proxies, in order: a source label of this suite (``gtn``), or
+    ``<study>/<label>`` for a teacher another suite stored (e.g. ``mnist_fewstep@cpu/gtn``)."""
+    refs = []
+    for e in suite.nas.proxies:
+        cls = proxies.get(e.proxy)
+        ref = cls.teacher_source(cls.Params.model_validate(e.params))
+        if ref is not None and ref not in refs:
+            refs.append(ref)
+    return refs
+
+
+def ensure_teachers(suite_path: str, suite: Suite, profile: str, dataset: Dataset, store: Store, opts,
+                    log=print) -> tuple[dict[str, Teacher], dict[str, dict]]:
+    """Load the teacher of every reference a teaching proxy uses: this suite's sources are meta-trained first
+    (with ``runner.run_cell``: resumable like any few-step cell, seed 0), ``<study>/<label>`` references are
+    loaded from that study of the same store. Returns (reference -> teacher, reference -> its store record)."""
+    study = store.study(study_name(suite, profile))
+    teachers, records = {}, {}
+    for ref in _teacher_refs(suite):
+        if "/" in ref:
+            teachers[ref], records[ref] = _stored_teacher(suite_path, ref, dataset, store)
+            continue
+        entry = next(e for e in suite.sources if e.name == ref)
+        key, chash = cell_key(entry.name, TEACHER_SEED), cell_hash(suite, entry, dataset.resolved)
+        if (key, chash) not in store.done_cells(study):
+            log(f"meta-training teacher {entry.name!r} ({suite.outer_for(entry).iterations} outer iterations)")
+            run_cell(CellTask(str(suite_path), profile, entry.name, TEACHER_SEED, store.url, opts.data_root,
+                              opts.artifacts_dir, opts.progress))
+        record = store.records(study, {key: {chash}})[0]
+        if record["status"] != "complete":
+            raise BadInput(f"{suite_path}: sources: teacher {entry.name!r} {record['status']} during meta-training "
+                           f"({record.get('error')}); its proxies cannot run")
+        teachers[ref], records[ref] = _load_teacher(store, record, suite, entry, dataset), record
+    return teachers, records
+
+
+def _load_teacher(store: Store, record: dict, suite: Suite, entry: SourceEntry, dataset: Dataset) -> Teacher:
+    payload = store.load_teacher(record["teacher_artifact"])
+    teacher = build_teacher(suite, entry, dataset, TEACHER_SEED)
+    teacher.load_state_dict(payload["state_dict"])
+    return teacher.eval()
+
+
+def _stored_teacher(suite_path: str, ref: str, dataset: Dataset, store: Store) -> tuple[Teacher, dict]:
+    """The newest complete seed-0 teacher of ``<study>/<label>`` (e.g. one the few-step suite meta-trained)."""
+    name, label = ref.rsplit("/", 1)
+    where = f"{suite_path}: nas.proxies: source {ref!r}"
+    if name not in store.study_names():
+        raise BadInput(f"{where}: no study {name!r} in {store.url}; run that suite first")
+    found = [r for r in store.records(store.study(name, create=False))
+             if r["cell"] == cell_key(label, TEACHER_SEED) and r["status"] == "complete" and r.get("teacher_artifact")]
+    if not found:
+        raise BadInput(f"{where}: study {name!r} has no complete seed-{TEACHER_SEED} teacher of source {label!r}")
+    record = found[0]
+    if record["dataset_resolved"] != dataset.resolved:
+        raise BadInput(f"{where}: that teacher was trained on {record['dataset_resolved']!r}, this suite resolved "
+                       f"{dataset.resolved!r}")
+    payload = store.load_teacher(record["teacher_artifact"])
+    their_suite = Suite.model_validate(payload["suite"])
+    entry = SourceEntry(method=payload["method"], params=payload["params"], label=label)
+    return _load_teacher(store, record, their_suite, entry, dataset), record
+
+
+# ---------------------------------------------------------------------------------------------- proxies
+def _proxy_hash(suite: Suite, entry, ids: list[str], dataset: Dataset, teacher_record: dict | None) -> str:
+    return config_hash({"proxy": entry.model_dump(mode="json"), "architectures": ids, "data": dataset.resolved,
+                        "inner": suite.inner.model_dump(mode="json"),
+                        "ground_truth": suite.nas.ground_truth.model_dump(mode="json"),
+                        "teacher": teacher_record["config_hash"] if teacher_record else None})
+
+
+def run_proxies(suite: Suite, profile: str, dataset: Dataset, store: Store, specs: list[LearnerSpec],
+                teachers: dict[str, Teacher], teacher_records: dict[str, dict], progress: bool = True,
+                log=print) -> list[dict]:
+    """Score every architecture with every proxy not yet in the store under the same hash; return the records."""
+    study = store.study(study_name(suite, profile))
+    ids = [arch_id(s) for s in specs]
+    ctx = ProxyContext(dataset, suite, teachers)
+    accept = {}
+    for entry in suite.nas.proxies:
+        cls = proxies.get(entry.proxy)
+        params = cls.Params.model_validate(entry.params)
+        source = cls.teacher_source(params)
+        teacher_record = teacher_records.get(source) if source else None
+        key, chash = f"proxy:{entry.name}", _proxy_hash(suite, entry, ids, dataset, teacher_record)
+        accept[key] = {chash}
+        if (key, chash) in store.done_cells(study):
+            continue
+        proxy: Proxy = cls(params, ctx)
+        trial = store.begin(study, key, chash)
+        scores, seconds, cpu_seconds = {}, {}, {}
+        try:
+            for spec, aid in tqdm(list(zip(specs, ids)), desc=entry.name, disable=not progress, leave=False,
+                                  unit="arch", dynamic_ncols=True):
+                start, cpu_start = time.perf_counter(), time.process_time()
+                scores[aid] = float(proxy.score(spec, arch_seed(aid, PROXY_SEED_OFFSET + suite.nas.scoring_seed)))
+                seconds[aid], cpu_seconds[aid] = time.perf_counter() - start, time.process_time() - cpu_start
+        except BaseException as exc:
+            trial.set_user_attr("status", "failed")
+            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        record = {"cell": key, "status": "complete", "proxy": entry.proxy, "label": entry.name,
+                  "dataset_resolved": dataset.resolved, "family": cls.family,
+                  "params": params.model_dump(mode="json"), "scores": scores, "seconds": seconds,
+                  "cpu_seconds": cpu_seconds, "teacher_source": source,
+                  "setup_seconds": teacher_record.get("meta_train_seconds", 0.0) if teacher_record else 0.0}
+        for k, v in record.items():
+            trial.set_user_attr(k, v)
+        study.tell(trial, sum(seconds.values()))   # the trial's value: total scoring seconds
+        log(f"proxy {entry.name}: {len(specs)} architectures in {sum(seconds.values()):.1f} s")
+    records = store.records(study, accept)
+    order = [e.name for e in suite.nas.proxies]
+    return sorted(records, key=lambda r: order.index(r["label"]))
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+def top_half_spearman(score, truth) -> float:
+    """Spearman rho over the ceil(n/2) architectures with the highest proxy scores (the paper's top-50 %)."""
+    score, truth = np.asarray(score, float), np.asarray(truth, float)
+    keep = np.argsort(-score, kind="stable")[: math.ceil(len(score) / 2)]
+    return stats.spearman(score[keep], truth[keep])[0]
+
+
+def top_precision(score, truth, fraction: float = TOP_FRACTION) -> float:
+    """|proxy's top-k  ∩  true top-k| / k with k = max(1, round(fraction * n)); ties broken by position."""
+    score, truth = np.asarray(score, float), np.asarray(truth, float)
+    k = max(1, round(fraction * len(score)))
+    top_proxy = set(np.argsort(-score, kind="stable")[:k])
+    top_true = set(np.argsort(-truth, kind="stable")[:k])
+    return len(top_proxy & top_true) / k
+
+
+METRICS = {
+    "spearman": lambda s, t: stats.spearman(s, t)[0],
+    "spearman_top50": top_half_spearman,
+    "kendall": lambda s, t: stats.kendall(s, t)[0],
+    "top10_precision": top_precision,
+}
+
+
+def bootstrap_ci(metric, score, truth, resamples: int = 1000, seed: int = 0,
+                 confidence: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of ``metric(score, truth)`` over architectures (pairs resampled together),
+    ``scipy.stats.bootstrap(paired=True, method="percentile")``, seeded. (nan, nan) below 3 architectures or
+    when resamples are degenerate (e.g. every resample of a tiny set constant)."""
+    score, truth = np.asarray(score, float), np.asarray(truth, float)
+    if len(score) < 3:
+        return math.nan, math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = st.bootstrap((score, truth), metric, paired=True, vectorized=False, n_resamples=resamples,
+                           confidence_level=confidence, method="percentile", rng=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def proxy_metrics(score, truth, resamples: int = 1000, seed: int = 0) -> dict[str, float]:
+    """Every metric of ``METRICS`` with its 95 % bootstrap CI: keys ``<metric>``, ``<metric>_low/_high``."""
+    out = {}
+    for name, metric in METRICS.items():
+        out[name] = float(metric(score, truth))
+        out[f"{name}_low"], out[f"{name}_high"] = bootstrap_ci(metric, score, truth, resamples, seed)
+    return out
+
+
+def random_search(score, truth, budgets: list[int], repeats: int, seed: int = 0) -> dict[int, np.ndarray]:
+    """Random-search NAS with a proxy (the paper's Table 1 logic): for each budget N and repeat, draw N distinct
+    candidates, keep the one the proxy scores highest, and record its ground truth. Returns N -> (repeats,)
+    array. Pass ``score = truth`` for the oracle; a constant score picks the first drawn (a random pick)."""
+    score, truth = np.asarray(score, float), np.asarray(truth, float)
+    rng = np.random.default_rng(seed)
+    out = {}
+    for n in budgets:
+        picks = np.empty(repeats)
+        for r in range(repeats):
+            cand = rng.choice(len(score), size=n, replace=False)
+            picks[r] = truth[cand[np.argmax(score[cand])]]
+        out[n] = picks
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- tables
+def architecture_table(specs: list[LearnerSpec], truth: pd.DataFrame, records: list[dict]) -> pd.DataFrame:
+    """One row per scored architecture: id, description, ground truth (mean over seeds), every proxy's score."""
+    gt = truth.groupby("arch_id").agg(val_acc=("val_acc", "mean"), test_acc=("test_acc", "mean"),
+                                      gt_seeds=("seed", "count"), gt_seconds=("seconds", "mean"),
+                                      gt_cpu_seconds=("cpu_seconds", "mean"))
+    rows = []
+    for spec in specs:
+        aid = arch_id(spec)
+        row = {"arch_id": aid, "description": spec.describe(), **gt.loc[aid].to_dict()}
+        row.update({f"score:{r['label']}": r["scores"].get(aid) for r in records})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def metrics_table(archs: pd.DataFrame, records: list[dict], target: str, resamples: int) -> pd.DataFrame:
+    rows = []
+    for r in records:
+        score = archs[f"score:{r['label']}"].to_numpy(float)
+        rows.append({"proxy": r["label"], "family": r["family"], "n": len(score),
+                     **proxy_metrics(score, archs[target].to_numpy(float), resamples),
+                     "seconds_per_arch": float(np.mean(list(r["seconds"].values()))),
+                     "cpu_seconds_per_arch": float(np.mean(list(r["cpu_seconds"].values()))),
+                     "setup_seconds": r["setup_seconds"],
+                     "total_seconds": r["setup_seconds"] + float(sum(r["seconds"].values()))})
+    return pd.DataFrame(rows)
+
+
+def search_table(archs: pd.DataFrame, records: list[dict], target: str, budgets: list[int],
+                 repeats: int) -> pd.DataFrame:
+    """Random search with every proxy, the oracle and a random pick: one row per (proxy, budget), with the
+    ground truth of the pick (mean and 95 % bootstrap CI over repeats) and the search's cost: the proxy's setup
+    (wall s) + N x its CPU s per architecture; the oracle pays full ground-truth training of all N."""
+    truth = archs[target].to_numpy(float)
+    gt_per_arch = float((archs["gt_cpu_seconds"] * archs["gt_seeds"]).mean())
+    arms = [(r["label"], archs[f"score:{r['label']}"].to_numpy(float), r["setup_seconds"],
+             float(np.mean(list(r["cpu_seconds"].values())))) for r in records]
+    arms += [(ORACLE, truth, 0.0, gt_per_arch), (RANDOM, np.zeros_like(truth), 0.0, 0.0)]
+    rows = []
+    for label, score, setup, per_arch in arms:
+        for n, picks in random_search(score, truth, budgets, repeats).items():
+            ci = stats.mean_ci(picks)
+            rows.append({"proxy": label, "budget": n, "mean": ci.mean, "low": ci.low, "high": ci.high,
+                         "repeats": ci.n, "search_seconds": setup + n * per_arch})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------- report
+def _fmt_ci(value: float, low: float, high: float, digits: int = 3) -> str:
+    if math.isnan(value):
+        return "n/a"
+    if math.isnan(low) or math.isnan(high):
+        return f"{value:.{digits}f} [n/a]"
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def _fmt_seconds(s: float) -> str:
+    return f"{s:.3g}" if s < 100 else f"{s:.0f}"
+
+
+def render_nas_markdown(meta: dict, metrics: pd.DataFrame, search: pd.DataFrame, archs: pd.DataFrame,
+                        target: str, gt_cost: tuple[float, float], figures: list[str]) -> str:
+    from tgbench.report import _md_table, header_lines
+
+    lines = header_lines(meta)
+    n = len(archs)
+    lines += ["## Proxy quality", "",
+              f"Rank agreement of each proxy's score with the ground-truth {target.replace('_', ' ')} over the "
+              f"{n} scored architectures (mean over {int(archs['gt_seeds'].min())}+ seeds of real-data training). "
+              "Brackets: 95 % percentile bootstrap CIs over architectures (scipy.stats.bootstrap, paired, "
+              f"{meta.get('bootstrap resamples', 1000)} resamples, seed 0). Top-50 % ρ: Spearman over the half of "
+              "the architectures the proxy scores highest; top-10 % precision: share of the true top 10 % found in "
+              "the proxy's top 10 %. Cost per architecture in CPU seconds (robust to other load on the machine) and "
+              "wall seconds, measured on the machine above; setup = one-time wall cost (meta-training the "
+              "teacher); total = setup + wall cost of every architecture.", ""]
+    header = ["proxy", "family", "Spearman ρ", "top-50 % Spearman ρ", "Kendall τ", "top-10 % precision",
+              "CPU s / arch", "wall s / arch", "setup s", f"total s ({n} archs)"]
+    body = [[r.proxy, r.family] + [_fmt_ci(r[m], r[f"{m}_low"], r[f"{m}_high"]) for m in METRICS]
+            + [_fmt_seconds(r.cpu_seconds_per_arch), _fmt_seconds(r.seconds_per_arch), _fmt_seconds(r.setup_seconds),
+               _fmt_seconds(r.total_seconds)]
+            for _, r in metrics.iterrows()]
+    lines += _md_table(header, body)
+    lines += ["", f"Ground-truth cost: {_fmt_seconds(gt_cost[1])} CPU s ({_fmt_seconds(gt_cost[0])} wall s) per "
+              "architecture and seed (mean).", ""]
+    lines += ["## Random-search NAS", "",
+              f"Best architecture out of N random candidates picked by each proxy: its ground-truth "
+              f"{target.replace('_', ' ')} (%), mean [95 % bootstrap CI] over repeats (the same candidate draws "
+              "for every proxy). Oracle = picked by the ground truth itself; random = no proxy.", ""]
+    budgets = sorted(search["budget"].unique())
+    body = []
+    for label, g in search.groupby("proxy", sort=False):
+        by_n = g.set_index("budget")
+        body.append([label] + [_fmt_ci(100 * by_n.loc[b, "mean"], 100 * by_n.loc[b, "low"], 100 * by_n.loc[b, "high"],
+                                       digits=2) for b in budgets])
+    lines += _md_table(["proxy"] + [f"N = {b}" for b in budgets], body)
+    lines += ["", "## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures] + [""]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _scatter_figure(archs: pd.DataFrame, metrics: pd.DataFrame, target: str):
+    import matplotlib.pyplot as plt
+
+    labels = list(metrics["proxy"])
+    cols = min(4, len(labels))
+    rows = math.ceil(len(labels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.4 * rows), squeeze=False)
+    truth = 100 * archs[target].to_numpy(float)
+    k = max(1, round(TOP_FRACTION * len(truth)))
+    top = np.zeros(len(truth), bool)
+    top[np.argsort(-truth, kind="stable")[:k]] = True
+    for ax, (_, m) in zip(axes.flat, metrics.iterrows()):
+        score = archs[f"score:{m.proxy}"].to_numpy(float)
+        finite = np.isfinite(score)
+        ax.scatter(score[finite & ~top], truth[finite & ~top], s=12, alpha=0.6, label="others")
+        ax.scatter(score[finite & top], truth[finite & top], s=22, color="tab:red", label=f"true top {k}")
+        positive = score[finite] > 0
+        if positive.all() and score[finite].max() / max(score[finite].min(), 1e-300) > 1e3:
+            ax.set_xscale("log")
+        ax.set_title(f"{m.proxy}  ρ={m.spearman:.2f}", fontsize=9)
+        ax.set_xlabel("proxy score", fontsize=8)
+        ax.set_ylabel(f"ground truth {target} (%)", fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(labels):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle("Proxy score vs ground truth (red: true top 10 %)")
+    fig.tight_layout()
+    return fig
+
+
+def _cost_figure(metrics: pd.DataFrame, search: pd.DataFrame, gt_cpu_seconds: float, target: str):
+    """Left: Spearman vs CPU cost per architecture. Right: ground truth of the random-search pick vs the whole
+    search's cost (setup + N architectures), one line per proxy through the budgets."""
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(15, 5.5))
+    colors = dict(zip(metrics["proxy"], plt.cm.tab20(np.linspace(0, 1, max(len(metrics), 1)))))
+    for _, m in metrics.iterrows():
+        err = [[m.spearman - m.spearman_low], [m.spearman_high - m.spearman]] if np.isfinite(m.spearman_low) else None
+        x = max(m.cpu_seconds_per_arch, 1e-6)
+        left.errorbar(x, m.spearman, yerr=err, fmt="o", capsize=3, color=colors[m.proxy])
+        left.annotate(m.proxy, (x, m.spearman), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    left.axvline(gt_cpu_seconds, color="gray", linestyle="--", label="ground truth (per seed)")
+    left.set(xscale="log", xlabel="CPU seconds per architecture (log)", ylabel="Spearman ρ with ground truth",
+             title="Rank quality vs cost (error bars: 95 % bootstrap CI)")
+    left.legend(fontsize=8)
+    for label, g in search.groupby("proxy", sort=False):
+        g = g.sort_values("budget")
+        if label == RANDOM:   # costs nothing: a reference level, not a point on a log axis
+            right.axhline(100 * g["mean"].mean(), color="gray", linestyle="--", label=label)
+            continue
+        style = {"color": "black", "linestyle": "--"} if label == ORACLE else {"color": colors[label]}
+        right.plot(g["search_seconds"].clip(lower=1e-6), 100 * g["mean"], marker="o", markersize=3, label=label,
+                   **style)
+    right.set(xscale="log", xlabel="cost of the whole search: setup + N architectures (s, log)",
+              ylabel=f"ground truth {target} of the pick (%)",
+              title="Random-search accuracy vs search cost (points: budgets N)")
+    right.legend(fontsize=7, ncol=2)
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def _search_figure(search: pd.DataFrame, target: str):
+    import matplotlib.pyplot as plt
+
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    groups = list(search.groupby("proxy", sort=False))
+    colors = plt.cm.tab20(np.linspace(0, 1, max(len(groups) - 2, 1)))   # > 10 proxies: no repeated colours
+    for i, (label, g) in enumerate(groups):
+        g = g.sort_values("budget")
+        style = {"color": colors[i % len(colors)]}
+        if label in (ORACLE, RANDOM):
+            style = {"color": "black" if label == ORACLE else "gray", "linestyle": "--"}
+        ax.plot(g["budget"], 100 * g["mean"], marker="o", markersize=3, label=label, **style)
+        ax.fill_between(g["budget"], 100 * g["low"], 100 * g["high"], color=style["color"], alpha=0.08, linewidth=0)
+    budgets = sorted(search["budget"].unique())
+    ax.set(xscale="log", xlabel="search budget N (random candidates)", ylabel=f"ground truth {target} of pick (%)",
+           title="Random-search NAS: the proxy's pick of N candidates\n(mean over repeats, band: 95 % bootstrap CI)")
+    ax.set_xticks(budgets)
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def write_nas_report(out_dir: Path, suite: Suite, archs: pd.DataFrame, truth: pd.DataFrame, records: list[dict],
+                     meta: dict) -> list[Path]:
+    """Write architectures.csv, ground_truth.csv, metrics.csv, random_search.csv, the figures and report.md."""
+    from tgbench.report import _save
+
+    nas = suite.nas
+    metrics = metrics_table(archs, records, nas.target, nas.bootstrap_resamples)
+    search = search_table(archs, records, nas.target, nas.search_budgets, nas.search_repeats)
+    gt_cost = (float(truth["seconds"].mean()), float(truth["cpu_seconds"].mean()))
+    teachers = {r["teacher_source"]: r["setup_seconds"] for r in records if r.get("teacher_source")}
+    meta = {**meta, "compute behind these numbers": (
+        f"ground truth {truth['cpu_seconds'].sum():.0f} CPU s ({truth['seconds'].sum():.0f} wall s); proxies "
+        f"{sum(sum(r['cpu_seconds'].values()) for r in records):.0f} CPU s "
+        f"({sum(sum(r['seconds'].values()) for r in records):.0f} wall s); teacher meta-training "
+        f"{sum(teachers.values()):.0f} wall s (however many runs it took to fill the store)")}
+    written = []
+    for name, frame in (("architectures", archs), ("ground_truth", truth), ("metrics", metrics),
+                        ("random_search", search)):
+        frame.to_csv(out_dir / f"{name}.csv", index=False)
+        written.append(out_dir / f"{name}.csv")
+    figures = [_save(_scatter_figure(archs, metrics, nas.target), out_dir / "scatter.png"),
+               _save(_cost_figure(metrics, search, gt_cost[1], nas.target), out_dir / "cost.png"),
+               _save(_search_figure(search, nas.target), out_dir / "random_search.png")]
+    md = out_dir / "report.md"
+    md.write_text(render_nas_markdown(meta, metrics, search, archs, nas.target, gt_cost,
+                                      [p.name for p in figures]), encoding="utf-8")
+    return written + figures + [md]
+
+
+# ---------------------------------------------------------------------------------------------- entry points
+def _meta(suite: Suite, profile: str, store: Store, dataset_resolved: str, records: list[dict],
+          extra: dict) -> dict:
+    return {"suite": suite.name, "profile": profile, "revision": git_revision(), "command": _command_line(),
+            "machine": machine(), "torch": torch.__version__,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "dataset": dataset_resolved, "store": store.url, "target": suite.nas.target,
+            "architectures scored": str(suite.nas.n_architectures),
+            "search space size": str(len(enumerate_space(suite.learner))),
+            "ground truth": ", ".join(f"{k}={v}" for k, v in suite.nas.ground_truth.model_dump().items()),
+            "bootstrap resamples": str(suite.nas.bootstrap_resamples), **extra}
+
+
+def _load_dataset(suite: Suite, opts, log) -> Dataset:
+    dataset = load_dataset(suite.dataset.name, data_root=opts.data_root, download=suite.dataset.download,
+                           fallback=suite.dataset.fallback, seed=0)
+    if dataset.fallback_reason:
+        log(f"WARNING: {dataset.fallback_reason}\nWARNING: falling back to {dataset.resolved!r}", file=sys.stderr)
+    return dataset
+
+
+def run_nas_suite(suite_path: str, suite: Suite, profile: str, opts, log=print) -> Path:
+    """Ground truth (cached), teachers (cached), proxy scores (cached per proxy), then the report."""
+    out_dir = _writable_out_dir(opts.out, suite, profile)
+    if opts.jobs > 1:
+        log("note: nas_proxy suites run in one process; --jobs is ignored", file=sys.stderr)
+    dataset = _load_dataset(suite, opts, log)
+    store = Store(opts.storage, opts.artifacts_dir)
+    specs = scored_architectures(suite)
+    start = time.perf_counter()
+    truth, trained = ensure_ground_truth(store, suite, dataset, specs, opts.progress, log)
+    teachers, teacher_records = ensure_teachers(suite_path, suite, profile, dataset, store, opts, log)
+    records = run_proxies(suite, profile, dataset, store, specs, teachers, teacher_records, opts.progress, log)
+    elapsed = time.perf_counter() - start
+    log(f"{suite.name} @ {profile}: {trained} ground-truth trainings run, all work done in {elapsed:.0f} s")
+    archs = architecture_table(specs, truth, records)
+    meta = _meta(suite, profile, store, dataset.resolved, records,
+                 {"wall clock of this run": f"{elapsed:.0f} s ({trained} ground-truth trainings run now)"})
+    write_nas_report(out_dir, suite, archs, truth, records, meta)
+    log(f"report: {out_dir / 'report.md'}")
+    return out_dir
+
+
+def report_nas_suite(suite_path: str, suite: Suite, profile: str, opts, log=print) -> Path:
+    """Rebuild the report from the store alone (no data, no training); exit 2 if anything was never computed."""
+    out_dir = _writable_out_dir(opts.out, suite, profile)
+    store = Store(opts.storage, opts.artifacts_dir)
+    specs = scored_architectures(suite)
+    ids = [arch_id(s) for s in specs]
+    study = store.study(study_name(suite, profile), create=False)
+    stored = {r["label"]: r for r in store.records(study) if r["cell"].startswith("proxy:")
+              and r["status"] == "complete" and list(r["scores"]) == ids}
+    missing = [e.name for e in suite.nas.proxies if e.name not in stored]
+    if missing:
+        raise BadInput(f"{suite_path}: no stored scores for proxies {', '.join(missing)} at profile {profile!r} in "
+                       f"{store.url}; run the suite first")
+    records = [stored[e.name] for e in suite.nas.proxies]
+    resolved = {r["dataset_resolved"] for r in records}
+    if len(resolved) != 1:
+        raise BadInput(f"{suite_path}: stored proxy scores mix datasets {sorted(resolved)}; re-run the suite")
+    truth = truth_frame(store, suite, next(iter(resolved)), specs)
+    archs = architecture_table(specs, truth, records)
+    write_nas_report(out_dir, suite, archs, truth, records, _meta(suite, profile, store, next(iter(resolved)),
+                                                                  records, {}))
+    log(f"report: {out_dir / 'report.md'}")
+    return out_dir
