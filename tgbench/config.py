@@ -184,11 +184,17 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such suite file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text (a suite is a YAML text file)") from None
+    except OSError as exc:  # a directory, no permission, ...
+        raise ConfigError(f"{path}: cannot read the suite file: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{path}: malformed YAML: {where}{problem}") from None
+    except (ValueError, TypeError, RecursionError) as exc:  # yaml's constructors, e.g. a date 2001-13-14
+        raise ConfigError(f"{path}: malformed YAML: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

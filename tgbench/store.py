@@ -33,6 +33,7 @@ import os
 import socket
 import tempfile
 import threading
+import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,6 +49,8 @@ DEFAULT_STORAGE = "sqlite:///results/tgbench.db"
 DONE = ("complete", "diverged")
 DUPLICATE = "duplicate"   # a claim that lost to another worker's claim of the same cell; never reported
 HEARTBEAT_INTERVAL = 10   # seconds between the heartbeats of a running cell
+# what losing the race to create a fresh store's tables looks like (SQLite, PostgreSQL)
+SCHEMA_RACES = ("already exists", "database is locked", "UNIQUE constraint failed", "duplicate key value")
 GRACE_PERIOD = 60         # a running cell silent for longer is stale: its worker is gone and the cell re-runs
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -80,14 +83,21 @@ class Store:
             default_artifacts = Path("results") / "artifacts"
         self.heartbeat_interval = heartbeat_interval or HEARTBEAT_INTERVAL
         self.grace_period = grace_period or GRACE_PERIOD
-        try:
-            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna (stable since 2.9)
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                self.storage = optuna.storages.RDBStorage(self.url, heartbeat_interval=self.heartbeat_interval,
-                                                          grace_period=self.grace_period)
-        except Exception as exc:  # bad scheme, unreachable server, missing driver ...
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise BadInput(f"--storage: cannot open {self.url!r}: {reason}") from None
+        for attempt in range(3):
+            try:
+                with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna (stable since 2.9)
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    self.storage = optuna.storages.RDBStorage(_with_driver(self.url),
+                                                              heartbeat_interval=self.heartbeat_interval,
+                                                              grace_period=self.grace_period)
+                break
+            except Exception as exc:  # bad scheme, unreachable server, missing driver ...
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                # workers starting together on a fresh store race to create its tables: the loser tries again
+                if attempt < 2 and any(race in reason for race in SCHEMA_RACES):
+                    time.sleep(0.5 + attempt)
+                    continue
+                raise BadInput(f"--storage: cannot open {self.url!r}: {reason}") from None
         self.artifacts_dir = Path(artifacts_dir or os.environ.get("TGBENCH_ARTIFACTS") or default_artifacts)
 
     # ------------------------------------------------------------------ studies and cells
@@ -143,14 +153,23 @@ class Store:
         (the protocol is in the module docstring)."""
         self.fail_stale(study)
         trial = self.begin(study, key, chash)
+        holder = self.holder(study, trial)
+        if holder is not None:
+            self.finish(study, trial, {"status": DUPLICATE, "error": f"cell held by trial {holder}"})
+            return None
+        return trial
+
+    def holder(self, study: optuna.Study, trial: optuna.Trial) -> int | None:
+        """Number of the trial that owns ``trial``'s cell instead of it: a done one, or an earlier-numbered
+        RUNNING one; None when ``trial`` owns its cell."""
+        key, chash = trial.user_attrs["cell"], trial.user_attrs["config_hash"]
         for other in study.get_trials(deepcopy=False):
             attrs = other.user_attrs
             if other.number == trial.number or (attrs.get("cell"), attrs.get("config_hash")) != (key, chash):
                 continue
             if attrs.get("status") in DONE or (other.state == TrialState.RUNNING and other.number < trial.number):
-                self.finish(study, trial, {"status": DUPLICATE, "error": f"cell held by trial {other.number}"})
-                return None
-        return trial
+                return other.number
+        return None
 
     def busy_cells(self, study: optuna.Study) -> set[tuple[str, str]]:
         """(cell key, config hash) of every cell some live worker is running (stale claims are failed first)."""
@@ -242,6 +261,16 @@ class Store:
             except Exception as exc:
                 raise BadInput(f"teacher artifact {artifact_id} not found under {self.artifacts_dir}: {exc}") from None
             return torch.load(path, weights_only=False)
+
+
+def _with_driver(url: str) -> str:
+    """``postgresql://`` means psycopg 3 to SQLAlchemy 2.1; use psycopg2 when only it is installed."""
+    import importlib.util
+
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None \
+            and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
 
 
 # ------------------------------------------------------------------ workers
