@@ -49,9 +49,9 @@ DEFAULT_STORAGE = "sqlite:///results/tgbench.db"
 DONE = ("complete", "diverged")
 DUPLICATE = "duplicate"   # a claim that lost to another worker's claim of the same cell; never reported
 HEARTBEAT_INTERVAL = 10   # seconds between the heartbeats of a running cell
+GRACE_PERIOD = 60         # a running cell silent for longer is stale: its worker is gone and the cell re-runs
 # what losing the race to create a fresh store's tables looks like (SQLite, PostgreSQL)
 SCHEMA_RACES = ("already exists", "database is locked", "UNIQUE constraint failed", "duplicate key value")
-GRACE_PERIOD = 60         # a running cell silent for longer is stale: its worker is gone and the cell re-runs
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
