@@ -381,3 +381,15 @@ def test_a_claim_revoked_while_running_discards_its_result(tmp_path, monkeypatch
     trials = Store(f"sqlite:///{tmp_path}/t.db").study("rev@smoke").get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL]
     assert Store(f"sqlite:///{tmp_path}/t.db").done_cells(Store(f"sqlite:///{tmp_path}/t.db").study("rev@smoke")) == set()
+
+
+def test_a_record_is_written_before_its_status(tmp_path, monkeypatch):
+    """A worker killed while writing its record must not leave one that counts as finished."""
+    store = _store(tmp_path)
+    study = store.study("order@smoke")
+    trial = store.claim(study, "a|seed=0", "h")
+    written = []
+    original = optuna.Trial.set_user_attr
+    monkeypatch.setattr(optuna.Trial, "set_user_attr", lambda self, k, v: (written.append(k), original(self, k, v)))
+    store.finish(study, trial, {"cell": "a|seed=0", "status": "complete", "test_acc_final": 0.5, "curve": []})
+    assert written[-1] == "status" and set(written) == {"cell", "status", "test_acc_final", "curve"}
