@@ -393,3 +393,29 @@ def test_a_record_is_written_before_its_status(tmp_path, monkeypatch):
     monkeypatch.setattr(optuna.Trial, "set_user_attr", lambda self, k, v: (written.append(k), original(self, k, v)))
     store.finish(study, trial, {"cell": "a|seed=0", "status": "complete", "test_acc_final": 0.5, "curve": []})
     assert written[-1] == "status" and set(written) == {"cell", "status", "test_acc_final", "curve"}
+
+
+def test_a_waiting_worker_takes_over_the_cell_of_a_worker_that_went_silent(tmp_path, monkeypatch, capsys):
+    """`tgbench run` finds a cell held by a live worker elsewhere: it waits, and when that worker's heartbeat
+    stops it runs the cell itself; the suite ends complete, nothing lost."""
+    from tgbench import store as store_module
+
+    monkeypatch.setattr(store_module, "HEARTBEAT_INTERVAL", 1)
+    monkeypatch.setattr(store_module, "GRACE_PERIOD", 1)
+    monkeypatch.setattr(runner, "WAIT_SECONDS", 0.5)
+    suite = tmp_path / "take.yaml"
+    suite.write_text(TINY.format(name="take", sources=REAL).replace("seeds: 2", "seeds: 1"))
+    url = f"sqlite:///{tmp_path}/t.db"
+    store = Store(url)
+    study = store.study("take@smoke")
+    chash = runner.cell_hash(load_suite(suite, "smoke"), load_suite(suite, "smoke").sources[0], "mnist-5k")
+    _foreign_claim(store, study, cell_key("real", 0), chash)
+
+    assert main(["run", str(suite), "--profile", "smoke", "--no-progress", "--storage", url,
+                 "--out", str(tmp_path / "out")]) == 0
+    out, err = capsys.readouterr()
+    assert "1 running elsewhere" in out and "waiting for 1 cell(s)" in err
+    trials = study.get_trials()
+    assert [(t.state, t.user_attrs["status"]) for t in trials] == [(TrialState.FAIL, "running"),
+                                                                   (TrialState.COMPLETE, "complete")]
+    assert (tmp_path / "out" / "summary.csv").read_text().count(",complete,") == 1
