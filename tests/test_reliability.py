@@ -119,7 +119,7 @@ BAD_INPUT = {
     "missing_include": ("include: nowhere.yaml\nname: t\n", [], ["include:", "nowhere.yaml"]),
     "duplicate_labels": ("name: t\nsources: [{method: gtn}, {method: gtn}]\n" + SMOKE, [],
                          ["two sources are named 'gtn'"]),
-    "kind_not_runnable": ("name: t\nkind: tune\n" + GOOD[8:] + SMOKE, [], ["kind:", "'tune'"]),
+    "kind_not_runnable": ("name: t\nkind: nas_proxy\n" + GOOD[8:] + SMOKE, [], ["kind:", "'nas_proxy'"]),
     "missing_data_no_fallback": ("name: t\ndataset: {name: fashion-mnist}\nsources: [{method: real}]\n" + SMOKE,
                                  ["--data-root", "{tmp}/empty"], ["dataset 'fashion-mnist' not found", "--data-root"]),
     "unwritable_out_dir": (None, ["--out", "{tmp}/a_file/report"], ["--out", "cannot write"]),
