@@ -293,16 +293,22 @@ class Suite(Strict):
             raise ValueError("a nas_proxy suite needs a `nas:` section, and only nas_proxy suites may have one")
         return self
 
+    @field_validator("sources")
+    @classmethod
+    def _unique_labels(cls, sources: list[SourceEntry]) -> list[SourceEntry]:
+        seen = set()
+        for entry in sources:
+            if entry.name in seen:
+                raise ValueError(f"two sources are named {entry.name!r}; give one a distinct `label`")
+            seen.add(entry.name)
+        return sources
+
     @model_validator(mode="after")
     def _expand_and_check(self) -> "Suite":
         if self.sweep is not None:  # entries made by an earlier expansion (a re-validated dump) stay as they are
             self.sources = [arm for e in self.sources
                             for arm in ([e] if e.arm is not None else self.sweep.expand(e))]
-        seen = set()
-        for entry in self.sources:
-            if entry.name in seen:
-                raise ValueError(f"two sources are named {entry.name!r}; give one a distinct `label`")
-            seen.add(entry.name)
+            self._unique_labels(self.sources)  # a sweep label can collide with a hand-written one
         if self.kind == "tune" and self.tune is None:
             raise ValueError("kind: tune needs a `tune:` section (trials, space)")
         return self
@@ -332,11 +338,17 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such suite file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text (a suite is a YAML text file)") from None
+    except OSError as exc:  # a directory, no permission, ...
+        raise ConfigError(f"{path}: cannot read the suite file: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{path}: malformed YAML: {where}{problem}") from None
+    except (ValueError, TypeError, RecursionError) as exc:  # yaml's constructors, e.g. a date 2001-13-14
+        raise ConfigError(f"{path}: malformed YAML: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

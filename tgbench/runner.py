@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pandas as pd
 import torch
 from tqdm import tqdm
@@ -35,6 +36,7 @@ from tgbench.store import Store, cell_key, config_hash
 
 SAMPLE_ROWS = 6        # rows of the generated-samples figure, evenly spaced over the inner steps
 EVAL_SEED_OFFSET = 10_000  # evaluation learners use their own random stream, never the meta-training one
+WAIT_SECONDS = 5       # how often a worker with nothing left to claim looks at the cells other workers run
 
 
 def default_profile() -> str:
@@ -195,8 +197,9 @@ def meta_train(suite: Suite, entry: SourceEntry, dataset: Dataset, seed: int, pr
     return teacher, record
 
 
-def run_cell(task: CellTask) -> dict:
-    """Run one cell start to finish and write it to the store (top-level: runs in worker processes too)."""
+def run_cell(task: CellTask) -> dict | None:
+    """Claim one cell, run it start to finish and write it to the store (top-level: runs in worker processes
+    too); None when another worker holds the cell (see ``tgbench.store``)."""
     if task.threads:
         torch.set_num_threads(task.threads)
     for folder in task.methods_dirs:
@@ -208,7 +211,21 @@ def run_cell(task: CellTask) -> dict:
     store = Store(task.storage, task.artifacts_dir)
     study = store.study(study_name(suite, task.profile))
     chash = cell_hash(suite, entry, dataset.resolved)
-    trial = store.begin(study, cell_key(entry.name, task.seed), chash)
+    trial = store.claim(study, cell_key(entry.name, task.seed), chash)
+    if trial is None:  # done meanwhile, or another worker runs it
+        return None
+    try:
+        with store.heartbeat(trial):
+            return _run_claimed_cell(task, suite, entry, dataset, store, study, trial, chash)
+    except optuna.exceptions.UpdateFinishedTrialError:  # our claim was failed as stale while we still ran
+        print(f"tgbench: warning: cell {trial.user_attrs['cell']}: this worker was silent for longer than "
+              f"{store.grace_period} s and lost its claim; the result is discarded, another run redoes the cell",
+              file=sys.stderr)
+        return None
+
+
+def _run_claimed_cell(task: CellTask, suite: Suite, entry: SourceEntry, dataset: Dataset, store: Store,
+                      study: optuna.Study, trial: optuna.Trial, chash: str) -> dict:
     try:
         teacher, fields = meta_train(suite, entry, dataset, task.seed, progress=task.progress)
         from tgbench.leaderboard import meta_train_flops, protocol_of  # what the leaderboard compares and costs
@@ -284,26 +301,42 @@ def run_suite(suite_path: str, opts: RunOptions, log=print) -> Path:
     study = store.study(study_name(suite, profile))
     seeds = opts.seeds or suite.evaluation.seeds
     hashes = {cell_key(e.name, s): cell_hash(suite, e, dataset.resolved) for e in suite.sources for s in range(seeds)}
-    done = store.done_cells(study)
     # N workers share the cores: give each its slice so they don't oversubscribe (spinning OpenMP threads
     # fighting over 2 cores slow small convolutions down many times over)
     threads = max(1, (os.cpu_count() or 1) // opts.jobs) if opts.jobs > 1 else None
-    tasks = [CellTask(str(suite_path), profile, e.name, s, store.url, opts.data_root, opts.artifacts_dir,
-                      opts.progress and opts.jobs == 1, threads, tuple(opts.methods_dirs))
-             for e in suite.sources for s in range(seeds)
-             if (cell_key(e.name, s), hashes[cell_key(e.name, s)]) not in done]
-    log(f"{suite.name} @ {profile}: {len(hashes)} cells, {len(hashes) - len(tasks)} already done, "
-        f"{len(tasks)} to run on {dataset.resolved} ({len(dataset.train)} train examples); store {store.url}")
-    start = time.perf_counter()
-    if opts.jobs <= 1:
-        for task in tqdm(tasks, desc="cells", disable=not opts.progress or len(tasks) < 2, unit="cell"):
-            run_cell(task)
-    else:
-        with ProcessPoolExecutor(max_workers=opts.jobs, max_tasks_per_child=1) as pool:
-            futures = [pool.submit(run_cell, task) for task in tasks]
-            for future in tqdm(as_completed(futures), total=len(futures), desc="cells", disable=not opts.progress):
-                future.result()
-    log(f"ran {len(tasks)} cells in {time.perf_counter() - start:.0f} s")
+    all_tasks = [CellTask(str(suite_path), profile, e.name, s, store.url, opts.data_root, opts.artifacts_dir,
+                          opts.progress and opts.jobs == 1, threads, tuple(opts.methods_dirs))
+                 for e in suite.sources for s in range(seeds)]
+
+    def unfinished() -> tuple[list[CellTask], list[CellTask]]:
+        """(cells to run here, cells other live workers are running) among those not done yet."""
+        done, busy = store.done_cells(study), store.busy_cells(study)
+        todo = [t for t in all_tasks if (cell_key(t.source, t.seed), hashes[cell_key(t.source, t.seed)]) not in done]
+        held = [t for t in todo if (cell_key(t.source, t.seed), hashes[cell_key(t.source, t.seed)]) in busy]
+        return [t for t in todo if t not in held], held
+
+    tasks, held = unfinished()
+    log(f"{suite.name} @ {profile}: {len(hashes)} cells, {len(hashes) - len(tasks) - len(held)} already done, "
+        f"{len(held)} running elsewhere, {len(tasks)} to run on {dataset.resolved} ({len(dataset.train)} train "
+        f"examples); store {store.url}")
+    start, ran, waiting = time.perf_counter(), 0, 0
+    while tasks or held:
+        if not tasks:  # only other workers' cells are left: wait until they are done, or stale (then run here)
+            if len(held) != waiting:
+                log(f"waiting for {len(held)} cell(s) that other workers are running", file=sys.stderr)
+                waiting = len(held)
+            time.sleep(WAIT_SECONDS)
+        elif opts.jobs <= 1:
+            for task in tqdm(tasks, desc="cells", disable=not opts.progress or len(tasks) < 2, unit="cell"):
+                ran += run_cell(task) is not None
+        else:
+            with ProcessPoolExecutor(max_workers=opts.jobs, max_tasks_per_child=1) as pool:
+                futures = [pool.submit(run_cell, task) for task in tasks]
+                for future in tqdm(as_completed(futures), total=len(futures), desc="cells",
+                                   disable=not opts.progress):
+                    ran += future.result() is not None
+        tasks, held = unfinished()
+    log(f"ran {ran} cells in {time.perf_counter() - start:.0f} s")
     build_report(suite, profile, store, out_dir, {k: {h} for k, h in hashes.items()}, command=_command_line())
     log(f"report: {out_dir / 'report.md'}")
     return out_dir

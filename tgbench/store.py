@@ -5,13 +5,37 @@ the full JSON record (config hash, resolved dataset, curves, per-step accuracies
 *done* when a trial with its key and config hash carries status ``complete`` or ``diverged``; re-running a
 suite skips done cells (resume) and re-runs anything else (failed, interrupted, or configured differently).
 Trained teachers are saved as Optuna artifacts next to the database (a file store), linked to their trial.
+
+Claiming cells (``Store.claim``): any number of ``tgbench run`` processes, on one machine or many sharing one
+PostgreSQL server, may work on one study at once; each cell completes once and none is lost.
+
+1. Stale claims are failed first: a RUNNING trial whose heartbeat is older than ``grace_period`` (Optuna's
+   ``fail_stale_trials``), one that never recorded a heartbeat and started longer ago than that, one whose
+   worker process is dead on this very machine (so a resume after ``kill -9`` need not wait), and one left by a
+   tgbench without heartbeats (no ``worker`` attribute).
+2. The claim is a RUNNING trial created with its cell key, config hash and worker in one transaction
+   (``create_new_trial`` with a template; Optuna locks the study row while it numbers the trial, so trial
+   numbers follow commit order), followed at once by its first heartbeat.
+3. The claimant reads the cell's other trials. If one is done, or one with a *smaller* number is RUNNING, the
+   cell belongs to someone else: the claim is closed as FAIL with status ``duplicate`` (ignored by reports)
+   and the cell is skipped. Two claimants cannot both win: the later-numbered one committed after the earlier
+   one, so it sees it.
+4. While the cell runs, a thread records a heartbeat every ``heartbeat_interval`` seconds. A worker that is
+   killed stops beating; after ``grace_period`` any other worker fails its trial and runs the cell again. A
+   worker whose claim was failed that way while it still ran (a long pause) discards its result.
 """
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
+import socket
 import tempfile
+import threading
+import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +47,11 @@ from tgbench.errors import BadInput
 
 DEFAULT_STORAGE = "sqlite:///results/tgbench.db"
 DONE = ("complete", "diverged")
+DUPLICATE = "duplicate"   # a claim that lost to another worker's claim of the same cell; never reported
+HEARTBEAT_INTERVAL = 10   # seconds between the heartbeats of a running cell
+GRACE_PERIOD = 60         # a running cell silent for longer is stale: its worker is gone and the cell re-runs
+# what losing the race to create a fresh store's tables looks like (SQLite, PostgreSQL)
+SCHEMA_RACES = ("already exists", "database is locked", "UNIQUE constraint failed", "duplicate key value")
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -40,7 +69,8 @@ def cell_key(source: str, seed: int) -> str:
 class Store:
     """Thin wrapper over ``optuna.storages.RDBStorage`` that knows cells, records and teacher artifacts."""
 
-    def __init__(self, url: str | None = None, artifacts_dir: str | Path | None = None):
+    def __init__(self, url: str | None = None, artifacts_dir: str | Path | None = None,
+                 heartbeat_interval: int | None = None, grace_period: int | None = None):
         self.url = url or os.environ.get("TGBENCH_STORAGE") or DEFAULT_STORAGE
         if self.url.startswith("sqlite:///"):
             db_path = Path(self.url.removeprefix("sqlite:///"))
@@ -51,11 +81,23 @@ class Store:
             default_artifacts = db_path.parent / "artifacts"
         else:
             default_artifacts = Path("results") / "artifacts"
-        try:
-            self.storage = optuna.storages.RDBStorage(self.url)
-        except Exception as exc:  # bad scheme, unreachable server, missing driver ...
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise BadInput(f"--storage: cannot open {self.url!r}: {reason}") from None
+        self.heartbeat_interval = heartbeat_interval or HEARTBEAT_INTERVAL
+        self.grace_period = grace_period or GRACE_PERIOD
+        for attempt in range(3):
+            try:
+                with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna (stable since 2.9)
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    self.storage = optuna.storages.RDBStorage(_with_driver(self.url),
+                                                              heartbeat_interval=self.heartbeat_interval,
+                                                              grace_period=self.grace_period)
+                break
+            except Exception as exc:  # bad scheme, unreachable server, missing driver ...
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                # workers starting together on a fresh store race to create its tables: the loser tries again
+                if attempt < 2 and any(race in reason for race in SCHEMA_RACES):
+                    time.sleep(0.5 + attempt)
+                    continue
+                raise BadInput(f"--storage: cannot open {self.url!r}: {reason}") from None
         self.artifacts_dir = Path(artifacts_dir or os.environ.get("TGBENCH_ARTIFACTS") or default_artifacts)
 
     # ------------------------------------------------------------------ studies and cells
@@ -83,8 +125,10 @@ class Store:
         newest: dict[str, dict] = {}
         for trial in study.get_trials(deepcopy=False):
             attrs = dict(trial.user_attrs)
-            if "cell" not in attrs or "status" not in attrs:
+            if "cell" not in attrs or "status" not in attrs or attrs["status"] == DUPLICATE:
                 continue
+            if attrs["status"] == "running" and trial.state == TrialState.FAIL:  # failed as stale (its worker died)
+                attrs["status"], attrs["error"] = "failed", "interrupted: its worker stopped (no heartbeat)"
             if accept is not None and attrs.get("config_hash") not in accept.get(attrs["cell"], ()):
                 continue
             attrs["trial_number"] = trial.number
@@ -95,16 +139,100 @@ class Store:
         return list(newest.values())
 
     def begin(self, study: optuna.Study, key: str, chash: str) -> optuna.Trial:
-        trial = study.ask()
-        trial.set_user_attr("cell", key)
-        trial.set_user_attr("config_hash", chash)
-        trial.set_user_attr("status", "running")
+        """Open a RUNNING trial for a cell: cell key, config hash and worker are written in the same transaction
+        that creates the trial (no one ever sees a claim without its cell), then its first heartbeat."""
+        template = optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs={
+            "cell": key, "config_hash": chash, "status": "running", "worker": _this_worker()})
+        study_id = self.storage.get_study_id_from_name(study.study_name)
+        trial_id = self.storage.create_new_trial(study_id, template_trial=template)
+        self.storage.record_heartbeat(trial_id)
+        return optuna.Trial(study, trial_id)
+
+    def claim(self, study: optuna.Study, key: str, chash: str) -> optuna.Trial | None:
+        """This process's RUNNING trial for the cell, or None when the cell is done or another worker holds it
+        (the protocol is in the module docstring)."""
+        self.fail_stale(study)
+        trial = self.begin(study, key, chash)
+        holder = self.holder(study, trial)
+        if holder is not None:
+            self.finish(study, trial, {"status": DUPLICATE, "error": f"cell held by trial {holder}"})
+            return None
         return trial
 
+    def holder(self, study: optuna.Study, trial: optuna.Trial) -> int | None:
+        """Number of the trial that owns ``trial``'s cell instead of it: a done one, or an earlier-numbered
+        RUNNING one; None when ``trial`` owns its cell."""
+        key, chash = trial.user_attrs["cell"], trial.user_attrs["config_hash"]
+        for other in study.get_trials(deepcopy=False):
+            attrs = other.user_attrs
+            if other.number == trial.number or (attrs.get("cell"), attrs.get("config_hash")) != (key, chash):
+                continue
+            if attrs.get("status") in DONE or (other.state == TrialState.RUNNING and other.number < trial.number):
+                return other.number
+        return None
+
+    def busy_cells(self, study: optuna.Study) -> set[tuple[str, str]]:
+        """(cell key, config hash) of every cell some live worker is running (stale claims are failed first)."""
+        self.fail_stale(study)
+        return {(t.user_attrs.get("cell"), t.user_attrs.get("config_hash"))
+                for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+
+    def fail_stale(self, study: optuna.Study) -> None:
+        """Fail the RUNNING trials whose worker is gone (step 1 of the protocol in the module docstring)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        silent = self._never_beaten([t._trial_id for t in running]) if running else set()
+        old = dt.datetime.now() - dt.timedelta(seconds=self.grace_period)
+        for trial in running:
+            worker = trial.user_attrs.get("worker")
+            if (worker is None or _died_here(worker)
+                    or (trial._trial_id in silent and trial.datetime_start is not None and trial.datetime_start < old)):
+                try:
+                    self.storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    pass  # another worker failed it first
+
+    def _never_beaten(self, trial_ids: list[int]) -> set[int]:
+        """Those of ``trial_ids`` without a heartbeat row (Optuna's stale check skips them; we age them by start)."""
+        import sqlalchemy
+
+        query = sqlalchemy.text("SELECT trial_id FROM trial_heartbeats WHERE trial_id IN :ids").bindparams(
+            sqlalchemy.bindparam("ids", expanding=True))
+        with self.storage.engine.connect() as conn:
+            beaten = {row[0] for row in conn.execute(query, {"ids": trial_ids})}
+        return set(trial_ids) - beaten
+
+    @contextmanager
+    def heartbeat(self, trial: optuna.Trial):
+        """Record the trial's heartbeat every ``heartbeat_interval`` seconds from a thread while the block runs."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.heartbeat_interval):
+                try:
+                    self.storage.record_heartbeat(trial._trial_id)
+                except Exception:  # a database hiccup: the next beat retries; only a long silence means stale
+                    pass
+
+        thread = threading.Thread(target=beat, name=f"heartbeat-trial-{trial.number}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
     def finish(self, study: optuna.Study, trial: optuna.Trial, record: dict) -> None:
-        """Write the whole record, then close the trial: COMPLETE (value = final test acc) or FAIL."""
+        """Write the whole record, then close the trial: COMPLETE (value = final test acc) or FAIL. The status
+        is written last, so a worker killed half-way never leaves a record that looks finished.
+
+        Raises ``optuna.exceptions.UpdateFinishedTrialError`` when another worker failed this claim as stale."""
         for key, value in record.items():
-            trial.set_user_attr(key, value)
+            if key != "status":
+                trial.set_user_attr(key, value)
+        trial.set_user_attr("status", record["status"])
         if record["status"] == "complete":
             study.tell(trial, record["test_acc_final"])
         else:
@@ -133,3 +261,38 @@ class Store:
             except Exception as exc:
                 raise BadInput(f"teacher artifact {artifact_id} not found under {self.artifacts_dir}: {exc}") from None
             return torch.load(path, weights_only=False)
+
+
+def _with_driver(url: str) -> str:
+    """``postgresql://`` means psycopg 3 to SQLAlchemy 2.1; use psycopg2 when only it is installed."""
+    import importlib.util
+
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None \
+            and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
+
+
+# ------------------------------------------------------------------ workers
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _this_worker() -> dict:
+    return {"host": socket.gethostname(), "boot": _boot_id(), "pid": os.getpid()}
+
+
+def _died_here(worker: dict) -> bool:
+    """True when ``worker`` ran on this machine (same host name and boot) and its process no longer exists."""
+    if not isinstance(worker, dict) or (worker.get("host"), worker.get("boot")) != (socket.gethostname(), _boot_id()):
+        return False
+    try:
+        os.kill(int(worker["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, KeyError, TypeError, ValueError):
+        return False
+    return False
