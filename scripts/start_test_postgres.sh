@@ -34,7 +34,7 @@ fi
 
 data="$(mktemp -d /tmp/tgbench-postgres.XXXXXX)"
 echo "$bin" > "$data/.bindir"
-[ "$(id -u)" = 0 ] && chown postgres "$data"
+if [ "$(id -u)" = 0 ]; then chown postgres "$data"; fi
 port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 
 as_server_user "$bin/initdb" -D "$data/db" -U tgbench --auth=trust -E UTF8 --no-sync >"$data/initdb.log" 2>&1 ||

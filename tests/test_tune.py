@@ -102,20 +102,28 @@ def test_sweep_expands_each_source_into_one_arm_per_value():
     assert [e.name for e in again.sources] == names
 
 
-def test_unset_new_settings_keep_old_cell_hashes():
-    """Stores written before per-arm `inner:`/`sweep:`/`tune:` existed must still resume and report."""
-    suite = load_suite(REPO / "suites" / "mnist_fewstep.yaml", "cpu")
-    entry = suite.sources[0]
-    import json
+PINNED_SUITE = """
+name: pinned
+dataset: {name: mnist-5k}
+learner: {conv_channels: [[8, 16]], fc_hidden: [[32]]}
+inner: {steps: 8, batch_size: 32}
+sources:
+  - {method: real}
+  - {method: gtn, label: g, params: {curriculum: full, noise_dim: 16}, outer: {iterations: 7}}
+"""
 
-    from tgbench.store import config_hash
 
-    protocol = suite.model_dump(mode="json", exclude={"profiles", "sources", "description", "sweep", "tune"})
-    protocol["evaluation"].pop("seeds")
-    source = entry.model_dump(mode="json", exclude={"inner", "arm", "sweep_value"})
-    expected = config_hash({"protocol": protocol, "source": source, "data": "mnist-5k"})
-    assert cell_hash(suite, entry, "mnist-5k") == expected
-    json.dumps(protocol)  # the protocol stays JSON
+def test_unset_new_settings_keep_old_cell_hashes(tmp_path):
+    """Stores written before per-arm `inner:`, `sweep:`, `tune:` and `nas:` existed must still resume and report:
+    these are the hashes revision 6d3dafd (before any of them) gave this suite's cells."""
+    path = tmp_path / "pinned.yaml"
+    path.write_text(PINNED_SUITE)
+    suite = load_suite(path)
+    assert [cell_hash(suite, e, "mnist-5k") for e in suite.sources] == ["383b3717524c6086", "0f75f91a219386a9"]
+    # ... while setting one of them does change the experiment
+    swept = load_suite(path).model_copy(update={"sweep": None})
+    arm = suite.sources[1].model_copy(update={"inner": {"steps": 4}})
+    assert cell_hash(swept, arm, "mnist-5k") != "0f75f91a219386a9"
 
 
 # ------------------------------------------------------------------------------------------ objective
