@@ -278,8 +278,11 @@ def sweep_figure(frame: pd.DataFrame, key: str) -> plt.Figure:
         div_ax.plot(xs, 100 * g["diverged_fraction"].to_numpy(dtype=float), marker="o", label=str(arm))
     positive = numeric.notna().all() and (numeric > 0).all()
     for ax in (acc_ax, div_ax):
-        if positive:
+        if positive:  # T doubles: log axis, ticks labelled with the values themselves
             ax.set_xscale("log", base=2)
+            ticks = sorted(set(numeric.tolist()))
+            ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+            ax.minorticks_off()
         ax.set_xlabel(key)
         ax.grid(alpha=0.3)
     acc_ax.set(ylabel="test accuracy (%), non-diverged runs", title=f"Few-step accuracy vs {key}")

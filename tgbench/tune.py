@@ -227,6 +227,7 @@ def box_plot(trials: pd.DataFrame, cap: float):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     arms = list(dict.fromkeys(trials["arm"]))
     fig, ax = plt.subplots(figsize=(2.2 + 1.8 * len(arms), 4.5))
@@ -246,6 +247,8 @@ def box_plot(trials: pd.DataFrame, cap: float):
     ax.axhline(cap, color="red", linestyle=":", linewidth=1, label=f"divergence cap {cap:g}")
     ax.set(ylabel="final validation loss (lower is better)", title="Hyperparameter sensitivity (all tuning trials)")
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%.1f"))
     ax.grid(alpha=0.3, axis="y")
     handles, labels = ax.get_legend_handles_labels()
     by_label = dict(zip(labels, handles))
