@@ -7,7 +7,6 @@ Every run passes ``--storage``/``--out`` under tmp_path so nothing lands in the 
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 
 from tgbench import cli
 from tgbench.cli import main
+from helpers import cli as _cli, studies as _studies
 
 REPO = Path(__file__).resolve().parents[1]
 SUITE = REPO / "suites" / "mnist_fewstep.yaml"
@@ -28,13 +28,6 @@ def _no_env_storage(monkeypatch):
         monkeypatch.delenv(var, raising=False)
 
 
-def _cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _one_error_line(err: str) -> str:
@@ -45,14 +38,6 @@ def _one_error_line(err: str) -> str:
     return lines[0]
 
 
-def _studies(db: Path) -> list[str]:
-    if not db.exists():
-        return []
-    with sqlite3.connect(db) as con:
-        try:
-            return [r[0] for r in con.execute("select study_name from studies")]
-        except sqlite3.OperationalError:  # no tables at all
-            return []
 
 
 def _store_args(tmp_path: Path) -> list[str]:

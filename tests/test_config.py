@@ -13,23 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from tgbench.cli import main
 from tgbench.config import load_suite
 from tgbench.errors import BadInput, ConfigError
+from helpers import cli as _cli
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "suites").glob("*.yaml"))
 SCRIPT = Path(sys.executable).with_name("tgbench")
 
 
-def _cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of ``main(argv)``; argparse usage errors exit via SystemExit."""
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _one_error_line(err: str) -> str:

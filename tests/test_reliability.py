@@ -9,9 +9,7 @@ workers, PostgreSQL) are in ``test_reliability_workers.py``.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import socket
-import sqlite3
 import tempfile
 import time
 import warnings
@@ -30,6 +28,7 @@ from tgbench.cli import main
 from tgbench.config import Evaluation, InnerLoop, LearnerSpace, OuterLoop, Suite, load_suite
 from tgbench.errors import BadInput
 from tgbench.store import DUPLICATE, Store, cell_key
+from helpers import cli as _cli, studies as _studies
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "suites" / "mnist_fewstep.yaml"
@@ -60,23 +59,8 @@ def _clean_env(monkeypatch):
     torch.set_num_threads(threads)
 
 
-def _cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
-def _studies(db: Path) -> list[str]:
-    if not db.exists():
-        return []
-    with sqlite3.connect(db) as con:
-        try:
-            return [r[0] for r in con.execute("select study_name from studies")]
-        except sqlite3.OperationalError:  # no tables at all
-            return []
 
 
 def _closed_port() -> int:
