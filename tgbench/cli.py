@@ -95,26 +95,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _print_registry(registry, tag=lambda cls: "") -> None:
+    """Each registered name with its description and its options (``Params`` fields with defaults)."""
+    for name in registry.names():
+        cls = registry.get(name)
+        print(f"{name:24s} {tag(cls)}{cls.description}")
+        for field, info in cls.Params.model_fields.items():
+            print(f"{'':26s}{field} = {'(required)' if info.is_required() else repr(info.default)}")
+
+
 def _list(what: str) -> None:
-    from tgbench.registry import datasets, methods
+    from tgbench.registry import datasets, methods, proxies
 
     if what == "methods":
-        for name in methods.names():
-            cls = methods.get(name)
-            print(f"{name:24s} {cls.description}")
-            for field, info in cls.Params.model_fields.items():
-                print(f"{'':26s}{field} = {info.default!r}")
+        _print_registry(methods)
     elif what == "datasets":
         for name in datasets.names():
             print(name)
     elif what == "proxies":
-        from tgbench.registry import proxies
-
-        for name in proxies.names():
-            cls = proxies.get(name)
-            print(f"{name:24s} [{cls.family}] {cls.description}")
-            for field, info in cls.Params.model_fields.items():
-                print(f"{'':26s}{field} = {'(required)' if info.is_required() else repr(info.default)}")
+        _print_registry(proxies, tag=lambda cls: f"[{cls.family}] ")
     else:
         from tgbench.config import load_suite
 

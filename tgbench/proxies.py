@@ -248,6 +248,15 @@ class SynFlow(Proxy):
             return float(sum((p * p.grad).abs().sum() for p in learner.parameters()))
 
 
+def _weights_with_loss_grad(proxy: "Proxy", spec: LearnerSpec, seed: int) -> list[torch.Tensor]:
+    """The conv / linear layer weights of a seeded fresh learner, each holding dL/dW of the cross-entropy on a
+    seeded batch of real training data (what grad_norm and SNIP score)."""
+    learner = _plain_learner(spec, proxy.ctx, seed)
+    batch = _train_batch(proxy.ctx, proxy.params.batch_size, seed)
+    F.nll_loss(learner(batch.x), batch.y).backward()
+    return _layer_weights(learner)
+
+
 class GradNorm(Proxy):
     """grad_norm (Abdelfattah et al. 2021): sum over conv / linear layers of ||dL/dW||_2, L = cross-entropy on a
     seeded batch of real training data (mean-only BN active on the batch, as in training)."""
@@ -256,11 +265,9 @@ class GradNorm(Proxy):
     description = "sum over layers of the L2 norm of the loss gradient on one batch"
 
     def score(self, spec: LearnerSpec, seed: int) -> float:
-        learner = _plain_learner(spec, self.ctx, seed)
-        batch = _train_batch(self.ctx, self.params.batch_size, seed)
-        F.nll_loss(learner(batch.x), batch.y).backward()
+        weights = _weights_with_loss_grad(self, spec, seed)
         with torch.no_grad():
-            return float(sum(w.grad.norm() for w in _layer_weights(learner)))
+            return float(sum(w.grad.norm() for w in weights))
 
 
 class Snip(Proxy):
@@ -271,11 +278,9 @@ class Snip(Proxy):
     description = "sum |W * dL/dW| over layer weights on one batch"
 
     def score(self, spec: LearnerSpec, seed: int) -> float:
-        learner = _plain_learner(spec, self.ctx, seed)
-        batch = _train_batch(self.ctx, self.params.batch_size, seed)
-        F.nll_loss(learner(batch.x), batch.y).backward()
+        weights = _weights_with_loss_grad(self, spec, seed)
         with torch.no_grad():
-            return float(sum((w * w.grad).abs().sum() for w in _layer_weights(learner)))
+            return float(sum((w * w.grad).abs().sum() for w in weights))
 
 
 JACOB_COV_K = 1e-5
