@@ -9,10 +9,12 @@ workers, PostgreSQL) are in ``test_reliability_workers.py``.
 from __future__ import annotations
 
 import datetime as dt
+import signal
 import socket
 import tempfile
 import time
 import warnings
+import weakref
 from pathlib import Path
 
 import optuna
@@ -23,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from optuna.trial import TrialState
 
-from tgbench import runner
+from tgbench import interrupt, runner
 from tgbench.cli import main
 from tgbench.config import Evaluation, InnerLoop, LearnerSpace, OuterLoop, Suite, load_suite
 from tgbench.errors import BadInput
@@ -243,6 +245,52 @@ def test_a_diverging_arm_is_counted_and_the_suite_finishes(tmp_path, capsys):
         cells = [c.strip() for c in line.strip("|").split("|")]
         rows[cells[0]] = dict(zip(columns, cells))
     assert (rows["real_wild"]["diverged"], rows["real"]["diverged"]) == ("1", "0")
+
+
+# ------------------------------------------------------------------------------------------ interrupts
+def _ctrl_c_that_python_drops() -> None:
+    """A real SIGINT whose KeyboardInterrupt is raised inside a weakref callback, where Python drops it ("Exception
+    ignored in ..."): what happens when Ctrl-C lands while torch or SQLAlchemy collect garbage."""
+    class Thing:
+        pass
+
+    thing = Thing()
+    ref = weakref.ref(thing, lambda _: signal.raise_signal(signal.SIGINT))
+    del thing  # the callback runs here; its KeyboardInterrupt does not reach us
+    assert ref() is None
+
+
+def test_a_ctrl_c_python_drops_is_raised_at_the_next_check(capsys):
+    before = signal.getsignal(signal.SIGINT)
+    with interrupt.handled():
+        _ctrl_c_that_python_drops()
+        assert interrupt.received() == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):
+            interrupt.check()
+    assert signal.getsignal(signal.SIGINT) is before   # the caller's handler is back
+    assert "Exception ignored" not in capsys.readouterr().err
+
+
+def test_a_dropped_ctrl_c_mid_cell_exits_130_and_marks_the_cell_failed(tmp_path, capsys, monkeypatch):
+    step, calls = runner.MetaTrainer.step, []
+
+    def step_then_ctrl_c(self):
+        calls.append(1)
+        if len(calls) == 1:
+            _ctrl_c_that_python_drops()
+        return step(self)
+
+    monkeypatch.setattr(runner.MetaTrainer, "step", step_then_ctrl_c)
+    suite = tmp_path / "int.yaml"
+    suite.write_text(TINY.format(name="int", sources=REAL).replace("iterations: 2", "iterations: 5"))
+    code, _, err = _cli(["run", str(suite), "--profile", "smoke", "--no-progress", "--storage",
+                         f"sqlite:///{tmp_path}/t.db", "--out", str(tmp_path / "out")], capsys)
+    assert code == 130, err
+    assert err.strip().splitlines()[-1].startswith("tgbench: interrupted;") and "Exception ignored" not in err
+    assert len(calls) == 1   # stopped at the next meta-iteration, not after the run
+    [trial] = Store(f"sqlite:///{tmp_path}/t.db").study("int@smoke", create=False).get_trials()
+    assert trial.state == TrialState.FAIL and trial.user_attrs["error"].startswith("KeyboardInterrupt")
+    assert not (tmp_path / "out" / "report.md").exists()
 
 
 # ------------------------------------------------------------------------------------------ the claim protocol

@@ -1,5 +1,5 @@
 """``tgbench`` command line. Exit codes: 0 success, 2 bad input (one line naming the file and key), 1 anything
-else, 130 interrupted."""
+else, 130 interrupted by Ctrl-C, 143 by SIGTERM."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
+from tgbench import interrupt
 from tgbench.errors import BadInput
 
 SUITES_DIR = Path("suites")
@@ -128,6 +129,11 @@ def _list(what: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    with interrupt.handled():
+        return _dispatch(args)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     try:
         if args.methods_dir:
             from tgbench.registry import methods
@@ -166,15 +172,16 @@ def main(argv: list[str] | None = None) -> int:
             from tgbench.teach import teach
 
             teach(args.teacher, args.model, steps=args.steps, learners=args.learners, data_root=args.data_root)
+        interrupt.check()  # a signal Python dropped (see tgbench.interrupt) and no later check saw
     except BadInput as exc:
         print(f"tgbench: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        # shutting down after Ctrl-C: a further SIGINT must not kill the process mid-exit (it would end with
-        # -SIGINT instead of 130; seen once in CI as a flaky Ctrl-C test)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        print("tgbench: interrupted; the running cell is marked failed and will re-run next time", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt:  # (further signals while we shut down are ignored: tgbench.interrupt)
+        signum = interrupt.received() or signal.SIGINT
+        how = "" if signum == signal.SIGINT else f" ({signal.Signals(signum).name})"
+        print(f"tgbench: interrupted{how}; running cells are marked failed and will re-run next time",
+              file=sys.stderr)
+        return interrupt.exit_code()
     except Exception as exc:  # a bug or an environment failure: one line (the traceback under TGBENCH_DEBUG=1)
         if os.environ.get("TGBENCH_DEBUG"):
             raise

@@ -36,7 +36,7 @@ from pydantic import ValidationError
 from scipy import stats as st
 from tqdm import tqdm
 
-from tgbench import stats
+from tgbench import interrupt, stats
 from tgbench.config import LearnerSpace, SourceEntry, Suite, _format_error
 from tgbench.data import Dataset, load_dataset
 from tgbench.errors import BadInput, ConfigError
@@ -157,6 +157,7 @@ def ensure_ground_truth(store: Store, suite: Suite, dataset: Dataset, specs: lis
         start, cpu_start = time.perf_counter(), time.process_time()
         try:
             result = train_real(spec, dataset, suite.nas.ground_truth, arch_seed(aid, seed))
+            interrupt.check()  # a Ctrl-C Python dropped must not leave this training cached as complete
         except BaseException as exc:
             store.finish(study, trial, {"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
             raise
@@ -264,6 +265,7 @@ def run_proxies(suite: Suite, profile: str, dataset: Dataset, store: Store, spec
         try:
             for spec, aid in tqdm(list(zip(specs, ids)), desc=entry.name, disable=not progress, leave=False,
                                   unit="arch", dynamic_ncols=True):
+                interrupt.check()
                 start, cpu_start = time.perf_counter(), time.process_time()
                 scores[aid] = float(proxy.score(spec, arch_seed(aid, PROXY_SEED_OFFSET + suite.nas.scoring_seed)))
                 seconds[aid], cpu_seconds[aid] = time.perf_counter() - start, time.process_time() - cpu_start

@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from tgbench import interrupt
 from tgbench.config import Suite, SourceEntry, load_suite
 from tgbench.data import Dataset, load_dataset
 from tgbench.engine import MetaTrainer
@@ -165,6 +166,7 @@ def meta_train(suite: Suite, entry: SourceEntry, dataset: Dataset, seed: int, pr
                unit="it", dynamic_ncols=True)
     try:
         for it in range(1, outer.iterations + 1):
+            interrupt.check()
             stats = trainer.step()
             train_seconds += stats.seconds
             bar.update(1)
@@ -179,6 +181,7 @@ def meta_train(suite: Suite, entry: SourceEntry, dataset: Dataset, seed: int, pr
     record = {"status": status, "error": error, "meta_train_seconds": train_seconds,
               "outer_iterations": trainer.iteration, "curve": curve, "schedule": teacher.hyper.schedule()}
     if status == "complete":
+        interrupt.check()
         start = time.perf_counter()
         final = trainer.evaluate(dataset.test, dataset.val, specs, ev.final_learners, seed=EVAL_SEED_OFFSET + seed)
         grid, rows = sample_grid(teacher, dataset, seed)
@@ -200,6 +203,11 @@ def meta_train(suite: Suite, entry: SourceEntry, dataset: Dataset, seed: int, pr
 def run_cell(task: CellTask) -> dict | None:
     """Claim one cell, run it start to finish and write it to the store (top-level: runs in worker processes
     too); None when another worker holds the cell (see ``tgbench.store``)."""
+    with interrupt.handled():  # (a no-op under `tgbench run`; in a --jobs worker process it is needed)
+        return _run_cell(task)
+
+
+def _run_cell(task: CellTask) -> dict | None:
     if task.threads:
         torch.set_num_threads(task.threads)
     for folder in task.methods_dirs:
@@ -233,6 +241,7 @@ def _run_claimed_cell(task: CellTask, suite: Suite, entry: SourceEntry, dataset:
         fields["protocol"] = protocol_of(suite.model_dump(mode="json"), dataset.resolved, entry.model_dump(mode="json"))
         fields["meta_train_flops"] = meta_train_flops(suite, entry, dataset.image_shape, dataset.num_classes,
                                                       task.seed, fields["outer_iterations"])
+        interrupt.check()  # never write a cell as complete after a Ctrl-C that Python dropped
     except BaseException as exc:  # Ctrl-C or a bug: the cell is marked failed, never left 'running'
         store.finish(study, trial, {"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
         raise
@@ -328,6 +337,7 @@ def run_suite(suite_path: str, opts: RunOptions, log=print) -> Path:
             time.sleep(WAIT_SECONDS)
         elif opts.jobs <= 1:
             for task in tqdm(tasks, desc="cells", disable=not opts.progress or len(tasks) < 2, unit="cell"):
+                interrupt.check()
                 ran += run_cell(task) is not None
         else:
             with ProcessPoolExecutor(max_workers=opts.jobs, max_tasks_per_child=1) as pool:
