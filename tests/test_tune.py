@@ -2,6 +2,8 @@
 kill, the Fig. 2 report, and the metagrad_stability sweep report."""
 from __future__ import annotations
 
+import io
+import logging
 import math
 import os
 import signal
@@ -235,6 +237,34 @@ def test_killed_study_continues_where_it_stopped(tmp_path):
     kept = next(t for t in trials if t.number == first.number)
     assert kept.value == first.value and kept.datetime_complete == first.datetime_complete
     assert all(t.state in (TrialState.COMPLETE, TrialState.FAIL) for t in trials)
+
+
+def test_ctrl_c_mid_trial_exits_130_with_the_trial_failed_and_no_traceback(tmp_path, single_thread, capsys,
+                                                                              monkeypatch):
+    from tgbench import runner
+
+    step = runner.MetaTrainer.step
+
+    def step_then_ctrl_c(self):
+        if self.iteration == 1:  # a real SIGINT, in the second meta-iteration of the first trial
+            signal.raise_signal(signal.SIGINT)
+        return step(self)
+
+    monkeypatch.setattr(runner.MetaTrainer, "step", step_then_ctrl_c)
+    optuna_log = io.StringIO()   # Optuna's handler keeps the stderr it found at import: point it here
+    streams = [h for h in logging.getLogger("optuna").handlers if type(h) is logging.StreamHandler]
+    assert streams
+    for handler in streams:
+        monkeypatch.setattr(handler, "stream", optuna_log)
+    path = _tune_suite(tmp_path, trials=2, outer={"iterations": 4, "meta_batch_size": 32})
+    _with_smoke(path)
+    assert _run(path, tmp_path) == 130
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith("tgbench: interrupted") and "Traceback" not in err
+    assert "Traceback" not in optuna_log.getvalue() and "failed" not in optuna_log.getvalue()
+    [trial] = _study(tmp_path).get_trials()
+    assert trial.state == TrialState.FAIL and trial.user_attrs["status"] == "failed"
+    assert trial.user_attrs["error"].startswith("KeyboardInterrupt")
 
 
 def test_shipped_wn_sensitivity_smoke(tmp_path, single_thread):

@@ -67,6 +67,11 @@ def check() -> None:
         raise KeyboardInterrupt
 
 
+def quiet_once_received(record) -> bool:
+    """A ``logging`` filter: nothing more from a library (Optuna's "Trial N failed" traceback) once a signal came."""
+    return _received is None
+
+
 def exit_code() -> int:
     """Shell convention: 128 + signal number (130 for Ctrl-C, 143 for SIGTERM)."""
     return 128 + (_received or signal.SIGINT)

@@ -19,6 +19,7 @@ arm (source entry) gets its own Optuna study ``<suite>@<profile>/<arm>`` in the 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import math
 import sys
 import time
@@ -30,7 +31,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from tgbench import stats
+from tgbench import interrupt, stats
 from tgbench.config import SearchDimension, SourceEntry, Suite, load_suite
 from tgbench.data import Dataset, load_dataset
 from tgbench.errors import BadInput
@@ -101,7 +102,12 @@ def make_objective(suite: Suite, entry: SourceEntry, dataset: Dataset, progress:
                 if tune.pruning and trial.should_prune():
                     raise optuna.TrialPruned()
 
-        _, record = meta_train(suite, arm, dataset, seed=trial.number, progress=progress, on_eval=on_eval)
+        try:
+            _, record = meta_train(suite, arm, dataset, seed=trial.number, progress=progress, on_eval=on_eval)
+        except KeyboardInterrupt:  # Optuna marks the trial FAIL and re-raises; say why, as fewstep cells do
+            trial.set_user_attr("status", "failed")
+            trial.set_user_attr("error", "KeyboardInterrupt: ")
+            raise
         value, status = objective_value(record, tune.divergence_cap)
         for key in ("val_acc_final", "test_acc_final", "val_loss_final", "meta_train_seconds", "outer_iterations",
                     "error"):
@@ -134,6 +140,8 @@ def tune_arm(store: Store, suite: Suite, profile: str, entry: SourceEntry, datas
     todo = max(0, tune.trials - done)
     log(f"{name}: {done} trials done, {todo} to run")
     if todo:
+        for handler in logging.getLogger("optuna").handlers:  # no "Trial N failed" traceback after a Ctrl-C
+            handler.addFilter(interrupt.quiet_once_received)
         # a fresh sampler seed per resumption, so a resumed study does not replay its random start-up trials
         study.sampler = optuna.samplers.TPESampler(seed=tune.seed + len(study.trials),
                                                    n_startup_trials=tune.startup_trials)
