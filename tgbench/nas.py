@@ -468,9 +468,12 @@ def _scatter_figure(archs: pd.DataFrame, metrics: pd.DataFrame, target: str):
         finite = np.isfinite(score)
         ax.scatter(score[finite & ~top], truth[finite & ~top], s=12, alpha=0.6, label="others")
         ax.scatter(score[finite & top], truth[finite & top], s=22, color="tab:red", label=f"true top {k}")
-        positive = score[finite] > 0
-        if positive.all() and score[finite].max() / max(score[finite].min(), 1e-300) > 1e3:
-            ax.set_xscale("log")
+        size = np.abs(score[finite])
+        if size.min() > 0 and size.max() / size.min() > 1e3:  # orders of magnitude apart (synflow; jacob_cov's
+            if (score[finite] > 0).all():                      # near-singular nets score ~ -1/k = -1e5)
+                ax.set_xscale("log")
+            else:
+                ax.set_xscale("symlog", linthresh=size.min())
         ax.set_title(f"{m.proxy}  ρ={m.spearman:.2f}", fontsize=9)
         ax.set_xlabel("proxy score", fontsize=8)
         ax.set_ylabel(f"ground truth {target} (%)", fontsize=8)
