@@ -28,16 +28,12 @@ def _no_env_storage(monkeypatch):
         monkeypatch.delenv(var, raising=False)
 
 
-
-
 def _one_error_line(err: str) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1, f"expected exactly one stderr line, got {len(lines)}:\n{err}"
     assert "Traceback" not in err
     assert lines[0].startswith("tgbench: error: ")
     return lines[0]
-
-
 
 
 def _store_args(tmp_path: Path) -> list[str]:

@@ -22,8 +22,6 @@ SHIPPED = sorted((REPO / "suites").glob("*.yaml"))
 SCRIPT = Path(sys.executable).with_name("tgbench")
 
 
-
-
 def _one_error_line(err: str) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1, f"expected exactly one stderr line, got {len(lines)}:\n{err}"

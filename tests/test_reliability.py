@@ -61,10 +61,6 @@ def _clean_env(monkeypatch):
     torch.set_num_threads(threads)
 
 
-
-
-
-
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

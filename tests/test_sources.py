@@ -32,8 +32,6 @@ TINY_GTN = dict(noise_dim=4, fc_hidden=8, channels=(4, 2))
 METHODS = methods.names()
 
 
-
-
 def random_split(n: int, seed: int, shape=SHAPE, classes=CLASSES) -> Split:
     g = torch.Generator().manual_seed(seed)
     # every class present, so sources that pick real examples per label (DD init="real") always can

@@ -28,7 +28,7 @@ def _on_signal(signum, frame):
         raise KeyboardInterrupt
 
 
-def _quiet_dropped_interrupt(unraisable, previous=None) -> None:
+def _quiet_dropped_interrupt(unraisable, *, previous) -> None:
     # the interrupt is remembered and raised again at the next check(): "Exception ignored in ..." is noise
     if _received is not None and isinstance(unraisable.exc_value, KeyboardInterrupt):
         return

@@ -43,6 +43,7 @@ import optuna
 from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
 from optuna.trial import TrialState
 
+from tgbench import interrupt
 from tgbench.errors import BadInput
 
 DEFAULT_STORAGE = "sqlite:///results/tgbench.db"
@@ -54,6 +55,9 @@ GRACE_PERIOD = 60         # a running cell silent for longer is stale: its worke
 SCHEMA_RACES = ("already exists", "database is locked", "UNIQUE constraint failed", "duplicate key value")
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+# after a Ctrl-C, no "Trial N failed" traceback from Optuna under the one "tgbench: interrupted" line
+for _handler in optuna.logging.get_logger("optuna").handlers:
+    _handler.addFilter(interrupt.quiet_once_received)
 
 
 def config_hash(payload: Any) -> str:

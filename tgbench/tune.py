@@ -19,7 +19,6 @@ arm (source entry) gets its own Optuna study ``<suite>@<profile>/<arm>`` in the 
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import math
 import sys
 import time
@@ -31,7 +30,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from tgbench import interrupt, stats
+from tgbench import stats
 from tgbench.config import SearchDimension, SourceEntry, Suite, load_suite
 from tgbench.data import Dataset, load_dataset
 from tgbench.errors import BadInput
@@ -140,8 +139,6 @@ def tune_arm(store: Store, suite: Suite, profile: str, entry: SourceEntry, datas
     todo = max(0, tune.trials - done)
     log(f"{name}: {done} trials done, {todo} to run")
     if todo:
-        for handler in logging.getLogger("optuna").handlers:  # no "Trial N failed" traceback after a Ctrl-C
-            handler.addFilter(interrupt.quiet_once_received)
         # a fresh sampler seed per resumption, so a resumed study does not replay its random start-up trials
         study.sampler = optuna.samplers.TPESampler(seed=tune.seed + len(study.trials),
                                                    n_startup_trials=tune.startup_trials)
