@@ -52,6 +52,14 @@ def test_list_methods(capsys):
     assert "curriculum = 'full'" in out  # each method's params and defaults are listed under it
 
 
+def test_list_into_a_closed_pipe_is_quiet_and_exit_0():
+    # `tgbench list methods | head -1`: the reader closes the pipe after one line
+    res = subprocess.run(f"'{sys.executable}' -m tgbench.cli list methods | head -1", shell=True, text=True,
+                         capture_output=True, timeout=120, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert res.stdout.count("\n") == 1
+    assert res.stderr == ""
+
+
 def test_list_datasets(capsys):
     code, out, err = _cli(["list", "datasets"], capsys)
     assert code == 0, err

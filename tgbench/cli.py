@@ -176,6 +176,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     except BadInput as exc:
         print(f"tgbench: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `tgbench list methods | head`: the reader left; not an error (and no flush error at exit)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:  # (further signals while we shut down are ignored: tgbench.interrupt)
         signum = interrupt.received() or signal.SIGINT
         how = "" if signum == signal.SIGINT else f" ({signal.Signals(signum).name})"
