@@ -135,6 +135,25 @@ def test_run_bad_seeds(seeds, tmp_path, capsys):
     assert not (tmp_path / "t.db").exists()
 
 
+@pytest.mark.parametrize("command", ["run", "report"])
+@pytest.mark.parametrize("seeds", ["1001", "100000000000"])
+def test_absurd_seed_counts_are_refused_at_parsing(seeds, command, tmp_path, capsys, monkeypatch):
+    """(--seeds 100000000000 used to build that many cells: a hang with growing memory)"""
+    monkeypatch.setattr("tgbench.runner.run_suite", lambda *a, **k: pytest.fail("the suite ran"))
+    monkeypatch.setattr("tgbench.runner.report_suite", lambda *a, **k: pytest.fail("the report ran"))
+    code, _, err = _cli([command, str(SUITE), "--profile", "smoke", "--seeds", seeds, *_store_args(tmp_path)],
+                        capsys)
+    assert code == 2
+    line = _one_error_line(err)
+    assert "--seeds" in line and f"at most {cli.MAX_SEEDS}" in line and seeds in line
+    assert not list(tmp_path.iterdir())
+
+
+def test_seed_count_limit_is_inclusive():
+    args = cli.build_parser().parse_args(["run", str(SUITE), "--seeds", str(cli.MAX_SEEDS)])
+    assert args.seeds == cli.MAX_SEEDS == 1000
+
+
 def test_run_bad_storage_scheme(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, _, err = _cli(["run", str(SUITE), "--profile", "smoke", "--no-progress", "--storage", "notascheme://x",
@@ -174,6 +193,7 @@ def test_report_without_results(tmp_path, capsys):
     line = _one_error_line(err)
     assert "mnist_fewstep" in line and "run" in line
     assert _studies(tmp_path / "t.db") == []
+    assert list(tmp_path.iterdir()) == []  # reading a store that is not there creates neither it nor the report dir
 
 
 def test_installed_script_bad_run_flags(tmp_path):

@@ -1,6 +1,7 @@
 """tgbench.data: mnist-5k splits, torchvision loaders on generated files, lookup order, missing data."""
 from __future__ import annotations
 
+import gzip
 import pickle
 import struct
 from pathlib import Path
@@ -23,13 +24,18 @@ from tgbench.data import (
 from tgbench.errors import BadInput, DataNotFound, UnknownName
 
 
+REAL_DEBIAN_FASHION_MNIST = data.DEBIAN_FASHION_MNIST
+
+
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path, monkeypatch):
-    """No test may see the real ~/.cache/tgbench or a TGBENCH_DATA from the environment."""
+    """No test may see the real ~/.cache/tgbench, a TGBENCH_DATA from the environment, or the Fashion-MNIST
+    of Debian's dataset-fashion-mnist package."""
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.delenv("TGBENCH_DATA", raising=False)
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian-package")
     return home
 
 
@@ -247,12 +253,170 @@ def test_cifar10_missing_file_is_not_found(tmp_path):
         load_cifar10(data_root=str(tmp_path))
 
 
+@pytest.mark.parametrize("size", [5000, 20, 2])
+def test_truncated_idx_file_is_bad_input_naming_it_not_missing_data(tmp_path, size):
+    """A truncated download (here 5 kB, or cut inside the header) is broken data, not absent data: no fallback."""
+    make_idx_dataset(tmp_path, "MNIST", n_train=60)
+    images = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:size])
+    with pytest.raises(BadInput) as info:
+        load_dataset("mnist", data_root=str(tmp_path), fallback="mnist-5k")
+    assert not isinstance(info.value, DataNotFound)
+    msg = str(info.value)
+    assert "\n" not in msg and str(images) in msg and "truncated" in msg
+
+
+def test_truncated_idx_file_fails_the_cli_with_exit_2(tmp_path, capsys, monkeypatch):
+    from helpers import cli
+
+    make_idx_dataset(tmp_path / "data", "MNIST")
+    labels = tmp_path / "data" / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
+    labels.write_bytes(labels.read_bytes()[:-3])
+    suite = tmp_path / "s.yaml"
+    suite.write_text("name: t\ndataset: {name: mnist, fallback: mnist-5k}\nsources: [{method: real}]\n"
+                     "learner: {conv_channels: [[4]], fc_hidden: [[8]]}\ninner: {steps: 2, batch_size: 8}\n"
+                     "outer: {iterations: 1, meta_batch_size: 8}\n"
+                     "evaluation: {seeds: 1, eval_every: 1, eval_learners: 1, final_learners: 1}\n"
+                     "profiles: {smoke: {}}\n")
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli(["run", str(suite), "--profile", "smoke", "--no-progress", "--data-root",
+                        str(tmp_path / "data"), "--storage", f"sqlite:///{tmp_path}/t.db", "--out",
+                        str(tmp_path / "out")], capsys)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and str(labels) in lines[0] and "truncated" in lines[0], err
+
+
+@pytest.mark.parametrize("split", ["train", "t10k"])
+def test_idx_images_and_labels_of_different_lengths_are_rejected(tmp_path, split):
+    make_idx_dataset(tmp_path, "FashionMNIST", n_train=60, n_test=20)
+    n = 60 if split == "train" else 20
+    labels = tmp_path / "FashionMNIST" / "raw" / f"{split}-labels-idx1-ubyte"
+    _write_idx(labels, np.zeros(n - 10))  # 60 images, 50 labels (20 / 10)
+    with pytest.raises(BadInput) as info:
+        load_dataset("fashion-mnist", data_root=str(tmp_path), fallback="mnist-5k")
+    assert not isinstance(info.value, DataNotFound)
+    msg = str(info.value)
+    assert "\n" not in msg and f"{split}-images-idx3-ubyte" in msg and labels.name in msg
+    assert f"{n} images" in msg and f"{n - 10} labels" in msg
+
+
+def test_idx_labels_out_of_range_are_rejected(tmp_path):
+    make_idx_dataset(tmp_path, "MNIST")
+    labels = tmp_path / "MNIST" / "raw" / "train-labels-idx1-ubyte"
+    _write_idx(labels, np.full(60, 200))
+    with pytest.raises(BadInput, match="label 200 out of range"):
+        load_mnist(data_root=str(tmp_path))
+
+
 def test_corrupt_files_are_bad_input_not_missing_data(tmp_path):
     make_idx_dataset(tmp_path, "MNIST")
     (tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte").write_bytes(b"\xff" * 64)
-    with pytest.raises(BadInput, match="unreadable") as info:
+    with pytest.raises(BadInput, match="train-images-idx3-ubyte: not an IDX file") as info:
         load_mnist(data_root=str(tmp_path))
     assert not isinstance(info.value, DataNotFound)  # a fallback must not hide broken files
+
+
+def test_corrupt_cifar_batch_is_bad_input_not_missing_data(tmp_path):
+    make_cifar_dataset(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "data_batch_2").write_bytes(b"not a pickle")
+    with pytest.raises(BadInput, match="unreadable") as info:
+        load_dataset("cifar10", data_root=str(tmp_path), fallback="mnist-5k")
+    assert not isinstance(info.value, DataNotFound)
+
+
+# ------------------------------------------------------------------ Debian's dataset-fashion-mnist package
+
+
+def make_debian_fashion_mnist(directory: Path, n_train: int = 60, n_test: int = 20, seed: int = 0):
+    """The layout of Debian's package: gzipped IDX files directly in ``directory`` (no FashionMNIST/raw)."""
+    written = make_idx_dataset(directory / "staging", "FashionMNIST", n_train, n_test, seed)
+    for src in sorted((directory / "staging" / "FashionMNIST" / "raw").iterdir()):
+        (directory / f"{src.name}.gz").write_bytes(gzip.compress(src.read_bytes()))
+    for src in sorted((directory / "staging").rglob("*"), reverse=True):
+        src.unlink() if src.is_file() else src.rmdir()
+    (directory / "staging").rmdir()
+    return written
+
+
+def test_fashion_mnist_is_found_in_the_debian_package_directory(tmp_path, monkeypatch):
+    debian = tmp_path / "usr-share-datasets-fashion-mnist"
+    make_debian_fashion_mnist(debian, seed=3)
+    assert sorted(p.name for p in debian.iterdir()) == [
+        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz",
+        "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"]
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", debian)
+    ds = load_fashion_mnist(seed=5)  # no flags, nothing in any root
+    assert ds.origin == str(debian)
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (50, 10, 20)
+    assert ds.train.x.dtype == torch.float32 and ds.train.y.dtype == torch.int64
+
+    # exactly what the same files in torchvision's layout give: same arrays, same seeded train/val split
+    make_idx_dataset(tmp_path / "tv", "FashionMNIST", seed=3)
+    tv = load_fashion_mnist(data_root=str(tmp_path / "tv"), seed=5)
+    for name in ("train", "val", "test"):
+        assert torch.equal(getattr(ds, name).x, getattr(tv, name).x)
+        assert torch.equal(getattr(ds, name).y, getattr(tv, name).y)
+    assert load_dataset("fashion-mnist", fallback="mnist-5k").resolved == "fashion-mnist"
+
+
+def test_search_roots_win_over_the_debian_package(tmp_path, monkeypatch):
+    debian = tmp_path / "debian"
+    make_debian_fashion_mnist(debian, seed=1)
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", debian)
+    make_idx_dataset(tmp_path / "env", "FashionMNIST", seed=2)
+    monkeypatch.setenv("TGBENCH_DATA", str(tmp_path / "env"))
+    assert load_fashion_mnist().origin == str(tmp_path / "env" / "FashionMNIST" / "raw")
+    with pytest.raises(DataNotFound) as info:
+        load_mnist()
+    assert str(debian) not in str(info.value)
+
+
+def test_missing_fashion_mnist_message_lists_the_debian_directory(tmp_path, monkeypatch, isolated_home):
+    debian = tmp_path / "debian"
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", debian)
+    with pytest.raises(DataNotFound) as info:
+        load_fashion_mnist(data_root=str(tmp_path / "arg"))
+    msg = str(info.value)
+    assert "\n" not in msg and "'fashion-mnist' not found" in msg
+    for path in (tmp_path / "arg", isolated_home / ".cache" / "tgbench", debian):
+        assert str(path) in msg
+    assert "dataset-fashion-mnist" in msg and "-ubyte.gz" in msg
+    assert msg.index(str(isolated_home / ".cache" / "tgbench")) < msg.index(str(debian))  # searched last
+
+
+@pytest.mark.parametrize("damage", ["truncated_gzip", "truncated_idx", "fewer_labels"])
+def test_broken_debian_files_are_bad_input_naming_the_file(tmp_path, monkeypatch, damage):
+    debian = tmp_path / "debian"
+    make_debian_fashion_mnist(debian)
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", debian)
+    images = debian / "train-images-idx3-ubyte.gz"
+    if damage == "truncated_gzip":
+        images.write_bytes(images.read_bytes()[:5000])
+    elif damage == "truncated_idx":
+        images.write_bytes(gzip.compress(gzip.decompress(images.read_bytes())[:5000]))
+    else:
+        header = struct.pack(">I", 0x0801) + struct.pack(">I", 50)
+        (debian / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(header + bytes(50)))
+    with pytest.raises(BadInput) as info:
+        load_dataset("fashion-mnist", fallback="mnist-5k")
+    assert not isinstance(info.value, DataNotFound)
+    msg = str(info.value)
+    assert "\n" not in msg and str(images) in msg
+
+
+@pytest.mark.skipif(not (REAL_DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(),
+                    reason="Debian's dataset-fashion-mnist package is not installed")
+def test_real_debian_fashion_mnist_is_the_full_dataset(monkeypatch):
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", REAL_DEBIAN_FASHION_MNIST)
+    ds = load_fashion_mnist()
+    assert ds.origin == str(REAL_DEBIAN_FASHION_MNIST)
+    assert len(ds.train) + len(ds.val) == 60000 and len(ds.val) == 10000 and len(ds.test) == 10000
+    assert ds.image_shape == (1, 28, 28)
+    for split in (ds.train, ds.val, ds.test):
+        assert torch.bincount(split.y, minlength=10).min() > 0 and int(split.y.max()) == 9
+    assert torch.bincount(ds.test.y).tolist() == [1000] * 10  # the official test set is balanced
+    assert abs(ds.train.x.mean().item()) < 0.05 and ds.train.x.std().item() == pytest.approx(1.0, abs=0.05)
 
 
 # ------------------------------------------------------------------------------------------ lookup order

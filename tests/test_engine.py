@@ -17,11 +17,13 @@ from torch.func import functional_call, vmap
 from tgbench.data import Split
 from tgbench.engine import (
     Unroll,
+    accuracy_and_loss,
     backprop_meta_loss,
     es_gradient,
     hybrid_gradient,
     lesson_loss,
     population_meta_loss,
+    scored_log_probs,
     train_learner,
 )
 from tgbench.inner import InnerHyperparameters
@@ -487,3 +489,74 @@ def test_population_meta_gradient_is_mean_of_individual_gradients(float64, inter
     for n in pop:
         mean = torch.stack([grads[n] for grads in individual]).mean(0)
         torch.testing.assert_close(pop[n], mean, rtol=1e-8, atol=1e-12, msg=n)
+
+
+# ------------------------------------------------------------------- BN statistics: the scoring protocol
+def _trained_learner(bn_statistics: str):
+    """A tiny learner trained 3 steps on a real-data teacher; returns it, its params and the last lesson."""
+    ctx = make_ctx(steps=3, batch=8)
+    teacher = make_teacher("real", ctx)
+    spec = LearnerSpec(conv_channels=(2,), fc_hidden=(4,), bn_statistics=bn_statistics)
+    u = make_unroll(teacher, ctx, spec=spec)
+    lessons = [teacher(t, u.episode) for t in range(u.steps)]
+    final, _ = train_learner(lessons.__getitem__, u, differentiable=False)
+    return u, final, lessons[-1].x
+
+
+def _predictions(u: Unroll, params, test: Split, reference, chunk: int, order: torch.Tensor) -> torch.Tensor:
+    """Per-example log-probs of ``test`` scored in the given order and chunk size, returned in the original order."""
+    x = test.x[order]
+    with torch.no_grad():
+        out = torch.cat([scored_log_probs(u.learner, u.names, params, x[i:i + chunk], reference)
+                         for i in range(0, len(x), chunk)])
+    return out[torch.argsort(order)]
+
+
+@pytest.mark.parametrize("bn_statistics", ["lesson", "scored_batch"])
+def test_test_predictions_do_not_depend_on_which_examples_share_a_batch(float64, bn_statistics):
+    u, params, reference = _trained_learner(bn_statistics)
+    test = random_split(2000, seed=9)
+    identity, shuffled = torch.arange(len(test)), torch.randperm(len(test), generator=torch.Generator().manual_seed(1))
+    baseline = _predictions(u, params, test, reference, 2000, identity)
+    variants = [_predictions(u, params, test, reference, chunk, order)
+                for chunk in (1, 7, 2000) for order in (identity, shuffled)]
+    same = [torch.allclose(v, baseline, rtol=0, atol=1e-10) for v in variants]
+    if bn_statistics == "lesson":   # the default protocol: every chunking and order gives the same predictions
+        assert all(same)
+        for chunk in (1, 7):
+            acc, loss = accuracy_and_loss(u.learner, u.names, params, test, reference, chunk=chunk)
+            acc_full, loss_full = accuracy_and_loss(u.learner, u.names, params, test, reference)
+            assert acc == acc_full and loss == pytest.approx(loss_full, rel=1e-10)
+    else:                           # the named transductive option: they change with the batch
+        assert not all(same)
+
+
+def test_lesson_statistics_are_the_last_lessons_means_under_the_final_weights(float64):
+    """Against a plain re-computation: conv -> maxpool -> subtract the *lesson's* channel mean -> act -> FC ..."""
+    u, params, lesson_x = _trained_learner("lesson")
+    p = dict(zip(u.names, params))
+    x = random_split(5, seed=3).x
+
+    def plain(inp: torch.Tensor, mean_from: torch.Tensor) -> torch.Tensor:
+        def conv(h):
+            w = p["convs.0.weight"]
+            w = w * (p["convs.0.gain"].view(-1, 1, 1, 1) / w.flatten(1).norm(dim=1).view(-1, 1, 1, 1))
+            return F.max_pool2d(F.conv2d(h, w, padding=1), 3, 2, 1)
+
+        def fc(h, name):
+            w = p[f"{name}.weight"]
+            w = w * (p[f"{name}.gain"].view(-1, 1) / w.norm(dim=1, keepdim=True))
+            return F.linear(h, w, p.get(f"{name}.bias"))
+
+        h, r = conv(inp), conv(mean_from)
+        m = r.mean(dim=(0, 2, 3), keepdim=True)
+        h, r = F.leaky_relu(h - m, 0.1).flatten(1), F.leaky_relu(r - m, 0.1).flatten(1)
+        h, r = fc(h, "fcs.0"), fc(r, "fcs.0")
+        h = F.leaky_relu(h - r.mean(0, keepdim=True), 0.1)
+        return F.log_softmax(fc(h, "classifier"), dim=1)
+
+    with torch.no_grad():
+        got = scored_log_probs(u.learner, u.names, params, x, lesson_x)
+        torch.testing.assert_close(got, plain(x, lesson_x), rtol=1e-10, atol=1e-12)
+        # and not the scored batch's own statistics
+        assert not torch.allclose(got, plain(x, x), atol=1e-6)

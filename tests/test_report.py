@@ -216,7 +216,7 @@ def test_p_value_matrix_present_and_consistent(written):
     section = _sections(md)["mnist"]
     assert "Pairwise Welch p-values" in section
     tables = _tables(section)
-    assert len(tables) == 2
+    assert len(tables) == 3   # results, p-value matrix, pairwise comparisons
     matrix = {r["source"]: r for r in tables[1]}
     order = ["b_gtn", "c_dd", "a_real"]
     assert list(matrix) == order and list(tables[1][0])[1:] == order
@@ -228,6 +228,15 @@ def test_p_value_matrix_present_and_consistent(written):
         for b in order:
             if a != b:
                 assert matrix[a][b] == matrix[b][a] == f"{stats.welch_p(acc[a], acc[b]):.3g}"
+    # the comparisons: every pair once, Holm-adjusted over the table's family of pairs
+    pairs = {r["pair"]: r for r in tables[2]}
+    raw = {(a, b): stats.welch_p(acc[a], acc[b]) for i, a in enumerate(order) for b in order[i + 1:]}
+    holm = dict(zip(raw, stats.holm(list(raw.values()))))
+    assert set(pairs) == {f"{a} − {b}" for a, b in raw}
+    for (a, b), p in raw.items():
+        row = pairs[f"{a} − {b}"]
+        assert row["Welch p"] == f"{p:.3g}" and row["Holm p"] == f"{holm[a, b]:.3g}"
+        assert row["test acc difference (pp [95 % CI])"].startswith(f"{100 * (acc[a].mean() - acc[b].mean()):+.2f} [")
     # single-source dataset: a 1x1 matrix with only the diagonal
     assert [list(r.values()) for r in _tables(_sections(md)["cifar10"])[1]] == [["d_gtn", "—"]]
 
@@ -267,7 +276,23 @@ def test_empty_figure_inputs_skip_figures(tmp_path, written):
     again = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert "## Figures" not in again and not list(tmp_path.glob("*.png"))
     assert {p.name for p in paths} == {"summary.csv", "steps.csv", "curves.csv", "report.md"}
-    assert again.rstrip() == md.split("## Figures")[0].rstrip()
+    # without curves there is nothing to judge convergence by: the flag lines are the only other difference
+    flags = ("**Still rising**", "No arm's validation curve")
+    without_flags = "\n".join(line for line in md.split("## Figures")[0].splitlines() if not line.startswith(flags))
+    assert again.rstrip() == without_flags.replace("\n\n\n", "\n\n").rstrip()
+
+
+def test_convergence_flag_follows_the_seed_mean_validation_curves(written):
+    _, _, md = written
+    inputs = _inputs()
+    mean = inputs.curves.groupby(["source", "outer_iter"], as_index=False)["val_acc"].mean()
+    expected = {src for src, g in mean.groupby("source")
+                if stats.still_rising(g["outer_iter"].tolist(), g["val_acc"].tolist())}
+    flagged = set()
+    for section in _sections(md).values():
+        line = next((l for l in section.splitlines() if l.startswith("**Still rising**")), "")
+        flagged |= {name.strip() for name in line.split(":", 1)[1].split(",")} if line else set()
+    assert flagged == expected and flagged   # the fixture has at least one arm still rising
 
 
 # ----------------------------------------------------------------------------------------- helpers

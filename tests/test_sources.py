@@ -242,7 +242,10 @@ def test_evaluate_endpoints_match_per_step_curve(single_thread):
         assert endpoints == pytest.approx([curve[0], curve[-1]], rel=1e-5), key
     # index 0 is the learners at init, measured on the right split: recompute it independently (GTN "full"
     # draws nothing from the generator, so the inits are the generator's first reset_parameters draws)
+    # — scored, like every evaluation, with the BN statistics of the first lesson (none trained on yet)
     g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        first_lesson = trainer.teacher(0, trainer.teacher.new_episode(torch.Generator().manual_seed(0))).x
     expected = {"test_acc": 0.0, "test_loss": 0.0, "val_acc": 0.0, "val_loss": 0.0}
     for spec in specs:
         learner = Learner(spec, SHAPE, CLASSES)
@@ -250,7 +253,7 @@ def test_evaluate_endpoints_match_per_step_curve(single_thread):
             learner.reset_parameters(g)
             with torch.no_grad():
                 for split, key in ((test, "test"), (val, "val")):
-                    out = learner(split.x)
+                    out = learner(split.x, bn_reference=first_lesson)
                     expected[key + "_acc"] += float((out.argmax(1) == split.y).double().mean()) / 4
                     expected[key + "_loss"] += float(torch.nn.functional.nll_loss(out, split.y)) / 4
     for key, value in expected.items():
@@ -498,10 +501,11 @@ def test_dataset_distillation_presents_batch_t_at_step_t(learn_labels):
 
 # -------------------------------------------------------------------------------- smoke: methods teach
 SMOKE = {
-    # method: (source params, outer iterations)
-    "real": ({}, 10),
-    "dataset_distillation": ({}, 40),
-    "gtn": (dict(noise_dim=32, fc_hidden=128, channels=(32, 16)), 25),
+    # method: (source params, outer iterations, outer lr). Learned pixels need a larger outer lr under the
+    # lesson-statistics protocol (measured here: DD val acc 12 % after 40 iterations at 0.01, 31 % after 60 at 0.1)
+    "real": ({}, 10, 0.01),
+    "dataset_distillation": ({}, 60, 0.1),
+    "gtn": (dict(noise_dim=32, fc_hidden=128, channels=(32, 16)), 25, 0.01),
 }
 
 
@@ -512,7 +516,7 @@ def mnist_5k():
 
 @pytest.mark.parametrize("name", list(SMOKE))
 def test_smoke_meta_training_teaches(mnist_5k, name):
-    params, iterations = SMOKE[name]
+    params, iterations, outer_lr = SMOKE[name]
     ds = mnist_5k
     steps, batch = 8, 32
     ctx = SourceContext(ds.train, steps, batch, ds.image_shape, ds.num_classes)
@@ -521,7 +525,7 @@ def test_smoke_meta_training_teaches(mnist_5k, name):
     inner = InnerLoop(steps=steps, batch_size=batch, lr=0.1)
     teacher = Teacher(source, InnerHyperparameters(steps, inner.lr, inner.momentum))
     trainer = MetaTrainer(teacher, space, ds.train, inner,
-                          OuterLoop(lr=0.01, schedule="constant", meta_batch_size=128),
+                          OuterLoop(lr=outer_lr, schedule="constant", meta_batch_size=128),
                           image_shape=ds.image_shape, num_classes=ds.num_classes,
                           learner_weight_norm=source.learner_weight_norm)
     specs = [space.reference(source.learner_weight_norm)]

@@ -223,3 +223,46 @@ def test_pairwise_p_values_order_and_mann_whitney():
     assert np.isnan(m.loc["absent"].to_numpy()).all()
     with pytest.raises(ValueError, match="unknown test"):
         stats.pairwise_p_values(df, "source", "acc", test="anova")
+
+
+# ---------------------------------------------------------------------- Holm, effect sizes, convergence
+def _holm_by_definition(p: list[float]) -> list[float]:
+    """Holm's adjusted p-values from the definition: for each test, the max over every test ranked at or
+    below it of min(1, (m - rank) * p)."""
+    m = len(p)
+    ranked = sorted(range(m), key=lambda i: (p[i], i))
+    rank = {i: r for r, i in enumerate(ranked)}
+    return [max(min(1.0, (m - rank[j]) * p[j]) for j in range(m) if rank[j] <= rank[i]) for i in range(m)]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_holm_matches_its_definition(seed):
+    p = list(np.random.default_rng(seed).uniform(0, 0.2, size=7))
+    assert stats.holm(p) == pytest.approx(_holm_by_definition(p))
+    assert all(a >= b for a, b in zip(stats.holm(p), p))   # never smaller than the raw p-value
+
+
+def test_holm_leaves_nan_out_of_the_family():
+    adjusted = stats.holm([0.01, float("nan"), 0.02])
+    assert math.isnan(adjusted[1])
+    assert adjusted[0] == pytest.approx(_holm_by_definition([0.01, 0.02])[0])
+    assert adjusted[2] == pytest.approx(_holm_by_definition([0.01, 0.02])[1])
+
+
+def test_difference_ci_brackets_a_clear_shift_and_not_zero():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0.9, 0.01, 8), rng.normal(0.8, 0.01, 8)
+    ci = stats.difference_ci(a, b)
+    assert ci.mean == pytest.approx(a.mean() - b.mean())
+    assert 0 < ci.low < ci.mean < ci.high
+    overlapping = stats.difference_ci(rng.normal(0.8, 0.05, 6), rng.normal(0.8, 0.05, 6))
+    assert overlapping.low < 0 < overlapping.high
+    assert math.isnan(stats.difference_ci([0.9], [0.8, 0.7]).low)
+
+
+def test_still_rising_looks_at_the_last_fifth_of_the_curve():
+    iters = [0, 50, 100, 150, 200]
+    assert stats.still_rising(iters, [0.1, 0.5, 0.8, 0.85, 0.86])       # 0.85 at 150 (<= 160) -> 0.86
+    assert not stats.still_rising(iters, [0.1, 0.5, 0.8, 0.86, 0.861])  # gained less than the tolerance
+    assert not stats.still_rising(iters, [0.1, 0.5, 0.8, 0.9, 0.85])    # fell
+    assert stats.still_rising([0, 200], [0.1, 0.9])                     # only the start to compare with

@@ -139,14 +139,15 @@ def test_shipped_smoke_records_hold_the_required_fields(shipped):
         assert r["dataset_resolved"] == "mnist-5k"
         assert r["dataset"] == "mnist-5k"
         # curve: one val/test point per evaluation, from outer iteration 0 to the last one
-        assert [p["outer_iter"] for p in r["curve"]] == list(range(0, smoke.outer.iterations + 1,
-                                                                   smoke.evaluation.eval_every))
+        iterations = smoke.outer_for(entry).iterations   # (real_sgd meta-trains for one iteration)
+        assert [p["outer_iter"] for p in r["curve"]] == sorted({*range(0, iterations + 1,
+                                                                       smoke.evaluation.eval_every), iterations})
         for point in r["curve"]:
             assert 0.0 <= point["val_acc"] <= 1.0 and 0.0 <= point["test_acc"] <= 1.0
         assert len(r["steps_test_acc"]) == smoke.inner.steps + 1
         assert len(r["steps_val_acc"]) == smoke.inner.steps + 1
         assert r["test_acc_final"] == r["steps_test_acc"][-1]
-        assert r["outer_iterations"] == smoke.outer.iterations
+        assert r["outer_iterations"] == iterations
         assert r["meta_train_seconds"] > 0
         assert r["peak_rss_mb"] > 0
         assert r["torch"] == torch.__version__
@@ -333,3 +334,77 @@ def test_store_bad_inputs(tmp_path):
         Store("notascheme://x")
     with pytest.raises(BadInput, match="not found"):
         store.load_teacher("no-such-artifact")
+
+
+# ------------------------------------------------------------------------------------------ storage URLs
+IN_MEMORY = ["sqlite://", "sqlite:///:memory:", "sqlite+pysqlite:///:memory:", "sqlite:///",
+             "sqlite:///file::memory:?uri=true", "sqlite:///file:x?mode=memory&uri=true"]
+
+
+@pytest.mark.parametrize("url", IN_MEMORY)
+def test_in_memory_sqlite_storage_is_refused(url, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(BadInput) as info:
+        Store(url)
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith("--storage: ") and "in-memory" in msg and repr(url) in msg
+    monkeypatch.setenv("TGBENCH_STORAGE", url)
+    with pytest.raises(BadInput, match="in-memory"):
+        Store()
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("url", IN_MEMORY[:3])
+@pytest.mark.parametrize("command", ["run", "report"])
+def test_in_memory_storage_is_refused_by_the_cli_before_any_work(url, command, tmp_path, capsys, monkeypatch):
+    """(`run` with such a store used to loop for ever: each cell wrote to its own private database)"""
+    monkeypatch.chdir(tmp_path)
+    suite = tiny_suite(tmp_path / "tiny.yaml", "tiny", "  - method: real\n")
+    monkeypatch.setattr(runner, "run_cell", lambda task: pytest.fail("a cell ran"))
+    argv = [command, str(suite), "--profile", "smoke", "--storage", url, "--out", str(tmp_path / "out")]
+    assert main(argv + (["--no-progress"] if command == "run" else [])) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--storage" in err[0] and "in-memory" in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.yaml"]  # no report dir, no database
+
+
+def test_in_memory_storage_from_the_environment_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    suite = tiny_suite(tmp_path / "tiny.yaml", "tiny", "  - method: real\n")
+    monkeypatch.setattr(runner, "run_cell", lambda task: pytest.fail("a cell ran"))
+    monkeypatch.setenv("TGBENCH_STORAGE", "sqlite://")
+    assert main(["run", str(suite), "--profile", "smoke", "--no-progress", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "in-memory" in err[0], err
+
+
+@pytest.mark.parametrize("default", [False, True], ids=["--storage", "default_store"])
+def test_report_on_a_store_that_does_not_exist_creates_nothing(default, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    suite = tiny_suite(tmp_path / "tiny.yaml", "tiny", "  - method: real\n")
+    missing = Path("results/tgbench.db") if default else tmp_path / "sub" / "none.db"
+    argv = ["report", str(suite), "--profile", "smoke", "--out", str(tmp_path / "out")]
+    assert main(argv + ([] if default else ["--storage", f"sqlite:///{missing}"])) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"no store at {missing}" in err[0] and "tgbench run" in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.yaml"]  # no database, no folder, no report dir
+
+
+def test_report_on_an_existing_store_still_works(tmp_path, capsys):
+    suite = tiny_suite(tmp_path / "tiny.yaml", "tiny", "  - method: real\n")
+    assert _run(suite, tmp_path) == 0
+    (tmp_path / "out" / "report.md").unlink()
+    assert _run(suite, tmp_path, command="report") == 0
+    assert (tmp_path / "out" / "report.md").is_file()
+
+
+def test_load_teacher_refuses_payloads_that_are_not_teachers(tmp_path):
+    store = Store(f"sqlite:///{tmp_path}/u.db", tmp_path / "artifacts")
+    study = store.study("unit@smoke")
+    trial = store.begin(study, cell_key("a", 0), "h1")
+    good = store.save_teacher(study, trial, {"method": "real", "state_dict": {"w": torch.ones(2)}, "seed": 0})
+    assert torch.equal(store.load_teacher(good)["state_dict"]["w"], torch.ones(2))  # weights_only reads these
+    for payload in ({"format": "tgbench-teacher/1"}, {"state_dict": {}}, {"state_dict": {"w": [1.0]}}, [1, 2]):
+        artifact = store.save_teacher(study, trial, payload)
+        with pytest.raises(BadInput, match=f"teacher artifact {artifact} .*not a tgbench teacher"):
+            store.load_teacher(artifact)

@@ -162,3 +162,71 @@ def test_bad_teacher_files_and_cells(exported, tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and expected in err[0], (argv, err)
     assert not (tmp_path / "x.pt").exists()
+
+
+def _one_line_naming(err: str, path) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tgbench: error: ") and "Traceback" not in err, err
+    assert str(path) in lines[0], lines[0]
+    return lines[0]
+
+
+def _variant(files, change) -> dict:
+    payload = load_exported(files["gtn", 0])
+    change(payload)
+    return payload
+
+
+def _bad_state_shape(p):
+    key = next(k for k, v in p["state_dict"].items() if v.ndim >= 1 and k.startswith("source.generator."))
+    p["state_dict"][key] = torch.zeros(*p["state_dict"][key].shape[:-1], p["state_dict"][key].shape[-1] + 1)
+
+
+def _drop_state_key(p):
+    del p["state_dict"]["hyper.log_lr"]
+
+
+def _extra_state_key(p):
+    p["state_dict"]["source.not_a_parameter"] = torch.zeros(3)
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda p: [p.pop(k) for k in list(p) if k != "format"], "'method' is missing"),   # {'format': ...} alone
+    (lambda p: p.pop("state_dict"), "'state_dict' is missing"),
+    (lambda p: p.update(state_dict={}), "state_dict is empty"),
+    (lambda p: p.update(state_dict={"hyper.log_lr": [0.1, 0.2]}), "entry 'hyper.log_lr' is not a tensor"),
+    (lambda p: p.update(seed="0"), "'seed' is a str, expected int"),
+    (lambda p: p.update(suite=[1, 2]), "'suite' is a list"),
+    (lambda p: p.update(suite={"name": "x", "learner": {"conv_channels": "nope"}}), "suite: not a valid"),
+    (lambda p: p.update(method="nosuchmethod", source=None), "nosuchmethod"),
+    (lambda p: p.update(dataset_resolved="nosuchdata"), "unknown dataset 'nosuchdata'"),
+    (_bad_state_shape, "state_dict: does not fit the 'gtn' teacher"),
+    (_drop_state_key, "state_dict: does not fit the 'gtn' teacher"),
+    (_extra_state_key, "state_dict: does not fit the 'gtn' teacher"),
+], ids=["format_only", "no_state_dict", "empty_state_dict", "list_in_state_dict", "seed_str", "suite_list",
+        "invalid_suite", "unknown_method", "unknown_dataset", "wrong_shape", "missing_key", "unexpected_key"])
+def test_teach_refuses_a_file_that_is_not_a_tgbench_teacher(exported, tmp_path, capsys, change, expected):
+    _, files, _ = exported
+    bad = tmp_path / "bad.pt"
+    torch.save(_variant(files, change), bad)
+    assert main(["teach", str(bad)]) == 2
+    line = _one_line_naming(capsys.readouterr().err, bad)
+    assert expected in line, line
+
+
+def test_teach_still_takes_the_unchanged_file_through_the_same_path(exported, tmp_path, single_thread):
+    """(the refusals above come from the change, not from re-saving: an untouched re-save still teaches)"""
+    _, files, records = exported
+    same = tmp_path / "same.pt"
+    torch.save(_variant(files, lambda p: None), same)
+    assert teach(same, log=lambda *a: None).test_acc[-1] == records["gtn", 0]["test_acc_final"]
+
+
+def test_export_from_a_store_that_does_not_exist_creates_nothing(tmp_path, capsys):
+    missing = tmp_path / "sub" / "none.db"
+    code = main(["export", "--suite", "roundtrip", "--profile", "smoke", "--source", "gtn", "--out",
+                 str(tmp_path / "x.pt"), "--storage", f"sqlite:///{missing}"])
+    assert code == 2
+    line = _one_line_naming(capsys.readouterr().err, missing)
+    assert "no store at" in line
+    assert list(tmp_path.iterdir()) == []

@@ -119,13 +119,26 @@ def test_unset_new_settings_keep_old_cell_hashes(tmp_path):
     """Stores written before per-arm `inner:`, `sweep:`, `tune:` and `nas:` existed must still resume and report:
     these are the hashes revision 6d3dafd (before any of them) gave this suite's cells."""
     path = tmp_path / "pinned.yaml"
-    path.write_text(PINNED_SUITE)
+    # the BN-statistics protocol of those stores, named explicitly (the default changed to lesson statistics)
+    path.write_text(PINNED_SUITE.replace("fc_hidden: [[32]]}", "fc_hidden: [[32]], bn_statistics: scored_batch}"))
     suite = load_suite(path)
     assert [cell_hash(suite, e, "mnist-5k") for e in suite.sources] == ["383b3717524c6086", "0f75f91a219386a9"]
     # ... while setting one of them does change the experiment
     swept = load_suite(path).model_copy(update={"sweep": None})
     arm = suite.sources[1].model_copy(update={"inner": {"steps": 4}})
     assert cell_hash(swept, arm, "mnist-5k") != "0f75f91a219386a9"
+
+
+def test_the_lesson_statistics_protocol_is_a_different_experiment(tmp_path):
+    """The default BN protocol changed the scores, so cells under it must never share a hash (and a table)
+    with cells of the old, transductive protocol."""
+    old, new = tmp_path / "old.yaml", tmp_path / "new.yaml"
+    old.write_text(PINNED_SUITE.replace("fc_hidden: [[32]]}", "fc_hidden: [[32]], bn_statistics: scored_batch}"))
+    new.write_text(PINNED_SUITE)
+    old_hashes = {cell_hash(load_suite(old), e, "mnist-5k") for e in load_suite(old).sources}
+    new_hashes = {cell_hash(load_suite(new), e, "mnist-5k") for e in load_suite(new).sources}
+    assert load_suite(new).learner.bn_statistics == "lesson"
+    assert len(new_hashes) == 2 and not old_hashes & new_hashes
 
 
 # ------------------------------------------------------------------------------------------ objective

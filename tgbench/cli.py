@@ -12,6 +12,7 @@ from tgbench import interrupt
 from tgbench.errors import BadInput
 
 SUITES_DIR = Path("suites")
+MAX_SEEDS = 1000  # --seeds above this is a typo (each seed is a full meta-training per source), not a plan
 
 
 class _Parser(argparse.ArgumentParser):
@@ -27,7 +28,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", choices=("smoke", "cpu", "paper"),
                    help="profile to apply (default: cpu, or paper when CUDA is available)")
     p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///results/tgbench.db, or $TGBENCH_STORAGE)")
-    p.add_argument("--seeds", type=_positive_int, help="number of seeds (overrides evaluation.seeds)")
+    p.add_argument("--seeds", type=_seed_count, help=f"number of seeds, 1..{MAX_SEEDS} (overrides evaluation.seeds)")
     p.add_argument("--out", help="report directory (default: results/<suite>/<profile>/)")
     p.add_argument("--artifacts", help="directory of the teacher artifact store (default: next to the SQLite file)")
 
@@ -45,6 +46,13 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _seed_count(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_SEEDS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_SEEDS}, got {value}")
     return value
 
 
@@ -127,6 +135,19 @@ def _list(what: str) -> None:
                 print(f"{str(path):36s} INVALID: {exc}")
 
 
+def _check_storage(args: argparse.Namespace) -> None:
+    """Refuse an in-memory SQLite ``--storage`` (or ``$TGBENCH_STORAGE``) before any command starts: each cell
+    and worker opens the store by URL, so each would get a private empty database (a run would never end)."""
+    if not hasattr(args, "storage"):
+        return
+    urls = args.storage if isinstance(args.storage, list) else [args.storage]
+    if any(urls) or os.environ.get("TGBENCH_STORAGE"):
+        from tgbench.store import refuse_in_memory, resolve_url
+
+        for url in urls or [None]:
+            refuse_in_memory(resolve_url(url))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     with interrupt.handled():
@@ -135,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     try:
+        _check_storage(args)
         if args.methods_dir:
             from tgbench.registry import methods
 
@@ -158,6 +180,11 @@ def _dispatch(args: argparse.Namespace) -> int:
                 opts.methods_dirs = tuple(str(Path(d).resolve()) for d in args.methods_dir)
                 run_suite(args.suite, opts)
             else:
+                from tgbench.store import require_existing
+
+                # a report only reads: a store path that does not exist is a typo, not an empty store to create
+                require_existing(args.storage, f"run the suite first (tgbench run {args.suite}) or pass the "
+                                               "--storage it used")
                 report_suite(args.suite, opts)
         elif args.command == "leaderboard":
             from tgbench.leaderboard import build_leaderboard

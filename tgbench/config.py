@@ -9,16 +9,31 @@ import copy
 import difflib
 import random
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator,
-                      model_validator)
+                      model_validator, with_config)
+from typing_extensions import TypedDict  # (pydantic needs typing_extensions' TypedDict before Python 3.12)
 
 from tgbench.errors import BadInput, ConfigError
-from tgbench.nn import ACTIVATIONS, LearnerSpec
+from tgbench.nn import ACTIVATIONS, BN_STATISTICS, LearnerSpec, held_out_variants
 
 PROFILES = ("smoke", "cpu", "paper")
+
+# Upper bounds of sizes that validate as integers but could never run (a 10**30-step unroll overflows torch's
+# int64 sizes; a 10**6-wide layer cannot be allocated): generous next to the paper's settings (T = 128, 2000
+# outer iterations, widths <= 256), so a typo is refused before any work starts instead of crashing a cell.
+MAX_INNER_STEPS = 10_000
+MAX_OUTER_ITERATIONS = 1_000_000
+MAX_WIDTH = 8192              # conv channels / hidden units of a learner layer
+MAX_BATCH = 1_000_000         # examples per inner step / meta-batch (run_suite also checks them against the data)
+MAX_COUNT = 100_000           # population members, ES pairs, learners per evaluation
+MAX_SEEDS = 1000              # as `--seeds` (tgbench.cli.MAX_SEEDS)
+
+Width = Annotated[int, Field(gt=0, le=MAX_WIDTH)]
+Count = Annotated[int, Field(gt=0, le=MAX_COUNT)]
+Beta = Annotated[float, Field(ge=0.0, lt=1.0)]   # Adam's betas: torch refuses anything outside [0, 1)
 
 
 class Strict(BaseModel):
@@ -39,12 +54,17 @@ class LearnerSpace(Strict):
     ``evaluation.architectures`` names others.
     """
 
-    conv_channels: list[list[PositiveInt]] = Field(default_factory=lambda: [[64, 128]])
-    fc_hidden: list[list[PositiveInt]] = Field(default_factory=lambda: [[256]])
+    conv_channels: list[list[Width]] = Field(default_factory=lambda: [[64, 128]])
+    fc_hidden: list[list[Width]] = Field(default_factory=lambda: [[256]])
     kernel_size: list[Literal[1, 3, 5, 7]] = Field(default_factory=lambda: [3])
     activation: list[Literal[ACTIVATIONS]] = Field(default_factory=lambda: ["leaky_relu"])  # type: ignore[valid-type]
     batch_norm: bool = True
     weight_norm: bool = True
+    # How a learner's BN is normalised when it is scored (meta-loss, validation, test): "lesson" = with the
+    # statistics of the last lesson it trained on (the official GTN protocol, the default); "scored_batch" =
+    # with each scored batch's own mean (transductive: a prediction depends on the other examples of its batch;
+    # the protocol of tgbench <= 0.1, kept so old stores resume). Part of every cell's config hash.
+    bn_statistics: Literal[BN_STATISTICS] = "lesson"  # type: ignore[valid-type]
 
     @model_validator(mode="after")
     def _non_empty(self) -> "LearnerSpace":
@@ -63,12 +83,12 @@ class LearnerSpace(Strict):
 
     def _spec(self, conv, fc, kernel, activation, weight_norm) -> LearnerSpec:
         return LearnerSpec(tuple(conv), tuple(fc), kernel, activation, self.batch_norm,
-                           self.weight_norm if weight_norm is None else weight_norm)
+                           self.weight_norm if weight_norm is None else weight_norm, self.bn_statistics)
 
 
 class InnerLoop(Strict):
-    steps: PositiveInt = 32
-    batch_size: int = Field(128, ge=2)                # batch statistics (mean-only BN, generator BN) need B >= 2
+    steps: int = Field(32, gt=0, le=MAX_INNER_STEPS)
+    batch_size: int = Field(128, ge=2, le=MAX_BATCH)  # batch statistics (mean-only BN, generator BN) need B >= 2
     optimizer: Literal["sgd_momentum", "adam"] = "sgd_momentum"
     lr: PositiveFloat = 0.02                          # initial value of the learned per-step learning rate
     momentum: float = Field(0.5, gt=0.0, lt=1.0)      # initial value of the learned per-step momentum
@@ -77,17 +97,17 @@ class InnerLoop(Strict):
 
 
 class OuterLoop(Strict):
-    iterations: PositiveInt = 100
+    iterations: int = Field(100, gt=0, le=MAX_OUTER_ITERATIONS)
     lr: PositiveFloat = 0.02                          # Adam, as in the official code
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
     schedule: Literal["cosine", "constant"] = "cosine"
     final_lr_fraction: float = Field(0.1, ge=0.0, le=1.0)   # cosine decays to this fraction of lr
-    meta_batch_size: PositiveInt = 128                # real training examples in the meta-loss
+    meta_batch_size: int = Field(128, gt=0, le=MAX_BATCH)   # real training examples in the meta-loss
     intermediate_losses: bool = False                 # average the meta-loss over every inner step
     checkpoint_every: int = Field(0, ge=0)            # k > 0: gradient checkpoint every k inner steps
-    population: PositiveInt = 1                       # P learners of one sampled architecture, via vmap
+    population: Count = 1                             # P learners of one sampled architecture, via vmap
     meta_gradient: Literal["backprop", "es", "hybrid"] = "backprop"
-    es_pairs: PositiveInt = 4                         # antithetic pairs per ES / hybrid estimate
+    es_pairs: Count = 4                               # antithetic pairs per ES / hybrid estimate
     es_sigma: PositiveFloat = 0.01
     grad_clip: PositiveFloat | None = None            # clip the meta-gradient's global norm
 
@@ -100,33 +120,62 @@ class OuterLoop(Strict):
         return self
 
 
+@with_config(ConfigDict(extra="allow"))  # unknown keys are refused by Evaluation._arch_keys, with the allowed ones
+class Architecture(TypedDict, total=False):
+    """LearnerSpec fields over the reference learner (``evaluation.architectures`` / ``held_out`` entries), typed
+    like the learner space's options, so a value that could not build a learner fails validation. A TypedDict
+    validates to a plain dict of the keys given, so stored configs (and their hashes) stay as they were."""
+
+    conv_channels: list[Width]           # [] = no conv block (an MLP)
+    fc_hidden: list[Width]
+    kernel_size: Literal[1, 3, 5, 7]
+    activation: Literal[ACTIVATIONS]  # type: ignore[valid-type]
+    batch_norm: bool
+    weight_norm: bool
+    bn_statistics: Literal[BN_STATISTICS]  # type: ignore[valid-type]
+    residual: bool
+
+
 class Evaluation(Strict):
-    seeds: PositiveInt = 3
+    seeds: int = Field(3, gt=0, le=MAX_SEEDS)
     eval_every: PositiveInt = 50                     # outer iterations between validation checks
-    eval_learners: PositiveInt = 2                   # fresh learners per check during meta-training
-    final_learners: PositiveInt = 4                  # fresh learners per architecture in the final evaluation
-    architectures: list[dict[str, Any]] | None = None   # held-out learners (LearnerSpec fields); default reference
+    eval_learners: Count = 2                         # fresh learners per check during meta-training
+    final_learners: Count = 4                        # fresh learners per architecture in the final evaluation
+    architectures: list[Architecture] | None = None  # evaluation learners (LearnerSpec fields); default reference
+    # Learners outside the meta-training space, scored once after the final step for the report's held-out
+    # table: name -> LearnerSpec fields over the reference. None = the default set (nn.held_out_variants:
+    # wider, deeper, another activation, an MLP, a residual CNN); {} = none.
+    held_out: dict[str, Architecture] | None = None
 
     def learner_specs(self, space: LearnerSpace, weight_norm: bool | None) -> list[LearnerSpec]:
         if not self.architectures:
             return [space.reference(weight_norm)]
-        base = space.reference(weight_norm).as_dict()
-        specs = []
-        for arch in self.architectures:
-            fields = {**base, **arch}
-            fields["conv_channels"] = tuple(fields["conv_channels"])
-            fields["fc_hidden"] = tuple(fields["fc_hidden"])
-            specs.append(LearnerSpec(**fields))
-        return specs
+        return [_spec_over(space.reference(weight_norm), arch) for arch in self.architectures]
+
+    def held_out_specs(self, space: LearnerSpace, weight_norm: bool | None) -> dict[str, LearnerSpec]:
+        reference = space.reference(weight_norm)
+        if self.held_out is None:
+            return held_out_variants(reference)
+        return {name: _spec_over(reference, arch) for name, arch in self.held_out.items()}
 
     @model_validator(mode="after")
     def _arch_keys(self) -> "Evaluation":
         allowed = set(LearnerSpec.__dataclass_fields__)
-        for i, arch in enumerate(self.architectures or []):
+        named = [(f"architectures[{i}]", a) for i, a in enumerate(self.architectures or [])]
+        named += [(f"held_out.{n}", a) for n, a in (self.held_out or {}).items()]
+        for where, arch in named:
             unknown = set(arch) - allowed
             if unknown:
-                raise ValueError(f"architectures[{i}] has unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+                raise ValueError(f"{where} has unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
         return self
+
+
+def _spec_over(reference: LearnerSpec, arch: dict[str, Any]) -> LearnerSpec:
+    """The reference learner with the fields of ``arch`` replaced."""
+    fields = {**reference.as_dict(), **arch}
+    fields["conv_channels"] = tuple(fields["conv_channels"])
+    fields["fc_hidden"] = tuple(fields["fc_hidden"])
+    return LearnerSpec(**fields)
 
 
 class SourceEntry(Strict):
@@ -473,3 +522,20 @@ def _check_sources(path: Path, suite: Suite, where: str) -> None:
         from tgbench.nas import check_nas
 
         check_nas(path, suite, where)
+
+
+def check_data_sizes(path: str | Path, suite: Suite, train_size: int, dataset: str,
+                     profile: str | None = None) -> None:
+    """Refuse (``ConfigError``) batch sizes larger than the training split every batch is drawn from: each
+    source's ``inner.batch_size`` (B examples per inner step) and ``outer.meta_batch_size`` (the meta-loss's
+    real examples). Only known once the dataset is loaded, so ``run_suite`` calls this right after loading it,
+    before any cell starts. The key is the per-arm override when the arm sets one, else the suite's."""
+    at = f" (profile {profile!r})" if profile else ""
+    for i, entry in enumerate(suite.sources):
+        sizes = (("inner", "batch_size", suite.inner_for(entry).batch_size, entry.inner),
+                 ("outer", "meta_batch_size", suite.outer_for(entry).meta_batch_size, entry.outer))
+        for section, key, value, own in sizes:
+            if value > train_size:
+                where = f"sources[{i}].{section}.{key}" if key in own else f"{section}.{key}"
+                raise ConfigError(f"{path}: {where}: {value} is larger than the training split it is drawn from "
+                                  f"({train_size} examples of {dataset!r}) for source {entry.name!r}{at}")

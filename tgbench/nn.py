@@ -8,10 +8,21 @@ params dict (and ``vmap`` over a stack of such dicts). Two rules follow from tha
   and has no vmap batching rule (see DESIGN.md).
 * Normalisation layers keep no running statistics (in-place buffer writes break vmap and make an unroll's
   result depend on earlier unrolls): learners use *mean-only* batch norm, generators batch-statistics BN.
+
+Learner BN statistics — the evaluation protocol (docs/protocol.md). A learner trains on a lesson with that
+lesson's batch mean. When it is *scored* (meta-loss, validation, test, NAS ground truth) it is given the lesson
+it last trained on as ``bn_reference`` and normalises every scored example with that lesson's means, so a
+prediction never depends on which other examples share the scored batch. This is the official GTN code's rule
+(BN with momentum 0 stores the last inner-step lesson's statistics) with one difference: the means are those of
+the last lesson under the learner's *final* weights (one extra forward of the lesson), where the official code
+keeps the means computed before the last update — an artefact of PyTorch's running-stats mechanics that would
+normalise one function with another's statistics. It stays a pure function (no buffers), so vmap,
+checkpointing and ES work unchanged, and the meta-gradient flows through the statistics. The old transductive
+rule (each scored batch normalised with its own mean) is kept as ``bn_statistics: scored_batch``.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -70,12 +81,12 @@ class Conv2d(_WeightNormed):
         return F.conv2d(x, self.effective_weight(), self.bias, padding=self.padding)
 
 
-class MeanOnlyBatchNorm(nn.Module):
-    """Subtract the batch mean per channel; no scale, no running statistics (the official learner's 'BN')."""
+def channel_mean(h: torch.Tensor) -> torch.Tensor:
+    """Per-channel mean over the batch (and the spatial dims of a feature map), kept broadcastable."""
+    return h.mean(dim=[0, *range(2, h.dim())], keepdim=True)
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        dims = [0] + list(range(2, h.dim()))
-        return h - h.mean(dim=dims, keepdim=True)
+
+BN_STATISTICS = ("lesson", "scored_batch")
 
 
 def _activation(name: str):
@@ -103,15 +114,33 @@ class LearnerSpec:
     activation: str = "leaky_relu"
     batch_norm: bool = True                      # mean-only BN after every hidden layer
     weight_norm: bool = True
+    bn_statistics: str = "lesson"                # scoring: the last lesson's means, or "scored_batch" (transductive)
+    residual: bool = False                       # conv blocks become residual blocks (another family of CNN)
 
     def describe(self) -> str:
         conv = "-".join(map(str, self.conv_channels)) or "none"
         fc = "-".join(map(str, self.fc_hidden)) or "none"
-        return (f"conv[{conv}] k{self.kernel_size} fc[{fc}] {self.activation}"
-                f"{' bn' if self.batch_norm else ''}{' wn' if self.weight_norm else ''}")
+        return (f"{'res' if self.residual else ''}conv[{conv}] k{self.kernel_size} fc[{fc}] {self.activation}"
+                f"{' bn' if self.batch_norm else ''}{' wn' if self.weight_norm else ''}"
+                f"{' scored-batch-bn' if self.batch_norm and self.bn_statistics == 'scored_batch' else ''}")
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def held_out_variants(reference: LearnerSpec) -> dict[str, LearnerSpec]:
+    """The default held-out learners of a fewstep report: architectures a teacher was *not* meta-trained with,
+    derived from the reference learner — twice as wide, one conv block deeper, another activation, an MLP (no
+    conv), and a residual CNN (another family). Named by what changed."""
+    conv, fc = reference.conv_channels, reference.fc_hidden
+    other_activation = "tanh" if reference.activation != "tanh" else "relu"
+    return {
+        "wider": replace(reference, conv_channels=tuple(2 * c for c in conv), fc_hidden=tuple(2 * f for f in fc)),
+        "deeper": replace(reference, conv_channels=conv + conv[-1:] if conv else (16,)),
+        other_activation: replace(reference, activation=other_activation),
+        "mlp": replace(reference, conv_channels=(), fc_hidden=(4 * fc[0] if fc else 256,)),
+        "residual": replace(reference, residual=True),
+    }
 
 
 class Learner(nn.Module):
@@ -119,6 +148,14 @@ class Learner(nn.Module):
 
     Conv blocks follow the official GTN learner: conv k×k -> maxpool(3, stride 2, pad 1) -> mean-only BN ->
     LeakyReLU; then hidden FC layers (FC -> BN -> act) and a linear classifier with bias.
+
+    ``forward(x, bn_reference)``: with a reference batch (the lesson last trained on) and ``bn_statistics =
+    "lesson"``, every BN layer subtracts the reference's per-channel mean, computed alongside in the same pass;
+    without one (a training step, where the lesson *is* the batch) or under ``"scored_batch"`` it subtracts the
+    mean of ``x`` itself.
+
+    ``residual``: each conv block is ``h = act(bn(conv_a(x))); out = pool(act(bn(conv_b(h)) + h))`` instead —
+    a residual CNN, the "other family" of the held-out learners.
     """
 
     def __init__(self, spec: LearnerSpec, image_shape: tuple[int, int, int], num_classes: int):
@@ -126,9 +163,13 @@ class Learner(nn.Module):
         self.spec = spec
         c, h, w = image_shape
         self.convs = nn.ModuleList()
+        self.residual_convs = nn.ModuleList()
         for width in spec.conv_channels:
             self.convs.append(Conv2d(c, width, spec.kernel_size, bias=not spec.batch_norm,
                                      weight_norm=spec.weight_norm))
+            if spec.residual:
+                self.residual_convs.append(Conv2d(width, width, spec.kernel_size, bias=not spec.batch_norm,
+                                                  weight_norm=spec.weight_norm))
             c, h, w = width, (h - 1) // 2 + 1, (w - 1) // 2 + 1  # maxpool(3, 2, 1) halves, rounding up
         features = c * h * w
         self.fcs = nn.ModuleList()
@@ -136,24 +177,43 @@ class Learner(nn.Module):
             self.fcs.append(Linear(features, width, bias=not spec.batch_norm, weight_norm=spec.weight_norm))
             features = width
         self.classifier = Linear(features, num_classes, bias=True, weight_norm=spec.weight_norm)
-        self.bn = MeanOnlyBatchNorm() if spec.batch_norm else nn.Identity()
+        if spec.bn_statistics not in BN_STATISTICS:
+            raise ValueError(f"bn_statistics must be one of {BN_STATISTICS}, got {spec.bn_statistics!r}")
         self.act = _activation(spec.activation)
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        for layer in [*self.convs, *self.fcs, self.classifier]:
+        for layer in [*self.convs, *self.residual_convs, *self.fcs, self.classifier]:
             layer.reset_parameters(generator)
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, C, H, W) -> (B, classes) pre-softmax outputs
-        h = x
-        for conv in self.convs:
-            h = self.act(self.bn(F.max_pool2d(conv(h), 3, 2, 1)))
-        h = h.flatten(1)
+    def logits(self, x: torch.Tensor, bn_reference: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, C, H, W) -> (B, classes) pre-softmax outputs."""
+        use_reference = bn_reference is not None and self.spec.batch_norm and self.spec.bn_statistics == "lesson"
+        # the scored batch and (when used) the reference travel together; the last entry supplies the BN means
+        stream = [x, bn_reference] if use_reference else [x]
+        for i, conv in enumerate(self.convs):
+            if self.spec.residual:
+                inner = self._normalise_and_activate([conv(h) for h in stream])
+                outer = self._normalise([self.residual_convs[i](h) for h in inner])
+                stream = [F.max_pool2d(self.act(a + b), 3, 2, 1) for a, b in zip(outer, inner)]
+                continue
+            stream = self._normalise_and_activate([F.max_pool2d(conv(h), 3, 2, 1) for h in stream])
+        stream = [h.flatten(1) for h in stream]
         for fc in self.fcs:
-            h = self.act(self.bn(fc(h)))
-        return self.classifier(h)
+            stream = self._normalise_and_activate([fc(h) for h in stream])
+        return self.classifier(stream[0])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, C, H, W) -> (B, classes) log-probs
-        return F.log_softmax(self.logits(x), dim=1)
+    def _normalise(self, stream: list[torch.Tensor]) -> list[torch.Tensor]:
+        if not self.spec.batch_norm:
+            return stream
+        mean = channel_mean(stream[-1])
+        return [h - mean for h in stream]
+
+    def _normalise_and_activate(self, stream: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [self.act(h) for h in self._normalise(stream)]
+
+    def forward(self, x: torch.Tensor, bn_reference: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, C, H, W) -> (B, classes) log-probs; ``bn_reference``: see the class docstring."""
+        return F.log_softmax(self.logits(x, bn_reference), dim=1)
 
 
 @dataclass(frozen=True)

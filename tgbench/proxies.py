@@ -34,11 +34,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
-from torch import nn
 
 from tgbench.config import GroundTruthSchedule, Suite
 from tgbench.data import Dataset, Split
-from tgbench.engine import Unroll, _accuracy_and_loss, _detached_params, inner_step, train_learner
+from tgbench.engine import Unroll, accuracy_and_loss, detached_params, inner_step, train_learner
 from tgbench.inner import OPTIMIZERS
 from tgbench.nn import Learner, LearnerSpec, count_params
 from tgbench.source import Lesson, Teacher
@@ -93,7 +92,7 @@ def train_real(spec: LearnerSpec, dataset: Dataset, schedule: GroundTruthSchedul
     generator = torch.Generator().manual_seed(seed)
     learner = Learner(spec, dataset.image_shape, dataset.num_classes)
     learner.reset_parameters(generator)
-    names, params = _detached_params(learner)
+    names, params = detached_params(learner)
     init, update = OPTIMIZERS["adam"]
     state = init(params)
     train, batch = dataset.train, schedule.batch_size
@@ -106,13 +105,15 @@ def train_real(spec: LearnerSpec, dataset: Dataset, schedule: GroundTruthSchedul
         if t % per_epoch == 0:
             order = torch.randperm(len(train), generator=generator)
         idx = order[(t % per_epoch) * batch: (t % per_epoch + 1) * batch]
-        params, state = inner_step(learner, names, params, state, Lesson(train.x[idx], train.y[idx], lr, beta1),
+        batch_x = train.x[idx]   # also the BN reference when scoring (the lesson-statistics protocol)
+        params, state = inner_step(learner, names, params, state, Lesson(batch_x, train.y[idx], lr, beta1),
                                    t, update, create_graph=False)
         if t + 1 < total and ((t + 1) % per_epoch or not every_epoch):
             continue
         point = {"epoch": (t + 1) / per_epoch,
-                 "val_acc": _accuracy_and_loss(learner, names, params, dataset.val)[0],
-                 "test_acc": _accuracy_and_loss(learner, names, params, dataset.test)[0] if evaluate_test else None}
+                 "val_acc": accuracy_and_loss(learner, names, params, dataset.val, batch_x)[0],
+                 "test_acc": (accuracy_and_loss(learner, names, params, dataset.test, batch_x)[0]
+                              if evaluate_test else None)}
         curve.append(point)
         if best is None or point["val_acc"] > best["val_acc"]:
             best, since_best = point, 0
@@ -177,13 +178,13 @@ class TeachingData(Proxy):
         accs = []
         for _ in range(self.params.learners):
             learner.reset_parameters(generator)
-            names, params = _detached_params(learner)
+            names, params = detached_params(learner)
             episode = teacher.new_episode(generator)
             with torch.no_grad():
                 lessons = [teacher(t, episode) for t in range(steps)]
             u = Unroll(learner, names, params, episode, None, steps, teacher.optimizer)
             final, _ = train_learner(lessons.__getitem__, u, differentiable=False)
-            accs.append(_accuracy_and_loss(learner, names, final, self.ctx.dataset.val)[0])
+            accs.append(accuracy_and_loss(learner, names, final, self.ctx.dataset.val, lessons[-1].x)[0])
         return float(np.mean(accs))
 
 
@@ -237,8 +238,8 @@ class SynFlow(Proxy):
     description = "sum |theta * dR/dtheta|, |theta| weights, all-ones input, float64, no BN"
 
     def score(self, spec: LearnerSpec, seed: int) -> float:
-        learner = _plain_learner(spec, self.ctx, seed).double()
-        learner.bn = nn.Identity()
+        # batch_norm off only adds zero biases, which |theta| keeps at 0: they add nothing to the sum
+        learner = _plain_learner(replace(spec, batch_norm=False), self.ctx, seed).double()
         with torch.no_grad():
             for p in learner.parameters():
                 p.abs_()

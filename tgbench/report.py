@@ -11,8 +11,13 @@ resolved datasets are never put in the same table, p-value matrix or figure pane
 """
 from __future__ import annotations
 
+import errno
+import hashlib
 import math
+import os
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +57,7 @@ class ReportInputs:
     samples: dict[str, np.ndarray] = field(default_factory=dict)
     sample_steps: dict[str, list[int]] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    held_out: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 # --------------------------------------------------------------------------------------------- tables
@@ -214,11 +220,80 @@ def _method_note(meta: dict[str, Any]) -> str:
     )
 
 
-def dataset_section(summary: pd.DataFrame, dataset: str, meta: dict[str, Any]) -> list[str]:
-    """Results table, provenance note and p-value matrix of one resolved dataset."""
+def comparison_frame(cells: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    """Every pair of sources (in table order): the difference of mean test accuracy with a 95 % bootstrap CI,
+    the Welch p-value and its Holm–Bonferroni adjustment over all pairs of the table."""
+    ok = cells[cells["status"] == COMPLETE]
+    values = {s: ok.loc[ok["source"] == s, "test_acc_final"].to_numpy(dtype=float) for s in order}
+    rows = []
+    for i, a in enumerate(order):
+        for b in order[i + 1:]:
+            diff = stats.difference_ci(values[a], values[b])
+            rows.append({"a": a, "b": b, "difference": diff.mean, "low": diff.low, "high": diff.high,
+                         "p": stats.welch_p(values[a], values[b])})
+    frame = pd.DataFrame(rows, columns=["a", "b", "difference", "low", "high", "p"])
+    frame["p_holm"] = stats.holm(frame["p"].tolist()) if len(frame) else []
+    return frame
+
+
+def comparison_table(frame: pd.DataFrame) -> list[str]:
+    def pp(v: float) -> str:
+        return "n/a" if math.isnan(v) else f"{100 * v:+.2f}"
+
+    body = [[f"{r.a} − {r.b}", f"{pp(r.difference)} [{pp(r.low)}, {pp(r.high)}]", _fmt_p(r.p), _fmt_p(r.p_holm),
+             "yes" if not math.isnan(r.p_holm) and r.p_holm < 0.01 else "no"]
+            for r in frame.itertuples()]
+    return _md_table(["pair", "test acc difference (pp [95 % CI])", "Welch p", "Holm p", "significant (Holm p < 0.01)"],
+                     body)
+
+
+def convergence_flags(curves: pd.DataFrame, summary: pd.DataFrame) -> dict[str, bool]:
+    """Source -> whether its seed-averaged validation curve (complete cells) was still rising over the last
+    20 % of its outer iterations (``stats.still_rising``)."""
+    long = _complete_only(curves, summary)
+    if long.empty:
+        return {}
+    mean = long.groupby(["source", "outer_iter"], as_index=False)["val_acc"].mean()
+    return {str(src): stats.still_rising(g["outer_iter"].tolist(), g["val_acc"].tolist())
+            for src, g in mean.groupby("source")}
+
+
+def held_out_section(held_out: pd.DataFrame, cells: pd.DataFrame, dataset: str) -> list[str]:
+    """Table: per source (rows, in the results table's order), mean test accuracy [95 % CI over seeds] of
+    fresh learners of each held-out architecture (columns) after the last inner step, beside the evaluation
+    learner's own. Empty when no record of this dataset has held-out scores."""
+    if held_out.empty:
+        return []
+    frame = held_out[held_out["dataset_resolved"].fillna(UNKNOWN_DATASET).astype(str) == dataset]
+    if frame.empty:
+        return []
+    names = list(pd.unique(frame["name"]))
+    arch = {n: frame.loc[frame["name"] == n, "architecture"].iloc[0] for n in names}
+    body = []
+    for row in source_rows(cells):
+        scores = frame[frame["source"] == row.source]
+        body.append([row.source, fmt_pct_ci(row.test)]
+                    + [fmt_pct_ci(stats.mean_ci(scores.loc[scores["name"] == n, "test_acc"])) for n in names])
+    lines = [f"### Held-out architectures ({dataset})", "",
+             "Test accuracy after the last inner step of fresh learners the teacher was never meta-trained with "
+             "(mean % [95 % CI] over seeds; " + "; ".join(f"{n} = {_code(arch[n])}" for n in names) + ").", ""]
+    return lines + _md_table(["source", "evaluation learner"] + names, body) + [""]
+
+
+def dataset_section(summary: pd.DataFrame, dataset: str, meta: dict[str, Any],
+                    curves: pd.DataFrame | None = None) -> list[str]:
+    """Results table, provenance note, convergence flags, pairwise comparisons and p-value matrix of one
+    resolved dataset."""
     cells = _by_dataset(summary, dataset)
     rows = source_rows(cells)
     lines = [f"## Dataset: {dataset}", ""] + results_table(rows) + ["", _method_note(meta), ""]
+    flags = convergence_flags(curves, cells) if curves is not None and not curves.empty else {}
+    rising = [r.source for r in rows if flags.get(r.source)]
+    if flags:
+        lines += [("**Still rising** (seed-mean validation accuracy gained > 0.2 pp over the last 20 % of outer "
+                   "iterations; a longer budget may change the ranking): " + ", ".join(rising)) if rising else
+                  "No arm's validation curve was still rising over its last 20 % of outer iterations.", ""]
+
     lines += [
         f"### Pairwise Welch p-values ({dataset})",
         "",
@@ -226,8 +301,13 @@ def dataset_section(summary: pd.DataFrame, dataset: str, meta: dict[str, Any]) -
         "n/a = fewer than 2 complete seeds on a side).",
         "",
     ]
-    lines += p_value_table(p_value_matrix(cells, [r.source for r in rows]))
-    return lines + [""]
+    lines += p_value_table(p_value_matrix(cells, [r.source for r in rows])) + [""]
+    lines += [f"### Pairwise comparisons ({dataset})", "",
+              "Difference of mean test accuracy (first arm minus second, percentage points) with a 95 % "
+              "percentile bootstrap CI resampling each arm's seeds; two-sided Welch p-values, Holm–Bonferroni "
+              "adjusted over every pair of this table.", ""]
+    lines += comparison_table(comparison_frame(cells, [r.source for r in rows])) + [""]
+    return lines
 
 
 # --------------------------------------------------------------------------------------------- sweeps
@@ -299,7 +379,8 @@ def render_markdown(inputs: ReportInputs, figures: list[str]) -> str:
     if summary.empty:
         lines += ["No cells in the summary.", ""]
     for ds in datasets(summary) if not summary.empty else []:
-        lines += dataset_section(summary, ds, inputs.meta)
+        lines += dataset_section(summary, ds, inputs.meta, inputs.curves)
+        lines += held_out_section(inputs.held_out, _by_dataset(summary, ds), ds)
     sweep = sweep_frame(summary)
     if not sweep.empty:
         lines += sweep_section(sweep, inputs.meta.get("sweep", "sweep"))
@@ -369,8 +450,39 @@ def band_plot(long: pd.DataFrame, summary: pd.DataFrame, x: str, xlabel: str, ti
     return fig
 
 
+NAME_LIMIT = 80  # characters of a label kept in a file name; longer labels are cut and get a hash of the whole
+
+
+def _label_hash(source: str) -> str:
+    return hashlib.sha256(str(source).encode("utf-8")).hexdigest()[:10]
+
+
 def _safe_name(source: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(source)) or "_"
+    """A file-name-safe, bounded form of a label: runs of other characters become ``_``; a result longer than
+    ``NAME_LIMIT`` is cut there and ends in ``-<hash of the full label>`` (so it stays distinct)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(source)) or "_"
+    if len(name) > NAME_LIMIT:
+        name = f"{name[:NAME_LIMIT]}-{_label_hash(source)}"
+    return name
+
+
+def sample_file_names(sources) -> dict[str, str]:
+    """Source label -> ``samples_<safe name>.png``, distinct even where two labels have the same safe name or
+    differ only in case (``"a b"`` / ``"a_b"``, ``"A"`` / ``"a"``): those get ``-<hash of the label>`` too.
+    A label with a unique safe name keeps its plain name."""
+    safe = {str(s): _safe_name(s) for s in sources}
+    taken: dict[str, int] = {}
+    for name in safe.values():
+        taken[name.lower()] = taken.get(name.lower(), 0) + 1
+    names = {s: (n if taken[n.lower()] == 1 else f"{n[:NAME_LIMIT]}-{_label_hash(s)}") for s, n in safe.items()}
+    seen: set[str] = set()
+    for s in sorted(names):  # (a label that happens to equal another's disambiguated name)
+        base, name, k = names[s], names[s], 1
+        while name.lower() in seen:
+            name, k = f"{base}-{k}", k + 1
+        seen.add(name.lower())
+        names[s] = name
+    return {s: f"samples_{n}.png" for s, n in names.items()}
 
 
 def _to_image(x: np.ndarray) -> tuple[np.ndarray, str | None]:
@@ -439,8 +551,9 @@ def _write_figures(out_dir: Path, inputs: ReportInputs) -> list[Path]:
     sweep = sweep_frame(inputs.summary)
     if not sweep.empty:
         written.append(_save(sweep_figure(sweep, inputs.meta.get("sweep", "sweep")), out_dir / "sweep.png"))
+    names = sample_file_names(inputs.samples)
     for source in sorted(inputs.samples):
-        path = out_dir / f"samples_{_safe_name(source)}.png"
+        path = out_dir / names[str(source)]
         written.append(samples_figure(source, inputs.samples[source], inputs.sample_steps.get(source), path))
     return written
 
@@ -449,14 +562,54 @@ def write_report(out_dir: Path, inputs: ReportInputs) -> list[Path]:
     """Write summary.csv, steps.csv, curves.csv, the figures and report.md into ``out_dir``.
 
     Returns the paths written (CSVs, figures, then report.md). A figure whose data frame is empty is skipped.
+    Everything is written first into a temporary directory next to ``out_dir`` (``<out>.tmp-XXXX``; inside
+    ``out_dir`` when its parent is not writable) and only then moved into place, file by file with
+    ``os.replace``, report.md last: a report that fails half-way leaves the previous one untouched. Other files
+    in ``out_dir`` (a run log, an older report's figures) are left alone.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    staging = _staging_dir(out_dir)
+    try:
+        names = [p.name for p in _write_report_files(staging, inputs)]
+        targets = [out_dir / name for name in names]
+        blocked = [t for t in targets if t.is_dir()]
+        if blocked:
+            raise IsADirectoryError(errno.EISDIR, "a directory is in the way of a report file", str(blocked[0]))
+        for name, target in zip(names, targets):
+            _move_into_place(staging / name, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return targets
+
+
+def _staging_dir(out_dir: Path) -> Path:
+    """A fresh temporary directory on the same file system as ``out_dir`` (so moving out of it is a rename)."""
+    target = out_dir.resolve()
+    try:
+        return Path(tempfile.mkdtemp(prefix=f"{target.name[:100]}.tmp-", dir=target.parent))
+    except OSError:  # the parent is not ours to write (e.g. --out /srv/reports): stage inside out_dir itself
+        return Path(tempfile.mkdtemp(prefix=".report.tmp-", dir=target))
+
+
+def _move_into_place(src: Path, dst: Path) -> None:
+    try:
+        os.replace(src, dst)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:  # out_dir is a mount point: its sibling is on another file system
+            raise
+        shutil.copy2(src, dst)
+
+
+def _write_report_files(out_dir: Path, inputs: ReportInputs) -> list[Path]:
+    """The body of :func:`write_report`: every file of the report, written straight into ``out_dir``."""
     written = []
     frames = [("summary", inputs.summary), ("steps", inputs.steps), ("curves", inputs.curves)]
     sweep = sweep_frame(inputs.summary)
     if not sweep.empty:
         frames.append(("sweep", sweep))
+    if not inputs.held_out.empty:
+        frames.append(("held_out", inputs.held_out))
     for name, frame in frames:
         path = out_dir / f"{name}.csv"
         frame.to_csv(path, index=False)

@@ -14,6 +14,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -26,14 +27,15 @@ import torch
 from tqdm import tqdm
 
 from tgbench import interrupt
-from tgbench.config import Suite, SourceEntry, load_suite
+from tgbench.config import Suite, SourceEntry, check_data_sizes, load_suite
 from tgbench.data import Dataset, load_dataset
 from tgbench.engine import MetaTrainer
 from tgbench.errors import BadInput, Diverged
 from tgbench.inner import InnerHyperparameters
+from tgbench.nn import LearnerSpec
 from tgbench.registry import methods
 from tgbench.source import SourceContext, Teacher
-from tgbench.store import Store, cell_key, config_hash
+from tgbench.store import Store, cell_key, config_hash, resolve_url, sqlite_path
 
 SAMPLE_ROWS = 6        # rows of the generated-samples figure, evenly spaced over the inner steps
 EVAL_SEED_OFFSET = 10_000  # evaluation learners use their own random stream, never the meta-training one
@@ -69,6 +71,10 @@ def cell_hash(suite: Suite, entry: SourceEntry, dataset_resolved: str) -> str:
     protocol["evaluation"].pop("seeds")
     # settings added after results were stored must not change old cells' hashes while left unset
     protocol = {k: v for k, v in protocol.items() if v is not None}
+    if protocol["learner"]["bn_statistics"] == "scored_batch":  # the protocol before the option existed
+        protocol["learner"].pop("bn_statistics")
+    if protocol["evaluation"].get("held_out") is None:  # the default held-out set is versioned with the code
+        protocol["evaluation"].pop("held_out", None)
     source = entry.model_dump(mode="json")
     for key, unset in (("inner", {}), ("arm", None), ("sweep_value", None)):
         if source.get(key) == unset:
@@ -193,11 +199,28 @@ def meta_train(suite: Suite, entry: SourceEntry, dataset: Dataset, seed: int, pr
             "samples": encode_array(grid), "sample_steps": rows,
             "eval_architectures": [s.describe() for s in specs],
         })
+        start = time.perf_counter()
+        held_out = ev.held_out_specs(suite.learner, teacher.source.learner_weight_norm)
+        record["held_out"] = held_out_scores(trainer, dataset, held_out, ev.final_learners, EVAL_SEED_OFFSET + seed)
+        record["held_out_seconds"] = time.perf_counter() - start
     else:  # diverged: the last finite evaluation stands for the cell, flagged by its status
         last = curve[-1]
         record.update({"test_acc_final": last["test_acc"], "val_acc_final": last["val_acc"],
                        "val_loss_final": last["val_loss"]})
     return teacher, record
+
+
+def held_out_scores(trainer: MetaTrainer, dataset: Dataset, specs: dict[str, LearnerSpec], learners: int,
+                    seed: int) -> list[dict]:
+    """Test/val accuracy after the last inner step of fresh learners of architectures the teacher was not
+    meta-trained with (the report's held-out table); one entry per named architecture."""
+    scores = []
+    for name, spec in specs.items():
+        interrupt.check()
+        final = trainer.evaluate(dataset.test, dataset.val, [spec], learners, seed=seed, per_step=False).final
+        scores.append({"name": name, "architecture": spec.describe(), "test_acc": final["test_acc"],
+                       "val_acc": final["val_acc"]})
+    return scores
 
 
 def run_cell(task: CellTask) -> dict | None:
@@ -290,6 +313,7 @@ def run_suite(suite_path: str, opts: RunOptions, log=print) -> Path:
     """Run every unfinished cell of a suite, then write its report; returns the report directory."""
     profile = opts.profile or default_profile()
     suite = load_suite(suite_path, profile)
+    _check_output_locations(opts)  # before any work: a bad --storage/--artifacts must not strand a trained cell
     if suite.kind == "tune":
         from tgbench.tune import run_tune_suite
 
@@ -300,13 +324,18 @@ def run_suite(suite_path: str, opts: RunOptions, log=print) -> Path:
     if suite.kind != "fewstep":
         raise BadInput(f"{suite_path}: kind: 'tgbench run' runs fewstep suites; {suite.kind!r} suites are not "
                        "implemented yet")
-    out_dir = _writable_out_dir(opts.out, suite, profile)
+    _check_writable_dir(_out_location(opts.out, suite, profile), "--out")  # (created once the input is known good)
     dataset = load_dataset(suite.dataset.name, data_root=opts.data_root, download=suite.dataset.download,
                            fallback=suite.dataset.fallback, seed=0)
     if dataset.fallback_reason:
         log(f"WARNING: {dataset.fallback_reason}\nWARNING: falling back to {dataset.resolved!r}; every result "
             f"records dataset_resolved={dataset.resolved!r}", file=sys.stderr)
+    # batch sizes are known to fit only now that the data is loaded: refuse them before the store is touched
+    check_data_sizes(suite_path, suite, len(dataset.train), dataset.resolved, profile)
+    out_dir = _writable_out_dir(opts.out, suite, profile)
     store = Store(opts.storage, opts.artifacts_dir)
+    if store.artifacts_dir != _artifacts_location(opts)[0]:  # (the store chose another default than expected)
+        _check_writable_dir(store.artifacts_dir, "--artifacts")
     study = store.study(study_name(suite, profile))
     seeds = opts.seeds or suite.evaluation.seeds
     hashes = {cell_key(e.name, s): cell_hash(suite, e, dataset.resolved) for e in suite.sources for s in range(seeds)}
@@ -353,15 +382,75 @@ def run_suite(suite_path: str, opts: RunOptions, log=print) -> Path:
 
 
 def _writable_out_dir(out: str | None, suite: Suite, profile: str) -> Path:
-    out_dir = Path(out) if out else Path("results") / suite.name / profile
+    """The report directory, created, after a write test (``BadInput`` naming ``--out`` if it fails)."""
+    out_dir = _out_location(out, suite, profile)
+    _check_writable_dir(out_dir, "--out")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".tgbench-write-test"
-        probe.write_text("")
-        probe.unlink()
+        _probe_write(out_dir)
     except OSError as exc:
-        raise BadInput(f"--out: cannot write to {out_dir}: {exc.strerror}") from None
+        raise BadInput(f"--out: cannot write to {out_dir}: {exc.strerror or exc}") from None
     return out_dir
+
+
+def _out_location(out: str | None, suite: Suite, profile: str) -> Path:
+    return Path(out) if out else Path("results") / suite.name / profile
+
+
+def _probe_write(folder: Path) -> None:
+    """Create and remove a uniquely named file in ``folder`` (workers sharing a folder never race on it)."""
+    fd, probe = tempfile.mkstemp(prefix=".tgbench-write-test-", dir=folder)
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _check_writable_dir(folder: Path, flag: str) -> None:
+    """``BadInput`` naming ``flag`` unless ``folder`` is a directory this process can write, or could be
+    created as one. Creates nothing that is not there: the first existing ancestor must be a writable
+    directory; an existing ``folder`` gets a write test."""
+    folder = Path(folder)
+    existing = folder
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if existing == folder and folder.is_dir():
+        try:
+            _probe_write(folder)
+        except OSError as exc:
+            raise BadInput(f"{flag}: cannot write to {folder}: {exc.strerror or exc}") from None
+    elif existing == folder:
+        raise BadInput(f"{flag}: cannot write to {folder}: it exists and is not a directory")
+    elif not existing.is_dir():
+        raise BadInput(f"{flag}: cannot write to {folder} (cannot create it: {existing} is not a directory)")
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        raise BadInput(f"{flag}: cannot write to {folder} (cannot create it: {existing} is not writable)")
+
+
+def _artifacts_location(opts: RunOptions) -> tuple[Path, str]:
+    """Where ``Store(opts.storage, opts.artifacts_dir)`` keeps teacher artifacts (the same rule as
+    ``tgbench.store.Store``), and the flag or variable that chose it."""
+    if opts.artifacts_dir:
+        return Path(opts.artifacts_dir), "--artifacts"
+    if os.environ.get("TGBENCH_ARTIFACTS"):
+        return Path(os.environ["TGBENCH_ARTIFACTS"]), "$TGBENCH_ARTIFACTS"
+    url = resolve_url(opts.storage)
+    if url.startswith("sqlite:///"):
+        return Path(url.removeprefix("sqlite:///")).parent / "artifacts", "--artifacts (default: next to the store)"
+    return Path("results") / "artifacts", "--artifacts (default)"
+
+
+def _check_output_locations(opts: RunOptions) -> None:
+    """Before any work starts: the SQLite store's file and the teacher artifact directory must be writable or
+    creatable (the report directory is checked by ``_writable_out_dir``). A cell that trains and then cannot
+    save its teacher would be lost, its claim left running. Nothing is created here."""
+    db = sqlite_path(resolve_url(opts.storage))
+    if db is not None:
+        if db.is_dir():
+            raise BadInput(f"--storage: cannot use {db}: it is a directory, not an SQLite file")
+        if db.exists() and not os.access(db, os.R_OK | os.W_OK):
+            raise BadInput(f"--storage: cannot write to {db}: the file is read-only")
+        _check_writable_dir(db.parent, "--storage")
+    artifacts, flag = _artifacts_location(opts)
+    _check_writable_dir(artifacts, flag)
 
 
 def _command_line() -> str:
@@ -409,9 +498,28 @@ def build_report(suite: Suite, profile: str, store: Store, out_dir: Path, accept
             "torch": torch.__version__, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "inner loop": f"{suite.inner.steps} steps x batch {suite.inner.batch_size}",
             "outer iterations": str(suite.outer.iterations), "store": store.url}
+    meta["BN statistics"] = BN_PROTOCOL_NOTE[suite.learner.bn_statistics]
     if suite.sweep is not None:
         meta["sweep"] = suite.sweep.key
-    return write_report(out_dir, ReportInputs(summary, curves, steps, samples, sample_steps, meta))
+    return write_report(out_dir, ReportInputs(summary, curves, steps, samples, sample_steps, meta,
+                                              held_out_frame(records)))
+
+
+BN_PROTOCOL_NOTE = {
+    "lesson": "lesson (learners are scored with the BN means of the last lesson they trained on; no score "
+              "depends on which test examples share a batch)",
+    "scored_batch": "scored_batch (TRANSDUCTIVE: each scored batch is normalised with its own mean; the protocol "
+                    "of tgbench <= 0.1, not comparable with lesson-statistics results)",
+}
+
+
+def held_out_frame(records: list[dict]) -> pd.DataFrame:
+    """Long ``source, seed, dataset_resolved, name, architecture, test_acc, val_acc`` of the held-out learners
+    of complete cells (records written before the held-out table existed contribute nothing)."""
+    rows = [{"source": r["source"], "seed": r["seed"], "dataset_resolved": r.get("dataset_resolved"), **score}
+            for r in records if r.get("status") == "complete" for score in r.get("held_out") or []]
+    return pd.DataFrame(rows, columns=["source", "seed", "dataset_resolved", "name", "architecture", "test_acc",
+                                       "val_acc"])
 
 
 def report_suite(suite_path: str, opts: RunOptions, log=print) -> Path:

@@ -23,6 +23,11 @@ PostgreSQL server, may work on one study at once; each cell completes once and n
 4. While the cell runs, a thread records a heartbeat every ``heartbeat_interval`` seconds. A worker that is
    killed stops beating; after ``grace_period`` any other worker fails its trial and runs the cell again. A
    worker whose claim was failed that way while it still ran (a long pause) discards its result.
+
+Because every cell (and worker process) opens the store by its URL, an in-memory SQLite database
+(``sqlite://``, ``sqlite:///:memory:``), private to the connection that made it, can never hold a suite: such
+URLs are refused up front. Teacher artifacts are read back with ``torch.load(weights_only=True)``: tensors and
+plain containers only, never arbitrary pickled objects.
 """
 from __future__ import annotations
 
@@ -70,12 +75,60 @@ def cell_key(source: str, seed: int) -> str:
     return f"{source}|seed={seed}"
 
 
+def resolve_url(url: str | None) -> str:
+    """The storage URL a ``Store(url)`` opens: ``url``, else ``$TGBENCH_STORAGE``, else the default."""
+    return url or os.environ.get("TGBENCH_STORAGE") or DEFAULT_STORAGE
+
+
+def is_in_memory(url: str) -> bool:
+    """Whether ``url`` names an in-memory SQLite database (``sqlite://``, ``sqlite:///:memory:``, a
+    ``file::memory:`` or ``mode=memory`` URI)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # not a URL at all: opening it reports that
+        return False
+    if parsed.drivername.split("+")[0] != "sqlite":
+        return False
+    database = parsed.database or ""
+    return (database in ("", ":memory:") or database.startswith("file::memory:")
+            or parsed.query.get("mode") == "memory")
+
+
+def refuse_in_memory(url: str) -> str:
+    """``url``, or :class:`BadInput` when it is an in-memory SQLite database: every cell and worker opens the
+    store by its URL, so each would get its own empty database and the suite would never finish."""
+    if is_in_memory(url):
+        raise BadInput(f"--storage: {url!r} is an in-memory SQLite database, private to each connection, so the "
+                       "cells and workers of a suite could never share it; use a file, e.g. "
+                       "sqlite:///results/tgbench.db")
+    return url
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a ``sqlite:///PATH`` URL (query string dropped); None for other URLs."""
+    if not url.startswith("sqlite:///") or is_in_memory(url):
+        return None
+    return Path(url.removeprefix("sqlite:///").split("?", 1)[0])
+
+
+def require_existing(url: str | None, hint: str = "run the suite first, or pass the --storage it used") -> str:
+    """For commands that only read the store (report, export): the resolved URL, or :class:`BadInput` when it
+    names an SQLite file that does not exist (opening it would create an empty store there)."""
+    url = resolve_url(url)
+    path = sqlite_path(url)
+    if path is not None and not path.is_file():
+        raise BadInput(f"--storage: no store at {path}; {hint}")
+    return url
+
+
 class Store:
     """Thin wrapper over ``optuna.storages.RDBStorage`` that knows cells, records and teacher artifacts."""
 
     def __init__(self, url: str | None = None, artifacts_dir: str | Path | None = None,
                  heartbeat_interval: int | None = None, grace_period: int | None = None):
-        self.url = url or os.environ.get("TGBENCH_STORAGE") or DEFAULT_STORAGE
+        self.url = refuse_in_memory(resolve_url(url))
         if self.url.startswith("sqlite:///"):
             db_path = Path(self.url.removeprefix("sqlite:///"))
             try:
@@ -255,16 +308,53 @@ class Store:
                                    storage=self.storage)
 
     def load_teacher(self, artifact_id: str) -> dict:
+        """The payload :meth:`save_teacher` stored, read with ``weights_only=True`` (tensors and plain
+        containers; a file holding anything else is refused, never unpickled) and checked to be a dict with a
+        ``state_dict`` of tensors."""
         import torch
 
         store = FileSystemArtifactStore(str(self.artifacts_dir))
+        where = f"teacher artifact {artifact_id} under {self.artifacts_dir}"
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "teacher.pt"
             try:
                 download_artifact(artifact_store=store, file_path=str(path), artifact_id=artifact_id)
             except Exception as exc:
                 raise BadInput(f"teacher artifact {artifact_id} not found under {self.artifacts_dir}: {exc}") from None
-            return torch.load(path, weights_only=False)
+            try:
+                payload = load_weights_only(path)
+            except Exception as exc:
+                raise BadInput(f"{where}: not a readable teacher ({exc})") from None
+        state = payload.get("state_dict") if isinstance(payload, dict) else None
+        if not (isinstance(state, dict) and state
+                and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())):
+            raise BadInput(f"{where}: not a tgbench teacher (expected a dict with a 'state_dict' of tensors)")
+        return payload
+
+
+def load_weights_only(path: str | Path) -> Any:
+    """``torch.load(path, weights_only=True)``: tensors, primitive values and plain containers only, so a file
+    holding any other pickled object (which could run code when unpickled) is refused without running it.
+    ``FileNotFoundError`` propagates; any other failure is a ``ValueError`` whose message is one short line
+    (torch's own spans many and suggests ``weights_only=False``, which tgbench never does)."""
+    import pickle
+    import re
+
+    import torch
+
+    try:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": one line on stderr is all we print
+            warnings.simplefilter("ignore")
+            return torch.load(path, weights_only=True, map_location="cpu")
+    except FileNotFoundError:
+        raise
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        what = f"a pickled {found.group(1)}" if found else "pickle data"
+        raise ValueError(f"it holds {what}, not only tensors and plain values; refused without loading it") from None
+    except Exception as exc:
+        text = " ".join(str(exc).split())
+        raise ValueError(f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__) from None
 
 
 def _with_driver(url: str) -> str:

@@ -21,6 +21,11 @@ architecture instead:
   throughout, so batch-norm layers use batch statistics, as tgbench's learners do;
 * a subclass of :class:`tgbench.nn.Learner` with that constructor is used as is (it already returns
   log-probabilities and draws its init from the generator), which is what makes the round trip exact.
+
+A teacher file is read with ``torch.load(weights_only=True)`` (tensors, primitive values and plain containers:
+a file holding any other pickled object is refused without being unpickled, so it cannot run code), then
+checked field by field (:func:`load_exported`) and against the teacher its suite builds; a file that is not a
+tgbench teacher is one ``BadInput`` line naming it (exit 2).
 """
 from __future__ import annotations
 
@@ -56,11 +61,11 @@ def export_teacher(suite: str, profile: str | None, source: str, seed: int, out:
                    artifacts_dir: str | None = None, log=print) -> Path:
     """Write the teacher of cell (source, seed) of ``suite@profile`` from the store to ``out``."""
     from tgbench.runner import default_profile
-    from tgbench.store import Store, cell_key
+    from tgbench.store import Store, cell_key, require_existing
 
     profile = profile or default_profile()
     name = f"{_suite_name(suite)}@{profile}"
-    store = Store(storage, artifacts_dir)
+    store = Store(require_existing(storage), artifacts_dir)  # reading: never create an empty store
     records = {r["cell"]: r for r in store.records(store.study(name, create=False))}
     record = records.get(cell_key(source, seed))
     if record is None:
@@ -86,16 +91,65 @@ def export_teacher(suite: str, profile: str | None, source: str, seed: int, out:
     return path
 
 
+# the fields `teach` needs, with their types (`export_teacher` writes these and more)
+REQUIRED_FIELDS = {"method": str, "params": dict, "state_dict": dict, "suite": dict, "dataset_resolved": str,
+                   "seed": int}
+OPTIONAL_FIELDS = {"source": str, "study": str, "profile": str, "record": dict}  # may also be None
+
+
 def load_exported(path: str | Path) -> dict:
+    """An exported teacher file's payload, read without unpickling anything but tensors and plain values
+    (``weights_only=True``) and checked to have every field ``teach`` uses, of the right type; anything else
+    is :class:`BadInput` naming the file."""
+    from tgbench.store import load_weights_only
+
     try:
-        payload = torch.load(path, weights_only=False)
+        payload = load_weights_only(path)
     except FileNotFoundError:
         raise BadInput(f"{path}: no such teacher file") from None
     except Exception as exc:
-        raise BadInput(f"{path}: not a readable teacher file ({type(exc).__name__})") from None
+        raise BadInput(f"{path}: not a readable teacher file ({exc})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise BadInput(f"{path}: format: not a tgbench teacher (expected {FORMAT!r}; write one with `tgbench export`)")
+    for key, kind in {**REQUIRED_FIELDS, **OPTIONAL_FIELDS}.items():
+        if key in OPTIONAL_FIELDS and payload.get(key) is None:  # (optional: absent or None)
+            continue
+        value = payload.get(key)
+        if key not in payload or not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            got = "missing" if key not in payload else f"a {type(value).__name__}"
+            raise BadInput(f"{path}: {key}: not a tgbench teacher file ({key!r} is {got}, expected "
+                           f"{kind.__name__}; write one with `tgbench export`)")
+    state = payload["state_dict"]
+    bad = next((k for k, v in state.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))), None)
+    if not state or bad is not None:
+        what = "empty" if not state else f"entry {bad!r} is not a tensor"
+        raise BadInput(f"{path}: state_dict: not a tgbench teacher file (its state_dict is {what})")
     return payload
+
+
+def _rebuild_teacher(path: str | Path, payload: dict, suite, entry, dataset):
+    """The teacher of ``payload`` built under its suite, with the file's weights; :class:`BadInput` naming the
+    file when they do not fit (missing/unexpected keys, wrong shapes)."""
+    from tgbench.runner import build_teacher
+
+    try:
+        teacher = build_teacher(suite, entry, dataset, payload["seed"])
+    except BadInput as exc:
+        raise BadInput(f"{path}: {exc}") from None
+    except Exception as exc:
+        raise BadInput(f"{path}: cannot build its {payload['method']!r} teacher ({_one_line(exc)})") from None
+    try:
+        teacher.load_state_dict(payload["state_dict"])
+    except Exception as exc:  # torch lists every missing / unexpected key and size mismatch over many lines
+        raise BadInput(f"{path}: state_dict: does not fit the {payload['method']!r} teacher its suite builds "
+                       f"({_one_line(exc)})") from None
+    return teacher
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    text = text[:limit] + ("..." if len(text) > limit else "")
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 # ------------------------------------------------------------------------------------------ teach
@@ -151,18 +205,25 @@ def teach(path: str | Path, model: str | None = None, steps: int | None = None, 
     from tgbench.config import SourceEntry, Suite
     from tgbench.data import load_dataset
     from tgbench.engine import evaluate
-    from tgbench.runner import EVAL_SEED_OFFSET, build_teacher
+    from tgbench.registry import datasets
+    from tgbench.runner import EVAL_SEED_OFFSET
 
     payload = load_exported(path)
-    suite = Suite.model_validate(payload["suite"])
-    # the arm as it was configured (per-arm overrides included); files without a source name: method + params
-    entry = next((e for e in suite.sources if e.name == payload.get("source")),
-                 SourceEntry(method=payload["method"], params=payload["params"]))
+    try:
+        suite = Suite.model_validate(payload["suite"])
+        # the arm as it was configured (per-arm overrides included); files without a source name: method + params
+        entry = next((e for e in suite.sources if e.name == payload.get("source")),
+                     SourceEntry(method=payload["method"], params=payload["params"]))
+    except BadInput as exc:
+        raise BadInput(f"{path}: {exc}") from None
+    except Exception as exc:  # pydantic's ValidationError spans lines
+        raise BadInput(f"{path}: suite: not a valid tgbench suite ({_one_line(exc)})") from None
+    if payload["dataset_resolved"] not in datasets:
+        raise BadInput(f"{path}: dataset_resolved: unknown dataset {payload['dataset_resolved']!r}")
     dataset = load_dataset(payload["dataset_resolved"], data_root=data_root, download=suite.dataset.download,
                            fallback=None, seed=0)  # seed 0: the runner's split
     seed = payload["seed"]
-    teacher = build_teacher(suite, entry, dataset, seed)
-    teacher.load_state_dict(payload["state_dict"])
+    teacher = _rebuild_teacher(path, payload, suite, entry, dataset)
     if model is None:
         specs = suite.evaluation.learner_specs(suite.learner, teacher.source.learner_weight_norm)
         what = "the suite's evaluation learner(s) " + ", ".join(s.describe() for s in specs)
