@@ -20,6 +20,7 @@ from tgbench.cli import main
 from tgbench.config import load_suite
 from tgbench.errors import BadInput
 from tgbench.store import DONE, Store, cell_key, config_hash
+from tgbench.tune import tuned_values
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "suites" / "mnist_fewstep.yaml"
@@ -131,11 +132,13 @@ def test_shipped_smoke_records_hold_the_required_fields(shipped):
     records = store.records(study)
     assert len(records) == len(smoke.sources)
     by_source = {r["source"]: r for r in records}
+    chosen = tuned_values(store, smoke, "smoke", "mnist-5k")  # the shipped suite tunes every arm first
     for entry in smoke.sources:
         r = by_source[entry.name]
         assert r["status"] == "complete"
         assert r["cell"] == cell_key(entry.name, 0)
-        assert r["config_hash"] == runner.cell_hash(smoke, entry, "mnist-5k")
+        assert r["config_hash"] == runner.cell_hash(smoke, runner.tuned_arm(smoke, entry, chosen[entry.name]),
+                                                    "mnist-5k")
         assert r["dataset_resolved"] == "mnist-5k"
         assert r["dataset"] == "mnist-5k"
         # curve: one val/test point per evaluation, from outer iteration 0 to the last one

@@ -178,12 +178,42 @@ def _spec_over(reference: LearnerSpec, arch: dict[str, Any]) -> LearnerSpec:
     return LearnerSpec(**fields)
 
 
+class SearchDimension(Strict):
+    """One hyperparameter of a tune suite's search space: a float/int range (``log`` for log-uniform) or
+    ``choices``."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    integer: bool = False
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> "SearchDimension":
+        if self.choices is not None:
+            if not self.choices or self.low is not None or self.high is not None:
+                raise ValueError("give either non-empty `choices` or `low`/`high`, not both")
+            return self
+        if self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError("needs low < high (or `choices`)")
+        if self.log and self.low <= 0:
+            raise ValueError("log scale needs low > 0")
+        return self
+
+
 class SourceEntry(Strict):
     method: str
     label: str | None = None                  # unique name of this arm in tables; default: the method name
     params: dict[str, Any] = Field(default_factory=dict)   # validated by the method's own Params model
     outer: dict[str, Any] = Field(default_factory=dict)    # per-arm overrides of the suite's outer loop
     inner: dict[str, Any] = Field(default_factory=dict)    # per-arm overrides of the suite's inner loop
+    # per-arm overrides of the learner space meta-training samples from (e.g. more conv_channels options for an
+    # architecture-sampling arm); evaluation always uses the suite's reference learner, the same for every arm
+    learner: dict[str, Any] = Field(default_factory=dict)
+    # this arm's search space in a suite's `tuning:` stage, replacing `tuning.space` (e.g. only inner.lr and
+    # inner.momentum for an arm that meta-learns nothing); {} = nothing to tune (the arm still gets its trials'
+    # budget counted as zero and runs with its settings as written)
+    tune_space: dict[str, SearchDimension] | None = None
     # set by a suite's `sweep:` expansion (not usually written by hand): the arm this entry is a sweep point
     # of, and the swept value, so reports can group e.g. accuracy vs inner steps per arm
     arm: str | None = None
@@ -237,27 +267,33 @@ class Sweep(Strict):
         return arms
 
 
-class SearchDimension(Strict):
-    """One hyperparameter of a tune suite's search space: a float/int range (``log`` for log-uniform) or
-    ``choices``."""
+class TuningStage(Strict):
+    """``tuning:`` of a fewstep suite: every arm is tuned before it is compared (the fair protocol).
 
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    integer: bool = False
-    choices: list[Any] | None = None
+    Each arm gets its own Optuna TPE study with the same budget — ``trials`` trials, each meta-training one
+    teacher for ``outer_iterations`` outer iterations (the arm's own count if smaller, e.g. 1 for an arm that
+    meta-learns nothing; the cosine schedule then spans the trial) — over ``space`` (or the arm's own
+    ``tune_space``). A trial's objective is the **validation** error (1 - accuracy) of ``learners`` fresh
+    reference learners after the last inner step; test is never looked at. The final cells then meta-train
+    with each arm's best values at the full budget and are reported on test. Part of every cell's hash.
+    """
 
-    @model_validator(mode="after")
-    def _range_or_choices(self) -> "SearchDimension":
-        if self.choices is not None:
-            if not self.choices or self.low is not None or self.high is not None:
-                raise ValueError("give either non-empty `choices` or `low`/`high`, not both")
-            return self
-        if self.low is None or self.high is None or not self.low < self.high:
-            raise ValueError("needs low < high (or `choices`)")
-        if self.log and self.low <= 0:
-            raise ValueError("log scale needs low > 0")
-        return self
+    trials: PositiveInt = 8
+    startup_trials: PositiveInt = 4     # random trials before TPE models the space
+    seed: int = 0                       # TPE sampler seed; trial k meta-trains with seed 1000 + k
+    outer_iterations: PositiveInt = Field(30, le=MAX_OUTER_ITERATIONS)
+    learners: PositiveInt = Field(2, le=MAX_COUNT)
+    space: dict[str, SearchDimension] = Field(default_factory=dict)  # keys inner.<x>, outer.<x>, params.<x>
+
+    @field_validator("space")
+    @classmethod
+    def _known_keys(cls, space: dict[str, SearchDimension]) -> dict[str, SearchDimension]:
+        for key in space:
+            check_setting_key(key)
+        return space
+
+    def space_for(self, entry: "SourceEntry") -> dict[str, SearchDimension]:
+        return self.space if entry.tune_space is None else entry.tune_space
 
 
 class TuneConfig(Strict):
@@ -334,6 +370,7 @@ class Suite(Strict):
     profiles: dict[Literal["smoke", "cpu", "paper"], dict[str, Any]] = Field(default_factory=dict)
     sweep: Sweep | None = None            # fewstep: one arm per (source, value)
     tune: TuneConfig | None = None        # kind: tune
+    tuning: TuningStage | None = None     # fewstep: tune every arm on validation before the final seeds
     nas: NasConfig | None = None              # kind nas_proxy only: architectures, ground truth, proxies
 
     @model_validator(mode="after")
@@ -367,6 +404,11 @@ class Suite(Strict):
 
     def inner_for(self, entry: SourceEntry) -> InnerLoop:
         return InnerLoop.model_validate({**self.inner.model_dump(), **entry.inner})
+
+    def learner_for(self, entry: SourceEntry) -> LearnerSpace:
+        """The space this arm's meta-training samples learners from (the suite's, with the arm's overrides)."""
+        return LearnerSpace.model_validate({**self.learner.model_dump(), **entry.learner}) if entry.learner \
+            else self.learner
 
 
 def _deep_merge(base: dict, override: dict) -> dict:
@@ -499,29 +541,54 @@ def _check_sources(path: Path, suite: Suite, where: str) -> None:
             suite.inner_for(entry)
         except ValidationError as exc:
             raise ConfigError(_format_error(path, exc, prefix=f"{key}.inner", root=InnerLoop)) from None
-    for name, dim in (suite.tune.space.items() if suite.tune else ()):
-        section, _, leaf = name.partition(".")
-        for i, entry in enumerate(suite.sources):
-            params = methods.get(entry.method).Params.model_fields
-            if section == "params" and leaf not in params:
-                close = difflib.get_close_matches(leaf, list(params), n=1)
-                hint = f" (did you mean 'params.{close[0]}'?)" if close else ""
-                raise ConfigError(f"{path}: {where}tune.space.{name}: method {entry.method!r} of sources[{i}] "
-                                  f"has no parameter {leaf!r}{hint}")
-            from tgbench.tune import arm_with
-
-            for value in dim.choices if dim.choices is not None else (dim.low, dim.high):
-                value = int(value) if dim.integer else value
+        try:
+            suite.learner_for(entry)
+        except ValidationError as exc:
+            raise ConfigError(_format_error(path, exc, prefix=f"{key}.learner", root=LearnerSpace)) from None
+        if entry.tune_space is not None:
+            if suite.tuning is None:
+                raise ConfigError(f"{path}: {key}.tune_space: only a suite with a `tuning:` stage tunes its arms")
+            for name in entry.tune_space:
                 try:
-                    arm_with(suite, entry, {name: value})
-                except ValidationError as exc:
-                    reason = exc.errors()[0]["msg"].removeprefix("Value error, ")
-                    raise ConfigError(f"{path}: {where}tune.space.{name}: {value!r} is not a legal value for "
-                                      f"sources[{i}]: {reason}") from None
+                    check_setting_key(name)
+                except ValueError as exc:
+                    raise ConfigError(f"{path}: {key}.tune_space.{name}: {exc}") from None
+    for i, entry in enumerate(suite.sources):
+        if suite.tune:
+            _check_space(path, suite, i, suite.tune.space, f"{where}tune.space")
+        if suite.tuning:
+            own = entry.tune_space is not None
+            _check_space(path, suite, i, suite.tuning.space_for(entry),
+                         f"{where}sources[{i}].tune_space" if own else f"{where}tuning.space")
     if suite.nas is not None:
         from tgbench.nas import check_nas
 
         check_nas(path, suite, where)
+
+
+def _check_space(path: Path, suite: Suite, i: int, space: dict[str, SearchDimension], key: str) -> None:
+    """Every dimension of ``space`` names a setting of ``sources[i]``, and both ends of its range are legal
+    values for it (so a study can never fail half-way on an illegal value)."""
+    from tgbench.registry import methods
+    from tgbench.tune import arm_with
+
+    entry = suite.sources[i]
+    for name, dim in space.items():
+        section, _, leaf = name.partition(".")
+        params = methods.get(entry.method).Params.model_fields
+        if section == "params" and leaf not in params:
+            close = difflib.get_close_matches(leaf, list(params), n=1)
+            hint = f" (did you mean 'params.{close[0]}'?)" if close else ""
+            raise ConfigError(f"{path}: {key}.{name}: method {entry.method!r} of sources[{i}] "
+                              f"has no parameter {leaf!r}{hint}")
+        for value in dim.choices if dim.choices is not None else (dim.low, dim.high):
+            value = int(value) if dim.integer else value
+            try:
+                arm_with(suite, entry, {name: value})
+            except ValidationError as exc:
+                reason = exc.errors()[0]["msg"].removeprefix("Value error, ")
+                raise ConfigError(f"{path}: {key}.{name}: {value!r} is not a legal value for "
+                                  f"sources[{i}]: {reason}") from None
 
 
 def check_data_sizes(path: str | Path, suite: Suite, train_size: int, dataset: str,

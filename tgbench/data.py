@@ -68,6 +68,10 @@ class Split:
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
+    def head(self, n: int) -> "Split":
+        """The first ``n`` examples (all of them if there are fewer): a fixed subset, the same on every run."""
+        return self if n >= len(self) else Split(self.x[:n], self.y[:n])
+
 
 @dataclass
 class Dataset:

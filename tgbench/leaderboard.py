@@ -364,6 +364,19 @@ def write_leaderboard(tables: list[Table], out: Path, meta: dict[str, str]) -> l
     return [out, csv, *written]
 
 
+def portable(arg: str) -> str:
+    """A path or SQLite URL of the provenance as a reader elsewhere can use it: relative to the working directory
+    when it lies under it, else only its file name (a scratch folder of one machine names nothing a reader has)."""
+    prefix = "sqlite:///" if arg.startswith("sqlite:///") else ""
+    path = arg.removeprefix(prefix)
+    if not path.startswith("/"):
+        return arg
+    try:
+        return prefix + str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return prefix + f"<{Path(path).name}>"
+
+
 def build_leaderboard(storages: list[str] | None, out: str | None, artifacts_dir: str | None = None,
                       command: str = "", log=print) -> Path:
     """What ``tgbench leaderboard`` does: read the whole store(s), write the Markdown, CSV and figures.
@@ -376,7 +389,8 @@ def build_leaderboard(storages: list[str] | None, out: str | None, artifacts_dir
     stores = [Store(url, artifacts_dir) for url in (storages or [None])]
     tables = collect(stores, log)
     out_path = Path(out) if out else DEFAULT_OUT
-    meta = {"command": command or "tgbench leaderboard", "store": ", ".join(s.url for s in stores),
+    command = " ".join(portable(arg) for arg in (command or "tgbench leaderboard").split(" "))
+    meta = {"command": command, "store": ", ".join(portable(s.url) for s in stores),
             "machine": machine(),
             "torch": torch.__version__, "leaderboard revision": git_revision(),
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}

@@ -58,6 +58,8 @@ class ReportInputs:
     sample_steps: dict[str, list[int]] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     held_out: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # a tuning stage's per-arm space, budget and chosen values (``tune.tuning_frame``); empty without one
+    tuning: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 # --------------------------------------------------------------------------------------------- tables
@@ -258,6 +260,22 @@ def convergence_flags(curves: pd.DataFrame, summary: pd.DataFrame) -> dict[str, 
             for src, g in mean.groupby("source")}
 
 
+def tuning_section(tuning: pd.DataFrame) -> list[str]:
+    """The tuning stage's table: what each arm tuned, with what budget, and what it chose (validation only)."""
+    if tuning.empty:
+        return []
+    rows = [[r.arm, r.space, r.trials, r.outer_iterations_per_trial, r.chosen,
+             "–" if pd.isna(r.best_val_acc) else f"{100 * r.best_val_acc:.2f}", f"{r.tuning_seconds:.0f}"]
+            for r in tuning.itertuples()]
+    return (["## Tuning stage (validation split)", "",
+             "Every arm was tuned with the same budget before the comparison below: Optuna TPE, the same number of "
+             "trials per arm, each trial meta-training one teacher for the same number of outer iterations "
+             "(fewer only where the arm's own budget is smaller). The chosen values are applied to the final "
+             "seeds, which are reported on test.", ""]
+            + _md_table(["arm", "tuned space", "trials", "outer iterations / trial", "chosen values",
+                         "best val acc %", "tuning meta-train s"], rows) + [""])
+
+
 def held_out_section(held_out: pd.DataFrame, cells: pd.DataFrame, dataset: str) -> list[str]:
     """Table: per source (rows, in the results table's order), mean test accuracy [95 % CI over seeds] of
     fresh learners of each held-out architecture (columns) after the last inner step, beside the evaluation
@@ -378,6 +396,7 @@ def render_markdown(inputs: ReportInputs, figures: list[str]) -> str:
     summary = inputs.summary
     if summary.empty:
         lines += ["No cells in the summary.", ""]
+    lines += tuning_section(inputs.tuning)
     for ds in datasets(summary) if not summary.empty else []:
         lines += dataset_section(summary, ds, inputs.meta, inputs.curves)
         lines += held_out_section(inputs.held_out, _by_dataset(summary, ds), ds)
@@ -610,6 +629,8 @@ def _write_report_files(out_dir: Path, inputs: ReportInputs) -> list[Path]:
         frames.append(("sweep", sweep))
     if not inputs.held_out.empty:
         frames.append(("held_out", inputs.held_out))
+    if not inputs.tuning.empty:
+        frames.append(("tuning", inputs.tuning))
     for name, frame in frames:
         path = out_dir / f"{name}.csv"
         frame.to_csv(path, index=False)

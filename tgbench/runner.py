@@ -76,7 +76,7 @@ def cell_hash(suite: Suite, entry: SourceEntry, dataset_resolved: str) -> str:
     if protocol["evaluation"].get("held_out") is None:  # the default held-out set is versioned with the code
         protocol["evaluation"].pop("held_out", None)
     source = entry.model_dump(mode="json")
-    for key, unset in (("inner", {}), ("arm", None), ("sweep_value", None)):
+    for key, unset in (("inner", {}), ("learner", {}), ("tune_space", None), ("arm", None), ("sweep_value", None)):
         if source.get(key) == unset:
             source.pop(key)
     return config_hash({"protocol": protocol, "source": source, "data": dataset_resolved})
@@ -97,6 +97,7 @@ class CellTask:
     progress: bool = True
     threads: int | None = None   # torch threads in this cell's process (None: torch's default)
     methods_dirs: tuple[str, ...] = ()   # --methods-dir plugin folders, re-registered in each worker process
+    tuned: dict | None = None    # the values the suite's tuning stage chose for this arm (per-arm overrides)
 
 
 def build_teacher(suite: Suite, entry: SourceEntry, dataset: Dataset, seed: int) -> Teacher:
@@ -113,7 +114,7 @@ def build_trainer(suite: Suite, entry: SourceEntry, dataset: Dataset, seed: int)
     """The ``MetaTrainer`` of one cell: its teacher, the suite's learner space, inner and (per-arm) outer loop.
     Shared by the runner, the benchmarks and anything else that meta-trains a suite's source."""
     teacher = build_teacher(suite, entry, dataset, seed)
-    return MetaTrainer(teacher, suite.learner, dataset.train, suite.inner_for(entry), suite.outer_for(entry),
+    return MetaTrainer(teacher, suite.learner_for(entry), dataset.train, suite.inner_for(entry), suite.outer_for(entry),
                        image_shape=dataset.image_shape, num_classes=dataset.num_classes, seed=seed,
                        learner_weight_norm=teacher.source.learner_weight_norm)
 
@@ -236,7 +237,7 @@ def _run_cell(task: CellTask) -> dict | None:
     for folder in task.methods_dirs:
         methods.load_dir(folder)
     suite = load_suite(task.suite_path, task.profile)
-    entry = next(e for e in suite.sources if e.name == task.source)
+    entry = tuned_arm(suite, next(e for e in suite.sources if e.name == task.source), task.tuned)
     dataset = load_dataset(suite.dataset.name, data_root=task.data_root, download=suite.dataset.download,
                            fallback=suite.dataset.fallback, seed=0)
     store = Store(task.storage, task.artifacts_dir)
@@ -288,6 +289,27 @@ def _run_claimed_cell(task: CellTask, suite: Suite, entry: SourceEntry, dataset:
     return record
 
 
+def tuned_arm(suite: Suite, entry: SourceEntry, values: dict | None) -> SourceEntry:
+    """The arm with its tuning stage's chosen values applied as per-arm overrides (itself when none)."""
+    if not values:
+        return entry
+    from tgbench.tune import arm_with  # (lazy: tune imports this module)
+
+    return arm_with(suite, entry, values)
+
+
+def final_arms(store: Store, suite: Suite, profile: str, dataset: Dataset, log=print) -> dict[str, dict]:
+    """Arm name -> the values its final cells run with: the tuning stage's choices (running or resuming the
+    stage first), or nothing for a suite without one."""
+    if suite.tuning is None:
+        return {e.name: {} for e in suite.sources}
+    from tgbench.tune import tune_stage
+
+    log(f"tuning stage: {suite.tuning.trials} TPE trials per arm x {suite.tuning.outer_iterations} outer "
+        "iterations each, scored on validation")
+    return tune_stage(store, suite, profile, dataset, log)
+
+
 def variant_of(entry: SourceEntry) -> str:
     parts = [f"{k}={v}" for k, v in sorted(entry.params.items())]
     parts += [f"outer.{k}={v}" for k, v in sorted(entry.outer.items())]
@@ -336,14 +358,16 @@ def run_suite(suite_path: str, opts: RunOptions, log=print) -> Path:
     store = Store(opts.storage, opts.artifacts_dir)
     if store.artifacts_dir != _artifacts_location(opts)[0]:  # (the store chose another default than expected)
         _check_writable_dir(store.artifacts_dir, "--artifacts")
+    tuned = final_arms(store, suite, profile, dataset, log)
     study = store.study(study_name(suite, profile))
     seeds = opts.seeds or suite.evaluation.seeds
-    hashes = {cell_key(e.name, s): cell_hash(suite, e, dataset.resolved) for e in suite.sources for s in range(seeds)}
+    hashes = {cell_key(e.name, s): cell_hash(suite, tuned_arm(suite, e, tuned[e.name]), dataset.resolved)
+              for e in suite.sources for s in range(seeds)}
     # N workers share the cores: give each its slice so they don't oversubscribe (spinning OpenMP threads
     # fighting over 2 cores slow small convolutions down many times over)
     threads = max(1, (os.cpu_count() or 1) // opts.jobs) if opts.jobs > 1 else None
     all_tasks = [CellTask(str(suite_path), profile, e.name, s, store.url, opts.data_root, opts.artifacts_dir,
-                          opts.progress and opts.jobs == 1, threads, tuple(opts.methods_dirs))
+                          opts.progress and opts.jobs == 1, threads, tuple(opts.methods_dirs), tuned[e.name])
                  for e in suite.sources for s in range(seeds)]
 
     def unfinished() -> tuple[list[CellTask], list[CellTask]]:
@@ -501,8 +525,16 @@ def build_report(suite: Suite, profile: str, store: Store, out_dir: Path, accept
     meta["BN statistics"] = BN_PROTOCOL_NOTE[suite.learner.bn_statistics]
     if suite.sweep is not None:
         meta["sweep"] = suite.sweep.key
+    tuning = pd.DataFrame()
+    if suite.tuning is not None:
+        from tgbench.tune import tuning_frame
+
+        tuning = tuning_frame(store, suite, profile)
+        meta["tuning"] = (f"every arm tuned on validation before the final seeds: {suite.tuning.trials} TPE trials "
+                          f"({suite.tuning.startup_trials} random start-up) x {suite.tuning.outer_iterations} outer "
+                          f"iterations each, objective = validation error of {suite.tuning.learners} fresh learners")
     return write_report(out_dir, ReportInputs(summary, curves, steps, samples, sample_steps, meta,
-                                              held_out_frame(records)))
+                                              held_out_frame(records), tuning))
 
 
 BN_PROTOCOL_NOTE = {
@@ -543,9 +575,17 @@ def report_suite(suite_path: str, opts: RunOptions, log=print) -> Path:
     resolved = {r.get("dataset_resolved") for r in store.records(study)}
     accept: dict[str, set[str]] = {}
     for dataset_resolved in resolved:
+        tuned = {e.name: {} for e in suite.sources}
+        if suite.tuning is not None:
+            from tgbench.tune import tuned_values
+
+            tuned = tuned_values(store, suite, profile, dataset_resolved)
+            if tuned is None:  # the stage is unfinished for this dataset: its final cells cannot exist yet
+                continue
         for e in suite.sources:
             for s in range(seeds):
-                accept.setdefault(cell_key(e.name, s), set()).add(cell_hash(suite, e, dataset_resolved))
+                accept.setdefault(cell_key(e.name, s), set()).add(
+                    cell_hash(suite, tuned_arm(suite, e, tuned[e.name]), dataset_resolved))
     build_report(suite, profile, store, out_dir, accept, command=_command_line())
     log(f"report: {out_dir / 'report.md'}")
     return out_dir

@@ -126,27 +126,179 @@ def tune_arm(store: Store, suite: Suite, profile: str, entry: SourceEntry, datas
     """Run the arm's study up to ``tune.trials`` finished trials (resuming what is in the store)."""
     tune = suite.tune
     name = arm_study_name(suite, profile, entry)
+    study = open_study(store, name, tune_hash(suite, entry, dataset.resolved))
+    optimize(study, make_objective(suite, entry, dataset, progress), tune, log)
+    return study
+
+
+def open_study(store: Store, name: str, chash: str) -> optuna.Study:
+    """The study ``name`` in the store, created if new; refused (``BadInput``) when it was run under another
+    configuration hash. Trials left RUNNING by a killed run are marked failed so they are re-sampled (one
+    process per study)."""
     study = optuna.create_study(study_name=name, storage=store.storage, direction="minimize", load_if_exists=True)
-    chash = tune_hash(suite, entry, dataset.resolved)
     if study.user_attrs.get("config_hash", chash) != chash:
         raise BadInput(f"study {name!r} in {store.url} was run under a different configuration of this arm; "
                        "keep both by using another --storage, or delete the study (optuna delete-study)")
     study.set_user_attr("config_hash", chash)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        # left by a killed run (tune studies have one process each): free it so it is re-sampled
         store.storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-    done = len(study.get_trials(deepcopy=False, states=FINISHED))
-    todo = max(0, tune.trials - done)
-    log(f"{name}: {done} trials done, {todo} to run")
-    if todo:
-        # a fresh sampler seed per resumption, so a resumed study does not replay its random start-up trials
-        study.sampler = optuna.samplers.TPESampler(seed=tune.seed + len(study.trials),
-                                                   n_startup_trials=tune.startup_trials)
-        study.pruner = optuna.pruners.MedianPruner() if tune.pruning else optuna.pruners.NopPruner()
-        study.optimize(make_objective(suite, entry, dataset, progress), n_trials=todo, show_progress_bar=False,
-                       callbacks=[lambda s, t: log(f"  trial {t.number}: {t.user_attrs.get('status', t.state.name)} "
-                                                   f"val loss {t.value if t.value is not None else float('nan'):.4f}")])
     return study
+
+
+def optimize(study: optuna.Study, objective, budget, log=print) -> None:
+    """Run ``study`` up to ``budget.trials`` finished trials with TPE (``budget``: a ``TuneConfig`` or a
+    ``TuningStage``: trials, seed, startup_trials, and ``pruning`` where it has one)."""
+    done = len(study.get_trials(deepcopy=False, states=FINISHED))
+    todo = max(0, budget.trials - done)
+    log(f"{study.study_name}: {done} trials done, {todo} to run")
+    if not todo:
+        return
+    pruning = getattr(budget, "pruning", False)
+    # a fresh sampler seed per resumption, so a resumed study does not replay its random start-up trials
+    study.sampler = optuna.samplers.TPESampler(seed=budget.seed + len(study.trials),
+                                               n_startup_trials=budget.startup_trials)
+    study.pruner = optuna.pruners.MedianPruner() if pruning else optuna.pruners.NopPruner()
+    study.optimize(objective, n_trials=todo, show_progress_bar=False,
+                   callbacks=[lambda s, t: log(f"  trial {t.number}: {t.user_attrs.get('status', t.state.name)} "
+                                               f"objective {t.value if t.value is not None else float('nan'):.4f} "
+                                               f"{t.params}")])
+
+
+# ------------------------------------------------------------------------ a fewstep suite's tuning stage
+TUNING_SEED_OFFSET = 1000  # tuning trial k meta-trains with seed 1000 + k: never one of the final cells' seeds
+
+
+def tuning_study_name(suite: Suite, profile: str, entry: SourceEntry) -> str:
+    return f"{suite.name}@{profile}/tuning/{entry.name}"
+
+
+def trial_arm(suite: Suite, entry: SourceEntry, values: dict[str, Any]) -> SourceEntry:
+    """The arm a tuning trial meta-trains: ``values`` applied, at the stage's per-trial outer budget."""
+    arm = arm_with(suite, entry, values)
+    iterations = min(suite.outer_for(arm).iterations, suite.tuning.outer_iterations)
+    return arm.model_copy(update={"outer": {**arm.outer, "iterations": iterations}})
+
+
+def tuning_objective(suite: Suite, entry: SourceEntry, dataset: Dataset, space: dict[str, SearchDimension]):
+    """Objective of one arm's tuning study: meta-train with the sampled values, then the validation error of
+    fresh reference learners after the last inner step (test is never scored). A diverged run scores 1.0."""
+    from tgbench import interrupt
+    from tgbench.errors import Diverged
+    from tgbench.runner import EVAL_SEED_OFFSET, build_trainer
+
+    stage = suite.tuning
+
+    def objective(trial: optuna.Trial) -> float:
+        values = {key: suggest(trial, key, dim) for key, dim in space.items()}
+        arm = trial_arm(suite, entry, values)
+        seed = TUNING_SEED_OFFSET + trial.number
+        trainer = build_trainer(suite, arm, dataset, seed)
+        start, status = time.perf_counter(), "complete"
+        try:
+            for _ in range(suite.outer_for(arm).iterations):
+                interrupt.check()
+                trainer.step()
+        except Diverged as exc:
+            status = "diverged"
+            trial.set_user_attr("error", str(exc))
+        trial.set_user_attr("meta_train_seconds", time.perf_counter() - start)
+        trial.set_user_attr("status", status)
+        if status == "diverged":
+            return 1.0
+        specs = suite.evaluation.learner_specs(suite.learner, trainer.teacher.source.learner_weight_norm)[:1]
+        # val in both of evaluate's slots: the stage must never score the test split
+        result = trainer.evaluate(dataset.val, dataset.val, specs, stage.learners, seed=EVAL_SEED_OFFSET + seed,
+                                  per_step=False).final
+        trial.set_user_attr("val_acc_final", result["val_acc"])
+        trial.set_user_attr("val_loss_final", result["val_loss"])
+        value = 1.0 - result["val_acc"]
+        return value if math.isfinite(value) else 1.0
+
+    return objective
+
+
+def stage_hash(suite: Suite, entry: SourceEntry, dataset_resolved: str) -> str:
+    """What makes two tuning trials of an arm comparable: the arm and protocol as written (before tuning) and
+    the stage's settings except the number of trials (raising it adds trials)."""
+    from tgbench.runner import cell_hash
+
+    stage = suite.tuning.model_dump(mode="json", exclude={"trials", "space"})
+    space = {k: v.model_dump(mode="json") for k, v in suite.tuning.space_for(entry).items()}
+    return config_hash({"cell": cell_hash(suite.model_copy(update={"tuning": None}), entry, dataset_resolved),
+                        "stage": stage, "space": space})
+
+
+def tune_stage(store: Store, suite: Suite, profile: str, dataset: Dataset, log=print) -> dict[str, dict]:
+    """Run (or resume) every arm's tuning study; returns arm name -> its best values (``{}`` for an arm with
+    nothing to tune). Arms are tuned one after another in this process."""
+    chosen = {}
+    for entry in suite.sources:
+        space = suite.tuning.space_for(entry)
+        if not space:
+            chosen[entry.name] = {}
+            continue
+        study = open_study(store, tuning_study_name(suite, profile, entry),
+                           stage_hash(suite, entry, dataset.resolved))
+        optimize(study, tuning_objective(suite, entry, dataset, space), suite.tuning, log)
+        chosen[entry.name] = best_values(study)
+        log(f"  {entry.name}: chose {chosen[entry.name]} (validation error {study.best_value:.4f})")
+    return chosen
+
+
+def best_values(study: optuna.Study) -> dict[str, Any]:
+    """The best trial's values, floats rounded to 4 significant digits: they become per-arm overrides, shown in
+    every table's variant column and hashed, and 4 digits are far finer than a TPE study resolves anyway."""
+    return {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in study.best_params.items()}
+
+
+def tuned_values(store: Store, suite: Suite, profile: str, dataset_resolved: str) -> dict[str, dict] | None:
+    """Each arm's chosen values read from finished tuning studies (no training), or None when some arm's study
+    is missing, unfinished or was run under another configuration (then the stage has to run first)."""
+    chosen = {}
+    for entry in suite.sources:
+        if not suite.tuning.space_for(entry):
+            chosen[entry.name] = {}
+            continue
+        try:
+            study = optuna.load_study(study_name=tuning_study_name(suite, profile, entry), storage=store.storage)
+        except KeyError:
+            return None
+        finished = study.get_trials(deepcopy=False, states=FINISHED)
+        if (study.user_attrs.get("config_hash") != stage_hash(suite, entry, dataset_resolved)
+                or len(finished) < suite.tuning.trials):
+            return None
+        chosen[entry.name] = best_values(study)
+    return chosen
+
+
+def tuning_frame(store: Store, suite: Suite, profile: str) -> pd.DataFrame:
+    """One row per arm for the report: the tuned space, the budget, the chosen values and their validation
+    accuracy, and the stage's meta-training seconds."""
+    stage, rows = suite.tuning, []
+    for entry in suite.sources:
+        space = stage.space_for(entry)
+        row = {"arm": entry.name, "space": describe_space(space) or "(nothing to tune)", "trials": 0,
+               "outer_iterations_per_trial": min(suite.outer_for(entry).iterations, stage.outer_iterations),
+               "chosen": "as written", "best_val_acc": math.nan, "tuning_seconds": 0.0}
+        if space:
+            try:
+                study = optuna.load_study(study_name=tuning_study_name(suite, profile, entry), storage=store.storage)
+            except KeyError:
+                continue
+            finished = study.get_trials(deepcopy=False, states=FINISHED)
+            if not finished:
+                continue
+            row.update(trials=len(finished), chosen=", ".join(f"{k}={v}" for k, v in best_values(study).items()),
+                       best_val_acc=1.0 - study.best_value,
+                       tuning_seconds=sum(t.user_attrs.get("meta_train_seconds") or 0.0 for t in finished))
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["arm", "space", "trials", "outer_iterations_per_trial", "chosen",
+                                       "best_val_acc", "tuning_seconds"])
+
+
+def describe_space(space: dict[str, SearchDimension]) -> str:
+    return ", ".join(f"{k} ∈ {d.choices}" if d.choices is not None else
+                     f"{k} ∈ [{d.low:g}, {d.high:g}]{' log' if d.log else ''}" for k, d in space.items())
 
 
 def run_tune_suite(suite_path: str, opts, log=print) -> Path:
@@ -280,9 +432,7 @@ def write_tune_report(suite: Suite, profile: str, store: Store, out_dir: Path, c
     fig.savefig(out_dir / "final_loss_boxplot.png", dpi=100)
     plt.close(fig)
 
-    space = ", ".join(f"`{k}` " + (f"∈ {d.choices}" if d.choices is not None else
-                                    f"∈ [{d.low:g}, {d.high:g}]{' log' if d.log else ''}")
-                      for k, d in suite.tune.space.items())
+    space = describe_space(suite.tune.space)
     lines = [f"# tgbench tune report: {suite.name}", "",
              f"- **profile**: {profile}",
              f"- **revision**: {', '.join(sorted({str(r) for r in trials['revision'].dropna()}))}",
