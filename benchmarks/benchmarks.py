@@ -79,6 +79,27 @@ def count_step_flops(step) -> int:
     return counter.get_total_flops()
 
 
+def full_size_splits(n: int = 10_000) -> tuple[Dataset, str]:
+    """(dataset, what it is) with test and validation splits of ``n`` images each, the size of a full-size
+    dataset's: Fashion-MNIST when installed (Debian's package; ``.ci/run`` installs it), else mnist-5k's images
+    tiled to ``n`` (the same cost: scoring time does not depend on pixel values)."""
+    from dataclasses import replace
+
+    from tgbench.data import Split
+
+    try:
+        data = load_dataset("fashion-mnist")
+        return replace(data, test=data.test.head(n), val=data.val.head(n)), "fashion-mnist"
+    except Exception:  # noqa: BLE001 (not installed, or not readable here: fall back to the tiled digits)
+        data = dataset()
+
+        def tiled(split: Split) -> Split:
+            reps = -(-n // len(split))
+            return Split(split.x.repeat(reps, 1, 1, 1)[:n], split.y.repeat(reps)[:n])
+
+        return replace(data, test=tiled(data.test), val=tiled(data.val)), f"{DATASET} tiled to {n}"
+
+
 _CACHE: dict[Any, Any] = {}
 
 
@@ -137,6 +158,60 @@ class EvaluationUnroll:
 
     def time_evaluation_unroll(self) -> None:
         self._evaluate()
+
+
+class FinalEvaluation:
+    """Wall time of one cell's final evaluation on full-size splits (10k test + 10k validation images): one
+    fresh learner trained T=32 steps on a GTN teacher's lessons, scored after every inner step (the curve) —
+    what ``tgbench run`` does per final learner. ``benchmarks/compare.py`` section 5 times it against the old
+    code path (``benchmarks/reference.py``)."""
+
+    number = 1
+    repeat = (1, 3, 60.0)
+    rounds = 1
+    warmup_time = 0.0
+    timeout = 600
+    steps, batch = 32, BATCH
+
+    def setup(self) -> None:
+        self.suite, self.trainer = warm_trainer("gtn", self.steps, self.batch)
+        self.data, _ = full_size_splits()
+        self.specs = eval_specs(self.suite, self.trainer)
+
+    def time_final_evaluation(self) -> None:
+        self.trainer.evaluate(self.data.test, self.data.val, self.specs, learners=1, seed=EVAL_SEED)
+
+
+class SmokeRun:
+    """Wall time of ``tgbench run suites/mnist_fewstep.yaml --profile smoke`` end to end, in process (imports
+    already paid), into a fresh temporary store: what the README's quick start costs after ``import torch``."""
+
+    number = 1
+    repeat = (1, 2, 60.0)
+    rounds = 1
+    warmup_time = 0.0
+    timeout = 600
+
+    def setup(self) -> None:
+        import tempfile
+        from pathlib import Path
+
+        self.tmp = tempfile.TemporaryDirectory()
+        self.suite = str(Path(__file__).resolve().parents[1] / "suites" / "mnist_fewstep.yaml")
+
+    def teardown(self) -> None:
+        self.tmp.cleanup()
+
+    def time_smoke_run(self) -> None:
+        import uuid
+
+        from tgbench.cli import main
+
+        out = f"{self.tmp.name}/{uuid.uuid4().hex}"  # a fresh store per sample: nothing to resume
+        code = main(["run", self.suite, "--profile", "smoke", "--no-progress", "--storage", f"sqlite:///{out}.db",
+                     "--out", out])
+        if code != 0:
+            raise RuntimeError(f"smoke run exited {code}")
 
 
 class PeakMemMetaIteration:

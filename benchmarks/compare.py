@@ -15,6 +15,9 @@ Sections (every figure and ratio is printed, every target says ``met`` / ``NOT m
    Targets: memory <= 0.35x, time <= 1.5x.
 4. vmap population of P learners (``outer.population=P``) vs P sequential ``population=1`` meta-gradients of the
    same architecture: throughput ratio. Target: >= 3x.
+5. A cell's final evaluation on full-size splits (10k test + 10k val; Fashion-MNIST when installed): tgbench's
+   ``evaluate`` vs the code path before issue 19 (``benchmarks/reference.py``: whole splits after every step,
+   NCHW), same teacher and learners, interleaved; the accuracy after the last step must agree. Goal: >= 3x.
 
 Everything goes through the engine's ``MetaTrainer`` (built by ``benchmarks.benchmarks.build_trainer``); nothing
 here re-implements the meta-step. ``--_child SPEC`` is internal: section 3 re-invokes this file with it.
@@ -282,6 +285,46 @@ def section_population(args) -> list[tuple[str, bool]]:
     return [(f"4. population throughput ratio = {ratio:.2f}x >= 3x", ratio >= 3.0)]
 
 
+# ------------------------------------------------------------------------------------------- section 5
+def section_evaluation(args) -> list[tuple[str, bool]]:
+    import torch
+
+    from benchmarks.benchmarks import bench_suite, build_trainer, eval_specs, full_size_splits
+    from benchmarks.reference import reference_final_evaluation
+
+    data, what = full_size_splits()
+    steps = args.eval_steps
+    print(f"\n== 5. final evaluation on full-size splits: tgbench evaluate() vs the code path before issue 19 ==")
+    print(f"config: {what}, {len(data.test)} test + {len(data.val)} val images; gtn teacher (cpu generator), "
+          f"learner conv [16, 32] -> fc [64]; T={steps}, one fresh learner per side; {args.iters} round(s) after "
+          "one warm-up each, interleaved")
+    suite = bench_suite("gtn", CPU_GTN, steps=steps, batch=128)
+    trainer = build_trainer(suite, data)
+    spec = eval_specs(suite, trainer)[0]
+
+    def new():
+        return trainer.evaluate(data.test, data.val, [spec], learners=1, seed=5)
+
+    def old():
+        return reference_final_evaluation(trainer.teacher, spec, data.test, data.val, steps, 1,
+                                          torch.Generator().manual_seed(5))
+
+    fast, slow = new(), old()  # warm-up, and the agreement check
+    agree = abs(fast.test_acc[-1] - slow[0][-1]) < 1e-6 and abs(fast.val_acc[-1] - slow[2][-1]) < 1e-6
+    print(f"after the last step: test acc {fast.test_acc[-1]:.4f} (new) vs {slow[0][-1]:.4f} (old), val acc "
+          f"{fast.val_acc[-1]:.4f} vs {slow[2][-1]:.4f}: {'identical' if agree else 'DIFFERENT'}")
+    new_times, old_times = [], []
+    for _ in range(args.iters):
+        new_times.append(timed(new))
+        old_times.append(timed(old))
+    ratio = mean(old_times) / mean(new_times)
+    print(f"new: {mean(new_times):.2f} s (samples {fmt_times(new_times)}); old: {mean(old_times):.2f} s (samples "
+          f"{fmt_times(old_times)})")
+    print(f"speed-up old/new = {ratio:.2f}x   goal >= 3x: {verdict(ratio >= 3.0)}")
+    return [(f"5. final-evaluation speed-up = {ratio:.2f}x >= 3x", ratio >= 3.0),
+            ("5. scores after the last step identical to the old code path", agree)]
+
+
 # ------------------------------------------------------------------------------------------------- main
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -299,13 +342,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--population", type=int, default=8, help="section 4: P (default 8)")
     ap.add_argument("--pop-steps", type=int, default=8, help="section 4: T (default 8)")
     ap.add_argument("--pop-batch", type=int, help="section 4: B (default 32; --quick 16)")
-    ap.add_argument("--sections", default="1,2,3,4", help="comma-separated subset to run (2 needs 1)")
+    ap.add_argument("--eval-steps", type=int, help="section 5: T (default 32; --quick 8)")
+    ap.add_argument("--sections", default="1,2,3,4,5", help="comma-separated subset to run (2 needs 1)")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)")
     ap.add_argument("--_child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     quick = args.quick
     defaults = {"steps": (32, 8), "batch": (128, 16), "iters": (2, 1), "ckpt_steps": (128, 8),
-                "ckpt_batch": (32, 16), "ckpt_rounds": (2, 1), "pop_batch": (32, 16)}
+                "ckpt_batch": (32, 16), "ckpt_rounds": (2, 1), "pop_batch": (32, 16), "eval_steps": (32, 8)}
     for name, (full, small) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, small if quick else full)
@@ -336,6 +380,8 @@ def main(argv=None) -> int:
         outcomes += section_checkpointing(args)
     if 4 in args.sections:
         outcomes += section_population(args)
+    if 5 in args.sections:
+        outcomes += section_evaluation(args)
     print(f"\n== summary ({time.perf_counter() - start:.0f} s; load average now "
           f"{os.getloadavg()[0]:.2f}) ==")
     for text, ok in outcomes:

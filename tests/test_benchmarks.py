@@ -98,11 +98,38 @@ def test_units_and_discovery_names():
     """asv reads `unit` from the class; the names asv discovers are the ones the docs and CI refer to."""
     assert bm.FewstepAccuracy.unit == "accuracy" and bm.Throughput.unit == "GFLOP/s"
     names = {f"{cls.__name__}.{m}" for cls in (bm.MetaIteration, bm.EvaluationUnroll, bm.PeakMemMetaIteration,
-                                               bm.FewstepAccuracy, bm.Throughput)
+                                               bm.FewstepAccuracy, bm.Throughput, bm.FinalEvaluation, bm.SmokeRun)
              for m in vars(cls) if re.match(r"(time|peakmem|track)_", m)}
     assert names == {"MetaIteration.time_meta_iteration", "EvaluationUnroll.time_evaluation_unroll",
                      "PeakMemMetaIteration.peakmem_meta_iteration", "FewstepAccuracy.track_fewstep_accuracy",
-                     "Throughput.track_gflops"}
+                     "Throughput.track_gflops", "FinalEvaluation.time_final_evaluation", "SmokeRun.time_smoke_run"}
+
+
+def test_time_final_evaluation(small, monkeypatch):
+    monkeypatch.setattr(bm.FinalEvaluation, "steps", 4)
+    monkeypatch.setattr(bm.FinalEvaluation, "batch", SMALL_BATCH)
+    bench = bm.FinalEvaluation()
+    bench.setup()
+    assert len(bench.data.test) == len(bench.data.val) == 10_000   # full-size splits (tiled digits in tests)
+    bench.time_final_evaluation()
+
+
+def test_evaluation_fast_path_scores_exactly_like_the_old_code_path():
+    """The old scoring (whole splits after every step, NCHW with autograd recording) and tgbench's agree at
+    every point here: mnist-5k's splits are no larger than the curve subset, so only the layout differs."""
+    from benchmarks.reference import reference_final_evaluation
+    from tgbench.engine import CURVE_SUBSET
+
+    data = bm.dataset()
+    assert len(data.test) <= CURVE_SUBSET and len(data.val) <= CURVE_SUBSET
+    suite = bm.bench_suite("gtn", bm.CPU_GTN, steps=6, batch=SMALL_BATCH)
+    trainer = bm.build_trainer(suite, data)
+    trainer.step()
+    spec = bm.eval_specs(suite, trainer)[0]
+    new = trainer.evaluate(data.test, data.val, [spec], learners=2, seed=5)
+    old = reference_final_evaluation(trainer.teacher, spec, data.test, data.val, 6, 2, torch.Generator().manual_seed(5))
+    for row, name in zip(old, ("test_acc", "test_loss", "val_acc", "val_loss")):
+        assert getattr(new, name) == pytest.approx(row, abs=1e-5), name
 
 
 def test_compare_module_defines_no_benchmarks():
@@ -138,10 +165,12 @@ def test_compare_quick_prints_every_section():
         r"^time ratio checkpointed/none = [\d.]+ +target <= 1\.5: (met|NOT met)$",
         r"^== 4\. vmap population of 8 learners",
         r"^throughput ratio vmap/sequential = [\d.]+x +target >= 3x: (met|NOT met)$",
+        r"^== 5\. final evaluation on full-size splits", r"^after the last step: .*: identical$",
+        r"^speed-up old/new = [\d.]+x +goal >= 3x: (met|NOT met)$",
         r"^== summary",
     ]:
         assert re.search(pattern, out, re.M), f"missing /{pattern}/ in compare.py output:\n{out}"
-    assert len(re.findall(r"^ *(met|NOT met): ", out, re.M)) == 5
+    assert len(re.findall(r"^ *(met|NOT met): ", out, re.M)) == 7
 
 
 def test_compare_reports_missing_reference(tmp_path):

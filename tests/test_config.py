@@ -95,6 +95,14 @@ BAD = {
     "duplicate_explicit_labels": ("name: t\nsources:\n  - {method: gtn, label: a}\n  - {method: real, label: a}\n",
                                   ["sources:", "two sources are named 'a'"]),
     "missing_include": ("include: missing_base.yaml\nname: t\n", ["include:", "missing_base.yaml"]),
+    "duplicate_key": ("name: t\ninner: {lr: 0.1}\n" + GOOD_SOURCES + "inner: {lr: 0.5}\n",
+                      ["malformed YAML", "line 6", "duplicate key 'inner'"]),
+    "duplicate_nested_key": ("name: t\ninner: {lr: 0.1, lr: 0.5}\n" + GOOD_SOURCES, ["duplicate key 'lr'"]),
+    "boolean_for_an_integer": ("name: t\ninner: {steps: true}\n" + GOOD_SOURCES,
+                               ["inner.steps:", "expected a number, got the boolean True"]),
+    "boolean_for_a_float": ("name: t\nouter: {lr: yes}\n" + GOOD_SOURCES, ["outer.lr:", "boolean"]),
+    "empty_suite_name": ("name: ''\n" + GOOD_SOURCES, ["name:", "non-empty name"]),
+    "suite_name_with_a_slash": ("name: a/b\n" + GOOD_SOURCES, ["name:", "without '/'"]),
 }
 
 

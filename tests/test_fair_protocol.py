@@ -78,6 +78,11 @@ def test_every_arm_is_tuned_with_the_same_budget_and_its_choice_reaches_cells_an
     assert list(tuning["outer_iterations_per_trial"]) == [2, 1, 2]  # the arm's own budget where it is smaller
     report = (tmp_path / "out" / "report.md").read_text()
     assert "## Tuning stage (validation split)" in report
+    # every cell's wall time split by phase, in the report and phases.csv (issue 19)
+    assert "## Where the time went" in report
+    phases = pd.read_csv(tmp_path / "out" / "phases.csv")
+    assert {"meta_training", "checks", "final_evaluation", "held_out", "samples", "flop_counting",
+            "teacher_save"} <= set(phases["phase"]) and (phases["seconds"] >= 0).all()
     assert f"inner.lr={chosen['real_sgd']['inner.lr']}" in report
 
 

@@ -271,3 +271,26 @@ def test_a_report_replaces_the_files_it_writes_and_nothing_else(tmp_path):
     assert (out / "report.md").read_text(encoding="utf-8") == report.render_markdown(
         _inputs(["real"]), ["samples_real.png"])
     assert not [p for p in tmp_path.rglob("*") if ".tmp-" in p.name]
+
+
+def test_report_of_a_store_left_by_a_killed_run_lists_the_interrupted_cell(tmp_path, capsys):
+    """A cell whose claim was marked failed before its record was written (Ctrl-C, SIGTERM, a crash) has only
+    its cell key: ``tgbench report`` still works (it was a KeyError 'source', exit 1) and counts it failed."""
+    from tgbench.config import load_suite
+    from tgbench.runner import cell_hash
+    from tgbench.store import Store, cell_key
+
+    suite_path = tmp_path / "suite.yaml"
+    suite_path.write_text(_suite(evaluation="{seeds: 2, eval_every: 1, eval_learners: 1, final_learners: 1, "
+                                            "held_out: {}}"))
+    assert _run(tmp_path, capsys, suite_path.read_text(), "--seeds", "1")[0] == 0
+    suite = load_suite(suite_path, "smoke")
+    store = Store(f"sqlite:///{tmp_path}/t.db")
+    study = store.study("t@smoke", create=False)
+    trial = store.claim(study, cell_key("real", 1), cell_hash(suite, suite.sources[0], "mnist-5k"))
+    store.finish(study, trial, {"status": "failed", "error": "KeyboardInterrupt: "})
+    code, _, err = _cli(["report", str(suite_path), "--profile", "smoke", "--storage", f"sqlite:///{tmp_path}/t.db",
+                         "--out", str(tmp_path / "r")], capsys)
+    assert code == 0, err
+    summary = pd.read_csv(tmp_path / "r" / "summary.csv")
+    assert sorted(zip(summary["seed"], summary["status"])) == [(0, "complete"), (1, "failed")]

@@ -164,6 +164,38 @@ def test_ctrl_c_or_sigterm_exits_128_plus_signal_and_marks_the_running_cell_fail
     assert trial.user_attrs["error"].startswith("KeyboardInterrupt")
 
 
+@pytest.mark.parametrize("signum, code, group", [(signal.SIGTERM, 143, False), (signal.SIGINT, 130, True)])
+def test_jobs_stop_on_sigterm_to_the_parent_or_ctrl_c_to_the_group(tmp_path, signum, code, group):
+    """``--jobs 2`` with three long cells: once two run, a SIGTERM to the parent alone (what a scheduler sends)
+    or a Ctrl-C to the whole process group stops the run: the queued cell never starts, both running cells are
+    marked failed (none left RUNNING), and the exit code is 128 + signal."""
+    suite, db = _suite(tmp_path, seeds=3, iterations=100000), tmp_path / "t.db"
+    proc = subprocess.Popen([sys.executable, "-m", "tgbench.cli", *_argv(suite, f"sqlite:///{db}", tmp_path / "out",
+                                                                          "--jobs", "2")],
+                            cwd=tmp_path, env=ENV, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.monotonic() + 180
+    while [s for _, s in _states(db)].count("RUNNING") < 2:
+        assert proc.poll() is None, f"tgbench exited early ({proc.returncode}): {proc.communicate()[1]}"
+        assert time.monotonic() < deadline, "two running cells never appeared"
+        time.sleep(0.1)
+    time.sleep(1.0)
+    if group:
+        os.killpg(proc.pid, signum)
+    else:
+        proc.send_signal(signum)
+    try:
+        _, err = proc.communicate(timeout=90)
+    finally:  # (a run that does not stop must not outlive the test)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == code, err
+    states = [s for _, s in _states(db)]
+    assert states == ["FAIL", "FAIL"], states   # the third cell was never claimed; nothing left RUNNING
+    trials = Store(f"sqlite:///{db}").study("work@smoke", create=False).get_trials()
+    assert all(t.user_attrs["error"].startswith("KeyboardInterrupt") for t in trials)
+
+
 # ------------------------------------------------------------------------------------------ concurrent workers
 def test_jobs_run_cells_in_parallel_processes_once_each(tmp_path):
     # two cells: each --jobs worker is a freshly spawned process that imports torch, the costly part here

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator,
-                      model_validator, with_config)
+from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, ValidationInfo,
+                      field_validator, model_validator, with_config)
 from typing_extensions import TypedDict  # (pydantic needs typing_extensions' TypedDict before Python 3.12)
 
 from tgbench.errors import BadInput, ConfigError
@@ -38,6 +38,15 @@ Beta = Annotated[float, Field(ge=0.0, lt=1.0)]   # Adam's betas: torch refuses a
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        # YAML's `yes`/`true` would otherwise be taken as 1 by an int or float setting (steps: true -> 1 step)
+        annotation = cls.model_fields[info.field_name].annotation
+        if isinstance(value, bool) and annotation in (int, float, int | None, float | None):
+            raise ValueError(f"expected a number, got the boolean {value}")
+        return value
 
 
 class DatasetConfig(Strict):
@@ -379,6 +388,16 @@ class Suite(Strict):
             raise ValueError("a nas_proxy suite needs a `nas:` section, and only nas_proxy suites may have one")
         return self
 
+    @field_validator("name")
+    @classmethod
+    def _usable_name(cls, name: str) -> str:
+        # the name makes the store's study names (<suite>@<profile>/...) and the default report folder
+        if not name.strip():
+            raise ValueError("a suite needs a non-empty name")
+        if len(name) > 200 or any(c in name for c in "/@|\0") or name != name.strip():
+            raise ValueError("a suite name is at most 200 characters, without '/', '@', '|' or surrounding spaces")
+        return name
+
     @field_validator("sources")
     @classmethod
     def _unique_labels(cls, sources: list[SourceEntry]) -> list[SourceEntry]:
@@ -421,12 +440,32 @@ def _deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (PyYAML keeps the last one
+    silently, so `lr: 0.1` ... `lr: 0.5` would run with 0.5 whatever the author meant)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` may be overridden by explicit keys
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: the base class reports it
+                break
+            if duplicate:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     """Read a suite file, resolving ``include: other.yaml`` (relative to the file) by deep merge."""
     if path in seen:
         raise ConfigError(f"{path}: include: circular include")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such suite file") from None
     except UnicodeDecodeError:

@@ -60,6 +60,8 @@ class ReportInputs:
     held_out: pd.DataFrame = field(default_factory=pd.DataFrame)
     # a tuning stage's per-arm space, budget and chosen values (``tune.tuning_frame``); empty without one
     tuning: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # long ``source, seed, phase, seconds`` (``runner.phase_frame``): where each cell's wall time went
+    phases: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 # --------------------------------------------------------------------------------------------- tables
@@ -260,6 +262,29 @@ def convergence_flags(curves: pd.DataFrame, summary: pd.DataFrame) -> dict[str, 
             for src, g in mean.groupby("source")}
 
 
+PHASE_ORDER = ["meta_training", "checks", "final_evaluation", "held_out", "samples", "flop_counting", "teacher_save"]
+
+
+def phase_section(phases: pd.DataFrame) -> list[str]:
+    """Mean wall seconds per cell and phase, per source, with each phase's share of the cell's time."""
+    if phases.empty:
+        return []
+    table = phases.groupby(["source", "phase"], sort=False)["seconds"].mean().unstack("phase").fillna(0.0)
+    columns = [p for p in PHASE_ORDER if p in table.columns] + [p for p in table.columns if p not in PHASE_ORDER]
+    table = table[columns]
+    rows = []
+    for source, row in table.iterrows():
+        total = float(row.sum())
+        rows.append([source, *[f"{v:.1f} ({100 * v / total:.0f} %)" if total else f"{v:.1f}" for v in row],
+                     f"{total:.1f}"])
+    return (["## Where the time went (mean wall seconds per cell)", "",
+             "meta_training = the outer steps; checks = validation/test checks during meta-training; "
+             "final_evaluation = fresh learners scored after every inner step; held_out = the held-out "
+             "architectures; samples = the sample grid; flop_counting = the leaderboard's compute measure; "
+             "teacher_save = the artifact. The tuning stage's time is in its own table.", ""]
+            + _md_table(["source", *columns, "total"], rows) + [""])
+
+
 def tuning_section(tuning: pd.DataFrame) -> list[str]:
     """The tuning stage's table: what each arm tuned, with what budget, and what it chose (validation only)."""
     if tuning.empty:
@@ -403,6 +428,7 @@ def render_markdown(inputs: ReportInputs, figures: list[str]) -> str:
     sweep = sweep_frame(summary)
     if not sweep.empty:
         lines += sweep_section(sweep, inputs.meta.get("sweep", "sweep"))
+    lines += phase_section(inputs.phases)
     if figures:
         lines += ["## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures] + [""]
     return "\n".join(lines).rstrip("\n") + "\n"
@@ -631,6 +657,8 @@ def _write_report_files(out_dir: Path, inputs: ReportInputs) -> list[Path]:
         frames.append(("held_out", inputs.held_out))
     if not inputs.tuning.empty:
         frames.append(("tuning", inputs.tuning))
+    if not inputs.phases.empty:
+        frames.append(("phases", inputs.phases))
     for name, frame in frames:
         path = out_dir / f"{name}.csv"
         frame.to_csv(path, index=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import io
+import multiprocessing
 import os
 import platform
 import resource
@@ -156,13 +157,16 @@ def meta_train(suite: Suite, entry: SourceEntry, dataset: Dataset, seed: int, pr
     specs = suite.evaluation.learner_specs(suite.learner, teacher.source.learner_weight_norm)
     ev = suite.evaluation
     curve, status, error = [], "complete", None
+    phases = {"checks": 0.0}  # wall seconds per phase of the cell (the report's "Where the time went")
 
     def check(iteration: int, meta_loss: float | None) -> dict:
+        start = time.perf_counter()
         result = trainer.evaluate(dataset.test, dataset.val, specs, ev.eval_learners,
                                   seed=EVAL_SEED_OFFSET + seed, per_step=False).final
         point = {"outer_iter": iteration, "val_acc": result["val_acc"], "test_acc": result["test_acc"],
                  "val_loss": result["val_loss"], "meta_loss": meta_loss}
         curve.append(point)
+        phases["checks"] += time.perf_counter() - start
         if on_eval is not None:
             on_eval(point)
         return point
@@ -191,7 +195,9 @@ def meta_train(suite: Suite, entry: SourceEntry, dataset: Dataset, seed: int, pr
         interrupt.check()
         start = time.perf_counter()
         final = trainer.evaluate(dataset.test, dataset.val, specs, ev.final_learners, seed=EVAL_SEED_OFFSET + seed)
+        phases["final_evaluation"] = time.perf_counter() - start
         grid, rows = sample_grid(teacher, dataset, seed)
+        phases["samples"] = time.perf_counter() - start - phases["final_evaluation"]
         record.update({
             "test_acc_final": final.test_acc[-1], "val_acc_final": final.val_acc[-1],
             "test_loss_final": final.test_loss[-1], "val_loss_final": final.val_loss[-1],
@@ -203,11 +209,12 @@ def meta_train(suite: Suite, entry: SourceEntry, dataset: Dataset, seed: int, pr
         start = time.perf_counter()
         held_out = ev.held_out_specs(suite.learner, teacher.source.learner_weight_norm)
         record["held_out"] = held_out_scores(trainer, dataset, held_out, ev.final_learners, EVAL_SEED_OFFSET + seed)
-        record["held_out_seconds"] = time.perf_counter() - start
+        record["held_out_seconds"] = phases["held_out"] = time.perf_counter() - start
     else:  # diverged: the last finite evaluation stands for the cell, flagged by its status
         last = curve[-1]
         record.update({"test_acc_final": last["test_acc"], "val_acc_final": last["val_acc"],
                        "val_loss_final": last["val_loss"]})
+    record["phase_seconds"] = {"meta_training": train_seconds, **phases}
     return teacher, record
 
 
@@ -263,8 +270,10 @@ def _run_claimed_cell(task: CellTask, suite: Suite, entry: SourceEntry, dataset:
         from tgbench.leaderboard import meta_train_flops, protocol_of  # what the leaderboard compares and costs
 
         fields["protocol"] = protocol_of(suite.model_dump(mode="json"), dataset.resolved, entry.model_dump(mode="json"))
+        start = time.perf_counter()
         fields["meta_train_flops"] = meta_train_flops(suite, entry, dataset.image_shape, dataset.num_classes,
                                                       task.seed, fields["outer_iterations"])
+        fields["phase_seconds"]["flop_counting"] = time.perf_counter() - start
         interrupt.check()  # never write a cell as complete after a Ctrl-C that Python dropped
     except BaseException as exc:  # Ctrl-C or a bug: the cell is marked failed, never left 'running'
         store.finish(study, trial, {"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
@@ -281,10 +290,12 @@ def _run_claimed_cell(task: CellTask, suite: Suite, entry: SourceEntry, dataset:
         **fields,
     }
     if record["status"] == "complete":
+        start = time.perf_counter()
         record["teacher_artifact"] = store.save_teacher(study, trial, {
             "method": entry.method, "params": entry.params, "state_dict": teacher.state_dict(),
             "suite": suite.model_dump(mode="json"), "dataset_resolved": dataset.resolved, "seed": task.seed,
             "image_shape": dataset.image_shape, "num_classes": dataset.num_classes})
+        record["phase_seconds"]["teacher_save"] = time.perf_counter() - start
     store.finish(study, trial, record)
     return record
 
@@ -393,16 +404,41 @@ def run_suite(suite_path: str, opts: RunOptions, log=print) -> Path:
                 interrupt.check()
                 ran += run_cell(task) is not None
         else:
-            with ProcessPoolExecutor(max_workers=opts.jobs, max_tasks_per_child=1) as pool:
-                futures = [pool.submit(run_cell, task) for task in tasks]
-                for future in tqdm(as_completed(futures), total=len(futures), desc="cells",
-                                   disable=not opts.progress):
-                    ran += future.result() is not None
+            ran += run_in_workers(tasks, opts.jobs, opts.progress)
         tasks, held = unfinished()
     log(f"ran {ran} cells in {time.perf_counter() - start:.0f} s")
     build_report(suite, profile, store, out_dir, {k: {h} for k, h in hashes.items()}, command=_command_line())
     log(f"report: {out_dir / 'report.md'}")
     return out_dir
+
+
+STOP_GRACE_SECONDS = 60  # how long a stopped --jobs run waits for its workers to mark their cells failed
+
+
+def run_in_workers(tasks: list[CellTask], jobs: int, progress: bool) -> int:
+    """Run ``tasks`` in ``jobs`` worker processes (a fresh one per cell); returns how many cells ran here.
+
+    Stop means stop: on Ctrl-C or SIGTERM (to the parent alone, or to the whole process group) the queued cells
+    are cancelled, every running worker gets SIGTERM — its own handler marks its cell failed, as a single
+    process does — and the interrupt is raised again once they have exited (``STOP_GRACE_SECONDS`` at most)."""
+    pool = ProcessPoolExecutor(max_workers=jobs, max_tasks_per_child=1)
+    ran = 0
+    try:
+        futures = [pool.submit(run_cell, task) for task in tasks]
+        for future in tqdm(as_completed(futures), total=len(futures), desc="cells", disable=not progress):
+            ran += future.result() is not None
+            interrupt.check()
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        workers = multiprocessing.active_children()
+        for worker in workers:
+            worker.terminate()
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for worker in workers:
+            worker.join(timeout=max(0.0, deadline - time.monotonic()))
+        raise
+    pool.shutdown()
+    return ran
 
 
 def _writable_out_dir(out: str | None, suite: Suite, profile: str) -> Path:
@@ -534,7 +570,7 @@ def build_report(suite: Suite, profile: str, store: Store, out_dir: Path, accept
                           f"({suite.tuning.startup_trials} random start-up) x {suite.tuning.outer_iterations} outer "
                           f"iterations each, objective = validation error of {suite.tuning.learners} fresh learners")
     return write_report(out_dir, ReportInputs(summary, curves, steps, samples, sample_steps, meta,
-                                              held_out_frame(records), tuning))
+                                              held_out_frame(records), tuning, phase_frame(records)))
 
 
 BN_PROTOCOL_NOTE = {
@@ -543,6 +579,24 @@ BN_PROTOCOL_NOTE = {
     "scored_batch": "scored_batch (TRANSDUCTIVE: each scored batch is normalised with its own mean; the protocol "
                     "of tgbench <= 0.1, not comparable with lesson-statistics results)",
 }
+
+
+def phase_frame(records: list[dict]) -> pd.DataFrame:
+    """Long ``source, seed, phase, seconds``: where each cell's wall time went (records written before the
+    phase split existed contribute nothing)."""
+    rows = [{"source": r["source"], "seed": r["seed"], "phase": phase, "seconds": seconds}
+            for r in records for phase, seconds in _phases_of(r).items()]
+    return pd.DataFrame(rows, columns=["source", "seed", "phase", "seconds"])
+
+
+def _phases_of(record: dict) -> dict[str, float]:
+    if record.get("phase_seconds"):
+        return record["phase_seconds"]
+    # records written before the split (revision 59f80bf and earlier) timed three phases (final evaluation
+    # with the sample grid)
+    old = {"meta_training": record.get("meta_train_seconds"), "final_evaluation": record.get("eval_seconds"),
+           "held_out": record.get("held_out_seconds")}
+    return {k: v for k, v in old.items() if v is not None} if record.get("status") == "complete" else {}
 
 
 def held_out_frame(records: list[dict]) -> pd.DataFrame:

@@ -75,6 +75,12 @@ def cell_key(source: str, seed: int) -> str:
     return f"{source}|seed={seed}"
 
 
+def split_cell_key(key: str) -> tuple[str, int]:
+    """``cell_key``'s inverse: (source, seed)."""
+    source, _, seed = key.rpartition("|seed=")
+    return source, int(seed)
+
+
 def resolve_url(url: str | None) -> str:
     """The storage URL a ``Store(url)`` opens: ``url``, else ``$TGBENCH_STORAGE``, else the default."""
     return url or os.environ.get("TGBENCH_STORAGE") or DEFAULT_STORAGE
@@ -189,6 +195,10 @@ class Store:
             if accept is not None and attrs.get("config_hash") not in accept.get(attrs["cell"], ()):
                 continue
             attrs["trial_number"] = trial.number
+            # a cell that failed or was interrupted before its record was written has only its claim: name it
+            source, seed = split_cell_key(attrs["cell"])
+            attrs.setdefault("source", source)
+            attrs.setdefault("seed", seed)
             prev = newest.get(attrs["cell"])
             # a finished record always beats a failed/interrupted attempt of the same cell
             if prev is None or (attrs["status"] in DONE) >= (prev["status"] in DONE):
