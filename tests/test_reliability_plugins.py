@@ -76,3 +76,60 @@ def test_corrupt_teacher_file_is_bad_input(tmp_path, capsys, monkeypatch):
     assert code == 2, err
     assert "teacher.pt" in _one_error_line(err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["teacher.pt"]  # nothing written
+
+
+FAILING_PLUGIN = """\
+import sys
+import torch
+from tgbench.methods.real import RealData
+
+
+class {cls}(RealData):
+    description = "real data whose lessons fail (a test plug-in)"
+
+    def forward(self, t, episode):
+        {body}
+
+
+METHODS = {{"{name}": {cls}}}
+"""
+FAILING_SUITE = """\
+name: isolation
+dataset: {{name: mnist-5k}}
+learner: {{conv_channels: [[4]], fc_hidden: [[8]], batch_norm: false}}
+inner: {{steps: 2, batch_size: 10}}
+outer: {{iterations: 2, meta_batch_size: 16}}
+evaluation: {{seeds: 1, eval_every: 1, eval_learners: 1, final_learners: 1, held_out: {{}}}}
+sources:
+  - method: {name}
+  - method: real
+profiles:
+  smoke: {{}}
+"""
+
+
+@pytest.mark.parametrize("name, body", [("raises_in_forward", "raise RuntimeError('lesson exploded')"),
+                                        ("exits_in_forward", "sys.exit(7)")])
+def test_a_failing_plugin_fails_its_own_cells_and_the_suite_goes_on(name, body, tmp_path, capsys, monkeypatch):
+    """A plug-in whose ``forward`` raises (or calls ``sys.exit(7)``) fails its own cell, named in the store and
+    in one summary line; the other arm still runs and the report is written; the exit code is 1, never the
+    plug-in's own."""
+    monkeypatch.delenv("TGBENCH_STORAGE", raising=False)
+    monkeypatch.delenv("TGBENCH_DEBUG", raising=False)
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / f"{name}.py").write_text(FAILING_PLUGIN.format(cls="Failing", name=name, body=body))
+    suite = tmp_path / "isolation.yaml"
+    suite.write_text(FAILING_SUITE.format(name=name))
+    code, err = _cli(["run", str(suite), "--profile", "smoke", "--no-progress", "--methods-dir", str(plugins),
+                      "--storage", f"sqlite:///{tmp_path}/t.db", "--out", str(tmp_path / "out")], capsys)
+    assert code == 1, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("tgbench: error: 1 cell(s) failed") and f"{name}|seed=0" in last, err
+    assert "Traceback" not in err
+    from tgbench.store import Store
+
+    records = {r["source"]: r for r in Store(f"sqlite:///{tmp_path}/t.db").records(
+        Store(f"sqlite:///{tmp_path}/t.db").study("isolation@smoke", create=False))}
+    assert records[name]["status"] == "failed" and records["real"]["status"] == "complete"
+    assert (tmp_path / "out" / "report.md").is_file()

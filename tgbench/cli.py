@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from tgbench import interrupt
-from tgbench.errors import BadInput
+from tgbench.errors import BadInput, CellsFailed
 
 SUITES_DIR = Path("suites")
 MAX_SEEDS = 1000  # --seeds above this is a typo (each seed is a full meta-training per source), not a plan
@@ -212,6 +212,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"tgbench: interrupted{how}; running cells are marked failed and will re-run next time",
               file=sys.stderr)
         return interrupt.exit_code()
+    except CellsFailed as exc:  # the suite went on past them; the report is written
+        print(f"tgbench: error: {exc}", file=sys.stderr)
+        return 1
     except Exception as exc:  # a bug or an environment failure: one line (the traceback under TGBENCH_DEBUG=1)
         if os.environ.get("TGBENCH_DEBUG"):
             raise

@@ -24,3 +24,15 @@ class DataNotFound(BadInput):
 
 class Diverged(Exception):
     """Meta-training produced NaN/inf; the cell is recorded as diverged, the suite goes on."""
+
+
+class CellsFailed(Exception):
+    """Some cells of a suite raised (a plug-in's bug, ``sys.exit`` in a plug-in, an environment failure): each
+    was marked failed in the store and the rest of the suite ran; the CLI prints the summary and exits 1."""
+
+    def __init__(self, failures: dict[str, str]):
+        self.failures = failures
+        listed = "; ".join(f"{cell} ({why})" for cell, why in list(failures.items())[:5])
+        more = f"; and {len(failures) - 5} more" if len(failures) > 5 else ""
+        super().__init__(f"{len(failures)} cell(s) failed and are marked failed in the store (the report counts "
+                         f"them; the next run retries them): {listed}{more}")

@@ -31,7 +31,7 @@ from tgbench import interrupt
 from tgbench.config import Suite, SourceEntry, check_data_sizes, load_suite
 from tgbench.data import Dataset, load_dataset
 from tgbench.engine import MetaTrainer
-from tgbench.errors import BadInput, Diverged
+from tgbench.errors import BadInput, CellsFailed, Diverged
 from tgbench.inner import InnerHyperparameters
 from tgbench.nn import LearnerSpec
 from tgbench.registry import methods
@@ -265,6 +265,8 @@ def _run_cell(task: CellTask) -> dict | None:
 
 def _run_claimed_cell(task: CellTask, suite: Suite, entry: SourceEntry, dataset: Dataset, store: Store,
                       study: optuna.Study, trial: optuna.Trial, chash: str) -> dict:
+    """Meta-train, evaluate, save the teacher and write the record. Whatever stops it on the way (Ctrl-C,
+    SIGTERM, a bug, a full disk) marks the cell failed: a claim is never left RUNNING by a live process."""
     try:
         teacher, fields = meta_train(suite, entry, dataset, task.seed, progress=task.progress)
         from tgbench.leaderboard import meta_train_flops, protocol_of  # what the leaderboard compares and costs
@@ -274,11 +276,28 @@ def _run_claimed_cell(task: CellTask, suite: Suite, entry: SourceEntry, dataset:
         fields["meta_train_flops"] = meta_train_flops(suite, entry, dataset.image_shape, dataset.num_classes,
                                                       task.seed, fields["outer_iterations"])
         fields["phase_seconds"]["flop_counting"] = time.perf_counter() - start
+        record = _cell_record(task, suite, entry, dataset, chash, fields)
+        if record["status"] == "complete":
+            start = time.perf_counter()
+            record["teacher_artifact"] = store.save_teacher(study, trial, {
+                "method": entry.method, "params": entry.params, "state_dict": teacher.state_dict(),
+                "suite": suite.model_dump(mode="json"), "dataset_resolved": dataset.resolved, "seed": task.seed,
+                "image_shape": dataset.image_shape, "num_classes": dataset.num_classes})
+            record["phase_seconds"]["teacher_save"] = time.perf_counter() - start
         interrupt.check()  # never write a cell as complete after a Ctrl-C that Python dropped
-    except BaseException as exc:  # Ctrl-C or a bug: the cell is marked failed, never left 'running'
-        store.finish(study, trial, {"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
+        store.finish(study, trial, record)
+    except BaseException as exc:  # Ctrl-C, SIGTERM, a bug, a full disk: the cell is marked failed
+        try:
+            store.finish(study, trial, {"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
+        except optuna.exceptions.UpdateFinishedTrialError:  # it had been closed just before the signal came
+            pass
         raise
-    record = {
+    return record
+
+
+def _cell_record(task: CellTask, suite: Suite, entry: SourceEntry, dataset: Dataset, chash: str,
+                 fields: dict) -> dict:
+    return {
         "cell": cell_key(entry.name, task.seed), "config_hash": chash, "suite": suite.name, "profile": task.profile,
         "source": entry.name, "method": entry.method, "variant": variant_of(entry), "seed": task.seed,
         "dataset": suite.dataset.name, "dataset_resolved": dataset.resolved, "fallback_reason": dataset.fallback_reason,
@@ -289,15 +308,6 @@ def _run_claimed_cell(task: CellTask, suite: Suite, entry: SourceEntry, dataset:
         "revision": git_revision(), "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         **fields,
     }
-    if record["status"] == "complete":
-        start = time.perf_counter()
-        record["teacher_artifact"] = store.save_teacher(study, trial, {
-            "method": entry.method, "params": entry.params, "state_dict": teacher.state_dict(),
-            "suite": suite.model_dump(mode="json"), "dataset_resolved": dataset.resolved, "seed": task.seed,
-            "image_shape": dataset.image_shape, "num_classes": dataset.num_classes})
-        record["phase_seconds"]["teacher_save"] = time.perf_counter() - start
-    store.finish(study, trial, record)
-    return record
 
 
 def tuned_arm(suite: Suite, entry: SourceEntry, values: dict | None) -> SourceEntry:
@@ -381,10 +391,13 @@ def run_suite(suite_path: str, opts: RunOptions, log=print) -> Path:
                           opts.progress and opts.jobs == 1, threads, tuple(opts.methods_dirs), tuned[e.name])
                  for e in suite.sources for s in range(seeds)]
 
+    failures: dict[str, str] = {}  # cells that raised in this run: not retried until the next one
+
     def unfinished() -> tuple[list[CellTask], list[CellTask]]:
         """(cells to run here, cells other live workers are running) among those not done yet."""
         done, busy = store.done_cells(study), store.busy_cells(study)
-        todo = [t for t in all_tasks if (cell_key(t.source, t.seed), hashes[cell_key(t.source, t.seed)]) not in done]
+        todo = [t for t in all_tasks if (cell_key(t.source, t.seed), hashes[cell_key(t.source, t.seed)]) not in done
+                and cell_key(t.source, t.seed) not in failures]
         held = [t for t in todo if (cell_key(t.source, t.seed), hashes[cell_key(t.source, t.seed)]) in busy]
         return [t for t in todo if t not in held], held
 
@@ -402,31 +415,54 @@ def run_suite(suite_path: str, opts: RunOptions, log=print) -> Path:
         elif opts.jobs <= 1:
             for task in tqdm(tasks, desc="cells", disable=not opts.progress or len(tasks) < 2, unit="cell"):
                 interrupt.check()
-                ran += run_cell(task) is not None
+                try:
+                    ran += run_cell(task) is not None
+                except CELL_FAILURES as exc:
+                    _note_failure(failures, task, exc, log)
         else:
-            ran += run_in_workers(tasks, opts.jobs, opts.progress)
+            ran += run_in_workers(tasks, opts.jobs, opts.progress, lambda t, e: _note_failure(failures, t, e, log))
         tasks, held = unfinished()
     log(f"ran {ran} cells in {time.perf_counter() - start:.0f} s")
     build_report(suite, profile, store, out_dir, {k: {h} for k, h in hashes.items()}, command=_command_line())
     log(f"report: {out_dir / 'report.md'}")
+    if failures:
+        raise CellsFailed(failures)
     return out_dir
+
+
+# What one cell may raise without stopping the suite: a plug-in's bug, a plug-in calling sys.exit, an environment
+# failure. The cell is marked failed in the store (``_run_claimed_cell``) and the others run. Bad input and
+# Ctrl-C/SIGTERM still stop the run.
+CELL_FAILURES = (Exception, SystemExit)
+
+
+def _note_failure(failures: dict[str, str], task: CellTask, exc: BaseException, log) -> None:
+    if isinstance(exc, BadInput):
+        raise exc
+    key = cell_key(task.source, task.seed)
+    failures[key] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    log(f"tgbench: cell {key} failed: {failures[key]}; the other cells go on", file=sys.stderr)
 
 
 STOP_GRACE_SECONDS = 60  # how long a stopped --jobs run waits for its workers to mark their cells failed
 
 
-def run_in_workers(tasks: list[CellTask], jobs: int, progress: bool) -> int:
+def run_in_workers(tasks: list[CellTask], jobs: int, progress: bool, on_failure) -> int:
     """Run ``tasks`` in ``jobs`` worker processes (a fresh one per cell); returns how many cells ran here.
 
     Stop means stop: on Ctrl-C or SIGTERM (to the parent alone, or to the whole process group) the queued cells
     are cancelled, every running worker gets SIGTERM — its own handler marks its cell failed, as a single
-    process does — and the interrupt is raised again once they have exited (``STOP_GRACE_SECONDS`` at most)."""
+    process does — and the interrupt is raised again once they have exited (``STOP_GRACE_SECONDS`` at most).
+    A cell that raised anything else is handed to ``on_failure(task, exception)`` and the others go on."""
     pool = ProcessPoolExecutor(max_workers=jobs, max_tasks_per_child=1)
     ran = 0
     try:
-        futures = [pool.submit(run_cell, task) for task in tasks]
+        futures = {pool.submit(run_cell, task): task for task in tasks}
         for future in tqdm(as_completed(futures), total=len(futures), desc="cells", disable=not progress):
-            ran += future.result() is not None
+            try:
+                ran += future.result() is not None
+            except CELL_FAILURES as exc:
+                on_failure(futures[future], exc)
             interrupt.check()
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
