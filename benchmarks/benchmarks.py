@@ -26,7 +26,7 @@ from typing import Any
 from tgbench.config import OuterLoop, Suite
 from tgbench.data import Dataset, load_dataset
 from tgbench.engine import MetaTrainer
-from tgbench import runner
+from tgbench import builders
 
 DATASET = "mnist-5k"
 SEED = 0
@@ -60,8 +60,8 @@ def bench_suite(method: str, params: dict | None = None, *, steps: int, batch: i
 
 
 def build_trainer(suite: Suite, data: Dataset, seed: int = SEED) -> MetaTrainer:
-    """The ``MetaTrainer`` that ``tgbench run`` builds for the suite's first source (``runner.build_trainer``)."""
-    return runner.build_trainer(suite, suite.sources[0], data, seed)
+    """The ``MetaTrainer`` that ``tgbench run`` builds for the suite's first source (``builders.build_trainer``)."""
+    return builders.build_trainer(suite, suite.sources[0], data, seed)
 
 
 def eval_specs(suite: Suite, trainer: MetaTrainer) -> list:

@@ -18,7 +18,8 @@ from tgbench.data import Split, load_dataset
 from tgbench.engine import CURVE_SUBSET, evaluate
 from tgbench.errors import ConfigError
 from tgbench.nn import Learner, LearnerSpec
-from tgbench.runner import build_teacher, build_trainer, cell_hash
+from tgbench.builders import build_teacher, build_trainer
+from tgbench.cells import cell_hash
 from tgbench.store import Store
 from tgbench.tune import tune_stage, tuned_values, tuning_study_name
 

@@ -18,8 +18,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from tgbench import stats
 from tgbench.cli import main
 from tgbench.config import load_suite
-from tgbench.leaderboard import Row, _synthetic_dataset, collect, mark_pareto, meta_train_flops, protocol_of
-from tgbench.runner import RunOptions, build_trainer, run_suite
+from tgbench.compute import meta_train_flops, protocol_of, synthetic_dataset
+from tgbench.leaderboard import Row, collect, mark_pareto
+from tgbench.builders import build_trainer
+from tgbench.runner import RunOptions, run_suite
 from tgbench.store import Store
 
 PROTOCOL = """
@@ -31,13 +33,13 @@ evaluation: {seeds: 1, eval_every: 2, eval_learners: 1, final_learners: 1}
 profiles: {smoke: {}}
 """
 SUITES = {
-    "alpha": PROTOCOL.replace("STEPS", "4") + """
-evaluation: {seeds: 2, eval_every: 2, eval_learners: 1, final_learners: 1}
+    # (a suite overrides the shared protocol's lines by replacing them: YAML duplicate keys are an error)
+    "alpha": PROTOCOL.replace("STEPS", "4").replace("evaluation: {seeds: 1,", "evaluation: {seeds: 2,") + """
 sources:
   - method: real
 """,
-    "beta": PROTOCOL.replace("STEPS", "4") + """
-outer: {iterations: 3, lr: 0.02, meta_batch_size: 32}
+    "beta": PROTOCOL.replace("STEPS", "4").replace("outer: {iterations: 2, lr: 0.01,",
+                                                   "outer: {iterations: 3, lr: 0.02,") + """
 sources:
   - method: dataset_distillation
   - method: real
@@ -166,7 +168,7 @@ def test_flop_count_replays_the_trainers_architecture_sequence(tmp_path, single_
     path.write_text("name: space\n" + two_archs)
     suite = load_suite(path, "smoke")
     entry = suite.sources[0]
-    data = _synthetic_dataset((1, 28, 28), 10, suite.inner.batch_size, suite.outer.meta_batch_size)
+    data = synthetic_dataset((1, 28, 28), 10, suite.inner.batch_size, suite.outer.meta_batch_size)
     trainer = build_trainer(suite, entry, data, seed=3)
     per_step, archs = [], []
     for _ in range(6):

@@ -21,7 +21,7 @@ import pytest
 
 from tgbench.cli import main
 from tgbench.registry import methods
-from tgbench.runner import CellTask, run_cell
+from tgbench.cells import CellTask, run_cell
 from tgbench.store import Store
 
 REPO = Path(__file__).resolve().parents[1]

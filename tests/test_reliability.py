@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from optuna.trial import TrialState
 
-from tgbench import interrupt, runner
+from tgbench import cells, engine, interrupt, runner
 from tgbench.cli import main
 from tgbench.config import Evaluation, InnerLoop, LearnerSpace, OuterLoop, Suite, load_suite
 from tgbench.errors import BadInput
@@ -268,7 +268,7 @@ def test_a_ctrl_c_python_drops_is_raised_at_the_next_check(capsys):
 
 
 def test_a_dropped_ctrl_c_mid_cell_exits_130_and_marks_the_cell_failed(tmp_path, capsys, monkeypatch):
-    step, calls = runner.MetaTrainer.step, []
+    step, calls = engine.MetaTrainer.step, []
 
     def step_then_ctrl_c(self):
         calls.append(1)
@@ -276,7 +276,7 @@ def test_a_dropped_ctrl_c_mid_cell_exits_130_and_marks_the_cell_failed(tmp_path,
             _ctrl_c_that_python_drops()
         return step(self)
 
-    monkeypatch.setattr(runner.MetaTrainer, "step", step_then_ctrl_c)
+    monkeypatch.setattr(engine.MetaTrainer, "step", step_then_ctrl_c)
     suite = tmp_path / "int.yaml"
     suite.write_text(TINY.format(name="int", sources=REAL).replace("iterations: 2", "iterations: 5"))
     code, _, err = _cli(["run", str(suite), "--profile", "smoke", "--no-progress", "--storage",
@@ -393,7 +393,7 @@ def test_a_dead_local_worker_is_stale_at_once(tmp_path):
 def test_a_claim_revoked_while_running_discards_its_result(tmp_path, monkeypatch, capsys):
     suite = tmp_path / "rev.yaml"
     suite.write_text(TINY.format(name="rev", sources=REAL).replace("seeds: 2", "seeds: 1"))
-    real_meta_train = runner.meta_train
+    real_meta_train = cells.meta_train
 
     def revoked_midway(*args, **kwargs):
         out = real_meta_train(*args, **kwargs)
@@ -402,10 +402,10 @@ def test_a_claim_revoked_while_running_discards_its_result(tmp_path, monkeypatch
         other.storage.set_trial_state_values(running[0]._trial_id, state=TrialState.FAIL)
         return out
 
-    monkeypatch.setattr(runner, "meta_train", revoked_midway)
-    task = runner.CellTask(str(suite), "smoke", "real", 0, f"sqlite:///{tmp_path}/t.db", None,
+    monkeypatch.setattr(cells, "meta_train", revoked_midway)
+    task = cells.CellTask(str(suite), "smoke", "real", 0, f"sqlite:///{tmp_path}/t.db", None,
                            str(tmp_path / "artifacts"), progress=False)
-    assert runner.run_cell(task) is None
+    assert cells.run_cell(task) is None
     assert "lost its claim" in capsys.readouterr().err
     trials = Store(f"sqlite:///{tmp_path}/t.db").study("rev@smoke").get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL]
@@ -437,7 +437,7 @@ def test_a_waiting_worker_takes_over_the_cell_of_a_worker_that_went_silent(tmp_p
     url = f"sqlite:///{tmp_path}/t.db"
     store = Store(url)
     study = store.study("take@smoke")
-    chash = runner.cell_hash(load_suite(suite, "smoke"), load_suite(suite, "smoke").sources[0], "mnist-5k")
+    chash = cells.cell_hash(load_suite(suite, "smoke"), load_suite(suite, "smoke").sources[0], "mnist-5k")
     _foreign_claim(store, study, cell_key("real", 0), chash)
 
     assert main(["run", str(suite), "--profile", "smoke", "--no-progress", "--storage", url,

@@ -277,7 +277,7 @@ def test_report_of_a_store_left_by_a_killed_run_lists_the_interrupted_cell(tmp_p
     """A cell whose claim was marked failed before its record was written (Ctrl-C, SIGTERM, a crash) has only
     its cell key: ``tgbench report`` still works (it was a KeyError 'source', exit 1) and counts it failed."""
     from tgbench.config import load_suite
-    from tgbench.runner import cell_hash
+    from tgbench.cells import cell_hash
     from tgbench.store import Store, cell_key
 
     suite_path = tmp_path / "suite.yaml"

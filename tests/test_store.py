@@ -15,7 +15,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from tgbench import runner
+from tgbench import cells, engine, runner
 from tgbench.cli import main
 from tgbench.config import load_suite
 from tgbench.errors import BadInput
@@ -137,7 +137,7 @@ def test_shipped_smoke_records_hold_the_required_fields(shipped):
         r = by_source[entry.name]
         assert r["status"] == "complete"
         assert r["cell"] == cell_key(entry.name, 0)
-        assert r["config_hash"] == runner.cell_hash(smoke, runner.tuned_arm(smoke, entry, chosen[entry.name]),
+        assert r["config_hash"] == cells.cell_hash(smoke, cells.tuned_arm(smoke, entry, chosen[entry.name]),
                                                     "mnist-5k")
         assert r["dataset_resolved"] == "mnist-5k"
         assert r["dataset"] == "mnist-5k"
@@ -180,7 +180,7 @@ def test_shipped_report_rebuilds_from_store_alone(shipped, monkeypatch):
     code, tmp = shipped
     assert code == 0
     _forbid_work(monkeypatch)
-    monkeypatch.setattr(runner, "meta_train", lambda *a, **k: pytest.fail("report trained something"))
+    monkeypatch.setattr(cells, "meta_train", lambda *a, **k: pytest.fail("report trained something"))
     (tmp / "out" / "summary.csv").unlink()
     assert _run(SHIPPED, tmp, "--seeds", "1", command="report") == 0
     assert {r["status"] for r in _summary(tmp)} == {"complete"}
@@ -249,7 +249,7 @@ def test_failed_cell_is_recorded_and_rerun(tmp_path, monkeypatch, capsys):
         raise RuntimeError("injected failure")
 
     with monkeypatch.context() as mp:
-        mp.setattr(runner.MetaTrainer, "step", broken_step)
+        mp.setattr(engine.MetaTrainer, "step", broken_step)
         capsys.readouterr()
         assert _run(suite, tmp_path) == 1
         err = capsys.readouterr().err.strip().splitlines()

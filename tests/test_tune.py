@@ -23,7 +23,7 @@ from tgbench.cli import main
 from tgbench.config import load_suite
 from tgbench.errors import ConfigError
 from tgbench.report import sweep_frame
-from tgbench.runner import cell_hash
+from tgbench.cells import cell_hash
 from tgbench.tune import arm_study_name, objective_value, summary_frame
 
 REPO = Path(__file__).resolve().parents[1]
@@ -254,16 +254,16 @@ def test_killed_study_continues_where_it_stopped(tmp_path):
 
 def test_ctrl_c_mid_trial_exits_130_with_the_trial_failed_and_no_traceback(tmp_path, single_thread, capsys,
                                                                               monkeypatch):
-    from tgbench import runner
+    from tgbench import engine
 
-    step = runner.MetaTrainer.step
+    step = engine.MetaTrainer.step
 
     def step_then_ctrl_c(self):
         if self.iteration == 1:  # a real SIGINT, in the second meta-iteration of the first trial
             signal.raise_signal(signal.SIGINT)
         return step(self)
 
-    monkeypatch.setattr(runner.MetaTrainer, "step", step_then_ctrl_c)
+    monkeypatch.setattr(engine.MetaTrainer, "step", step_then_ctrl_c)
     optuna_log = io.StringIO()   # Optuna's handler keeps the stderr it found at import: point it here
     streams = [h for h in logging.getLogger("optuna").handlers if type(h) is logging.StreamHandler]
     assert streams

@@ -188,9 +188,9 @@ def _dispatch(args: argparse.Namespace) -> int:
                 report_suite(args.suite, opts)
         elif args.command == "leaderboard":
             from tgbench.leaderboard import build_leaderboard
-            from tgbench.runner import _command_line
+            from tgbench.provenance import command_line
 
-            build_leaderboard(args.storage, args.out, args.artifacts, command=_command_line())
+            build_leaderboard(args.storage, args.out, args.artifacts, command=command_line())
         elif args.command == "export":
             from tgbench.teach import export_teacher
 

@@ -17,6 +17,7 @@ from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, 
 from typing_extensions import TypedDict  # (pydantic needs typing_extensions' TypedDict before Python 3.12)
 
 from tgbench.errors import BadInput, ConfigError
+from tgbench.registry import datasets, methods, suite_kinds
 from tgbench.nn import ACTIVATIONS, BN_STATISTICS, LearnerSpec, held_out_variants
 
 PROFILES = ("smoke", "cpu", "paper")
@@ -494,7 +495,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     return raw
 
 
-def _format_error(path: Path, exc: ValidationError, prefix: str = "", root: type[BaseModel] | None = None) -> str:
+def format_error(path: Path, exc: ValidationError, prefix: str = "", root: type[BaseModel] | None = None) -> str:
     err = exc.errors()[0]
     loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in (prefix, *err["loc"]) if p != "")
     loc = loc.replace(".[", "[")
@@ -537,7 +538,7 @@ def load_suite(path: str | Path, profile: str | None = None) -> Suite:
     try:
         base = Suite.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_format_error(path, exc)) from None
+        raise ConfigError(format_error(path, exc)) from None
     if profile is not None and profile not in PROFILES:
         raise BadInput(f"--profile: unknown profile {profile!r}; choose from: {', '.join(PROFILES)}")
     resolved = {}
@@ -546,7 +547,7 @@ def load_suite(path: str | Path, profile: str | None = None) -> Suite:
         try:
             resolved[name] = Suite.model_validate(merged)
         except ValidationError as exc:
-            raise ConfigError(_format_error(path, exc, prefix=f"profiles.{name}")) from None
+            raise ConfigError(format_error(path, exc, prefix=f"profiles.{name}")) from None
     for suite, where in [(base, "")] + [(s, f"profiles.{n}.") for n, s in resolved.items()]:
         _check_sources(path, suite, where)
     if profile is None:
@@ -557,8 +558,6 @@ def load_suite(path: str | Path, profile: str | None = None) -> Suite:
 
 
 def _check_sources(path: Path, suite: Suite, where: str) -> None:
-    from tgbench.registry import datasets, methods
-
     if suite.dataset.name not in datasets:
         raise datasets.unknown(suite.dataset.name, f"{path}: {where}dataset.name")
     if suite.dataset.fallback is not None and suite.dataset.fallback not in datasets:
@@ -571,19 +570,19 @@ def _check_sources(path: Path, suite: Suite, where: str) -> None:
         try:
             cls.Params.model_validate(entry.params)
         except ValidationError as exc:
-            raise ConfigError(_format_error(path, exc, prefix=f"{key}.params", root=cls.Params)) from None
+            raise ConfigError(format_error(path, exc, prefix=f"{key}.params", root=cls.Params)) from None
         try:
             suite.outer_for(entry)
         except ValidationError as exc:
-            raise ConfigError(_format_error(path, exc, prefix=f"{key}.outer", root=OuterLoop)) from None
+            raise ConfigError(format_error(path, exc, prefix=f"{key}.outer", root=OuterLoop)) from None
         try:
             suite.inner_for(entry)
         except ValidationError as exc:
-            raise ConfigError(_format_error(path, exc, prefix=f"{key}.inner", root=InnerLoop)) from None
+            raise ConfigError(format_error(path, exc, prefix=f"{key}.inner", root=InnerLoop)) from None
         try:
             suite.learner_for(entry)
         except ValidationError as exc:
-            raise ConfigError(_format_error(path, exc, prefix=f"{key}.learner", root=LearnerSpace)) from None
+            raise ConfigError(format_error(path, exc, prefix=f"{key}.learner", root=LearnerSpace)) from None
         if entry.tune_space is not None:
             if suite.tuning is None:
                 raise ConfigError(f"{path}: {key}.tune_space: only a suite with a `tuning:` stage tunes its arms")
@@ -599,18 +598,27 @@ def _check_sources(path: Path, suite: Suite, where: str) -> None:
             own = entry.tune_space is not None
             _check_space(path, suite, i, suite.tuning.space_for(entry),
                          f"{where}sources[{i}].tune_space" if own else f"{where}tuning.space")
-    if suite.nas is not None:
-        from tgbench.nas import check_nas
+    validate = suite_kinds.get(suite.kind).validate  # a kind's own section (e.g. nas_proxy's `nas:`)
+    if validate is not None:
+        validate(path, suite, where)
 
-        check_nas(path, suite, where)
+
+def arm_with(suite: Suite, entry: SourceEntry, values: dict[str, Any]) -> SourceEntry:
+    """The arm with sampled ``values`` applied as per-arm overrides, validated like any arm (``load_suite`` checks
+    both ends of every range this way, so a study cannot fail half-way on an illegal value)."""
+    fields = entry.model_dump()
+    for key, value in values.items():
+        section, _, leaf = key.partition(".")
+        fields[section] = {**fields[section], leaf: value}
+    arm = SourceEntry.model_validate(fields)
+    suite.outer_for(arm), suite.inner_for(arm)
+    methods.get(arm.method).Params.model_validate(arm.params)
+    return arm
 
 
 def _check_space(path: Path, suite: Suite, i: int, space: dict[str, SearchDimension], key: str) -> None:
     """Every dimension of ``space`` names a setting of ``sources[i]``, and both ends of its range are legal
     values for it (so a study can never fail half-way on an illegal value)."""
-    from tgbench.registry import methods
-    from tgbench.tune import arm_with
-
     entry = suite.sources[i]
     for name, dim in space.items():
         section, _, leaf = name.partition(".")

@@ -28,11 +28,14 @@ class Diverged(Exception):
 
 class CellsFailed(Exception):
     """Some cells of a suite raised (a plug-in's bug, ``sys.exit`` in a plug-in, an environment failure): each
-    was marked failed in the store and the rest of the suite ran; the CLI prints the summary and exits 1."""
+    was marked failed in the store and the rest of the suite ran; the CLI prints this one line and exits 1."""
 
     def __init__(self, failures: dict[str, str]):
         self.failures = failures
-        listed = "; ".join(f"{cell} ({why})" for cell, why in list(failures.items())[:5])
-        more = f"; and {len(failures) - 5} more" if len(failures) > 5 else ""
-        super().__init__(f"{len(failures)} cell(s) failed and are marked failed in the store (the report counts "
-                         f"them; the next run retries them): {listed}{more}")
+        (cell, why), *rest = failures.items()
+        more = f"; {len(rest)} more cell(s) failed: {', '.join(c for c, _ in rest[:5])}" if rest else ""
+        if len(rest) > 5:
+            more += ", ..."
+        super().__init__(f"{why} in cell {cell}{more} (marked failed in the store; the other cells ran and the "
+                         "report counts them; the next run retries them; rerun with TGBENCH_DEBUG=1 for the "
+                         "traceback)")

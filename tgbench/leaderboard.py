@@ -4,7 +4,7 @@
 one accuracy-vs-compute PNG per table). Conventions:
 
 * **Only comparable runs share a table.** A table is one (protocol hash, profile); the protocol
-  (:func:`protocol_of`) is the resolved dataset, the inner loop (steps, batch size, optimiser), the learner space
+  (:func:`tgbench.compute.protocol_of`) is the resolved dataset, the inner loop (steps, batch size, optimiser), the learner space
   and the final-evaluation settings (learners per architecture, held-out architectures). Everything else — the
   method, its params, the outer loop (iterations, meta-batch, lr) — is what a method is free to choose, and its
   cost shows in the compute column. Records written since this module exist carry their ``protocol``; older
@@ -14,7 +14,7 @@ one accuracy-vs-compute PNG per table). Conventions:
   test accuracy after the last inner step (the report's headline), mean over *complete* seeds with a 95 %
   percentile bootstrap CI (:func:`tgbench.stats.mean_ci`); diverged seeds are counted, not averaged.
 * **Compute** is meta-training FLOPs per seed, counted by ``torch.utils.flop_counter.FlopCounterMode`` around
-  real ``MetaTrainer.step()`` calls (:func:`meta_train_flops`): matmul/convolution FLOPs of the forward, backward
+  real ``MetaTrainer.step()`` calls (:func:`tgbench.compute.meta_train_flops`): matmul/convolution FLOPs of the forward, backward
   and double-backward, *not* element-wise work or evaluation. New records store it (``meta_train_flops``); for
   older records the leaderboard measures it from the config in the teacher artifact (n/a when unavailable).
 * The **Pareto front** of a table: rows no other row beats on both accuracy (higher) and compute (lower).
@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import random
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +34,9 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from tgbench import stats  # noqa: E402
-from tgbench.errors import BadInput, Diverged  # noqa: E402
+from tgbench.compute import meta_train_flops, protocol_of  # noqa: E402
+from tgbench.errors import BadInput  # noqa: E402
+from tgbench.provenance import git_revision, machine  # noqa: E402
 from tgbench.store import DONE, Store, config_hash  # noqa: E402
 
 COMPLETE = "complete"
@@ -44,15 +44,6 @@ DEFAULT_OUT = Path("results") / "LEADERBOARD.md"
 
 
 # ------------------------------------------------------------------------------------------ the protocol
-def protocol_of(suite: dict, dataset_resolved: str, entry: dict | None = None) -> dict:
-    """What must be equal for two runs to share a table, from a suite's JSON dump (``Suite.model_dump``) and the
-    arm's (``SourceEntry.model_dump``): an arm's own ``inner`` overrides, where a suite has them, count."""
-    inner = {**suite["inner"], **((entry or {}).get("inner") or {})}
-    ev = suite["evaluation"]
-    return {"dataset": dataset_resolved,
-            "inner": {k: inner[k] for k in ("steps", "batch_size", "optimizer")},
-            "learner": suite["learner"],
-            "evaluation": {"final_learners": ev["final_learners"], "architectures": ev.get("architectures")}}
 
 
 def describe_protocol(p: dict) -> str:
@@ -68,55 +59,6 @@ def describe_protocol(p: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------ compute
-def _synthetic_dataset(image_shape, num_classes: int, batch_size: int, meta_batch: int):
-    """Random data of the right shape: FLOP counts of a meta-step do not depend on pixel values."""
-    from tgbench.data import Dataset, Split
-
-    n = max(4 * batch_size, meta_batch, 20 * num_classes)
-    gen = torch.Generator().manual_seed(0)
-    split = Split(torch.randn(n, *image_shape, generator=gen), torch.arange(n) % num_classes)
-    return Dataset("synthetic", "synthetic", split, split, split, num_classes, tuple(image_shape),
-                   (0.0,) * image_shape[0], (1.0,) * image_shape[0], "random tensors for FLOP counting")
-
-
-def meta_train_flops(suite, entry, image_shape, num_classes: int, seed: int, iterations: int,
-                     cache: dict | None = None) -> float:
-    """Matmul/conv FLOPs of ``iterations`` meta-iterations of one cell, counted by ``FlopCounterMode``.
-
-    The architecture of iteration i is drawn by the trainer's own seeded ``random.Random(seed)``, so the exact
-    sequence is replayed here; one ``MetaTrainer.step()`` per distinct architecture is counted (a meta-step's
-    FLOPs depend only on shapes) on random data of the dataset's shape, and the counts are summed over the
-    sequence. Torch's global RNG is left as it was. ``cache`` (architecture -> FLOPs of one step) may be shared
-    between calls for the same cell config, e.g. its seeds.
-    """
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from tgbench.config import LearnerSpace
-    from tgbench.runner import build_trainer
-
-    inner = suite.inner_for(entry)
-    data = _synthetic_dataset(image_shape, num_classes, inner.batch_size, suite.outer_for(entry).meta_batch_size)
-    with torch.random.fork_rng():
-        trainer = build_trainer(suite, entry, data, seed)
-        rng = random.Random(seed)  # the trainer's architecture stream (MetaTrainer.rng)
-        archs = Counter(suite.learner.sample(rng, trainer.learner_weight_norm) for _ in range(iterations))
-        total, cache = 0.0, {} if cache is None else cache
-        for spec in archs:
-            if spec in cache:
-                total += archs[spec] * cache[spec]
-                continue
-            trainer.space = LearnerSpace(conv_channels=[list(spec.conv_channels)], fc_hidden=[list(spec.fc_hidden)],
-                                         kernel_size=[spec.kernel_size], activation=[spec.activation],
-                                         batch_norm=spec.batch_norm, weight_norm=spec.weight_norm)
-            counter = FlopCounterMode(display=False)
-            try:
-                with counter:
-                    trainer.step()
-            except Diverged:  # a throwaway step from a fresh init blew up: no trustworthy count
-                return math.nan
-            cache[spec] = counter.get_total_flops()
-            total += archs[spec] * cache[spec]
-    return float(total)
 
 
 # ------------------------------------------------------------------------------------------ rows and tables
@@ -277,7 +219,7 @@ HEADER = ["rank", "source", "suite", "variant", "test acc, last inner step (mean
 
 
 def table_lines(table: Table, figure: str | None) -> list[str]:
-    from tgbench.report import _md_table, fmt_pct_ci
+    from tgbench.report import md_table, fmt_pct_ci
 
     body = []
     for i, r in enumerate(table.rows, 1):
@@ -286,7 +228,7 @@ def table_lines(table: Table, figure: str | None) -> list[str]:
                      "n/a" if math.isnan(r.meta_train_seconds) else f"{r.meta_train_seconds:.1f}",
                      _fmt_flops(r.flops), "★" if r.pareto else "", r.finished, r.revisions])
     lines = [f"## {table.protocol.get('dataset')} · profile `{table.profile}` · protocol `{table.key}`", "",
-             f"Protocol: {describe_protocol(table.protocol)}.", "", *_md_table(HEADER, body), ""]
+             f"Protocol: {describe_protocol(table.protocol)}.", "", *md_table(HEADER, body), ""]
     front = sorted((r for r in table.rows if r.pareto), key=lambda r: r.flops)
     if front:
         lines += ["Cost-aware view — the Pareto front, cheapest first (each step buys accuracy with compute): "
@@ -381,8 +323,6 @@ def build_leaderboard(storages: list[str] | None, out: str | None, artifacts_dir
                       command: str = "", log=print) -> Path:
     """What ``tgbench leaderboard`` does: read the whole store(s), write the Markdown, CSV and figures.
     ``artifacts_dir`` (default: each SQLite store's own) applies to every store."""
-    from tgbench.runner import git_revision, machine
-
     for url in storages or []:  # reading must not create an empty SQLite store where a typo'd path points
         if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
             raise BadInput(f"--storage: no store at {url.removeprefix('sqlite:///')}")

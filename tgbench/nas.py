@@ -37,14 +37,17 @@ from scipy import stats as st
 from tqdm import tqdm
 
 from tgbench import interrupt, stats
-from tgbench.config import LearnerSpace, SourceEntry, Suite, _format_error
+from tgbench.config import LearnerSpace, SourceEntry, Suite, format_error
 from tgbench.data import Dataset, load_dataset
 from tgbench.errors import BadInput, ConfigError
 from tgbench.nn import LearnerSpec
 from tgbench.proxies import Proxy, ProxyContext, train_real
 from tgbench.registry import proxies
-from tgbench.runner import (CellTask, _command_line, _writable_out_dir, build_teacher, cell_hash, git_revision,
-                            machine, run_cell, study_name)
+from tgbench.builders import build_teacher
+from tgbench.cells import CellTask, cell_hash, run_cell, study_name
+from tgbench.kinds import SuiteKind
+from tgbench.locations import writable_out_dir
+from tgbench.provenance import command_line, git_revision, machine
 from tgbench.source import Teacher
 from tgbench.store import Store, cell_key, config_hash
 
@@ -119,7 +122,7 @@ def check_nas(path: Path, suite: Suite, where: str) -> None:
         try:
             params = cls.Params.model_validate(entry.params)
         except ValidationError as exc:
-            raise ConfigError(_format_error(path, exc, prefix=f"{key}.params", root=cls.Params)) from None
+            raise ConfigError(format_error(path, exc, prefix=f"{key}.params", root=cls.Params)) from None
         source = cls.teacher_source(params)
         if source is not None and "/" not in source and source not in labels:
             raise ConfigError(f"{path}: {key}.params.source: no source labelled {source!r}; sources: "
@@ -424,7 +427,7 @@ def _fmt_seconds(s: float) -> str:
 
 def render_nas_markdown(meta: dict, metrics: pd.DataFrame, search: pd.DataFrame, archs: pd.DataFrame,
                         target: str, gt_cost: tuple[float, float], figures: list[str]) -> str:
-    from tgbench.report import _md_table, header_lines
+    from tgbench.report import md_table, header_lines
 
     lines = header_lines(meta)
     n = len(archs)
@@ -443,7 +446,7 @@ def render_nas_markdown(meta: dict, metrics: pd.DataFrame, search: pd.DataFrame,
             + [_fmt_seconds(r.cpu_seconds_per_arch), _fmt_seconds(r.seconds_per_arch), _fmt_seconds(r.setup_seconds),
                _fmt_seconds(r.total_seconds)]
             for _, r in metrics.iterrows()]
-    lines += _md_table(header, body)
+    lines += md_table(header, body)
     lines += ["", f"Ground-truth cost: {_fmt_seconds(gt_cost[1])} CPU s ({_fmt_seconds(gt_cost[0])} wall s) per "
               "architecture and seed (mean).", ""]
     lines += ["## Random-search NAS", "",
@@ -456,7 +459,7 @@ def render_nas_markdown(meta: dict, metrics: pd.DataFrame, search: pd.DataFrame,
         by_n = g.set_index("budget")
         body.append([label] + [_fmt_ci(100 * by_n.loc[b, "mean"], 100 * by_n.loc[b, "low"], 100 * by_n.loc[b, "high"],
                                        digits=2) for b in budgets])
-    lines += _md_table(["proxy"] + [f"N = {b}" for b in budgets], body)
+    lines += md_table(["proxy"] + [f"N = {b}" for b in budgets], body)
     lines += ["", "## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures] + [""]
     return "\n".join(lines).rstrip("\n") + "\n"
 
@@ -559,7 +562,7 @@ def _search_figure(search: pd.DataFrame, target: str):
 def write_nas_report(out_dir: Path, suite: Suite, archs: pd.DataFrame, truth: pd.DataFrame, records: list[dict],
                      meta: dict) -> list[Path]:
     """Write architectures.csv, ground_truth.csv, metrics.csv, random_search.csv, the figures and report.md."""
-    from tgbench.report import _save
+    from tgbench.report import save_figure
 
     nas = suite.nas
     metrics = metrics_table(archs, records, nas.target, nas.bootstrap_resamples)
@@ -576,9 +579,9 @@ def write_nas_report(out_dir: Path, suite: Suite, archs: pd.DataFrame, truth: pd
                         ("random_search", search)):
         frame.to_csv(out_dir / f"{name}.csv", index=False)
         written.append(out_dir / f"{name}.csv")
-    figures = [_save(_scatter_figure(archs, metrics, nas.target), out_dir / "scatter.png"),
-               _save(_cost_figure(metrics, search, gt_cost[1], nas.target), out_dir / "cost.png"),
-               _save(_search_figure(search, nas.target), out_dir / "random_search.png")]
+    figures = [save_figure(_scatter_figure(archs, metrics, nas.target), out_dir / "scatter.png"),
+               save_figure(_cost_figure(metrics, search, gt_cost[1], nas.target), out_dir / "cost.png"),
+               save_figure(_search_figure(search, nas.target), out_dir / "random_search.png")]
     md = out_dir / "report.md"
     md.write_text(render_nas_markdown(meta, metrics, search, archs, nas.target, gt_cost,
                                       [p.name for p in figures]), encoding="utf-8")
@@ -588,7 +591,7 @@ def write_nas_report(out_dir: Path, suite: Suite, archs: pd.DataFrame, truth: pd
 # ---------------------------------------------------------------------------------------------- entry points
 def _meta(suite: Suite, profile: str, store: Store, dataset_resolved: str, records: list[dict],
           extra: dict) -> dict:
-    return {"suite": suite.name, "profile": profile, "revision": git_revision(), "command": _command_line(),
+    return {"suite": suite.name, "profile": profile, "revision": git_revision(), "command": command_line(),
             "machine": machine(), "torch": torch.__version__,
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "dataset": dataset_resolved, "store": store.url, "target": suite.nas.target,
@@ -608,7 +611,7 @@ def _load_dataset(suite: Suite, opts, log) -> Dataset:
 
 def run_nas_suite(suite_path: str, suite: Suite, profile: str, opts, log=print) -> Path:
     """Ground truth (cached), teachers (cached), proxy scores (cached per proxy), then the report."""
-    out_dir = _writable_out_dir(opts.out, suite, profile)
+    out_dir = writable_out_dir(opts.out, suite, profile)
     if opts.jobs > 1:
         log("note: nas_proxy suites run in one process; --jobs is ignored", file=sys.stderr)
     dataset = _load_dataset(suite, opts, log)
@@ -630,7 +633,7 @@ def run_nas_suite(suite_path: str, suite: Suite, profile: str, opts, log=print) 
 
 def report_nas_suite(suite_path: str, suite: Suite, profile: str, opts, log=print) -> Path:
     """Rebuild the report from the store alone (no data, no training); exit 2 if anything was never computed."""
-    out_dir = _writable_out_dir(opts.out, suite, profile)
+    out_dir = writable_out_dir(opts.out, suite, profile)
     store = Store(opts.storage, opts.artifacts_dir)
     specs = scored_architectures(suite)
     ids = [arch_id(s) for s in specs]
@@ -651,3 +654,6 @@ def report_nas_suite(suite_path: str, suite: Suite, profile: str, opts, log=prin
                                                                   records, {}))
     log(f"report: {out_dir / 'report.md'}")
     return out_dir
+
+
+NAS_PROXY = SuiteKind(run=run_nas_suite, report=report_nas_suite, validate=check_nas)

@@ -175,3 +175,9 @@ proxies.register("jacob_cov", "tgbench.proxies:JacobCov")
 proxies.register("nwot", "tgbench.proxies:NWOT")
 proxies.register("teaching", "tgbench.proxies:TeachingData")
 proxies.register("real_epochs", "tgbench.proxies:RealEpochs")
+
+# Suite kinds: each target is a tgbench.kinds.SuiteKind (what `tgbench run` / `report` do with the suite).
+suite_kinds = Registry("suite kind")
+suite_kinds.register("fewstep", "tgbench.runner:FEWSTEP")
+suite_kinds.register("tune", "tgbench.tune:TUNE")
+suite_kinds.register("nas_proxy", "tgbench.nas:NAS_PROXY")

@@ -137,7 +137,7 @@ def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _md_table(header: list[str], rows: list[list[Any]]) -> list[str]:
+def md_table(header: list[str], rows: list[list[Any]]) -> list[str]:
     lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_cell(c) for c in r) + " |" for r in rows]
     return lines
@@ -170,7 +170,7 @@ def results_table(rows: list[SourceRow]) -> list[str]:
         ]
         for r in rows
     ]
-    return _md_table(RESULTS_HEADER, body)
+    return md_table(RESULTS_HEADER, body)
 
 
 def p_value_matrix(summary: pd.DataFrame, order: list[str]) -> pd.DataFrame:
@@ -185,7 +185,7 @@ def p_value_table(matrix: pd.DataFrame) -> list[str]:
         [names[i]] + ["—" if i == j else _fmt_p(float(matrix.iat[i, j])) for j in range(len(names))]
         for i in range(len(names))
     ]
-    return _md_table(["source"] + names, body)
+    return md_table(["source"] + names, body)
 
 
 # --------------------------------------------------------------------------------------------- markdown
@@ -247,7 +247,7 @@ def comparison_table(frame: pd.DataFrame) -> list[str]:
     body = [[f"{r.a} − {r.b}", f"{pp(r.difference)} [{pp(r.low)}, {pp(r.high)}]", _fmt_p(r.p), _fmt_p(r.p_holm),
              "yes" if not math.isnan(r.p_holm) and r.p_holm < 0.01 else "no"]
             for r in frame.itertuples()]
-    return _md_table(["pair", "test acc difference (pp [95 % CI])", "Welch p", "Holm p", "significant (Holm p < 0.01)"],
+    return md_table(["pair", "test acc difference (pp [95 % CI])", "Welch p", "Holm p", "significant (Holm p < 0.01)"],
                      body)
 
 
@@ -282,7 +282,7 @@ def phase_section(phases: pd.DataFrame) -> list[str]:
              "final_evaluation = fresh learners scored after every inner step; held_out = the held-out "
              "architectures; samples = the sample grid; flop_counting = the leaderboard's compute measure; "
              "teacher_save = the artifact. The tuning stage's time is in its own table.", ""]
-            + _md_table(["source", *columns, "total"], rows) + [""])
+            + md_table(["source", *columns, "total"], rows) + [""])
 
 
 def tuning_section(tuning: pd.DataFrame) -> list[str]:
@@ -297,7 +297,7 @@ def tuning_section(tuning: pd.DataFrame) -> list[str]:
              "trials per arm, each trial meta-training one teacher for the same number of outer iterations "
              "(fewer only where the arm's own budget is smaller). The chosen values are applied to the final "
              "seeds, which are reported on test.", ""]
-            + _md_table(["arm", "tuned space", "trials", "outer iterations / trial", "chosen values",
+            + md_table(["arm", "tuned space", "trials", "outer iterations / trial", "chosen values",
                          "best val acc %", "tuning meta-train s"], rows) + [""])
 
 
@@ -320,7 +320,7 @@ def held_out_section(held_out: pd.DataFrame, cells: pd.DataFrame, dataset: str) 
     lines = [f"### Held-out architectures ({dataset})", "",
              "Test accuracy after the last inner step of fresh learners the teacher was never meta-trained with "
              "(mean % [95 % CI] over seeds; " + "; ".join(f"{n} = {_code(arch[n])}" for n in names) + ").", ""]
-    return lines + _md_table(["source", "evaluation learner"] + names, body) + [""]
+    return lines + md_table(["source", "evaluation learner"] + names, body) + [""]
 
 
 def dataset_section(summary: pd.DataFrame, dataset: str, meta: dict[str, Any],
@@ -383,7 +383,7 @@ def sweep_section(frame: pd.DataFrame, key: str) -> list[str]:
                  "–" if math.isnan(r.meta_train_seconds) else f"{r.meta_train_seconds:.0f}"]
                 for r in part.itertuples()]
         lines += [f"### {ds}", ""]
-        lines += _md_table(["arm", key, "diverged", "test acc (non-diverged)", "meta-train s"], rows) + [""]
+        lines += md_table(["arm", key, "diverged", "test acc (non-diverged)", "meta-train s"], rows) + [""]
     return lines
 
 
@@ -466,7 +466,7 @@ def _band(ax, long: pd.DataFrame, x: str, y: str, label: str) -> None:
     ax.fill_between(xs, 100 * low, 100 * high, color=line.get_color(), alpha=0.2, linewidth=0)
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def save_figure(fig: plt.Figure, path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
@@ -574,7 +574,7 @@ def samples_grid(source: str, images: np.ndarray, steps: list[int] | None) -> pl
 
 def samples_figure(source: str, images: np.ndarray, steps: list[int] | None, path: Path) -> Path:
     """Write :func:`samples_grid` to ``path``."""
-    return _save(samples_grid(source, images, steps), path)
+    return save_figure(samples_grid(source, images, steps), path)
 
 
 # --------------------------------------------------------------------------------------------- entry
@@ -589,13 +589,13 @@ def _write_figures(out_dir: Path, inputs: ReportInputs) -> list[Path]:
     written = []
     if not inputs.curves.empty:
         fig = band_plot(inputs.curves, inputs.summary, "outer_iter", CURVES_XLABEL, CURVES_TITLE)
-        written.append(_save(fig, out_dir / "curves.png"))
+        written.append(save_figure(fig, out_dir / "curves.png"))
     if not inputs.steps.empty:
         fig = band_plot(inputs.steps, inputs.summary, "inner_step", STEPS_XLABEL, STEPS_TITLE)
-        written.append(_save(fig, out_dir / "inner_steps.png"))
+        written.append(save_figure(fig, out_dir / "inner_steps.png"))
     sweep = sweep_frame(inputs.summary)
     if not sweep.empty:
-        written.append(_save(sweep_figure(sweep, inputs.meta.get("sweep", "sweep")), out_dir / "sweep.png"))
+        written.append(save_figure(sweep_figure(sweep, inputs.meta.get("sweep", "sweep")), out_dir / "sweep.png"))
     names = sample_file_names(inputs.samples)
     for source in sorted(inputs.samples):
         path = out_dir / names[str(source)]

@@ -75,10 +75,24 @@ def cell_key(source: str, seed: int) -> str:
     return f"{source}|seed={seed}"
 
 
-def split_cell_key(key: str) -> tuple[str, int]:
-    """``cell_key``'s inverse: (source, seed)."""
-    source, _, seed = key.rpartition("|seed=")
-    return source, int(seed)
+def split_cell_key(key: str) -> tuple[str, int] | None:
+    """``cell_key``'s inverse: (source, seed); None for a key of another shape (e.g. a NAS proxy record's)."""
+    source, sep, seed = key.rpartition("|seed=")
+    return (source, int(seed)) if sep and seed.isdigit() else None
+
+
+def artifacts_location(url: str | None, artifacts_dir: str | Path | None) -> tuple[Path, str]:
+    """Where a ``Store(url, artifacts_dir)`` keeps teacher artifacts, and the flag or variable that chose it:
+    ``artifacts_dir``, else ``$TGBENCH_ARTIFACTS``, else ``artifacts/`` next to an SQLite store, else
+    ``results/artifacts``."""
+    if artifacts_dir:
+        return Path(artifacts_dir), "--artifacts"
+    if os.environ.get("TGBENCH_ARTIFACTS"):
+        return Path(os.environ["TGBENCH_ARTIFACTS"]), "$TGBENCH_ARTIFACTS"
+    url = resolve_url(url)
+    if url.startswith("sqlite:///"):
+        return Path(url.removeprefix("sqlite:///")).parent / "artifacts", "--artifacts (default: next to the store)"
+    return Path("results") / "artifacts", "--artifacts (default)"
 
 
 def resolve_url(url: str | None) -> str:
@@ -141,9 +155,6 @@ class Store:
                 db_path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise BadInput(f"--storage: cannot create {db_path.parent}: {exc.strerror}") from None
-            default_artifacts = db_path.parent / "artifacts"
-        else:
-            default_artifacts = Path("results") / "artifacts"
         self.heartbeat_interval = heartbeat_interval or HEARTBEAT_INTERVAL
         self.grace_period = grace_period or GRACE_PERIOD
         for attempt in range(3):
@@ -161,7 +172,7 @@ class Store:
                     time.sleep(0.5 + attempt)
                     continue
                 raise BadInput(f"--storage: cannot open {self.url!r}: {reason}") from None
-        self.artifacts_dir = Path(artifacts_dir or os.environ.get("TGBENCH_ARTIFACTS") or default_artifacts)
+        self.artifacts_dir = artifacts_location(self.url, artifacts_dir)[0]
 
     # ------------------------------------------------------------------ studies and cells
     def study(self, name: str, create: bool = True) -> optuna.Study:
@@ -196,9 +207,10 @@ class Store:
                 continue
             attrs["trial_number"] = trial.number
             # a cell that failed or was interrupted before its record was written has only its claim: name it
-            source, seed = split_cell_key(attrs["cell"])
-            attrs.setdefault("source", source)
-            attrs.setdefault("seed", seed)
+            parsed = split_cell_key(attrs["cell"])
+            if parsed is not None:
+                attrs.setdefault("source", parsed[0])
+                attrs.setdefault("seed", parsed[1])
             prev = newest.get(attrs["cell"])
             # a finished record always beats a failed/interrupted attempt of the same cell
             if prev is None or (attrs["status"] in DONE) >= (prev["status"] in DONE):

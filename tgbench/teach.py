@@ -60,7 +60,7 @@ def _suite_name(suite: str) -> str:
 def export_teacher(suite: str, profile: str | None, source: str, seed: int, out: str, storage: str | None = None,
                    artifacts_dir: str | None = None, log=print) -> Path:
     """Write the teacher of cell (source, seed) of ``suite@profile`` from the store to ``out``."""
-    from tgbench.runner import default_profile
+    from tgbench.provenance import default_profile
     from tgbench.store import Store, cell_key, require_existing
 
     profile = profile or default_profile()
@@ -130,7 +130,7 @@ def load_exported(path: str | Path) -> dict:
 def _rebuild_teacher(path: str | Path, payload: dict, suite, entry, dataset):
     """The teacher of ``payload`` built under its suite, with the file's weights; :class:`BadInput` naming the
     file when they do not fit (missing/unexpected keys, wrong shapes)."""
-    from tgbench.runner import build_teacher
+    from tgbench.builders import build_teacher
 
     try:
         teacher = build_teacher(suite, entry, dataset, payload["seed"])
@@ -206,7 +206,7 @@ def teach(path: str | Path, model: str | None = None, steps: int | None = None, 
     from tgbench.data import load_dataset
     from tgbench.engine import evaluate
     from tgbench.registry import datasets
-    from tgbench.runner import EVAL_SEED_OFFSET
+    from tgbench.cells import EVAL_SEED_OFFSET
 
     payload = load_exported(path)
     try:

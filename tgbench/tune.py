@@ -5,7 +5,7 @@ box-plot the final validation loss of *every* run made during tuning; the spread
 arm (source entry) gets its own Optuna study ``<suite>@<profile>/<arm>`` in the experiment store:
 
 * a trial samples ``tune.space`` (dotted keys ``inner.lr``, ``outer.lr``, ``params.noise_dim`` ...), applies the
-  values as per-arm overrides and meta-trains one teacher with ``runner.meta_train`` (the same meta-step as
+  values as per-arm overrides and meta-trains one teacher with ``tgbench.cells.meta_train`` (the same meta-step as
   every suite), meta-training seed = trial number;
 * objective = validation loss of fresh learners after the last inner step on the final teacher (minimised),
   reported per evaluation so that ``tune.pruning: true`` can prune (off by default: pruning would stop exactly
@@ -30,10 +30,16 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from tgbench import stats
-from tgbench.config import SearchDimension, SourceEntry, Suite, load_suite
+from tgbench import interrupt, stats
+from tgbench.builders import build_trainer
+from tgbench.cells import EVAL_SEED_OFFSET, cell_hash, meta_train
+from tgbench.config import SearchDimension, SourceEntry, Suite, arm_with
 from tgbench.data import Dataset, load_dataset
-from tgbench.errors import BadInput
+from tgbench.errors import BadInput, Diverged
+from tgbench.kinds import RunOptions, SuiteKind
+from tgbench.locations import writable_out_dir
+from tgbench.provenance import command_line, git_revision, machine
+from tgbench.report import md_table
 from tgbench.store import Store, config_hash
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -45,8 +51,6 @@ def arm_study_name(suite: Suite, profile: str, entry: SourceEntry) -> str:
 
 def tune_hash(suite: Suite, entry: SourceEntry, dataset_resolved: str) -> str:
     """What makes two tune trials comparable: everything but the number of trials (raising it adds trials)."""
-    from tgbench.runner import cell_hash
-
     return config_hash({"cell": cell_hash(suite.model_copy(update={"tune": None}), entry, dataset_resolved),
                         "tune": suite.tune.model_dump(mode="json", exclude={"trials"})})
 
@@ -57,21 +61,6 @@ def suggest(trial: optuna.Trial, name: str, dim: SearchDimension) -> Any:
     if dim.integer:
         return trial.suggest_int(name, int(dim.low), int(dim.high), log=dim.log)
     return trial.suggest_float(name, dim.low, dim.high, log=dim.log)
-
-
-def arm_with(suite: Suite, entry: SourceEntry, values: dict[str, Any]) -> SourceEntry:
-    """The arm with sampled ``values`` applied as per-arm overrides, validated like any arm (``load_suite`` checks
-    both ends of every range this way, so a study cannot fail half-way on an illegal value)."""
-    fields = entry.model_dump()
-    for key, value in values.items():
-        section, _, leaf = key.partition(".")
-        fields[section] = {**fields[section], leaf: value}
-    arm = SourceEntry.model_validate(fields)
-    suite.outer_for(arm), suite.inner_for(arm)
-    from tgbench.registry import methods
-
-    methods.get(arm.method).Params.model_validate(arm.params)
-    return arm
 
 
 def objective_value(record: dict, cap: float) -> tuple[float, str]:
@@ -86,8 +75,6 @@ def objective_value(record: dict, cap: float) -> tuple[float, str]:
 
 
 def make_objective(suite: Suite, entry: SourceEntry, dataset: Dataset, progress: bool):
-    from tgbench.runner import git_revision, meta_train
-
     tune = suite.tune
 
     def objective(trial: optuna.Trial) -> float:
@@ -182,10 +169,6 @@ def trial_arm(suite: Suite, entry: SourceEntry, values: dict[str, Any]) -> Sourc
 def tuning_objective(suite: Suite, entry: SourceEntry, dataset: Dataset, space: dict[str, SearchDimension]):
     """Objective of one arm's tuning study: meta-train with the sampled values, then the validation error of
     fresh reference learners after the last inner step (test is never scored). A diverged run scores 1.0."""
-    from tgbench import interrupt
-    from tgbench.errors import Diverged
-    from tgbench.runner import EVAL_SEED_OFFSET, build_trainer
-
     stage = suite.tuning
 
     def objective(trial: optuna.Trial) -> float:
@@ -220,8 +203,6 @@ def tuning_objective(suite: Suite, entry: SourceEntry, dataset: Dataset, space: 
 def stage_hash(suite: Suite, entry: SourceEntry, dataset_resolved: str) -> str:
     """What makes two tuning trials of an arm comparable: the arm and protocol as written (before tuning) and
     the stage's settings except the number of trials (raising it adds trials)."""
-    from tgbench.runner import cell_hash
-
     stage = suite.tuning.model_dump(mode="json", exclude={"trials", "space"})
     space = {k: v.model_dump(mode="json") for k, v in suite.tuning.space_for(entry).items()}
     return config_hash({"cell": cell_hash(suite.model_copy(update={"tuning": None}), entry, dataset_resolved),
@@ -301,14 +282,11 @@ def describe_space(space: dict[str, SearchDimension]) -> str:
                      f"{k} ∈ [{d.low:g}, {d.high:g}]{' log' if d.log else ''}" for k, d in space.items())
 
 
-def run_tune_suite(suite_path: str, opts, log=print) -> Path:
-    from tgbench.runner import _writable_out_dir, default_profile
-
-    profile = opts.profile or default_profile()
-    suite = load_suite(suite_path, profile)
+def run_tune_suite(suite_path: str, suite: Suite, profile: str, opts: RunOptions, log=print) -> Path:
+    """``tgbench run`` of a tune suite: every arm's study up to ``tune.trials``, then the report."""
     if opts.seeds:
         raise BadInput(f"{suite_path}: --seeds: tune suites run tune.trials trials per arm, not seeds")
-    out_dir = _writable_out_dir(opts.out, suite, profile)
+    out_dir = writable_out_dir(opts.out, suite, profile)
     dataset = load_dataset(suite.dataset.name, data_root=opts.data_root, download=suite.dataset.download,
                            fallback=suite.dataset.fallback, seed=0)
     if dataset.fallback_reason:
@@ -318,13 +296,17 @@ def run_tune_suite(suite_path: str, opts, log=print) -> Path:
     for entry in suite.sources:
         tune_arm(store, suite, profile, entry, dataset, opts.progress, log)
     log(f"tuned {len(suite.sources)} arms in {time.perf_counter() - start:.0f} s")
-    write_tune_report(suite, profile, store, out_dir, command=_command())
+    write_tune_report(suite, profile, store, out_dir, command=command_line())
     log(f"report: {out_dir / 'report.md'}")
     return out_dir
 
 
-def _command() -> str:
-    return " ".join([Path(sys.argv[0]).name] + sys.argv[1:])
+def report_tune_suite(suite_path: str, suite: Suite, profile: str, opts: RunOptions, log=print) -> Path:
+    """``tgbench report`` of a tune suite: the report from its studies alone."""
+    out_dir = writable_out_dir(opts.out, suite, profile)
+    write_tune_report(suite, profile, Store(opts.storage, opts.artifacts_dir), out_dir, command=command_line())
+    log(f"report: {out_dir / 'report.md'}")
+    return out_dir
 
 
 # ------------------------------------------------------------------------------------------ the report
@@ -417,9 +399,6 @@ def box_plot(trials: pd.DataFrame, cap: float):
 def write_tune_report(suite: Suite, profile: str, store: Store, out_dir: Path, command: str = "") -> Path:
     import matplotlib.pyplot as plt
 
-    from tgbench.report import _md_table
-    from tgbench.runner import machine
-
     trials = trials_frame(store, suite, profile)
     if trials.empty:
         raise BadInput(f"no finished tune trials for suite {suite.name!r} at profile {profile!r} in {store.url}")
@@ -453,7 +432,7 @@ def write_tune_report(suite: Suite, profile: str, store: Store, out_dir: Path, c
     rows = [[r.arm, r.trials, r.diverged, f"{r.median:.4f}", f"{r.q1:.4f} – {r.q3:.4f} ({r.iqr:.4f})",
              f"{r.best:.4f}", "–" if math.isnan(r.median_non_diverged) else f"{r.median_non_diverged:.4f}"]
             for r in summary.itertuples()]
-    lines += _md_table(["arm", "trials", "diverged", "median", "IQR (q1 – q3)", "best", "median (non-diverged)"],
+    lines += md_table(["arm", "trials", "diverged", "median", "IQR (q1 – q3)", "best", "median (non-diverged)"],
                        rows) + [""]
     if len(summary) == 2:
         a, b = summary["arm"]
@@ -466,8 +445,11 @@ def write_tune_report(suite: Suite, profile: str, store: Store, out_dir: Path, c
         lines += ["Too few finished trials to estimate importances.", ""]
     else:
         table = imp.pivot(index="param", columns="arm", values="importance").fillna(0.0)
-        lines += _md_table(["param", *table.columns], [[p, *[f"{v:.3f}" for v in row]]
+        lines += md_table(["param", *table.columns], [[p, *[f"{v:.3f}" for v in row]]
                                                         for p, row in zip(table.index, table.to_numpy())]) + [""]
     lines += ["## Figures", "", "![final_loss_boxplot](final_loss_boxplot.png)", ""]
     (out_dir / "report.md").write_text("\n".join(lines), encoding="utf-8")
     return out_dir
+
+
+TUNE = SuiteKind(run=run_tune_suite, report=report_tune_suite)

@@ -1,0 +1,76 @@
+"""The house rules of the code base (issue 16): no import cycle among tgbench's modules and no import of another
+module's ``_private`` names, counting module-level imports and imports inside functions alike."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "tgbench"
+
+
+def _imports() -> dict[str, list[tuple[str, list[str]]]]:
+    """module -> [(imported tgbench module, names imported from it)], every import statement anywhere."""
+    graph = {}
+    for path in sorted(PACKAGE.glob("*.py")):
+        module = f"tgbench.{path.stem}" if path.stem != "__init__" else "tgbench"
+        found = []
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "tgbench":
+                for alias in node.names:  # `from tgbench import runner` imports the module tgbench.runner
+                    sub = f"{node.module}.{alias.name}"
+                    if (PACKAGE / f"{alias.name}.py").is_file() and node.module == "tgbench":
+                        found.append((sub, []))
+                    else:
+                        found.append((node.module, [alias.name]))
+            elif isinstance(node, ast.Import):
+                found += [(a.name, []) for a in node.names if a.name.split(".")[0] == "tgbench"]
+        graph[module] = found
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycles_among_tgbench_modules():
+    imports = _imports()
+    graph = {m: {t for t, _ in edges if t in imports and t != m} for m, edges in imports.items()}
+    assert _cycles(graph) == []
+
+
+def test_no_module_imports_another_modules_private_names():
+    private = [f"{m} imports {t}.{n}" for m, edges in _imports().items() for t, names in edges
+               for n in names if n.startswith("_") and t != m]
+    assert private == []
+
+
+def test_the_checks_can_fail():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]

@@ -1,0 +1,72 @@
+"""What makes two cells comparable (their protocol) and what meta-training one cost (matmul/conv FLOPs), both
+recorded with every cell and read by the leaderboard."""
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+
+import torch
+
+from tgbench.builders import build_trainer
+from tgbench.config import LearnerSpace
+from tgbench.data import Dataset, Split
+from tgbench.errors import Diverged
+
+
+def protocol_of(suite: dict, dataset_resolved: str, entry: dict | None = None) -> dict:
+    """What must be equal for two runs to share a table, from a suite's JSON dump (``Suite.model_dump``) and the
+    arm's (``SourceEntry.model_dump``): an arm's own ``inner`` overrides, where a suite has them, count."""
+    inner = {**suite["inner"], **((entry or {}).get("inner") or {})}
+    ev = suite["evaluation"]
+    return {"dataset": dataset_resolved,
+            "inner": {k: inner[k] for k in ("steps", "batch_size", "optimizer")},
+            "learner": suite["learner"],
+            "evaluation": {"final_learners": ev["final_learners"], "architectures": ev.get("architectures")}}
+
+
+def synthetic_dataset(image_shape, num_classes: int, batch_size: int, meta_batch: int):
+    """Random data of the right shape: FLOP counts of a meta-step do not depend on pixel values."""
+    n = max(4 * batch_size, meta_batch, 20 * num_classes)
+    gen = torch.Generator().manual_seed(0)
+    split = Split(torch.randn(n, *image_shape, generator=gen), torch.arange(n) % num_classes)
+    return Dataset("synthetic", "synthetic", split, split, split, num_classes, tuple(image_shape),
+                   (0.0,) * image_shape[0], (1.0,) * image_shape[0], "random tensors for FLOP counting")
+
+
+def meta_train_flops(suite, entry, image_shape, num_classes: int, seed: int, iterations: int,
+                     cache: dict | None = None) -> float:
+    """Matmul/conv FLOPs of ``iterations`` meta-iterations of one cell, counted by ``FlopCounterMode``.
+
+    The architecture of iteration i is drawn by the trainer's own seeded ``random.Random(seed)``, so the exact
+    sequence is replayed here; one ``MetaTrainer.step()`` per distinct architecture is counted (a meta-step's
+    FLOPs depend only on shapes) on random data of the dataset's shape, and the counts are summed over the
+    sequence. Torch's global RNG is left as it was. ``cache`` (architecture -> FLOPs of one step) may be shared
+    between calls for the same cell config, e.g. its seeds.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    inner = suite.inner_for(entry)
+    data = synthetic_dataset(image_shape, num_classes, inner.batch_size, suite.outer_for(entry).meta_batch_size)
+    with torch.random.fork_rng():
+        trainer = build_trainer(suite, entry, data, seed)
+        rng = random.Random(seed)  # the trainer's architecture stream (MetaTrainer.rng)
+        space = trainer.space  # the arm's own space (suite.learner_for(entry)), as MetaTrainer.step samples it
+        archs = Counter(space.sample(rng, trainer.learner_weight_norm) for _ in range(iterations))
+        total, cache = 0.0, {} if cache is None else cache
+        for spec in archs:
+            if spec in cache:
+                total += archs[spec] * cache[spec]
+                continue
+            trainer.space = LearnerSpace(conv_channels=[list(spec.conv_channels)], fc_hidden=[list(spec.fc_hidden)],
+                                         kernel_size=[spec.kernel_size], activation=[spec.activation],
+                                         batch_norm=spec.batch_norm, weight_norm=spec.weight_norm)
+            counter = FlopCounterMode(display=False)
+            try:
+                with counter:
+                    trainer.step()
+            except Diverged:  # a throwaway step from a fresh init blew up: no trustworthy count
+                return math.nan
+            cache[spec] = counter.get_total_flops()
+            total += archs[spec] * cache[spec]
+    return float(total)
