@@ -294,3 +294,25 @@ def test_report_of_a_store_left_by_a_killed_run_lists_the_interrupted_cell(tmp_p
     assert code == 0, err
     summary = pd.read_csv(tmp_path / "r" / "summary.csv")
     assert sorted(zip(summary["seed"], summary["status"])) == [(0, "complete"), (1, "failed")]
+
+
+def test_a_store_file_of_another_application_is_refused_untouched(tmp_path, capsys):
+    """An SQLite file with someone else's tables (or a file that is not SQLite) is exit 2 naming it, before any
+    work, and is left byte for byte as it was; an existing tgbench store still opens."""
+    import sqlite3
+
+    foreign = tmp_path / "notes.db"
+    with sqlite3.connect(foreign) as con:
+        con.execute("create table notes (id integer primary key, text)")
+        con.execute("insert into notes (text) values ('mine')")
+    before = foreign.read_bytes()
+    not_sqlite = tmp_path / "text.db"
+    not_sqlite.write_text("just some text, not a database\n" * 10)
+    for path, fragment in ((foreign, "another application's tables (notes)"), (not_sqlite, "not an SQLite database")):
+        code, _, err = _run(tmp_path, capsys, _suite(), "--storage", f"sqlite:///{path}")
+        assert code == 2, err
+        [line] = err.strip().splitlines()
+        assert str(path) in line and fragment in line, line
+    assert foreign.read_bytes() == before
+    assert _run(tmp_path, capsys, _suite())[0] == 0   # a fresh store, then the same store again
+    assert _run(tmp_path, capsys, _suite())[0] == 0

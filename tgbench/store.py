@@ -31,10 +31,12 @@ plain containers only, never arbitrary pickled objects.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import os
+import sqlite3
 import socket
 import tempfile
 import threading
@@ -133,6 +135,27 @@ def sqlite_path(url: str) -> Path | None:
     return Path(url.removeprefix("sqlite:///").split("?", 1)[0])
 
 
+OPTUNA_TABLES = {"studies", "trials", "version_info", "alembic_version"}
+
+
+def refuse_foreign_sqlite(url: str) -> None:
+    """``BadInput`` when ``url`` names an existing SQLite file that holds another application's tables: tgbench
+    would add its own beside them (Optuna creates its schema on open). A file that is not SQLite at all is
+    refused the same way; an empty file, or one with Optuna's tables, is fine."""
+    path = sqlite_path(url)
+    if path is None or not path.is_file() or path.stat().st_size == 0:
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as con:
+            tables = {row[0] for row in con.execute("select name from sqlite_master where type = 'table'")}
+    except sqlite3.DatabaseError as exc:
+        raise BadInput(f"--storage: {path} is not an SQLite database tgbench can use: {exc}") from None
+    if tables and not tables & OPTUNA_TABLES:
+        shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        raise BadInput(f"--storage: {path} holds another application's tables ({shown}); tgbench will not add its "
+                       "own beside them: give a new file or an existing tgbench store")
+
+
 def require_existing(url: str | None, hint: str = "run the suite first, or pass the --storage it used") -> str:
     """For commands that only read the store (report, export): the resolved URL, or :class:`BadInput` when it
     names an SQLite file that does not exist (opening it would create an empty store there)."""
@@ -149,6 +172,7 @@ class Store:
     def __init__(self, url: str | None = None, artifacts_dir: str | Path | None = None,
                  heartbeat_interval: int | None = None, grace_period: int | None = None):
         self.url = refuse_in_memory(resolve_url(url))
+        refuse_foreign_sqlite(self.url)
         if self.url.startswith("sqlite:///"):
             db_path = Path(self.url.removeprefix("sqlite:///"))
             try:
