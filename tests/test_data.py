@@ -523,3 +523,23 @@ def test_load_dataset_unknown_name():
 def test_load_dataset_unknown_fallback_fails_even_if_not_needed():
     with pytest.raises(UnknownName, match="mnist-5k"):
         load_dataset("mnist-5k", fallback="mnist5k")
+
+
+class _Payload:
+    """A pickle that runs code when loaded (it touches the file named ``marker``)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_cifar10_batch_that_would_run_code_is_refused_and_never_runs_it(tmp_path):
+    make_cifar_dataset(tmp_path)
+    marker = tmp_path / "payload-ran"
+    evil = tmp_path / "cifar-10-batches-py" / "data_batch_2"
+    evil.write_bytes(pickle.dumps({"data": _Payload(marker), "labels": [0]}))
+    with pytest.raises(BadInput, match=r"data_batch_2: unreadable as a CIFAR-10 batch: .*refusing to load"):
+        load_cifar10(data_root=str(tmp_path))
+    assert not marker.exists()

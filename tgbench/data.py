@@ -25,6 +25,7 @@ import functools
 import gzip
 import math
 import os
+import pickle  # (only through _ArraysOnlyUnpickler)
 import struct
 import zlib
 from dataclasses import dataclass
@@ -270,16 +271,51 @@ def _read_idx_gz_dir(directory: Path) -> RawArrays:
 
 def _read_cifar10(root: Path, download: bool) -> RawArrays:
     """``(root, download) -> (x_train, y_train, x_test, y_test)`` with uint8 images ``(N, 32, 32, 3)`` (HWC,
-    as torchvision stores them)."""
+    as torchvision stores them). The batches are Python pickles: they are read by :class:`_ArraysOnlyUnpickler`,
+    never by plain ``pickle`` (which torchvision uses, and which runs whatever code a file names)."""
     base = root / "cifar-10-batches-py"
-    required = [base / f"data_batch_{i}" for i in range(1, 6)] + [base / "test_batch", base / "batches.meta"]
-    if not download and not all(p.is_file() for p in required):
-        raise FileNotFoundError(root)
+    train_files = [base / f"data_batch_{i}" for i in range(1, 6)]
+    required = train_files + [base / "test_batch", base / "batches.meta"]
+    if not all(p.is_file() for p in required):
+        if not download:
+            raise FileNotFoundError(root)
+        _construct(_cifar10_without_md5(), root, True, download)  # torchvision fetches (and md5-checks) it
     arrays = []
-    for train in (True, False):
-        ds = _construct(_cifar10_without_md5(), root, train, download)
-        arrays += [torch.from_numpy(ds.data), torch.as_tensor(ds.targets, dtype=torch.int64)]
+    for files in (train_files, [base / "test_batch"]):
+        batches = [_read_cifar_batch(path) for path in files]
+        arrays += [torch.from_numpy(np.concatenate([x for x, _ in batches])),
+                   torch.as_tensor([label for _, y in batches for label in y], dtype=torch.int64)]
     return tuple(arrays)
+
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays and plain containers (all a CIFAR batch holds) and refuses every other global —
+    the hook through which a crafted pickle would run code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} (a CIFAR batch holds only arrays)")
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, list[int]]:
+    """(images (N, 32, 32, 3) uint8, labels) of one CIFAR-10 python batch; ``BadInput`` naming the file when it
+    is not one."""
+    try:
+        with open(path, "rb") as f:
+            entry = _ArraysOnlyUnpickler(f, encoding="latin1").load()
+        entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
+        data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        labels = [int(label) for label in entry["labels"]]
+    except Exception as exc:  # noqa: BLE001 (whatever is wrong with the file, it is the user's file)
+        raise BadInput(f"{path}: unreadable as a CIFAR-10 batch: {_one_line(exc)}") from None
+    if len(labels) != len(data):
+        raise BadInput(f"{path}: unreadable as a CIFAR-10 batch: {len(data)} images but {len(labels)} labels")
+    return np.ascontiguousarray(data), labels
 
 
 def _construct(cls: type, root: Path, train: bool, download: bool):
