@@ -227,8 +227,6 @@ class Store:
                 continue
             if attrs["status"] == "running" and trial.state == TrialState.FAIL:  # failed as stale (its worker died)
                 attrs["status"], attrs["error"] = "failed", "interrupted: its worker stopped (no heartbeat)"
-            if attrs["status"] == "running":  # a claim some worker holds now: no record yet
-                continue
             if accept is not None and attrs.get("config_hash") not in accept.get(attrs["cell"], ()):
                 continue
             attrs["trial_number"] = trial.number
