@@ -263,3 +263,32 @@ def test_smoke_suite_end_to_end_and_cache(tmp_path, monkeypatch):
     assert main(["report", str(SUITE), "--profile", "smoke", "--storage", f"sqlite:///{tmp_path}/t.db",
                  "--out", str(out)]) == 0
     assert (out / "report.md").read_text().split("## Proxy quality")[1] == report.split("## Proxy quality")[1]
+
+
+def test_a_kill_while_a_proxy_record_is_written_never_leaves_a_done_record_without_scores(tmp_path, monkeypatch):
+    """A proxy's record is written key by key; a kill in between (here: a KeyboardInterrupt when the scores are
+    written) must leave a record that is not done, so the next run scores the proxy again. Before the fix its
+    status was written second, so such a record counted as complete and every rerun failed on its scores."""
+    import optuna
+
+    args = ["run", str(SUITE), "--profile", "smoke", "--no-progress", "--storage", f"sqlite:///{tmp_path}/t.db",
+            "--out", str(tmp_path / "out")]
+    real_set = optuna.trial.Trial.set_user_attr
+    killed = []
+
+    def kill_at_scores(self, key, value):
+        if key == "scores" and not killed:
+            killed.append(key)
+            raise KeyboardInterrupt
+        return real_set(self, key, value)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(optuna.trial.Trial, "set_user_attr", kill_at_scores)
+        assert main(args) == 130
+    assert killed
+    store = Store(f"sqlite:///{tmp_path}/t.db")
+    for name in store.study_names():
+        for r in store.records(store.study(name, create=False)):
+            if str(r.get("cell", "")).startswith("proxy:"):
+                assert r["status"] != "complete" or "scores" in r, r["cell"]
+    assert main(args) == 0   # the rerun scores the interrupted proxy and reports

@@ -292,7 +292,9 @@ def run_proxies(suite: Suite, profile: str, dataset: Dataset, store: Store, spec
                   "cpu_seconds": cpu_seconds, "teacher_source": source,
                   "setup_seconds": teacher_record.get("meta_train_seconds", 0.0) if teacher_record else 0.0}
         for k, v in record.items():
-            trial.set_user_attr(k, v)
+            if k != "status":
+                trial.set_user_attr(k, v)
+        trial.set_user_attr("status", "complete")  # last (the store's rule): a kill before it leaves no "done"
         study.tell(trial, sum(seconds.values()))   # the trial's value: total scoring seconds
         log(f"proxy {entry.name}: {len(specs)} architectures in {sum(seconds.values()):.1f} s")
     records = store.records(study, accept)
