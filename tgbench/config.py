@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, ValidationInfo,
-                      field_validator, model_validator, with_config)
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError,
+                      ValidationInfo, field_validator, model_validator, with_config)
 from typing_extensions import TypedDict  # (pydantic needs typing_extensions' TypedDict before Python 3.12)
 
 from tgbench.errors import BadInput, ConfigError
@@ -277,6 +277,16 @@ class Sweep(Strict):
         return arms
 
 
+def _known_setting_keys(space: dict[str, SearchDimension]) -> dict[str, SearchDimension]:
+    for key in space:
+        check_setting_key(key)
+    return space
+
+
+# A search space: dotted keys inner.<x>, outer.<x> or params.<x> (checked per method by load_suite) -> dimension.
+SearchSpace = Annotated[dict[str, SearchDimension], AfterValidator(_known_setting_keys)]
+
+
 class TuningStage(Strict):
     """``tuning:`` of a fewstep suite: every arm is tuned before it is compared (the fair protocol).
 
@@ -293,14 +303,7 @@ class TuningStage(Strict):
     seed: int = 0                       # TPE sampler seed; trial k meta-trains with seed 1000 + k
     outer_iterations: PositiveInt = Field(30, le=MAX_OUTER_ITERATIONS)
     learners: PositiveInt = Field(2, le=MAX_COUNT)
-    space: dict[str, SearchDimension] = Field(default_factory=dict)  # keys inner.<x>, outer.<x>, params.<x>
-
-    @field_validator("space")
-    @classmethod
-    def _known_keys(cls, space: dict[str, SearchDimension]) -> dict[str, SearchDimension]:
-        for key in space:
-            check_setting_key(key)
-        return space
+    space: SearchSpace = Field(default_factory=dict)
 
     def space_for(self, entry: "SourceEntry") -> dict[str, SearchDimension]:
         return self.space if entry.tune_space is None else entry.tune_space
@@ -314,14 +317,7 @@ class TuneConfig(Strict):
     startup_trials: PositiveInt = 10     # random trials before TPE models the space (Optuna's default)
     pruning: bool = False                # off by default: pruning would hide the instability being measured
     divergence_cap: PositiveFloat = 5.0  # a diverged trial scores min(last finite val loss, cap); ln 10 = 2.30
-    space: dict[str, SearchDimension] = Field(min_length=1)   # keys inner.<x>, outer.<x> or params.<x>
-
-    @field_validator("space")
-    @classmethod
-    def _known_keys(cls, space: dict[str, SearchDimension]) -> dict[str, SearchDimension]:
-        for key in space:
-            check_setting_key(key)
-        return space
+    space: SearchSpace = Field(min_length=1)
 class ProxyEntry(Strict):
     """One proxy of a ``nas_proxy`` suite: a registered proxy (``tgbench list proxies``) and its params."""
 
