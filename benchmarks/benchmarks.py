@@ -27,6 +27,7 @@ from tgbench.config import OuterLoop, Suite
 from tgbench.data import Dataset, load_dataset
 from tgbench.engine import MetaTrainer
 from tgbench import builders
+from tgbench import device as devices
 
 DATASET = "mnist-5k"
 SEED = 0
@@ -42,7 +43,8 @@ SOURCE_PARAMS = {"real": {}, "dataset_distillation": {}, "gtn": CPU_GTN}
 # (shared with compare.py; no asv prefixes here)
 @functools.lru_cache(maxsize=None)
 def dataset(name: str = DATASET) -> Dataset:
-    return load_dataset(name)
+    """The benchmark data on ``$TGBENCH_DEVICE`` (default: auto, the first CUDA GPU when there is one)."""
+    return devices.on_device(load_dataset(name), devices.resolve())
 
 
 def bench_suite(method: str, params: dict | None = None, *, steps: int, batch: int = BATCH,
@@ -88,7 +90,7 @@ def full_size_splits(n: int = 10_000) -> tuple[Dataset, str]:
     from tgbench.data import Split
 
     try:
-        data = load_dataset("fashion-mnist")
+        data = devices.on_device(load_dataset("fashion-mnist"), devices.resolve())
         return replace(data, test=data.test.head(n), val=data.val.head(n)), "fashion-mnist"
     except Exception:  # noqa: BLE001 (not installed, or not readable here: fall back to the tiled digits)
         data = dataset()

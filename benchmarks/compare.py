@@ -84,6 +84,7 @@ def describe_machine() -> list[str]:
         f"{torch.get_num_interop_threads()} inter-op; mkldnn {torch.backends.mkldnn.is_available()}; "
         f"python {platform.python_version()}",
         f"load average before measuring: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
+        "device: " + ", ".join(f"{k} {v}" for k, v in _device_facts().items() if v not in (None, False)),
     ]
     if load[0] > 0.5 * (usable or 1):
         lines.append(f"WARNING: load average {load[0]:.2f} on {usable} cores: other processes compete for the CPU, "
@@ -94,13 +95,25 @@ def describe_machine() -> list[str]:
     return lines
 
 
+def _device_facts() -> dict:
+    from tgbench import device as devices
+
+    return devices.facts(devices.resolve())
+
+
 def verdict(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
 
 def timed(fn) -> float:
+    """Wall seconds of ``fn()``, queued GPU work included (synchronised before each clock read)."""
+    from tgbench import device as devices
+
+    device = devices.resolve()
+    devices.synchronize(device)
     start = time.perf_counter()
     fn()
+    devices.synchronize(device)
     return time.perf_counter() - start
 
 
@@ -307,7 +320,7 @@ def section_evaluation(args) -> list[tuple[str, bool]]:
 
     def old():
         return reference_final_evaluation(trainer.teacher, spec, data.test, data.val, steps, 1,
-                                          torch.Generator().manual_seed(5))
+                                          torch.Generator(device=data.test.x.device).manual_seed(5))
 
     fast, slow = new(), old()  # warm-up, and the agreement check
     agree = abs(fast.test_acc[-1] - slow[0][-1]) < 1e-6 and abs(fast.val_acc[-1] - slow[2][-1]) < 1e-6
@@ -345,6 +358,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--eval-steps", type=int, help="section 5: T (default 32; --quick 8)")
     ap.add_argument("--sections", default="1,2,3,4,5", help="comma-separated subset to run (2 needs 1)")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)")
+    ap.add_argument("--device", help="sections 1, 2 and 5: auto (default), cpu, cuda or cuda:N (tgbench's "
+                                     "--device; sets $TGBENCH_DEVICE for the benchmark helpers)")
     ap.add_argument("--_child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     quick = args.quick
@@ -366,6 +381,12 @@ def main(argv=None) -> int:
         return 0
     reference = load_reference() if 1 in args.sections else None  # fail before any work if it is missing
     import torch
+
+    from tgbench import device as devices
+
+    if args.device:
+        os.environ[devices.ENV_VAR] = str(devices.resolve(args.device))
+    devices.prepare(devices.resolve())
 
     if args.threads:
         torch.set_num_threads(args.threads)

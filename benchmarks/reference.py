@@ -35,8 +35,9 @@ def reference_final_evaluation(teacher: Teacher, spec: LearnerSpec, test: Split,
     """Rows test_acc, test_loss, val_acc, val_loss; column t = after t inner steps (0 = at init), each the mean
     over ``learners`` fresh learners, every point on the whole splits."""
     image_shape, num_classes = tuple(test.x.shape[1:]), int(teacher.source.ctx.num_classes)
-    sums = torch.zeros(4, steps + 1)
-    learner = Learner(spec, image_shape, num_classes)
+    sums = torch.zeros(4, steps + 1, device="cpu")  # (host numbers)
+    with torch.device(test.x.device):
+        learner = Learner(spec, image_shape, num_classes)
     for _ in range(learners):
         learner.reset_parameters(generator)
         names, params = detached_params(learner)

@@ -54,6 +54,10 @@ class GTN(Source):
     learnable_labels = True
     description = "generative teaching network G(z, y); curriculum none|all_shuffled|shuffled_batch|full"
 
+    @classmethod
+    def example_params(cls, ctx, workdir) -> dict:
+        return {"noise_dim": 4, "fc_hidden": 8, "channels": [4, 2]}  # (the paper's generator is 1.5 M weights)
+
     def __init__(self, params: GTNParams, ctx):
         super().__init__(params, ctx)
         self.learner_weight_norm = params.weight_norm
@@ -69,17 +73,17 @@ class GTN(Source):
 
     def new_episode(self, generator: torch.Generator):
         steps, batch = self.ctx.steps, self.ctx.batch_size
-        curriculum = self.params.curriculum
+        curriculum, device = self.params.curriculum, generator.device  # (the generator lives with the data)
         if curriculum == "none":
-            z = torch.randn(steps, batch, self.params.noise_dim, generator=generator)
-            y = torch.randint(self.ctx.num_classes, (steps, batch), generator=generator)
+            z = torch.randn(steps, batch, self.params.noise_dim, generator=generator, device=device)
+            y = torch.randint(self.ctx.num_classes, (steps, batch), generator=generator, device=device)
             return z, y
         if curriculum == "full":
-            return torch.arange(steps * batch).view(steps, batch)
+            return torch.arange(steps * batch, device=device).view(steps, batch)
         if curriculum == "shuffled_batch":
-            rows = torch.randperm(steps, generator=generator)
-            return torch.arange(steps * batch).view(steps, batch)[rows]
-        return torch.randperm(steps * batch, generator=generator).view(steps, batch)  # all_shuffled
+            rows = torch.randperm(steps, generator=generator, device=device)
+            return torch.arange(steps * batch, device=device).view(steps, batch)[rows]
+        return torch.randperm(steps * batch, generator=generator, device=device).view(steps, batch)  # all_shuffled
 
     def forward(self, t: int, episode) -> tuple[torch.Tensor, torch.Tensor]:
         if self.params.curriculum == "none":

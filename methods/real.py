@@ -15,7 +15,8 @@ class RealData(Source):
 
     def new_episode(self, generator: torch.Generator) -> torch.Tensor:
         n, (steps, batch) = len(self.ctx.train), (self.ctx.steps, self.ctx.batch_size)
-        return torch.stack([torch.randperm(n, generator=generator)[:batch] for _ in range(steps)])  # (T, B)
+        return torch.stack([torch.randperm(n, generator=generator, device=generator.device)[:batch]
+                            for _ in range(steps)])  # (T, B)
 
     def forward(self, t: int, episode: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         idx = episode[t % episode.shape[0]]

@@ -71,7 +71,7 @@ BAD = {
     "missing_name": (GOOD_SOURCES, ["name:", "required"]),
     "unknown_method": ("name: t\nsources:\n  - method: real\n  - method: gtm\n",
                        ["sources[1].method:", "unknown method 'gtm'", "did you mean 'gtn'",
-                        "choose from: dataset_distillation, gtn, real"]),
+                        "choose from: dataset_distillation, external, gtn, real"]),
     "unknown_dataset": ("name: t\ndataset: {name: mnsit}\n" + GOOD_SOURCES,
                         ["dataset.name:", "unknown dataset 'mnsit'", "did you mean 'mnist'"]),
     "unknown_fallback": ("name: t\ndataset: {name: mnist, fallback: nope}\n" + GOOD_SOURCES,

@@ -7,7 +7,9 @@ newly registered method is covered without editing this file.
 from __future__ import annotations
 
 import math
+import tempfile
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -43,10 +45,14 @@ def make_ctx(steps: int = 3, batch: int = 10, classes: int = CLASSES, seed: int 
     return SourceContext(random_split(100, seed, classes=classes), steps, batch, SHAPE, classes)
 
 
+EXAMPLE_FILES = Path(tempfile.mkdtemp(prefix="tgbench-battery-"))  # what a source's example_params may write
+
+
 def build(name: str, ctx: SourceContext, seed: int = 0, **params) -> Source:
+    """Source ``name`` on ``ctx`` with its own small ``example_params``, overridden by ``params``."""
     cls = methods.get(name)
     torch.manual_seed(seed)
-    return cls(cls.Params(**params), ctx)
+    return cls(cls.Params(**{**cls.example_params(ctx, EXAMPLE_FILES), **params}), ctx)
 
 
 def teacher_for(source: Source, ctx: SourceContext) -> Teacher:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from tgbench import device as devices
 from tgbench.config import SourceEntry, Suite
 from tgbench.data import Dataset
 from tgbench.engine import MetaTrainer
@@ -17,8 +18,12 @@ def build_teacher(suite: Suite, entry: SourceEntry, dataset: Dataset, seed: int)
     inner = suite.inner_for(entry)
     ctx = SourceContext(dataset.train, inner.steps, inner.batch_size, dataset.image_shape, dataset.num_classes)
     cls = methods.get(entry.method)
-    source = cls(cls.Params.model_validate(entry.params), ctx)
-    hyper = InnerHyperparameters(inner.steps, inner.lr, inner.momentum, inner.learn_lr, inner.learn_momentum)
+    with devices.constructing_on(dataset.train.x.device):  # a teacher lives where its data is
+        source = cls(cls.Params.model_validate(entry.params), ctx)
+        hyper = InnerHyperparameters(inner.steps, inner.lr, inner.momentum, inner.learn_lr, inner.learn_momentum)
+    schedule = source.initial_schedule()
+    if schedule is not None:
+        hyper.start_from(*schedule)
     return Teacher(source, hyper, inner.optimizer)
 
 

@@ -16,6 +16,7 @@ import optuna
 import torch
 from tqdm import tqdm
 
+from tgbench import device as devices
 from tgbench import interrupt
 from tgbench.builders import build_trainer
 from tgbench.compute import meta_train_flops, protocol_of
@@ -24,10 +25,11 @@ from tgbench.data import Dataset, load_dataset
 from tgbench.engine import MetaTrainer
 from tgbench.errors import Diverged
 from tgbench.nn import LearnerSpec
-from tgbench.provenance import git_revision
+from tgbench.provenance import git_revision, reproducibility
 from tgbench.registry import methods
 from tgbench.source import Teacher
 from tgbench.store import Store, cell_key, config_hash
+from tgbench.trackers import Tracker, Trackers, open_trackers
 
 
 SAMPLE_ROWS = 6        # rows of the generated-samples figure, evenly spaced over the inner steps
@@ -72,6 +74,13 @@ class CellTask:
     threads: int | None = None   # torch threads in this cell's process (None: torch's default)
     methods_dirs: tuple[str, ...] = ()   # --methods-dir plugin folders, re-registered in each worker process
     tuned: dict | None = None    # the values the suite's tuning stage chose for this arm (per-arm overrides)
+    device: str = "cpu"          # where this cell computes (``tgbench.device``; a --jobs worker gets its own GPU)
+    tf32: bool = False           # TF32 matmul/conv on CUDA (changes the numbers: recorded)
+    loggers: tuple[str, ...] = ()   # --log trackers (tgbench.trackers), writing under log_dir
+    log_dir: str | None = None
+    # the suite as the run resolved it (Suite.model_dump): a suite file edited while the run goes on cannot change
+    # the cells it planned (None: read suite_path at this profile)
+    resolved_suite: dict | None = None
 
 
 def sample_grid(teacher: Teacher, dataset: Dataset, seed: int) -> tuple[np.ndarray, list[int]]:
@@ -81,14 +90,14 @@ def sample_grid(teacher: Teacher, dataset: Dataset, seed: int) -> tuple[np.ndarr
     rows = sorted(set(np.linspace(0, steps - 1, min(SAMPLE_ROWS, steps)).round().astype(int).tolist()))
     grid = np.zeros((len(rows), dataset.num_classes, *dataset.image_shape), dtype=np.float32)
     with torch.no_grad():
-        episode = teacher.new_episode(torch.Generator().manual_seed(seed))
+        episode = teacher.new_episode(devices.generator(dataset.train.x.device, seed))
         for r, t in enumerate(rows):
             lesson = teacher(t, episode)
             labels = lesson.y if lesson.y.dim() == 1 else lesson.y.argmax(1)
             for c in range(dataset.num_classes):
                 hits = (labels == c).nonzero().flatten()
                 if len(hits):
-                    grid[r, c] = dataset.denormalise(lesson.x[hits[0]]).numpy()
+                    grid[r, c] = dataset.denormalise(lesson.x[hits[0]]).cpu().numpy()
     return grid, rows
 
 
@@ -104,8 +113,10 @@ def decode_array(s: str) -> np.ndarray:
 
 
 def meta_train(suite: Suite, entry: SourceEntry, dataset: Dataset, seed: int, progress: bool = True,
-               on_eval=None) -> tuple[Teacher, dict]:
-    """Meta-train one teacher and evaluate it; returns (teacher, record fields). Diverged runs are recorded."""
+               on_eval=None, tracker: Tracker | None = None) -> tuple[Teacher, dict]:
+    """Meta-train one teacher and evaluate it; returns (teacher, record fields). Diverged runs are recorded.
+    ``tracker`` (``tgbench.trackers``) is shown the meta-loss, the checks and the sample grid as they happen."""
+    tracker = tracker or Trackers([])
     trainer = build_trainer(suite, entry, dataset, seed)
     teacher, outer = trainer.teacher, trainer.outer
     specs = suite.evaluation.learner_specs(suite.learner, teacher.source.learner_weight_norm)
@@ -120,6 +131,7 @@ def meta_train(suite: Suite, entry: SourceEntry, dataset: Dataset, seed: int, pr
         point = {"outer_iter": iteration, "val_acc": result["val_acc"], "test_acc": result["test_acc"],
                  "val_loss": result["val_loss"], "meta_loss": meta_loss}
         curve.append(point)
+        tracker.scalar("val_acc", result["val_acc"], iteration)
         phases["checks"] += time.perf_counter() - start
         if on_eval is not None:
             on_eval(point)
@@ -134,6 +146,7 @@ def meta_train(suite: Suite, entry: SourceEntry, dataset: Dataset, seed: int, pr
             interrupt.check()
             stats = trainer.step()
             train_seconds += stats.seconds
+            tracker.scalar("meta_loss", stats.meta_loss, it)
             bar.update(1)
             if it % ev.eval_every == 0 or it == outer.iterations:
                 point = check(it, stats.meta_loss)
@@ -151,6 +164,7 @@ def meta_train(suite: Suite, entry: SourceEntry, dataset: Dataset, seed: int, pr
         final = trainer.evaluate(dataset.test, dataset.val, specs, ev.final_learners, seed=EVAL_SEED_OFFSET + seed)
         phases["final_evaluation"] = time.perf_counter() - start
         grid, rows = sample_grid(teacher, dataset, seed)
+        tracker.images("samples", grid, trainer.iteration)
         phases["samples"] = time.perf_counter() - start - phases["final_evaluation"]
         record.update({
             "test_acc_final": final.test_acc[-1], "val_acc_final": final.val_acc[-1],
@@ -197,10 +211,14 @@ def _run_cell(task: CellTask) -> dict | None:
         torch.set_num_threads(task.threads)
     for folder in task.methods_dirs:
         methods.load_dir(folder)
-    suite = load_suite(task.suite_path, task.profile)
+    device = torch.device(task.device)
+    devices.prepare(device, task.tf32)
+    suite = (load_suite(task.suite_path, task.profile) if task.resolved_suite is None
+             else Suite.model_validate(task.resolved_suite))
     entry = tuned_arm(suite, next(e for e in suite.sources if e.name == task.source), task.tuned)
     dataset = load_dataset(suite.dataset.name, data_root=task.data_root, download=suite.dataset.download,
                            fallback=suite.dataset.fallback, seed=0)
+    dataset = devices.on_device(dataset, device)
     store = Store(task.storage, task.artifacts_dir)
     study = store.study(study_name(suite, task.profile))
     chash = cell_hash(suite, entry, dataset.resolved)
@@ -222,7 +240,12 @@ def _run_claimed_cell(task: CellTask, suite: Suite, entry: SourceEntry, dataset:
     """Meta-train, evaluate, save the teacher and write the record. Whatever stops it on the way (Ctrl-C,
     SIGTERM, a bug, a full disk) marks the cell failed: a claim is never left RUNNING by a live process."""
     try:
-        teacher, fields = meta_train(suite, entry, dataset, task.seed, progress=task.progress)
+        tracker = open_trackers(task.loggers, task.log_dir, suite.name, cell_key(entry.name, task.seed),
+                                entry.model_dump(mode="json"))
+        try:
+            teacher, fields = meta_train(suite, entry, dataset, task.seed, progress=task.progress, tracker=tracker)
+        finally:
+            tracker.close()
         fields["protocol"] = protocol_of(suite.model_dump(mode="json"), dataset.resolved, entry.model_dump(mode="json"))
         start = time.perf_counter()
         fields["meta_train_flops"] = meta_train_flops(suite, entry, dataset.image_shape, dataset.num_classes,
@@ -232,7 +255,8 @@ def _run_claimed_cell(task: CellTask, suite: Suite, entry: SourceEntry, dataset:
         if record["status"] == "complete":
             start = time.perf_counter()
             record["teacher_artifact"] = store.save_teacher(study, trial, {
-                "method": entry.method, "params": entry.params, "state_dict": teacher.state_dict(),
+                "method": entry.method, "params": entry.params,
+                "state_dict": {k: v.cpu() for k, v in teacher.state_dict().items()},  # loads on any device
                 "suite": suite.model_dump(mode="json"), "dataset_resolved": dataset.resolved, "seed": task.seed,
                 "image_shape": dataset.image_shape, "num_classes": dataset.num_classes})
             record["phase_seconds"]["teacher_save"] = time.perf_counter() - start
@@ -256,9 +280,9 @@ def _cell_record(task: CellTask, suite: Suite, entry: SourceEntry, dataset: Data
         "inner_steps": suite.inner_for(entry).steps, "batch_size": suite.inner_for(entry).batch_size,
         "arm": entry.arm or entry.name, "sweep_value": entry.sweep_value,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "torch": torch.__version__, "device": "cpu", "threads": torch.get_num_threads(),
+        "torch": torch.__version__, **devices.facts(torch.device(task.device)), "threads": torch.get_num_threads(),
         "revision": git_revision(), "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        **fields,
+        **reproducibility(), **fields,
     }
 
 

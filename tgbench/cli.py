@@ -33,6 +33,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--artifacts", help="directory of the teacher artifact store (default: next to the SQLite file)")
 
 
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", help="auto (default: the first CUDA GPU, else the CPU), cpu, cuda or cuda:N "
+                                    "(also $TGBENCH_DEVICE); with --jobs and several GPUs each worker gets one")
+
+
 def _add_methods_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods-dir", action="append", default=[], metavar="DIR",
                    help="register the methods of every *.py file in DIR (each declares METHODS = {name: class}); "
@@ -65,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--jobs", type=_positive_int, default=1, help="worker processes (default 1)")
     run.add_argument("--data-root", help="directory holding datasets (also $TGBENCH_DATA, ~/.cache/tgbench)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--log", action="append", default=[], choices=("tensorboard", "wandb"),
+                     help="stream each cell's meta-loss, validation accuracy and samples to TensorBoard (event files "
+                          "under the report directory) or Weights & Biases (offline unless logged in); repeatable")
+    run.add_argument("--tf32", action="store_true", help="allow TF32 matmul/conv on CUDA (faster; changes the "
+                                                         "numbers, so every record says so)")
 
     validate = sub.add_parser("validate", help="parse and validate a suite (every profile) without running it")
     validate.add_argument("suite")
@@ -87,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--source", required=True, help="source label in the suite, e.g. gtn")
     export.add_argument("--seed", type=int, default=0, help="cell seed (default 0)")
     export.add_argument("--out", required=True, help="file to write, e.g. teacher.pt")
+    export.add_argument("--format", choices=("teacher", "tensors"), default="teacher",
+                        help="teacher: the full teacher, for `tgbench teach` (default); tensors: the data it teaches "
+                             "as plain tensors (images, labels, lr, momentum) for dataset-distillation benchmarks "
+                             "and the `external` source")
+    export.add_argument("--data-root", help="tensors only: directory holding the dataset the teacher draws from")
     export.add_argument("--storage", help="Optuna storage URL (default: sqlite:///results/tgbench.db, or "
                                           "$TGBENCH_STORAGE)")
     export.add_argument("--artifacts", help="directory of the teacher artifact store (default: next to the SQLite)")
@@ -102,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for p in (run, validate, report, listing, board, export, teach):
         _add_methods_dir(p)
+    for p in (run, report, export, teach):
+        _add_device(p)
     return parser
 
 
@@ -157,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     try:
         _check_storage(args)
+        if hasattr(args, "device"):  # a device this machine lacks is bad input, refused before any work
+            from tgbench.device import resolve
+
+            resolve(args.device)
         if args.methods_dir:
             from tgbench.registry import methods
 
@@ -174,9 +195,13 @@ def _dispatch(args: argparse.Namespace) -> int:
             from tgbench.runner import RunOptions, report_suite, run_suite
 
             opts = RunOptions(profile=args.profile, storage=args.storage, seeds=args.seeds, out=args.out,
-                              artifacts_dir=args.artifacts)
+                              artifacts_dir=args.artifacts, device=args.device)
             if args.command == "run":
                 opts.jobs, opts.data_root, opts.progress = args.jobs, args.data_root, not args.no_progress
+                opts.tf32, opts.loggers = args.tf32, tuple(args.log)
+                from tgbench.trackers import check_available
+
+                check_available(opts.loggers)
                 opts.methods_dirs = tuple(str(Path(d).resolve()) for d in args.methods_dir)
                 run_suite(args.suite, opts)
             else:
@@ -194,11 +219,27 @@ def _dispatch(args: argparse.Namespace) -> int:
         elif args.command == "export":
             from tgbench.teach import export_teacher
 
-            export_teacher(args.suite, args.profile, args.source, args.seed, args.out, args.storage, args.artifacts)
+            from tgbench.device import resolve
+            from tgbench.provenance import default_profile
+
+            profile = args.profile or default_profile(resolve(args.device))
+            if args.format == "teacher":
+                export_teacher(args.suite, profile, args.source, args.seed, args.out, args.storage, args.artifacts)
+            else:  # the teacher first (a temporary file), then the lessons it teaches
+                import tempfile
+
+                from tgbench.teach import export_lessons
+
+                with tempfile.TemporaryDirectory() as scratch:
+                    teacher_file = Path(scratch) / "teacher.pt"
+                    export_teacher(args.suite, profile, args.source, args.seed, str(teacher_file), args.storage,
+                                   args.artifacts, log=lambda *a, **k: None)
+                    export_lessons(teacher_file, args.out, data_root=args.data_root)
         elif args.command == "teach":
             from tgbench.teach import teach
 
-            teach(args.teacher, args.model, steps=args.steps, learners=args.learners, data_root=args.data_root)
+            teach(args.teacher, args.model, steps=args.steps, learners=args.learners, data_root=args.data_root,
+                  device=args.device)
         interrupt.check()  # a signal Python dropped (see tgbench.interrupt) and no later check saw
     except BadInput as exc:
         print(f"tgbench: error: {exc}", file=sys.stderr)

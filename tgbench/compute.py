@@ -26,10 +26,12 @@ def protocol_of(suite: dict, dataset_resolved: str, entry: dict | None = None) -
 
 
 def synthetic_dataset(image_shape, num_classes: int, batch_size: int, meta_batch: int):
-    """Random data of the right shape: FLOP counts of a meta-step do not depend on pixel values."""
+    """Random data of the right shape: FLOP counts of a meta-step do not depend on pixel values (nor on the
+    device, so they are counted on the CPU whatever device the cell ran on)."""
     n = max(4 * batch_size, meta_batch, 20 * num_classes)
     gen = torch.Generator().manual_seed(0)
-    split = Split(torch.randn(n, *image_shape, generator=gen), torch.arange(n) % num_classes)
+    split = Split(torch.randn(n, *image_shape, generator=gen, device="cpu"),
+                  torch.arange(n, device="cpu") % num_classes)
     return Dataset("synthetic", "synthetic", split, split, split, num_classes, tuple(image_shape),
                    (0.0,) * image_shape[0], (1.0,) * image_shape[0], "random tensors for FLOP counting")
 

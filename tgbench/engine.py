@@ -19,9 +19,10 @@ from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call, grad as func_grad, stack_module_state, vmap
+from torch.func import functional_call, grad as func_grad, vmap
 from torch.utils.checkpoint import checkpoint
 
+from tgbench import device as devices
 from tgbench.config import InnerLoop, LearnerSpace, OuterLoop
 from tgbench.data import Split
 from tgbench.errors import Diverged
@@ -143,7 +144,7 @@ def backprop_meta_loss(teacher: Teacher, u: Unroll, checkpoint_every: int = 0) -
     meta_names, meta_tensors = [n for n, _ in named], [p for _, p in named]
     params, state = list(u.params), init(u.params)
     n_params, n_groups = len(params), len(state)
-    intermediate = torch.zeros(())
+    intermediate = torch.zeros((), device=params[0].device)
 
     for t0 in range(0, u.steps, checkpoint_every):
         t1 = min(t0 + checkpoint_every, u.steps)
@@ -191,7 +192,7 @@ def population_meta_loss(teacher: Teacher, u: Unroll, stacked: dict[str, torch.T
 
 # ------------------------------------------------------------------------------------- ES and the hybrid
 def _perturbations(theta: Sequence[torch.Tensor], sigma: float, generator: torch.Generator) -> Tensors:
-    return [torch.randn(p.shape, generator=generator, dtype=p.dtype) * sigma for p in theta]
+    return [torch.randn(p.shape, generator=generator, dtype=p.dtype, device=p.device) * sigma for p in theta]
 
 
 def _sample_variance(samples: list[Tensors]) -> float:
@@ -277,13 +278,16 @@ def accuracy_and_loss(learner, names, params, split: Split, bn_reference: torch.
     """Accuracy and mean NLL on ``split``, scored with the BN statistics of ``bn_reference`` (the last lesson).
 
     Chunked so that evaluation memory stays flat; under the lesson-statistics protocol the chunking does not
-    change any prediction (under ``bn_statistics: scored_batch`` each chunk is normalised with its own mean)."""
-    correct, loss = 0, 0.0
+    change any prediction (under ``bn_statistics: scored_batch`` each chunk is normalised with its own mean).
+    The sums stay on the device until the end (one host sync per call, not one per chunk); the loss is summed in
+    float64, as Python floats summed it before."""
+    correct = torch.zeros((), dtype=torch.int64, device=split.x.device)
+    loss = torch.zeros((), dtype=torch.float64, device=split.x.device)
     for i in range(0, len(split), chunk):
         out = scored_log_probs(learner, names, params, split.x[i:i + chunk], bn_reference)
-        correct += int((out.argmax(1) == split.y[i:i + chunk]).sum())
-        loss += float(F.nll_loss(out, split.y[i:i + chunk], reduction="sum"))
-    return correct / len(split), loss / len(split)
+        correct += (out.argmax(1) == split.y[i:i + chunk]).sum()
+        loss += F.nll_loss(out, split.y[i:i + chunk], reduction="sum").double()
+    return int(correct) / len(split), float(loss) / len(split)
 
 
 # The points before the last inner step (at init, and after steps 1..T-1 with ``evaluate(per_step=True)``) are
@@ -300,25 +304,28 @@ def evaluate(teacher: Teacher, specs: Sequence[LearnerSpec], test: Split, val: S
     The last step is scored on the whole splits, earlier points on their first ``CURVE_SUBSET`` examples.
 
     An entry of ``specs`` may also be a factory ``(image_shape, num_classes) -> module`` returning
-    log-probabilities with a ``reset_parameters(generator)`` (``tgbench teach --model``)."""
-    sums = torch.zeros(4, steps + 1)  # rows: test_acc, test_loss, val_acc, val_loss; column t = after t steps
+    log-probabilities with a ``reset_parameters(generator)`` (``tgbench teach --model``). Learners are built on
+    the splits' device; ``generator`` must live there too."""
+    # rows: test_acc, test_loss, val_acc, val_loss; column t = after t steps (host numbers: scores are synced)
+    sums = [[0.0] * (steps + 1) for _ in range(4)]
     count = 0
     test_curve, val_curve = test.head(CURVE_SUBSET), val.head(CURVE_SUBSET)
     for spec in specs:
-        learner = Learner(spec, image_shape, num_classes) if isinstance(spec, LearnerSpec) else spec(image_shape,
-                                                                                                    num_classes)
+        with devices.constructing_on(test.x.device):
+            learner = Learner(spec, image_shape, num_classes) if isinstance(spec, LearnerSpec) else spec(image_shape,
+                                                                                                        num_classes)
         for _ in range(learners):
             learner.reset_parameters(generator)
             names, params = detached_params(learner)
             episode = teacher.new_episode(generator)
 
             def record(t: int, p: Tensors, reference: torch.Tensor) -> None:
-                if t == steps - 1:
-                    sums[:, t + 1] += torch.tensor([*accuracy_and_loss(learner, names, p, test, reference),
-                                                    *accuracy_and_loss(learner, names, p, val, reference)])
-                elif per_step or t == -1:
-                    sums[:, t + 1] += torch.tensor([*accuracy_and_loss(learner, names, p, test_curve, reference),
-                                                    *accuracy_and_loss(learner, names, p, val_curve, reference)])
+                if t == steps - 1 or per_step or t == -1:
+                    on_test, on_val = (test, val) if t == steps - 1 else (test_curve, val_curve)
+                    scores = (*accuracy_and_loss(learner, names, p, on_test, reference),
+                              *accuracy_and_loss(learner, names, p, on_val, reference))
+                    for row, score in zip(sums, scores):
+                        row[t + 1] += score
 
             with torch.no_grad():
                 lessons = [teacher(t, episode) for t in range(steps)]
@@ -326,7 +333,7 @@ def evaluate(teacher: Teacher, specs: Sequence[LearnerSpec], test: Split, val: S
             u = Unroll(learner, names, params, episode, None, steps, optimizer)
             train_learner(lessons.__getitem__, u, differentiable=False, after_step=record)
             count += 1
-    rows = (sums / count).tolist()
+    rows = [[total / count for total in row] for row in sums]
     if not per_step:  # only the endpoints were measured
         rows = [[row[0], row[-1]] for row in rows]
     return EvalResult(test_acc=rows[0], test_loss=rows[1], val_acc=rows[2], val_loss=rows[3])
@@ -368,8 +375,9 @@ class MetaTrainer:
         self.inner, self.outer = inner, outer
         self.image_shape, self.num_classes = image_shape, num_classes
         self.learner_weight_norm = learner_weight_norm
+        self.device = train.x.device                         # where the data is, everything is
         self.rng = random.Random(seed)                       # architecture sampling
-        self.generator = torch.Generator().manual_seed(seed)  # inits, episodes, meta-batches, ES noise
+        self.generator = devices.generator(self.device, seed)  # inits, episodes, meta-batches, ES noise
         self.meta_params = [p for p in teacher.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.meta_params, lr=outer.lr, betas=outer.betas) if self.meta_params else None
         self.iteration = 0
@@ -377,11 +385,13 @@ class MetaTrainer:
 
     def _learner(self, spec: LearnerSpec) -> Learner:
         if spec not in self._learners:
-            self._learners[spec] = Learner(spec, self.image_shape, self.num_classes)
+            with devices.constructing_on(self.device):
+                self._learners[spec] = Learner(spec, self.image_shape, self.num_classes)
         return self._learners[spec]
 
     def _meta_batch(self) -> Split:
-        idx = torch.randint(len(self.train), (self.outer.meta_batch_size,), generator=self.generator)
+        idx = torch.randint(len(self.train), (self.outer.meta_batch_size,), generator=self.generator,
+                            device=self.device)
         return Split(self.train.x[idx], self.train.y[idx])
 
     def step(self) -> StepStats:
@@ -417,6 +427,7 @@ class MetaTrainer:
                 p.grad = g
         grad_norm = self._apply_update()
         self.iteration += 1
+        devices.synchronize(self.device)  # (the Adam update is still queued on a GPU)
         return StepStats(self.iteration, meta_loss, grad_norm, time.perf_counter() - start, spec.describe(), extras)
 
     def _es_or_hybrid(self, u: Unroll) -> GradientEstimate:
@@ -468,5 +479,5 @@ class MetaTrainer:
         """Evaluation with its own seeded generator, so it never perturbs the meta-training random stream."""
         return evaluate(self.teacher, specs, test, val, steps=self.inner.steps, learners=learners,
                         image_shape=self.image_shape, num_classes=self.num_classes,
-                        generator=torch.Generator().manual_seed(seed), optimizer=self.inner.optimizer,
+                        generator=devices.generator(self.device, seed), optimizer=self.inner.optimizer,
                         per_step=per_step)

@@ -75,6 +75,17 @@ class InnerHyperparameters(nn.Module):
         else:
             self.register_buffer("logit_momentum", logit_momentum)
 
+    def start_from(self, lr: list[float], momentum: list[float]) -> None:
+        """Set the schedule to per-step values (steps beyond their length reuse their last value)."""
+        steps = self.log_lr.shape[0]
+        if min(lr) <= 0 or not all(0.0 < m < 1.0 for m in momentum):
+            raise ValueError("a starting schedule needs lr > 0 and momentum in (0, 1) at every step")
+        with torch.no_grad():
+            for t in range(steps):
+                self.log_lr[t] = math.log(lr[min(t, len(lr) - 1)])
+                m = momentum[min(t, len(momentum) - 1)]
+                self.logit_momentum[t] = math.log(m / (1 - m))
+
     def forward(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         t = min(t, self.log_lr.shape[0] - 1)
         return self.log_lr[t].exp(), torch.sigmoid(self.logit_momentum[t])

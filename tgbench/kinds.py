@@ -26,6 +26,9 @@ class RunOptions:
     artifacts_dir: str | None = None
     progress: bool = True
     methods_dirs: tuple[str, ...] = ()
+    device: str | None = None    # --device as given (None: $TGBENCH_DEVICE, else auto); see tgbench.device
+    tf32: bool = False
+    loggers: tuple[str, ...] = ()   # --log tensorboard / wandb (tgbench.trackers)
 
 
 # run(suite_path, suite, profile, opts, log) -> the report directory; report(...) the same from the store alone;

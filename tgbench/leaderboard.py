@@ -36,6 +36,7 @@ import torch  # noqa: E402
 from tgbench import stats  # noqa: E402
 from tgbench.compute import meta_train_flops, protocol_of  # noqa: E402
 from tgbench.errors import BadInput  # noqa: E402
+from tgbench.device import label as device_label  # noqa: E402
 from tgbench.provenance import git_revision, machine  # noqa: E402
 from tgbench.store import DONE, Store, config_hash  # noqa: E402
 
@@ -79,6 +80,7 @@ class Row:
     flops: float                 # mean meta-training FLOPs per complete seed (nan: unknown)
     finished: str
     revisions: str
+    devices: str = "cpu"         # where its seeds ran (times and last bits differ between device kinds)
     pareto: bool = False
 
 
@@ -184,7 +186,8 @@ def _collect_store(store: Store, tables: dict[tuple[str, str], Table], log) -> N
                 diverged=sum(r["status"] == "diverged" for r in cells),
                 meta_train_seconds=_mean([r.get("meta_train_seconds") for r in complete]),
                 flops=_mean(flops), finished=max((r.get("finished") or "") for r in cells)[:10],
-                revisions=", ".join(sorted({r.get("revision", "unknown") for r in cells}))))
+                revisions=", ".join(sorted({r.get("revision", "unknown") for r in cells})),
+                devices=", ".join(sorted({device_label(r) for r in cells}))))
 
 
 def _mean(values) -> float:
@@ -215,7 +218,7 @@ def _fmt_flops(flops: float) -> str:
 
 
 HEADER = ["rank", "source", "suite", "variant", "test acc, last inner step (mean % [95 % CI])", "seeds",
-          "meta-train time (s/seed)", "meta-train compute (GFLOP/seed)", "Pareto", "measured", "revision"]
+          "meta-train time (s/seed)", "meta-train compute (GFLOP/seed)", "Pareto", "measured", "revision", "device"]
 
 
 def table_lines(table: Table, figure: str | None) -> list[str]:
@@ -226,7 +229,7 @@ def table_lines(table: Table, figure: str | None) -> list[str]:
         seeds = f"{r.seeds_complete}" + (f" (+{r.diverged} diverged)" if r.diverged else "")
         body.append([i, r.source, r.suite, r.variant, fmt_pct_ci(r.accuracy), seeds,
                      "n/a" if math.isnan(r.meta_train_seconds) else f"{r.meta_train_seconds:.1f}",
-                     _fmt_flops(r.flops), "★" if r.pareto else "", r.finished, r.revisions])
+                     _fmt_flops(r.flops), "★" if r.pareto else "", r.finished, r.revisions, r.devices])
     lines = [f"## {table.protocol.get('dataset')} · profile `{table.profile}` · protocol `{table.key}`", "",
              f"Protocol: {describe_protocol(table.protocol)}.", "", *md_table(HEADER, body), ""]
     front = sorted((r for r in table.rows if r.pareto), key=lambda r: r.flops)
@@ -296,13 +299,13 @@ def write_leaderboard(tables: list[Table], out: Path, meta: dict[str, str]) -> l
                              "seeds_complete": r.seeds_complete, "diverged": r.diverged,
                              "meta_train_seconds": r.meta_train_seconds, "meta_train_flops": r.flops,
                              "pareto": r.pareto, "finished": r.finished, "revision": r.revisions,
-                             "protocol": describe_protocol(table.protocol)})
+                             "device": r.devices, "protocol": describe_protocol(table.protocol)})
     out.write_text("\n".join(lines))
     csv = out.with_suffix(".csv")
     pd.DataFrame(csv_rows, columns=["table", "dataset", "profile", "rank", "suite", "source", "method", "variant",
                                     "config_hash", "test_acc_mean", "test_acc_ci_low", "test_acc_ci_high",
                                     "seeds_complete", "diverged", "meta_train_seconds", "meta_train_flops",
-                                    "pareto", "finished", "revision", "protocol"]).to_csv(csv, index=False)
+                                    "pareto", "finished", "revision", "device", "protocol"]).to_csv(csv, index=False)
     return [out, csv, *written]
 
 

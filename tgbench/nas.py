@@ -36,6 +36,7 @@ from pydantic import ValidationError
 from scipy import stats as st
 from tqdm import tqdm
 
+from tgbench import device as devices
 from tgbench import interrupt, stats
 from tgbench.config import LearnerSpace, SourceEntry, Suite, format_error
 from tgbench.data import Dataset, load_dataset
@@ -177,7 +178,7 @@ def ensure_ground_truth(store: Store, suite: Suite, dataset: Dataset, specs: lis
             "status": "complete", "arch_id": aid, "seed": seed, "description": spec.describe(),
             "spec": spec.as_dict(), "dataset_resolved": dataset.resolved, "protocol": protocol,
             "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu_start,
-            "test_acc_final": result["test_acc"], **result})
+            "test_acc_final": result["test_acc"], **result, **devices.facts(dataset.train.x.device)})
     return truth_frame(store, suite, dataset.resolved, specs), len(todo)
 
 
@@ -210,7 +211,8 @@ def ensure_teachers(suite_path: str, suite: Suite, profile: str, dataset: Datase
         if (key, chash) not in store.done_cells(study):
             log(f"meta-training teacher {entry.name!r} ({suite.outer_for(entry).iterations} outer iterations)")
             run_cell(CellTask(str(suite_path), profile, entry.name, TEACHER_SEED, store.url, opts.data_root,
-                              opts.artifacts_dir, opts.progress))
+                              opts.artifacts_dir, opts.progress, device=str(dataset.train.x.device),
+                              tf32=opts.tf32, resolved_suite=suite.model_dump(mode="json")))
         record = store.records(study, {key: {chash}})[0]
         if record["status"] != "complete":
             raise BadInput(f"{suite_path}: sources: teacher {entry.name!r} {record['status']} during meta-training "
@@ -290,7 +292,8 @@ def run_proxies(suite: Suite, profile: str, dataset: Dataset, store: Store, spec
                   "dataset_resolved": dataset.resolved, "family": cls.family,
                   "params": params.model_dump(mode="json"), "scores": scores, "seconds": seconds,
                   "cpu_seconds": cpu_seconds, "teacher_source": source,
-                  "setup_seconds": teacher_record.get("meta_train_seconds", 0.0) if teacher_record else 0.0}
+                  "setup_seconds": teacher_record.get("meta_train_seconds", 0.0) if teacher_record else 0.0,
+                  **devices.facts(dataset.train.x.device)}
         for k, v in record.items():
             if k != "status":
                 trial.set_user_attr(k, v)
@@ -595,6 +598,7 @@ def _meta(suite: Suite, profile: str, store: Store, dataset_resolved: str, recor
           extra: dict) -> dict:
     return {"suite": suite.name, "profile": profile, "revision": git_revision(), "command": command_line(),
             "machine": machine(), "torch": torch.__version__,
+            "device": ", ".join(sorted({devices.label(r) for r in records})),
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "dataset": dataset_resolved, "store": store.url, "target": suite.nas.target,
             "architectures scored": str(suite.nas.n_architectures),
@@ -604,8 +608,11 @@ def _meta(suite: Suite, profile: str, store: Store, dataset_resolved: str, recor
 
 
 def _load_dataset(suite: Suite, opts, log) -> Dataset:
-    dataset = load_dataset(suite.dataset.name, data_root=opts.data_root, download=suite.dataset.download,
-                           fallback=suite.dataset.fallback, seed=0)
+    device = devices.resolve(opts.device)
+    devices.prepare(device, opts.tf32)
+    dataset = devices.on_device(load_dataset(suite.dataset.name, data_root=opts.data_root,
+                                             download=suite.dataset.download, fallback=suite.dataset.fallback,
+                                             seed=0), device)
     if dataset.fallback_reason:
         log(f"WARNING: {dataset.fallback_reason}\nWARNING: falling back to {dataset.resolved!r}", file=sys.stderr)
     return dataset

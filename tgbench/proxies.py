@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
+from tgbench import device as devices
 from tgbench.config import GroundTruthSchedule, Suite
 from tgbench.data import Dataset, Split
 from tgbench.engine import Unroll, accuracy_and_loss, detached_params, inner_step, train_learner
@@ -89,8 +90,10 @@ def train_real(spec: LearnerSpec, dataset: Dataset, schedule: GroundTruthSchedul
     (may be fractional) overrides ``schedule.epochs``. Each step is the package's one inner step
     (``engine.inner_step``) with its Adam update, detached (no meta-gradient).
     """
-    generator = torch.Generator().manual_seed(seed)
-    learner = Learner(spec, dataset.image_shape, dataset.num_classes)
+    device = dataset.train.x.device
+    generator = devices.generator(device, seed)
+    with devices.constructing_on(device):
+        learner = Learner(spec, dataset.image_shape, dataset.num_classes)
     learner.reset_parameters(generator)
     names, params = detached_params(learner)
     init, update = OPTIMIZERS["adam"]
@@ -98,12 +101,12 @@ def train_real(spec: LearnerSpec, dataset: Dataset, schedule: GroundTruthSchedul
     train, batch = dataset.train, schedule.batch_size
     per_epoch = max(1, len(train) // batch)
     total = max(1, round((schedule.epochs if epochs is None else epochs) * per_epoch))
-    lr, beta1 = torch.tensor(schedule.lr), torch.tensor(ADAM_BETA1)
+    lr, beta1 = torch.tensor(schedule.lr, device=device), torch.tensor(ADAM_BETA1, device=device)
     curve: list[dict[str, float]] = []
     best, since_best, order = None, 0, None
     for t in range(total):
         if t % per_epoch == 0:
-            order = torch.randperm(len(train), generator=generator)
+            order = torch.randperm(len(train), generator=generator, device=device)
         idx = order[(t % per_epoch) * batch: (t % per_epoch + 1) * batch]
         batch_x = train.x[idx]   # also the BN reference when scoring (the lesson-statistics protocol)
         params, state = inner_step(learner, names, params, state, Lesson(batch_x, train.y[idx], lr, beta1),
@@ -172,9 +175,11 @@ class TeachingData(Proxy):
         teacher = self.ctx.teachers[self.params.source]
         steps = self.params.steps or self.ctx.suite.inner.steps
         wn = teacher.source.learner_weight_norm
-        learner = Learner(spec if wn is None else replace(spec, weight_norm=wn), self.ctx.dataset.image_shape,
-                          self.ctx.dataset.num_classes)
-        generator = torch.Generator().manual_seed(seed)
+        device = self.ctx.dataset.train.x.device
+        with devices.constructing_on(device):
+            learner = Learner(spec if wn is None else replace(spec, weight_norm=wn), self.ctx.dataset.image_shape,
+                              self.ctx.dataset.num_classes)
+        generator = devices.generator(device, seed)
         accs = []
         for _ in range(self.params.learners):
             learner.reset_parameters(generator)
@@ -200,14 +205,17 @@ def _plain_learner(spec: LearnerSpec, ctx: ProxyContext, seed: int) -> Learner:
     (g = ||V||), and the zero-cost literature defines its per-weight saliencies on W; scoring V and g instead
     would make e.g. sum(V * dR/dV) vanish by scale invariance. So every zero-cost proxy scores W.
     """
-    learner = Learner(replace(spec, weight_norm=False), ctx.dataset.image_shape, ctx.dataset.num_classes)
-    learner.reset_parameters(torch.Generator().manual_seed(seed))
+    device = ctx.dataset.train.x.device
+    with devices.constructing_on(device):
+        learner = Learner(replace(spec, weight_norm=False), ctx.dataset.image_shape, ctx.dataset.num_classes)
+    learner.reset_parameters(devices.generator(device, seed))
     return learner
 
 
 def _train_batch(ctx: ProxyContext, size: int, seed: int) -> Split:
     train = ctx.dataset.train
-    idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:size]
+    device = train.x.device
+    idx = torch.randperm(len(train), generator=devices.generator(device, seed), device=device)[:size]
     return Split(train.x[idx], train.y[idx])
 
 
@@ -222,7 +230,8 @@ class ParamCount(Proxy):
     description = "number of trainable parameters"
 
     def score(self, spec: LearnerSpec, seed: int) -> float:
-        return float(count_params(Learner(spec, self.ctx.dataset.image_shape, self.ctx.dataset.num_classes)))
+        with devices.constructing_on(self.ctx.dataset.train.x.device):
+            return float(count_params(Learner(spec, self.ctx.dataset.image_shape, self.ctx.dataset.num_classes)))
 
 
 class SynFlow(Proxy):
@@ -243,7 +252,8 @@ class SynFlow(Proxy):
         with torch.no_grad():
             for p in learner.parameters():
                 p.abs_()
-        ones = torch.ones(1, *self.ctx.dataset.image_shape, dtype=torch.float64)
+        ones = torch.ones(1, *self.ctx.dataset.image_shape, dtype=torch.float64,
+                          device=self.ctx.dataset.train.x.device)
         learner.logits(ones).sum().backward()
         with torch.no_grad():
             return float(sum((p * p.grad).abs().sum() for p in learner.parameters()))
@@ -299,7 +309,7 @@ class JacobCov(Proxy):
         learner = _plain_learner(spec, self.ctx, seed).double()
         x = _train_batch(self.ctx, self.params.batch_size, seed).x.double().requires_grad_()
         learner.logits(x).sum().backward()   # examples do not interact except through BN's batch mean
-        jac = x.grad.flatten(1).numpy()
+        jac = x.grad.flatten(1).cpu().numpy()
         v = np.linalg.eigvalsh(np.corrcoef(jac))
         return float(-np.sum(np.log(v + JACOB_COV_K) + 1.0 / (v + JACOB_COV_K)))
 
@@ -334,5 +344,5 @@ class NWOT(Proxy):
             return -math.inf
         c = torch.cat(codes, dim=1)                      # (B, N_A)
         k = c @ c.T + (1 - c) @ (1 - c).T                # agreements = N_A - Hamming distance
-        sign, logdet = np.linalg.slogdet(k.numpy())
+        sign, logdet = np.linalg.slogdet(k.cpu().numpy())
         return float(logdet) if sign > 0 else -math.inf

@@ -157,6 +157,7 @@ methods = Registry("method", base="tgbench.source:Source", entry_point_group="tg
 methods.register("real", "tgbench.methods.real:RealData")
 methods.register("dataset_distillation", "tgbench.methods.dataset_distillation:DatasetDistillation")
 methods.register("gtn", "tgbench.methods.gtn:GTN")
+methods.register("external", "tgbench.methods.external:ExternalData")
 
 # Datasets: each target is a loader function  (data_root, download, seed) -> tgbench.data.Dataset.
 datasets = Registry("dataset")

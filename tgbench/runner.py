@@ -9,6 +9,7 @@ from the store at the end (``build_report``).
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import multiprocessing
 import os
@@ -21,6 +22,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from tgbench import device as devices
 from tgbench import interrupt
 from tgbench.cells import CellTask, cell_hash, decode_array, run_cell, study_name, tuned_arm
 from tgbench.config import Suite, check_data_sizes, load_suite
@@ -28,7 +30,8 @@ from tgbench.data import Dataset, load_dataset
 from tgbench.errors import BadInput, CellsFailed
 from tgbench.kinds import RunOptions, SuiteKind
 from tgbench.locations import check_output_locations, check_writable_dir, out_location, writable_out_dir
-from tgbench.provenance import command_line, default_profile, machine
+from tgbench.provenance import command_line, default_profile, machine, versions
+from tgbench.results import results_document, write_results
 from tgbench.registry import suite_kinds
 from tgbench.store import Store, cell_key
 from tgbench.tune import tune_stage, tuned_values, tuning_frame
@@ -50,7 +53,7 @@ def final_arms(store: Store, suite: Suite, profile: str, dataset: Dataset, log=p
 def run_suite(suite_path: str, opts: RunOptions, log=print) -> Path:
     """``tgbench run``: load and validate the suite, check every output location before any work, then run it
     as its kind says (``tgbench.kinds``); returns the report directory."""
-    profile = opts.profile or default_profile()
+    profile = opts.profile or default_profile(devices.resolve(opts.device))
     suite = load_suite(suite_path, profile)
     check_output_locations(opts.storage, opts.artifacts_dir)  # a bad --storage/--artifacts must not strand a cell
     kind: SuiteKind = suite_kinds.get(suite.kind)
@@ -59,7 +62,7 @@ def run_suite(suite_path: str, opts: RunOptions, log=print) -> Path:
 
 def report_suite(suite_path: str, opts: RunOptions, log=print) -> Path:
     """``tgbench report``: rebuild a suite's report from the store alone (no training), as its kind says."""
-    profile = opts.profile or default_profile()
+    profile = opts.profile or default_profile(devices.resolve(opts.device))
     suite = load_suite(suite_path, profile)
     kind: SuiteKind = suite_kinds.get(suite.kind)
     return kind.report(suite_path, suite, profile, opts, log)
@@ -69,8 +72,11 @@ def run_fewstep(suite_path: str, suite: Suite, profile: str, opts: RunOptions, l
     """Run every unfinished cell of a fewstep suite (after its tuning stage, if it has one), then write its
     report."""
     check_writable_dir(out_location(opts.out, suite, profile), "--out")  # (created once the input is known good)
-    dataset = load_dataset(suite.dataset.name, data_root=opts.data_root, download=suite.dataset.download,
-                           fallback=suite.dataset.fallback, seed=0)
+    device = devices.resolve(opts.device)
+    devices.prepare(device, opts.tf32)
+    dataset = devices.on_device(load_dataset(suite.dataset.name, data_root=opts.data_root,
+                                             download=suite.dataset.download, fallback=suite.dataset.fallback,
+                                             seed=0), device)
     if dataset.fallback_reason:
         log(f"WARNING: {dataset.fallback_reason}\nWARNING: falling back to {dataset.resolved!r}; every result "
             f"records dataset_resolved={dataset.resolved!r}", file=sys.stderr)
@@ -86,9 +92,13 @@ def run_fewstep(suite_path: str, suite: Suite, profile: str, opts: RunOptions, l
     # N workers share the cores: give each its slice so they don't oversubscribe (spinning OpenMP threads
     # fighting over 2 cores slow small convolutions down many times over)
     threads = max(1, (os.cpu_count() or 1) // opts.jobs) if opts.jobs > 1 else None
+    resolved = suite.model_dump(mode="json")  # every cell runs this suite, whatever happens to its file meanwhile
     all_tasks = [CellTask(str(suite_path), profile, e.name, s, store.url, opts.data_root, opts.artifacts_dir,
-                          opts.progress and opts.jobs == 1, threads, tuple(opts.methods_dirs), tuned[e.name])
+                          opts.progress and opts.jobs == 1, threads, tuple(opts.methods_dirs), tuned[e.name],
+                          str(device), opts.tf32, tuple(opts.loggers), str(out_dir), resolved)
                  for e in suite.sources for s in range(seeds)]
+    # --jobs on a multi-GPU machine: each worker slot has its own GPU, round-robin over the visible ones
+    slots = [str(d) for d in devices.worker_devices(device, opts.device, opts.jobs)]
 
     failures: dict[str, str] = {}  # cells that raised in this run: not retried until the next one
 
@@ -119,7 +129,7 @@ def run_fewstep(suite_path: str, suite: Suite, profile: str, opts: RunOptions, l
                 except CELL_FAILURES as exc:
                     _note_failure(failures, task, exc, log)
         else:
-            ran += run_in_workers(tasks, opts.jobs, opts.progress, lambda t, e: _note_failure(failures, t, e, log))
+            ran += run_in_workers(tasks, slots, opts.progress, lambda t, e: _note_failure(failures, t, e, log))
         tasks, held = unfinished()
     log(f"ran {ran} cells in {time.perf_counter() - start:.0f} s")
     build_report(suite, profile, store, out_dir, {k: {h} for k, h in hashes.items()}, command=command_line())
@@ -146,17 +156,26 @@ def _note_failure(failures: dict[str, str], task: CellTask, exc: BaseException, 
 STOP_GRACE_SECONDS = 60  # how long a stopped --jobs run waits for its workers to mark their cells failed
 
 
-def run_in_workers(tasks: list[CellTask], jobs: int, progress: bool, on_failure) -> int:
-    """Run ``tasks`` in ``jobs`` worker processes (a fresh one per cell); returns how many cells ran here.
+def run_in_workers(tasks: list[CellTask], slots: list[str], progress: bool, on_failure) -> int:
+    """Run ``tasks`` in one worker process per slot (a fresh one per cell); returns how many cells ran here.
+
+    ``slots`` holds the device of each worker slot (``tgbench.device.worker_devices``). A cell takes a free slot's
+    device when it starts and gives it back when it ends, so no two running cells share a GPU while another is
+    idle, whatever order cells finish in.
 
     Stop means stop: on Ctrl-C or SIGTERM (to the parent alone, or to the whole process group) the queued cells
     are cancelled, every running worker gets SIGTERM — its own handler marks its cell failed, as a single
     process does — and the interrupt is raised again once they have exited (``STOP_GRACE_SECONDS`` at most).
     A cell that raised anything else is handed to ``on_failure(task, exception)`` and the others go on."""
-    pool = ProcessPoolExecutor(max_workers=jobs, max_tasks_per_child=1)
+    context = multiprocessing.get_context("spawn")  # (what max_tasks_per_child needs; the queue must match it)
+    free_devices = context.Queue()
+    for slot in slots:
+        free_devices.put(slot)
+    pool = ProcessPoolExecutor(max_workers=len(slots), mp_context=context, max_tasks_per_child=1,
+                               initializer=_adopt_slot_queue, initargs=(free_devices,))
     ran = 0
     try:
-        futures = {pool.submit(run_cell, task): task for task in tasks}
+        futures = {pool.submit(run_cell_in_a_slot, task): task for task in tasks}
         for future in tqdm(as_completed(futures), total=len(futures), desc="cells", disable=not progress):
             try:
                 ran += future.result() is not None
@@ -174,6 +193,24 @@ def run_in_workers(tasks: list[CellTask], jobs: int, progress: bool, on_failure)
         raise
     pool.shutdown()
     return ran
+
+
+_free_devices = None   # in a worker process: the queue of free slot devices (set by the pool's initializer)
+
+
+def _adopt_slot_queue(queue) -> None:
+    global _free_devices
+    _free_devices = queue
+
+
+def run_cell_in_a_slot(task: CellTask, free_devices=None) -> dict | None:
+    """``run_cell`` on the device of a free worker slot, given back afterwards (even if the cell raised)."""
+    free_devices = _free_devices if free_devices is None else free_devices
+    slot = free_devices.get()
+    try:
+        return run_cell(dataclasses.replace(task, device=slot))
+    finally:
+        free_devices.put(slot)
 
 
 # ------------------------------------------------------------------------------------------ the report
@@ -214,6 +251,7 @@ def build_report(suite: Suite, profile: str, store: Store, out_dir: Path, accept
     revisions = sorted({r.get("revision", "unknown") for r in records})
     meta = {"suite": suite.name, "profile": profile, "revision": ", ".join(revisions),
             "command": command or f"tgbench run {suite.name} --profile {profile}", "machine": machine(),
+            "device": ", ".join(sorted({devices.label(r) for r in records})),
             "torch": torch.__version__, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "inner loop": f"{suite.inner.steps} steps x batch {suite.inner.batch_size}",
             "outer iterations": str(suite.outer.iterations), "store": store.url}
@@ -226,8 +264,10 @@ def build_report(suite: Suite, profile: str, store: Store, out_dir: Path, accept
         meta["tuning"] = (f"every arm tuned on validation before the final seeds: {suite.tuning.trials} TPE trials "
                           f"({suite.tuning.startup_trials} random start-up) x {suite.tuning.outer_iterations} outer "
                           f"iterations each, objective = validation error of {suite.tuning.learners} fresh learners")
-    return write_report(out_dir, ReportInputs(summary, curves, steps, samples, sample_steps, meta,
-                                              held_out_frame(records), tuning, phase_frame(records)))
+    written = write_report(out_dir, ReportInputs(summary, curves, steps, samples, sample_steps, meta,
+                                                 held_out_frame(records), tuning, phase_frame(records)))
+    document = results_document(suite.model_dump(mode="json"), profile, records, meta, versions())
+    return [*written, write_results(out_dir, document)]
 
 
 BN_PROTOCOL_NOTE = {

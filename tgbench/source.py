@@ -28,6 +28,7 @@ particular weight-norm setting sets ``learner_weight_norm`` (None = the suite's 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -76,6 +77,17 @@ class Source(nn.Module):
 
     def export(self) -> dict:
         return {"state_dict": self.state_dict(), "params": self.params.model_dump()}
+
+    @classmethod
+    def example_params(cls, ctx: "SourceContext", workdir: Path) -> dict:
+        """Small ``params`` for the shared test battery (``tests/test_sources.py``, and plug-in authors' own
+        tests): cheap to build and run on ``ctx``; may write files it needs into ``workdir``. Default: none."""
+        return {}
+
+    def initial_schedule(self) -> tuple[list[float], list[float]] | None:
+        """Per-step (lr, momentum) the inner schedule should start from instead of the suite's constants
+        (e.g. a distilled set's own learned schedule); ``None``: the suite's."""
+        return None
 
 
 def balanced_labels(n: int, num_classes: int) -> torch.Tensor:

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tgbench import device as devices
 from tgbench.errors import BadInput
 
 FORMAT = "tgbench-teacher/1"
@@ -63,7 +64,7 @@ def export_teacher(suite: str, profile: str | None, source: str, seed: int, out:
     from tgbench.provenance import default_profile
     from tgbench.store import Store, cell_key, require_existing
 
-    profile = profile or default_profile()
+    profile = profile or default_profile(devices.resolve())
     name = f"{_suite_name(suite)}@{profile}"
     store = Store(require_existing(storage), artifacts_dir)  # reading: never create an empty store
     records = {r["cell"]: r for r in store.records(store.study(name, create=False))}
@@ -163,8 +164,8 @@ class UserModel(nn.Module):
         self.model = cls(*self.args)
 
     def reset_parameters(self, generator: torch.Generator) -> None:
-        seed = int(torch.randint(2 ** 62, (1,), generator=generator))
-        with torch.random.fork_rng():
+        seed = int(torch.randint(2 ** 62, (1,), generator=generator, device=generator.device))
+        with torch.random.fork_rng(), devices.constructing_on(generator.device):
             torch.manual_seed(seed)
             fresh = self.cls(*self.args)
         self.model.load_state_dict(fresh.state_dict())
@@ -188,8 +189,8 @@ def model_factory(target: str, image_shape, num_classes: int):
         raise BadInput(f"--model: {target!r} is not an nn.Module class")
     factory = cls if issubclass(cls, Learner) else functools.partial(UserModel, cls)
     try:  # check the contract once, up front, so a wrong model is one line and not a shape error mid-training
-        with torch.random.fork_rng():
-            out = factory(tuple(image_shape), num_classes)(torch.zeros(2, *image_shape))
+        with torch.random.fork_rng(), devices.constructing_on(torch.device("cpu")):  # (a shape check: on the CPU)
+            out = factory(tuple(image_shape), num_classes)(torch.zeros(2, *image_shape, device="cpu"))
     except Exception as exc:
         raise BadInput(f"--model: {target}(image_shape={tuple(image_shape)}, num_classes={num_classes}) on a batch "
                        f"of 2 failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
@@ -199,14 +200,12 @@ def model_factory(target: str, image_shape, num_classes: int):
     return factory
 
 
-def teach(path: str | Path, model: str | None = None, steps: int | None = None, learners: int | None = None,
-          data_root: str | None = None, log=print):
-    """Train fresh models on an exported teacher's lessons; returns the engine's ``EvalResult`` (endpoints)."""
+def _restore(path: str | Path, data_root: str | None, device: str | None):
+    """(payload, suite, dataset, teacher) of an exported teacher file: its suite, the dataset it was trained on
+    (seed 0: the runner's split) on ``device``, and the teacher rebuilt with the file's weights."""
     from tgbench.config import SourceEntry, Suite
     from tgbench.data import load_dataset
-    from tgbench.engine import evaluate
     from tgbench.registry import datasets
-    from tgbench.cells import EVAL_SEED_OFFSET
 
     payload = load_exported(path)
     try:
@@ -221,9 +220,22 @@ def teach(path: str | Path, model: str | None = None, steps: int | None = None, 
     if payload["dataset_resolved"] not in datasets:
         raise BadInput(f"{path}: dataset_resolved: unknown dataset {payload['dataset_resolved']!r}")
     dataset = load_dataset(payload["dataset_resolved"], data_root=data_root, download=suite.dataset.download,
-                           fallback=None, seed=0)  # seed 0: the runner's split
-    seed = payload["seed"]
-    teacher = _rebuild_teacher(path, payload, suite, entry, dataset)
+                           fallback=None, seed=0)
+    on = devices.resolve(device)
+    devices.prepare(on)
+    dataset = devices.on_device(dataset, on)
+    return payload, suite, dataset, _rebuild_teacher(path, payload, suite, entry, dataset)
+
+
+def teach(path: str | Path, model: str | None = None, steps: int | None = None, learners: int | None = None,
+          data_root: str | None = None, device: str | None = None, log=print):
+    """Train fresh models on an exported teacher's lessons on ``device`` (``tgbench.device.resolve``); returns
+    the engine's ``EvalResult`` (endpoints)."""
+    from tgbench.engine import evaluate
+    from tgbench.cells import EVAL_SEED_OFFSET
+
+    payload, suite, dataset, teacher = _restore(path, data_root, device)
+    on, seed = dataset.train.x.device, payload["seed"]
     if model is None:
         specs = suite.evaluation.learner_specs(suite.learner, teacher.source.learner_weight_norm)
         what = "the suite's evaluation learner(s) " + ", ".join(s.describe() for s in specs)
@@ -235,7 +247,7 @@ def teach(path: str | Path, model: str | None = None, steps: int | None = None, 
     learners = learners or suite.evaluation.final_learners
     result = evaluate(teacher, specs, dataset.test, dataset.val, steps=steps, learners=learners,
                       image_shape=dataset.image_shape, num_classes=dataset.num_classes,
-                      generator=torch.Generator().manual_seed(EVAL_SEED_OFFSET + seed),
+                      generator=devices.generator(on, EVAL_SEED_OFFSET + seed),
                       optimizer=teacher.optimizer, per_step=False)
     rec = payload.get("record", {})
     log(f"teacher: {payload.get('study')} {payload.get('source')} seed {seed} (method {payload['method']}, "
@@ -246,3 +258,48 @@ def teach(path: str | Path, model: str | None = None, steps: int | None = None, 
         log(f"recorded in the store for this seed (evaluation learners, {trained_steps} steps, "
             f"{suite.evaluation.final_learners} learners): test accuracy {rec['test_acc_final']:.6f}")
     return result
+
+
+# ------------------------------------------------------------------------------------------ plain tensors
+LESSONS_FORMAT = "tgbench-lessons/1"
+
+
+def export_lessons(teacher_file: str | Path, out: str | Path, data_root: str | None = None, log=print) -> Path:
+    """Write the data an exported teacher teaches, as plain tensors (what dataset-distillation benchmarks such as
+    DD-Ranking and DC-BENCH take, and what the ``external`` source reads back):
+
+    ``images`` ``(T*B, C, H, W)`` float32 in the dataset's normalised space (``mean`` / ``std`` per channel undo
+    it), ``labels`` ``(T*B,)`` int64 or ``(T*B, classes)`` soft-label probabilities, ``lr`` and ``momentum``
+    ``(T,)`` (the learned per-step schedule), ``steps`` T and ``batch_size`` B: rows ``t*B:(t+1)*B`` are the
+    lesson of inner step t. A teacher that draws randomness per unroll (real data, GTN without a curriculum)
+    gives one episode, drawn from a CPU generator seeded ``EVAL_SEED_OFFSET + seed`` (reproducible; not one of
+    the final evaluation's episodes, which are drawn after each learner's initialisation).
+    """
+    from tgbench.cells import EVAL_SEED_OFFSET
+
+    payload, suite, dataset, teacher = _restore(teacher_file, data_root, "cpu")
+    steps = teacher.hyper.log_lr.shape[0]
+    with torch.no_grad():
+        episode = teacher.new_episode(devices.generator(torch.device("cpu"), EVAL_SEED_OFFSET + payload["seed"]))
+        lessons = [teacher(t, episode) for t in range(steps)]
+    schedule = teacher.hyper.schedule()
+    tensors = {
+        "format": LESSONS_FORMAT, "images": torch.cat([l.x for l in lessons]).contiguous(),
+        "labels": torch.cat([l.y for l in lessons]).contiguous(), "lr": torch.tensor(schedule["lr"]),
+        "momentum": torch.tensor(schedule["momentum"]), "steps": steps, "batch_size": int(lessons[0].x.shape[0]),
+        "mean": list(dataset.mean), "std": list(dataset.std), "dataset": payload["dataset_resolved"],
+        "method": payload["method"], "source": payload.get("source"), "study": payload.get("study"),
+        "seed": payload["seed"],
+    }
+    path = Path(out)
+    try:  # a temporary file renamed into place: a failed export never leaves half a file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(fd)
+        torch.save(tensors, tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise BadInput(f"--out: cannot write {path}: {exc.strerror}") from None
+    log(f"wrote {len(tensors['images'])} images ({steps} steps x {tensors['batch_size']}) of "
+        f"{payload.get('study')} {payload.get('source')} seed {payload['seed']} -> {path}")
+    return path

@@ -30,6 +30,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
+from tgbench import device as devices
 from tgbench import interrupt, stats
 from tgbench.builders import build_trainer
 from tgbench.cells import EVAL_SEED_OFFSET, cell_hash, meta_train
@@ -102,6 +103,7 @@ def make_objective(suite: Suite, entry: SourceEntry, dataset: Dataset, progress:
         trial.set_user_attr("curve", record["curve"])
         trial.set_user_attr("dataset_resolved", dataset.resolved)
         trial.set_user_attr("revision", git_revision())
+        trial.set_user_attr("device", str(dataset.train.x.device))
         trial.set_user_attr("finished", dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
         return value
 
@@ -287,8 +289,11 @@ def run_tune_suite(suite_path: str, suite: Suite, profile: str, opts: RunOptions
     if opts.seeds:
         raise BadInput(f"{suite_path}: --seeds: tune suites run tune.trials trials per arm, not seeds")
     out_dir = writable_out_dir(opts.out, suite, profile)
-    dataset = load_dataset(suite.dataset.name, data_root=opts.data_root, download=suite.dataset.download,
-                           fallback=suite.dataset.fallback, seed=0)
+    device = devices.resolve(opts.device)
+    devices.prepare(device, opts.tf32)
+    dataset = devices.on_device(load_dataset(suite.dataset.name, data_root=opts.data_root,
+                                             download=suite.dataset.download, fallback=suite.dataset.fallback,
+                                             seed=0), device)
     if dataset.fallback_reason:
         log(f"WARNING: {dataset.fallback_reason}\nWARNING: falling back to {dataset.resolved!r}", file=sys.stderr)
     store = Store(opts.storage, opts.artifacts_dir)

@@ -1,0 +1,56 @@
+"""The cells layer (issue 16): a run executes the suite it resolved, whatever happens to the YAML meanwhile."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tgbench import cells, runner
+from tgbench.config import Suite, load_suite
+from tgbench.kinds import RunOptions
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+SUITE = {"name": "edited", "kind": "fewstep", "dataset": {"name": "mnist-5k"},
+         "learner": {"conv_channels": [[2]], "fc_hidden": [[4]]}, "inner": {"steps": 2, "batch_size": 8},
+         "outer": {"iterations": 1, "meta_batch_size": 8},
+         "evaluation": {"seeds": 3, "eval_every": 1, "eval_learners": 1, "final_learners": 1},
+         "sources": [{"method": "real"}], "profiles": {"smoke": {}}}
+
+
+def test_a_suite_edited_during_a_run_does_not_change_the_cells_it_planned(tmp_path, monkeypatch):
+    """The defect: each cell re-read the YAML, so an edit that changed a cell's hash made it claim and record
+    under the new hash while the run waited for the old one — forever, adding a trial per pass. Here the file is
+    edited while the first cell runs; the run must finish its 3 planned cells, all under the planned config."""
+    path = tmp_path / "edited.yaml"
+    path.write_text(yaml.safe_dump(SUITE))
+    calls = []
+    real_run_cell = runner.run_cell
+
+    def run_cell_then_edit(task):
+        calls.append(task.seed)
+        if len(calls) > 6:  # (the defect loops for ever: stop it here, as a failure)
+            raise AssertionError("the run keeps re-running cells: it waits for hashes no cell records")
+        if len(calls) == 1:  # someone edits the suite while the run is going
+            path.write_text(yaml.safe_dump({**SUITE, "inner": {"steps": 3, "batch_size": 8}}))
+        return real_run_cell(task)
+
+    monkeypatch.setattr(runner, "run_cell", run_cell_then_edit)
+    opts = RunOptions(profile="smoke", storage=f"sqlite:///{tmp_path}/s.db", out=str(tmp_path / "out"),
+                      progress=False)
+    runner.run_suite(str(path), opts, log=lambda *a, **k: None)
+    assert sorted(calls) == [0, 1, 2]
+    from tgbench.store import Store
+
+    store = Store(opts.storage)
+    records = store.records(store.study("edited@smoke", create=False))
+    assert len(records) == 3 and {r["inner_steps"] for r in records} == {2}  # the suite as it was when planned
+
+
+def test_a_resolved_suite_round_trips_to_the_same_cell_hashes():
+    """What a worker rebuilds from ``CellTask.resolved_suite`` hashes exactly as the planning process did."""
+    suite = load_suite(Path(__file__).parents[1] / "suites" / "mnist_fewstep.yaml", "cpu")
+    again = Suite.model_validate(suite.model_dump(mode="json"))
+    for entry, copy in zip(suite.sources, again.sources):
+        assert cells.cell_hash(suite, entry, "mnist-5k") == cells.cell_hash(again, copy, "mnist-5k")
