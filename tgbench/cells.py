@@ -25,7 +25,7 @@ from tgbench.engine import MetaTrainer
 from tgbench.errors import Diverged
 from tgbench.nn import LearnerSpec
 from tgbench.provenance import git_revision
-from tgbench.registry import methods
+from tgbench.registry import load_plugin_dir
 from tgbench.source import Teacher
 from tgbench.store import Store, cell_key, config_hash
 
@@ -196,7 +196,7 @@ def _run_cell(task: CellTask) -> dict | None:
     if task.threads:
         torch.set_num_threads(task.threads)
     for folder in task.methods_dirs:
-        methods.load_dir(folder)
+        load_plugin_dir(folder)
     suite = load_suite(task.suite_path, task.profile)
     entry = tuned_arm(suite, next(e for e in suite.sources if e.name == task.source), task.tuned)
     dataset = load_dataset(suite.dataset.name, data_root=task.data_root, download=suite.dataset.download,

@@ -158,10 +158,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     try:
         _check_storage(args)
         if args.methods_dir:
-            from tgbench.registry import methods
+            from tgbench.registry import load_plugin_dir
 
             for folder in args.methods_dir:
-                methods.load_dir(folder)
+                load_plugin_dir(folder)
         if args.command == "validate":
             from tgbench.config import PROFILES, load_suite
 
