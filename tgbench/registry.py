@@ -155,12 +155,16 @@ methods.register("real", "tgbench.methods.real:RealData")
 methods.register("dataset_distillation", "tgbench.methods.dataset_distillation:DatasetDistillation")
 methods.register("gtn", "tgbench.methods.gtn:GTN")
 
-# Datasets: each target is a loader function  (data_root, download, seed) -> tgbench.data.Dataset.
+# Datasets: each target is a loader function  (data_root, download, seed) -> tgbench.data.Dataset, whose output
+# tgbench.data.load_dataset checks (tgbench.data.check_dataset) before anything uses it.
 datasets = Registry("dataset", entry_point_group="tgbench.datasets", callable_targets=True)
 datasets.register("mnist", "tgbench.data:load_mnist")
 datasets.register("mnist-5k", "tgbench.data:load_mnist_5k")
 datasets.register("fashion-mnist", "tgbench.data:load_fashion_mnist")
+datasets.register("kmnist", "tgbench.data:load_kmnist")
 datasets.register("cifar10", "tgbench.data:load_cifar10")
+datasets.register("cifar100", "tgbench.data:load_cifar100")
+datasets.register("svhn", "tgbench.data:load_svhn")
 
 # NAS proxies: each scores an architecture (cheaply) for the nas_proxy suites; see tgbench/proxies.py.
 proxies = Registry("proxy", base="tgbench.proxies:Proxy", entry_point_group="tgbench.proxies")
