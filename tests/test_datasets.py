@@ -513,3 +513,23 @@ def test_an_installed_entry_point_registers_a_dataset(tmp_path):
     assert "loaded sklearn-digits 1200 entry point 'digits_plugin.digits:load_sklearn_digits'" in done.stdout
     assert "refused BadInput dataset 'broken-digits': 'digits_plugin.digits:TEST_SIZE' is not callable" \
         in done.stdout
+
+
+def test_a_plugin_dataset_reaches_a_fresh_worker_process(tmp_path, clean_registries):
+    """A spawned worker starts with only the built-ins: the cell's --methods-dir folders must bring the dataset."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tgbench.cells import CellTask, run_cell
+
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "sklearn_digits.py").write_text(DIGITS)
+    suite = tmp_path / "digits_fewstep.yaml"
+    suite.write_text(SUITE)
+    load_plugin_dir(plugins)  # the parent process has it (as after `tgbench run --methods-dir`) ...
+    task = CellTask(str(suite), "smoke", "real", 0, f"sqlite:///{tmp_path}/store.db", None, progress=False,
+                    threads=1, methods_dirs=(str(plugins),))
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:  # ... a fresh one not
+        record = pool.submit(run_cell, task).result()
+    assert record["status"] == "complete" and record["dataset_resolved"] == "sklearn-digits"
