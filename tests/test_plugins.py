@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 
 from tgbench.cli import main
-from tgbench.registry import methods
+from tgbench.registry import load_plugin_dir, methods
 from tgbench.cells import CellTask, run_cell
 from tgbench.store import Store
 
@@ -108,7 +108,7 @@ def test_methods_dir_reaches_a_fresh_worker_process(tmp_path, clean_registry):
     suite = tmp_path / "herding_vs_real.yaml"
     suite.write_text(SUITE)
     db = f"sqlite:///{tmp_path}/store.db"
-    methods.load_dir(plugins)  # the parent process has it (as after `tgbench run --methods-dir`) ...
+    load_plugin_dir(plugins)  # the parent process has it (as after `tgbench run --methods-dir`) ...
     task = CellTask(str(suite), "smoke", "herding", 0, db, None, progress=False, threads=1,
                     methods_dirs=(str(plugins),))
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:  # ... a fresh one not

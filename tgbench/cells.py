@@ -26,7 +26,7 @@ from tgbench.engine import MetaTrainer
 from tgbench.errors import Diverged
 from tgbench.nn import LearnerSpec
 from tgbench.provenance import git_revision, reproducibility
-from tgbench.registry import methods
+from tgbench.registry import load_plugin_dir
 from tgbench.source import Teacher
 from tgbench.store import Store, cell_key, config_hash
 from tgbench.trackers import Tracker, Trackers, open_trackers
@@ -210,7 +210,7 @@ def _run_cell(task: CellTask) -> dict | None:
     if task.threads:
         torch.set_num_threads(task.threads)
     for folder in task.methods_dirs:
-        methods.load_dir(folder)
+        load_plugin_dir(folder)
     device = torch.device(task.device)
     devices.prepare(device, task.tf32)
     suite = (load_suite(task.suite_path, task.profile) if task.resolved_suite is None

