@@ -40,7 +40,8 @@ def _add_device(p: argparse.ArgumentParser) -> None:
 
 def _add_methods_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods-dir", action="append", default=[], metavar="DIR",
-                   help="register the methods of every *.py file in DIR (each declares METHODS = {name: class}); "
+                   help="register the plug-ins of every *.py file in DIR (each declares METHODS, DATASETS and/or "
+                        "PROXIES = {name: ...}); "
                         "repeatable")
 
 
