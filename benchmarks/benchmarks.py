@@ -267,8 +267,8 @@ class FewstepAccuracy:
 
 class Throughput:
     """Achieved GFLOP/s of one GTN meta-iteration at T=8: FLOPs counted once with ``FlopCounterMode`` (in
-    setup), divided by the wall time of another, uncounted step. DESIGN.md: this CPU peaks near 86 GFLOP/s
-    (matmul) and 109 GFLOP/s (3x3 conv)."""
+    setup), divided by the wall time of another, uncounted step (``benchmarks/compare.py`` section 2 sets it
+    against this machine's measured matmul peak)."""
 
     unit = "GFLOP/s"
     rounds = 1

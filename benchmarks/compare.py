@@ -7,7 +7,8 @@
 Sections (every figure and ratio is printed, every target says ``met`` / ``NOT met``):
 
 1. Meta-iteration time at the paper's MNIST configuration: ``MetaTrainer.step()`` vs the plain-PyTorch reference
-   ``NaiveGTN.step()`` (``../shared/reference/naive_unroll.py``), interleaved A/B/A/B. Target: ratio <= 1.0.
+   ``PlainGTN.step()`` (``benchmarks/reference.py``: the same meta-iteration in plain PyTorch, the same FLOPs),
+   on the same device (``--device``), interleaved A/B/A/B. Target: ratio <= 1.0.
 2. Achieved GFLOP/s of that meta-iteration (``FlopCounterMode`` FLOPs / measured time) against this machine's
    measured fp32 matmul peak. Goal: >= 60 %.
 3. Gradient checkpointing at T=128: the step's own peak memory with ``checkpoint_every=k`` vs none, each
@@ -25,7 +26,6 @@ here re-implements the meta-step. ``--_child SPEC`` is internal: section 3 re-in
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import os
@@ -38,7 +38,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared/reference/naive_unroll.py"
 
 # Run as a script, sys.path[0] is benchmarks/ itself, where `import benchmarks` would find benchmarks.py as a
 # top-level module; the repository root must come first instead.
@@ -53,17 +52,6 @@ POP_LEARNER = {"conv_channels": [[8, 16]], "fc_hidden": [[]]}                 # 
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def load_reference(path: Path = REFERENCE):
-    """Import ``naive_unroll.py`` by file path; a clear error if the shared reference is not there."""
-    if not path.is_file():
-        raise SystemExit(f"compare.py: the plain-PyTorch reference is missing: expected {path} "
-                         "(shared/reference/naive_unroll.py next to the repository); section 1 needs it")
-    spec = importlib.util.spec_from_file_location("naive_unroll", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def describe_machine() -> list[str]:
     import torch
 
@@ -141,20 +129,21 @@ def matmul_peak_gflops(n: int = 2048, reps: int = 5) -> float:
 
 
 # ------------------------------------------------------------------------------------ section 1 and 2
-def section_paper_step(args, reference) -> list[tuple[str, bool]]:
+def section_paper_step(args) -> list[tuple[str, bool]]:
     import torch
 
     from benchmarks.benchmarks import bench_suite, build_trainer, count_step_flops, dataset
+    from benchmarks.reference import PlainGTN
 
     steps, batch, iters = args.steps, args.batch, args.iters
-    print(f"\n== 1. meta-iteration time: tgbench MetaTrainer.step() vs reference NaiveGTN.step() ==")
+    print(f"\n== 1. meta-iteration time: tgbench MetaTrainer.step() vs the plain reference PlainGTN.step() ==")
     print(f"config: paper MNIST models (generator noise 128, fc 1024, channels [128, 64], weight norm; learner conv "
           f"[64, 128], fc [256], WN, mean-only BN), sgd_momentum, full curriculum; T={steps}, B={batch}, meta-batch "
           f"{batch}; {iters} timed iteration(s) each after one warm-up, interleaved A/B")
     suite = bench_suite("gtn", PAPER_GTN, steps=steps, batch=batch, learner=PAPER_LEARNER,
                         outer={"meta_batch_size": batch})
     trainer = build_trainer(suite, dataset())
-    naive = reference.NaiveGTN(steps=steps, batch=batch, weight_norm=True, seed=0)
+    naive = PlainGTN(steps=steps, batch=batch, device=trainer.device, seed=0)
     trainer.step()
     naive.step()
     tg_times, naive_times = [], []
@@ -379,7 +368,6 @@ def main(argv=None) -> int:
     if args._child:
         child_main(json.loads(args._child))
         return 0
-    reference = load_reference() if 1 in args.sections else None  # fail before any work if it is missing
     import torch
 
     from tgbench import device as devices
@@ -396,7 +384,7 @@ def main(argv=None) -> int:
         print(line)
     outcomes: list[tuple[str, bool]] = []
     if 1 in args.sections:
-        outcomes += section_paper_step(args, reference)
+        outcomes += section_paper_step(args)
     if 3 in args.sections:
         outcomes += section_checkpointing(args)
     if 4 in args.sections:

@@ -134,7 +134,7 @@ def backprop_meta_loss(teacher: Teacher, u: Unroll, checkpoint_every: int = 0) -
     backward replays it (2 evaluations per step; memory O(T/k + k) steps instead of O(T)). The reentrant
     variant is the one that can contain a double-backward inner step; it needs the teacher's meta-parameters
     as explicit inputs (hence ``functional_call``) and the outer ``.backward()`` rather than
-    ``autograd.grad`` — measured on this CPU, see DESIGN.md.
+    ``autograd.grad`` — measured on this CPU, see docs/engine_notes.md.
     """
     if not checkpoint_every:
         return train_learner(lambda t: teacher(t, u.episode), u, differentiable=True)[1]

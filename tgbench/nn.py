@@ -5,7 +5,7 @@ params dict (and ``vmap`` over a stack of such dicts). Two rules follow from tha
 
 * Weight normalisation is hand-written (``W = g * V / ||V||``) instead of ``torch.nn.utils.parametrizations``:
   the latter silently disconnects gradients under ``functional_call`` unless its private key names are used,
-  and has no vmap batching rule (see DESIGN.md).
+  and has no vmap batching rule (see docs/engine_notes.md).
 * Normalisation layers keep no running statistics (in-place buffer writes break vmap and make an unroll's
   result depend on earlier unrolls): learners use *mean-only* batch norm, generators batch-statistics BN.
 
