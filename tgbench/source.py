@@ -18,7 +18,8 @@ Lifecycle of a source (what the engine calls, and when):
    dataset's normalised space; ``y``: (B,) int64 labels or (B, classes) soft-label probabilities. Must be a
    differentiable function of the meta-parameters: the engine backpropagates the meta-loss through it, and
    calls it via ``torch.func.functional_call`` with substituted parameters (checkpointing, ES).
-4. ``export() -> dict`` — optional: what to save as the trained teacher (default: the state dict).
+4. What a trained teacher is saved as is its ``state_dict()`` (the store's teacher artifact, ``tgbench export``):
+   register everything a teacher needs again as parameters or buffers.
 
 Capabilities are declared on the class, and the shared test battery reads them:
 ``learns_data`` (has meta-parameters of its own), ``learnable_labels`` (supports ``learn_labels``),
@@ -74,9 +75,6 @@ class Source(nn.Module):
 
     def forward(self, t: int, episode: Any) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
-
-    def export(self) -> dict:
-        return {"state_dict": self.state_dict(), "params": self.params.model_dump()}
 
     @classmethod
     def example_params(cls, ctx: "SourceContext", workdir: Path) -> dict:
