@@ -15,7 +15,7 @@ import yaml
 from tgbench.cli import main
 from tgbench.config import load_suite
 from tgbench.data import Split, load_dataset
-from tgbench.engine import CURVE_SUBSET, evaluate
+from tgbench.engine import CURVE_SUBSET, EvalPlan, evaluate
 from tgbench.errors import ConfigError
 from tgbench.nn import Learner, LearnerSpec
 from tgbench.builders import build_teacher, build_trainer
@@ -169,14 +169,13 @@ def test_last_step_is_scored_on_the_whole_split_and_earlier_points_on_the_curve_
     x[CURVE_SUBSET:] = float("nan")
     poisoned = Split(x, clean.y)
     teacher = build_teacher(suite, suite.sources[0], dataset, seed=0)
-    kwargs = dict(steps=4, learners=1, image_shape=dataset.image_shape, num_classes=10)
-    results = [evaluate(teacher, [suite.learner.reference()], split, split,
-                        generator=torch.Generator().manual_seed(5), **kwargs) for split in (clean, poisoned)]
+    results = [evaluate(teacher, [suite.learner.reference()], split, split, EvalPlan(steps=4, learners=1),
+                        generator=torch.Generator().manual_seed(5)) for split in (clean, poisoned)]
     assert results[0].test_loss[:-1] == results[1].test_loss[:-1]   # at init and steps 1..T-1: the subset
     assert all(v == v for v in results[0].test_loss)
     assert results[1].test_loss[-1] != results[1].test_loss[-1]     # after the last step: the whole split (NaN)
     endpoints = evaluate(teacher, [suite.learner.reference()], clean, clean,
-                         generator=torch.Generator().manual_seed(5), per_step=False, **kwargs)
+                         EvalPlan(steps=4, learners=1, per_step=False), generator=torch.Generator().manual_seed(5))
     assert endpoints.test_acc == [results[0].test_acc[0], results[0].test_acc[-1]]
 
 

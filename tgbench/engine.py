@@ -296,16 +296,29 @@ def accuracy_and_loss(learner, names, params, split: Split, bn_reference: torch.
 CURVE_SUBSET = 1000
 
 
-def evaluate(teacher: Teacher, specs: Sequence[LearnerSpec], test: Split, val: Split, *, steps: int,
-             learners: int, image_shape, num_classes: int, generator: torch.Generator, optimizer: str = "sgd_momentum",
-             per_step: bool = True) -> EvalResult:
-    """Train ``learners`` fresh learners per architecture on the teacher's data (no meta-gradient) and average
-    their test/val accuracy and loss after every inner step (``per_step``) or only at init and after the last.
-    The last step is scored on the whole splits, earlier points on their first ``CURVE_SUBSET`` examples.
+@dataclass(frozen=True)
+class EvalPlan:
+    """How fresh learners are trained on a teacher for scoring: ``learners`` per architecture, ``steps`` inner
+    steps of ``optimizer``, scored after every step (``per_step``) or only at init and after the last."""
+
+    steps: int
+    learners: int
+    optimizer: str = "sgd_momentum"
+    per_step: bool = True
+
+
+def evaluate(teacher: Teacher, specs: Sequence[LearnerSpec], test: Split, val: Split, plan: EvalPlan,
+             generator: torch.Generator) -> EvalResult:
+    """Train ``plan.learners`` fresh learners per architecture on the teacher's data (no meta-gradient) and
+    average their test/val accuracy and loss after every inner step (``plan.per_step``) or only at init and
+    after the last. The last step is scored on the whole splits, earlier points on their first
+    ``CURVE_SUBSET`` examples.
 
     An entry of ``specs`` may also be a factory ``(image_shape, num_classes) -> module`` returning
     log-probabilities with a ``reset_parameters(generator)`` (``tgbench teach --model``). Learners are built on
     the splits' device; ``generator`` must live there too."""
+    steps, learners, optimizer, per_step = plan.steps, plan.learners, plan.optimizer, plan.per_step
+    image_shape, num_classes = tuple(test.x.shape[1:]), teacher.source.ctx.num_classes
     # rows: test_acc, test_loss, val_acc, val_loss; column t = after t steps (host numbers: scores are synced)
     sums = [[0.0] * (steps + 1) for _ in range(4)]
     count = 0
@@ -477,7 +490,5 @@ class MetaTrainer:
     def evaluate(self, test: Split, val: Split, specs: Sequence[LearnerSpec], learners: int, seed: int,
                  per_step: bool = True) -> EvalResult:
         """Evaluation with its own seeded generator, so it never perturbs the meta-training random stream."""
-        return evaluate(self.teacher, specs, test, val, steps=self.inner.steps, learners=learners,
-                        image_shape=self.image_shape, num_classes=self.num_classes,
-                        generator=devices.generator(self.device, seed), optimizer=self.inner.optimizer,
-                        per_step=per_step)
+        return evaluate(self.teacher, specs, test, val, EvalPlan(self.inner.steps, learners, self.inner.optimizer,
+                                                                 per_step), devices.generator(self.device, seed))

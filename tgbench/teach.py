@@ -231,7 +231,7 @@ def teach(path: str | Path, model: str | None = None, steps: int | None = None, 
           data_root: str | None = None, device: str | None = None, log=print):
     """Train fresh models on an exported teacher's lessons on ``device`` (``tgbench.device.resolve``); returns
     the engine's ``EvalResult`` (endpoints)."""
-    from tgbench.engine import evaluate
+    from tgbench.engine import EvalPlan, evaluate
     from tgbench.cells import EVAL_SEED_OFFSET
 
     payload, suite, dataset, teacher = _restore(path, data_root, device)
@@ -245,10 +245,9 @@ def teach(path: str | Path, model: str | None = None, steps: int | None = None, 
     trained_steps = teacher.hyper.log_lr.shape[0]  # T the teacher was meta-trained for (its schedule's length)
     steps = steps or trained_steps
     learners = learners or suite.evaluation.final_learners
-    result = evaluate(teacher, specs, dataset.test, dataset.val, steps=steps, learners=learners,
-                      image_shape=dataset.image_shape, num_classes=dataset.num_classes,
-                      generator=devices.generator(on, EVAL_SEED_OFFSET + seed),
-                      optimizer=teacher.optimizer, per_step=False)
+    result = evaluate(teacher, specs, dataset.test, dataset.val,
+                      EvalPlan(steps, learners, teacher.optimizer, per_step=False),
+                      devices.generator(on, EVAL_SEED_OFFSET + seed))
     rec = payload.get("record", {})
     log(f"teacher: {payload.get('study')} {payload.get('source')} seed {seed} (method {payload['method']}, "
         f"{payload['dataset_resolved']}, meta-trained for {trained_steps} inner steps)")
