@@ -21,6 +21,10 @@ from optuna.trial import TrialState
 
 from tgbench.store import DUPLICATE, Store, cell_key
 
+# each test starts several tgbench processes: one worker runs them one after another (tests/conftest.py),
+# so no two races of worker processes share the cores at once
+pytestmark = [pytest.mark.xdist_group("test_reliability_workers"), pytest.mark.slow]
+
 TINY = """\
 name: {name}
 dataset: {{name: mnist-5k}}

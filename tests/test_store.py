@@ -22,6 +22,9 @@ from tgbench.errors import BadInput
 from tgbench.store import DONE, Store, cell_key, config_hash
 from tgbench.tune import tuned_values
 
+# one worker runs this file's tests (tests/conftest.py): the shipped smoke run below is shared by many of them
+pytestmark = pytest.mark.xdist_group("test_store")
+
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "suites" / "mnist_fewstep.yaml"
 
@@ -198,6 +201,7 @@ def test_report_for_a_profile_never_run(shipped, capsys):
 
 
 # ------------------------------------------------------------------------------------------ resume, seeds, hash
+@pytest.mark.slow
 def test_new_seed_and_changed_protocol(tmp_path, monkeypatch):
     sources = "  - method: real\n" + TINY_GTN
     suite = tiny_suite(tmp_path / "tiny.yaml", "tiny", sources)
