@@ -1,19 +1,20 @@
 """Shared test fixtures, and how the suite runs in parallel.
 
-``pytest -q`` runs two pytest-xdist workers (pyproject's ``addopts``: ``-n 2 --dist loadgroup``):
+``pytest -q`` runs two pytest-xdist workers (pyproject's ``addopts``: ``-n 2 --dist loadfile``):
 
 - each worker process, and every process its tests start, uses one torch intra-op thread (``pytest_configure``):
   two workers with torch's default of one thread per core would oversubscribe a 2-core machine, and torch's
   small convolutions run more than 10x slower then;
-- a module whose tests share an expensive module fixture (one smoke run read by many tests) or start several
-  worker processes at once declares ``pytestmark = pytest.mark.xdist_group(<module>)``: its tests run one
-  after another on one worker, so the fixture is built once and no two of those process races overlap;
-- modules with tests marked ``slow`` are started first (``pytest_collection_modifyitems``), so that the two
-  workers finish together instead of one of them running the longest tests alone at the end.
+- all tests of a file run on one worker, one after another: a module fixture (one smoke run read by many tests)
+  is built once, and no two of the tests that race several tgbench worker processes
+  (``test_reliability_workers.py``) or rely on their own timing overlap each other;
+- files with more tests marked ``slow`` start first (``pytest_collection_modifyitems``), so that the two workers
+  finish together instead of one of them running the longest file alone at the end.
 
 ``pytest -n 0`` runs everything in one process at torch's default thread count.
 """
 import os
+from collections import Counter
 
 import pytest
 import torch
@@ -29,9 +30,9 @@ def pytest_configure(config):
 
 @pytest.hookimpl(trylast=True)  # after pytest's own ordering
 def pytest_collection_modifyitems(items):
-    # whole modules move (a stable sort), so that a module fixture is still built once per worker
-    slow = {item.module for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.module not in slow)
+    # whole files move (a stable sort), so that a module fixture is still built once, even with `-n 0`
+    slow = Counter(item.module for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow[item.module])
 
 
 @pytest.fixture(autouse=True)

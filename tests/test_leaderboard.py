@@ -24,9 +24,6 @@ from tgbench.builders import build_trainer
 from tgbench.runner import RunOptions, run_suite
 from tgbench.store import Store
 
-# one worker runs this file's tests (tests/conftest.py): they share the store of three suite runs
-pytestmark = pytest.mark.xdist_group("test_leaderboard")
-
 PROTOCOL = """
 dataset: {name: mnist-5k}
 learner: {conv_channels: [[4, 8]], fc_hidden: [[16]]}

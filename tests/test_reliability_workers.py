@@ -21,9 +21,7 @@ from optuna.trial import TrialState
 
 from tgbench.store import DUPLICATE, Store, cell_key
 
-# each test starts several tgbench processes: one worker runs them one after another (tests/conftest.py),
-# so no two races of worker processes share the cores at once
-pytestmark = [pytest.mark.xdist_group("test_reliability_workers"), pytest.mark.slow]
+pytestmark = pytest.mark.slow  # each test starts tgbench processes and waits for them (seconds to a minute)
 
 TINY = """\
 name: {name}

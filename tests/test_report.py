@@ -16,9 +16,6 @@ import pytest
 from tgbench import report, stats
 from tgbench.report import ReportInputs, write_report
 
-# one worker runs this file's tests (tests/conftest.py): many read the one report written by `written`
-pytestmark = pytest.mark.xdist_group("test_report")
-
 ACC = {  # source -> (dataset, per-seed test acc)
     "a_real": ("mnist", [0.90, 0.91, 0.89]),
     "b_gtn": ("mnist", [0.97, 0.975, 0.965]),

@@ -22,9 +22,6 @@ from tgbench.errors import BadInput
 from tgbench.store import DONE, Store, cell_key, config_hash
 from tgbench.tune import tuned_values
 
-# one worker runs this file's tests (tests/conftest.py): the shipped smoke run below is shared by many of them
-pytestmark = pytest.mark.xdist_group("test_store")
-
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "suites" / "mnist_fewstep.yaml"
 

@@ -14,9 +14,6 @@ from tgbench.runner import RunOptions, run_suite
 from tgbench.store import Store
 from tgbench.teach import FORMAT, load_exported, teach
 
-# one worker runs this file's tests (tests/conftest.py): they share one suite run and its exported teachers
-pytestmark = pytest.mark.xdist_group("test_teach")
-
 SUITE = """name: roundtrip
 dataset: {name: mnist-5k}
 learner: {conv_channels: [[4, 8]], fc_hidden: [[16]]}
