@@ -1,8 +1,38 @@
-"""Shared test fixtures."""
+"""Shared test fixtures, and how the suite runs in parallel.
+
+``pytest -q`` runs two pytest-xdist workers (pyproject's ``addopts``: ``-n 2 --dist loadfile``):
+
+- each worker process, and every process its tests start, uses one torch intra-op thread (``pytest_configure``):
+  two workers with torch's default of one thread per core would oversubscribe a 2-core machine, and torch's
+  small convolutions run more than 10x slower then;
+- all tests of a file run on one worker, one after another: a module fixture (one smoke run read by many tests)
+  is built once, and no two of the tests that race several tgbench worker processes
+  (``test_reliability_workers.py``) or rely on their own timing overlap each other;
+- files with more tests marked ``slow`` start first (``pytest_collection_modifyitems``), so that the two workers
+  finish together instead of one of them running the longest file alone at the end.
+
+``pytest -n 0`` runs everything in one process at torch's default thread count.
+"""
+import os
+from collections import Counter
+
 import pytest
 import torch
 
 import tgbench.data
+
+
+def pytest_configure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
+        os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the tgbench processes tests start
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own ordering
+def pytest_collection_modifyitems(items):
+    # whole files move (a stable sort), so that a module fixture is still built once, even with `-n 0`
+    slow = Counter(item.module for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow[item.module])
 
 
 @pytest.fixture(autouse=True)

@@ -147,8 +147,12 @@ def test_asv_conf_is_valid_json():
     assert all(conf[d].startswith(".asv/") for d in ("env_dir", "results_dir", "html_dir"))
 
 
+@pytest.mark.slow
 def test_compare_quick_prints_every_section():
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--quick", "--threads", "1"],
+    # every section at its smallest sizes: --quick's T=8 scored 20k images after each of 8 steps on the old path
+    # (two thirds of this test's time); T=2 in sections 1, 4 and 5 runs the same code (section 3 keeps T=8)
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--quick", "--threads", "1",
+                           "--steps", "2", "--pop-steps", "2", "--eval-steps", "2"],
                           capture_output=True, text=True, cwd=str(ROOT), timeout=300)
     out = proc.stdout
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -87,6 +87,7 @@ def test_every_arm_is_tuned_with_the_same_budget_and_its_choice_reaches_cells_an
     assert f"inner.lr={chosen['real_sgd']['inner.lr']}" in report
 
 
+@pytest.mark.slow
 def test_a_rerun_resumes_the_stage_and_the_cells_without_new_trials(tmp_path, single_thread, capsys):
     path = _suite(tmp_path)
     assert _run(path, tmp_path) == 0

@@ -209,6 +209,7 @@ def _rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_smoke_suite_end_to_end_and_cache(tmp_path, monkeypatch):
     trainings = []
     real_train = nas.train_real
@@ -265,6 +266,7 @@ def test_smoke_suite_end_to_end_and_cache(tmp_path, monkeypatch):
     assert (out / "report.md").read_text().split("## Proxy quality")[1] == report.split("## Proxy quality")[1]
 
 
+@pytest.mark.slow
 def test_a_kill_while_a_proxy_record_is_written_never_leaves_a_done_record_without_scores(tmp_path, monkeypatch):
     """A proxy's record is written key by key; a kill in between (here: a KeyboardInterrupt when the scores are
     written) must leave a record that is not done, so the next run scores the proxy again. Before the fix its

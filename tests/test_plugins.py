@@ -72,6 +72,7 @@ def write_package(site: Path) -> None:
     (info / "entry_points.txt").write_text("[tgbench.methods]\nherding = herding_plugin.herding:Herding\n")
 
 
+@pytest.mark.slow
 def test_installed_plugin_runs_and_lands_on_the_leaderboard(tmp_path):
     site = tmp_path / "site"
     write_package(site)
@@ -100,6 +101,7 @@ def test_installed_plugin_runs_and_lands_on_the_leaderboard(tmp_path):
     assert "| herding | herding_vs_real |" in md
 
 
+@pytest.mark.slow
 def test_methods_dir_reaches_a_fresh_worker_process(tmp_path, clean_registry):
     """A spawned worker starts with an empty plugin registry: the CellTask must carry --methods-dir."""
     plugins = tmp_path / "plugins"

@@ -197,6 +197,7 @@ def _records(tmp: Path, study: str) -> dict[str, dict]:
     return {r["cell"]: r for r in store.records(store.study(study, create=False))}
 
 
+@pytest.mark.slow
 def test_same_suite_profile_and_seed_give_identical_numbers(tmp_path):
     runs = []
     for attempt, sources in (("a", REAL + GTN), ("b", GTN + REAL)):  # b runs the cells in another order

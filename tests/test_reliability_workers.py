@@ -21,6 +21,8 @@ from optuna.trial import TrialState
 
 from tgbench.store import DUPLICATE, Store, cell_key
 
+pytestmark = pytest.mark.slow  # each test starts tgbench processes and waits for them (seconds to a minute)
+
 TINY = """\
 name: {name}
 dataset: {{name: mnist-5k}}

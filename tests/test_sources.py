@@ -520,6 +520,7 @@ def mnist_5k():
     return load_dataset("mnist-5k")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(SMOKE))
 def test_smoke_meta_training_teaches(mnist_5k, name):
     params, iterations, outer_lr = SMOKE[name]

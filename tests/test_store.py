@@ -198,6 +198,7 @@ def test_report_for_a_profile_never_run(shipped, capsys):
 
 
 # ------------------------------------------------------------------------------------------ resume, seeds, hash
+@pytest.mark.slow
 def test_new_seed_and_changed_protocol(tmp_path, monkeypatch):
     sources = "  - method: real\n" + TINY_GTN
     suite = tiny_suite(tmp_path / "tiny.yaml", "tiny", sources)

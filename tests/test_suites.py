@@ -26,6 +26,7 @@ def _run(suite: str, tmp: Path, *extra: str) -> int:
                  "--storage", f"sqlite:///{tmp}/t.db", "--out", str(tmp / "out"), *extra])
 
 
+@pytest.mark.slow
 def test_mnist_curriculum_smoke(tmp_path):
     assert _run("mnist_curriculum.yaml", tmp_path) == 0
     rows = _rows(tmp_path / "out" / "summary.csv")

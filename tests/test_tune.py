@@ -217,6 +217,7 @@ def test_a_changed_protocol_refuses_to_mix_with_old_trials(tmp_path, single_thre
     assert len(_study(tmp_path).get_trials()) == 1
 
 
+@pytest.mark.slow
 def test_killed_study_continues_where_it_stopped(tmp_path):
     """SIGKILL a tune run after its first trial finished; the same command completes the rest: the finished
     trial is untouched, the interrupted one is marked failed, and exactly `trials` trials finish."""
@@ -280,6 +281,7 @@ def test_ctrl_c_mid_trial_exits_130_with_the_trial_failed_and_no_traceback(tmp_p
     assert trial.user_attrs["error"].startswith("KeyboardInterrupt")
 
 
+@pytest.mark.slow
 def test_shipped_wn_sensitivity_smoke(tmp_path, single_thread):
     path = REPO / "suites" / "wn_sensitivity.yaml"
     assert _run(path, tmp_path) == 0
@@ -321,6 +323,7 @@ def test_sweep_frame_counts_divergence_and_averages_the_rest():
     assert frame.loc[("wn", 64), "meta_train_seconds"] == 640.0
 
 
+@pytest.mark.slow
 def test_shipped_metagrad_stability_smoke(tmp_path, single_thread):
     assert _run(REPO / "suites" / "metagrad_stability.yaml", tmp_path) == 0
     out = tmp_path / "out"
