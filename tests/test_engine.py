@@ -560,3 +560,23 @@ def test_lesson_statistics_are_the_last_lessons_means_under_the_final_weights(fl
         torch.testing.assert_close(got, plain(x, lesson_x), rtol=1e-10, atol=1e-12)
         # and not the scored batch's own statistics
         assert not torch.allclose(got, plain(x, x), atol=1e-6)
+
+
+def test_outer_adam_follows_torch_optim_adam_step_for_step():
+    """The meta-parameters' optimiser is torch.optim.Adam's update written out: the same path, to the last bit
+    on this CPU, over a changing learning rate (the cosine schedule sets it every step)."""
+    from tgbench.engine import OuterAdam
+
+    g = torch.Generator().manual_seed(0)
+    ours = [torch.randn(5, 3, generator=g).requires_grad_(), torch.randn(4, generator=g).requires_grad_()]
+    theirs = [p.detach().clone().requires_grad_() for p in ours]
+    mine, reference = OuterAdam(ours, lr=0.02, betas=(0.9, 0.99)), torch.optim.Adam(theirs, lr=0.02, betas=(0.9, 0.99))
+    for step in range(25):
+        grads = [torch.randn(p.shape, generator=g) * (step + 1) for p in ours]
+        for p, q, grad in zip(ours, theirs, grads):
+            p.grad, q.grad = grad.clone(), grad.clone()
+        mine.lr = reference.param_groups[0]["lr"] = 0.02 * (1 - step / 30)
+        mine.step()
+        reference.step()
+        for p, q in zip(ours, theirs):
+            assert torch.equal(p, q), f"step {step}: max diff {(p - q).abs().max()}"

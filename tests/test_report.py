@@ -354,18 +354,24 @@ def test_band_plot_with_only_diverged_cells_still_draws():
 def test_samples_grid_titles_and_row_labels():
     import matplotlib.pyplot as plt
 
-    fig = report.samples_grid("g", np.random.default_rng(0).random((2, 3, 1, 4, 4)), [0, 7])
+    images = np.random.default_rng(0).random((2, 3, 1, 4, 4))
+    fig = report.samples_grid("g", images, [0, 7])
     try:
-        axes = np.array(fig.axes).reshape(2, 3)
-        assert [ax.get_title() for ax in axes[0]] == ["0", "1", "2"]
-        assert [ax.get_ylabel() for ax in axes[:, 0]] == ["step 0", "step 7"]
-        assert axes[0, 0].get_images()[0].get_array().ndim == 2  # gray
+        [ax] = fig.axes
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1", "2"]      # one column per class
+        assert [t.get_text() for t in ax.get_yticklabels()] == ["step 0", "step 7"]  # one row per step
+        mosaic = ax.get_images()[0].get_array()
+        assert mosaic.ndim == 2  # gray
+        # every sample where its row and column say, unchanged (1-pixel gaps between them)
+        for r in range(2):
+            for c in range(3):
+                assert np.allclose(mosaic[r * 5: r * 5 + 4, c * 5: c * 5 + 4], images[r, c, 0])
     finally:
         plt.close(fig)
     fig = report.samples_grid("g", np.zeros((1, 2, 3, 4, 4)), None)
     try:
-        assert fig.axes[0].get_ylabel() == "row 0"
-        assert fig.axes[0].get_images()[0].get_array().shape == (4, 4, 3)  # rgb, channels last
+        assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["row 0"]
+        assert fig.axes[0].get_images()[0].get_array().shape == (4, 9, 3)  # rgb, channels last
     finally:
         plt.close(fig)
 

@@ -46,6 +46,7 @@ def cell_hash(suite: Suite, entry: SourceEntry, dataset_resolved: str) -> str:
     """What makes two runs of a cell the same experiment: everything but the seed count and the other arms."""
     protocol = suite.model_dump(mode="json", exclude={"profiles", "sources", "description", "nas"})
     protocol["evaluation"].pop("seeds")
+    protocol["evaluation"].pop("count_flops", None)  # (what the cell measures, not what it computes)
     # settings added after results were stored must not change old cells' hashes while left unset
     protocol = {k: v for k, v in protocol.items() if v is not None}
     if protocol["learner"]["bn_statistics"] == "scored_batch":  # the protocol before the option existed
@@ -247,10 +248,11 @@ def _run_claimed_cell(task: CellTask, suite: Suite, entry: SourceEntry, dataset:
         finally:
             tracker.close()
         fields["protocol"] = protocol_of(suite.model_dump(mode="json"), dataset.resolved, entry.model_dump(mode="json"))
-        start = time.perf_counter()
-        fields["meta_train_flops"] = meta_train_flops(suite, entry, dataset.image_shape, dataset.num_classes,
-                                                      task.seed, fields["outer_iterations"])
-        fields["phase_seconds"]["flop_counting"] = time.perf_counter() - start
+        if suite.evaluation.count_flops:
+            start = time.perf_counter()
+            fields["meta_train_flops"] = meta_train_flops(suite, entry, dataset.image_shape, dataset.num_classes,
+                                                          task.seed, fields["outer_iterations"])
+            fields["phase_seconds"]["flop_counting"] = time.perf_counter() - start
         record = _cell_record(task, suite, entry, dataset, chash, fields)
         if record["status"] == "complete":
             start = time.perf_counter()

@@ -156,6 +156,10 @@ class Evaluation(Strict):
     # table: name -> LearnerSpec fields over the reference. None = the default set (nn.held_out_variants:
     # wider, deeper, another activation, an MLP, a residual CNN); {} = none.
     held_out: dict[str, Architecture] | None = None
+    # Count each cell's meta-training FLOPs (the leaderboard's compute column; a few meta-steps under
+    # FlopCounterMode, ~2-3 s in a smoke run). Off: the leaderboard counts them from the stored teacher when it is
+    # built. Changes no score, so it is not part of a cell's hash.
+    count_flops: bool = True
 
     def learner_specs(self, space: LearnerSpace, weight_norm: bool | None) -> list[LearnerSpec]:
         if not self.architectures:

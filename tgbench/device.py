@@ -80,7 +80,13 @@ def prepare(device: torch.device, tf32: bool = False) -> None:
 
 @contextmanager
 def constructing_on(device: torch.device) -> Iterator[None]:
-    """Build modules directly on ``device`` (their ``__init__`` creates tensors without naming a device)."""
+    """Build modules directly on ``device`` (their ``__init__`` creates tensors without naming a device).
+
+    A no-op when ``device`` is already torch's default (the CPU, usually): torch's device mode imports
+    ``torch._dynamo`` on first use, ~1 s per process that a CPU run does not need to pay."""
+    if torch.get_default_device() == torch.device(device):
+        yield
+        return
     with torch.device(device):
         yield
 

@@ -543,8 +543,10 @@ def _to_image(x: np.ndarray) -> tuple[np.ndarray, str | None]:
 def samples_grid(source: str, images: np.ndarray, steps: list[int] | None) -> plt.Figure:
     """Grid of learned samples: one column per class, one row per recorded inner step (paper Fig. 6).
 
-    Column titles are the class index, row labels ``"step k"`` (``"row i"`` if ``steps`` is missing or
-    has the wrong length). 1-channel images are drawn in gray, 3-channel as RGB; values clipped to [0, 1].
+    Drawn as one mosaic image in one axes (a subplot per sample cost ~0.5 s per figure: a tenth of the smoke
+    run), with a one-pixel gap between samples; the x tick labels are the class indices, the y tick labels
+    ``"step k"`` (``"row i"`` if ``steps`` is missing or has the wrong length). 1-channel images are drawn in
+    gray, 3-channel as RGB; values clipped to [0, 1].
     """
     images = np.asarray(images)
     if images.ndim != 5:
@@ -552,22 +554,25 @@ def samples_grid(source: str, images: np.ndarray, steps: list[int] | None) -> pl
     n_rows, n_cls = images.shape[:2]
     labels = [f"step {k}" for k in steps] if steps is not None and len(steps) == n_rows else None
     labels = labels or [f"row {i}" for i in range(n_rows)]
-    cell = min(1.0, 24.0 / max(n_cls, 1))
-    fig, axes = plt.subplots(
-        n_rows, n_cls, figsize=(cell * n_cls + 1.0, cell * n_rows + 0.8), squeeze=False
-    )
+    tiles = [[_to_image(images[r, c]) for c in range(n_cls)] for r in range(n_rows)]
+    cmap = tiles[0][0][1]
+    h, w = tiles[0][0][0].shape[:2]
+    gap = 1
+    shape = (n_rows * (h + gap) - gap, n_cls * (w + gap) - gap) + tiles[0][0][0].shape[2:]
+    mosaic = np.ones(shape, dtype=np.float32)  # white gaps
     for r in range(n_rows):
         for c in range(n_cls):
-            ax = axes[r, c]
-            img, cmap = _to_image(images[r, c])
-            ax.imshow(img, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(str(c), fontsize=8)
-            if c == 0:
-                ax.set_ylabel(labels[r], fontsize=8)
-    fig.suptitle(f"Learned samples: {source} (columns = class, rows = inner step)")
+            mosaic[r * (h + gap): r * (h + gap) + h, c * (w + gap): c * (w + gap) + w] = tiles[r][c][0]
+    cell = min(1.0, 24.0 / max(n_cls, 1))
+    fig, ax = plt.subplots(figsize=(cell * n_cls + 1.0, cell * n_rows + 0.8))
+    ax.imshow(mosaic, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_xticks([c * (w + gap) + (w - 1) / 2 for c in range(n_cls)], [str(c) for c in range(n_cls)], fontsize=8)
+    ax.set_yticks([r * (h + gap) + (h - 1) / 2 for r in range(n_rows)], labels, fontsize=8)
+    ax.tick_params(length=0)
+    ax.xaxis.tick_top()
+    for side in ax.spines.values():
+        side.set_visible(False)
+    ax.set_title(f"Learned samples: {source} (columns = class, rows = inner step)", fontsize=10)
     fig.tight_layout()
     return fig
 
