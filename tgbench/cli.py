@@ -116,7 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                               "evaluation.final_learners)")
     teach.add_argument("--data-root", help="directory holding datasets (also $TGBENCH_DATA, ~/.cache/tgbench)")
 
-    for p in (run, validate, report, listing, board, export, teach):
+    check = sub.add_parser("check-method", help="run the shared source battery on a registered method (e.g. a "
+                                                 "--methods-dir plug-in); exit 1 if a check fails")
+    check.add_argument("method", help="registered method name")
+
+    for p in (run, validate, report, listing, board, export, teach, check):
         _add_methods_dir(p)
     for p in (run, report, export, teach):
         _add_device(p)
@@ -151,6 +155,20 @@ def _list(what: str) -> None:
                 print(f"{str(path):36s} {suite.kind:9s} {suite.description}")
             except BadInput as exc:
                 print(f"{str(path):36s} INVALID: {exc}")
+
+
+def _check_method(name: str) -> int:
+    from tgbench.registry import methods
+    from tgbench.testing import battery
+
+    methods.get(name, "check-method")  # an unknown name is bad input (exit 2), with the close names
+    checks = battery(name)
+    for check in checks:
+        print(check)
+    failed = sum(not c.passed for c in checks)
+    if failed:
+        print(f"tgbench: check-method {name}: {failed} of {len(checks)} checks failed", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _check_storage(args: argparse.Namespace) -> None:
@@ -236,6 +254,8 @@ def _dispatch(args: argparse.Namespace) -> int:
                     export_teacher(args.suite, profile, args.source, args.seed, str(teacher_file), args.storage,
                                    args.artifacts, log=lambda *a, **k: None)
                     export_lessons(teacher_file, args.out, data_root=args.data_root)
+        elif args.command == "check-method":
+            return _check_method(args.method)
         elif args.command == "teach":
             from tgbench.teach import teach
 
