@@ -331,3 +331,24 @@ def test_shipped_metagrad_stability_smoke(tmp_path, single_thread):
     assert sorted(set(sweep["arm"])) == ["backprop", "backprop_wn", "es", "hybrid"]
     assert sorted(set(sweep["value"])) == [2, 4] and (sweep["runs"] == 1).all()
     assert (out / "sweep.png").stat().st_size > 0 and "## Sweep over `inner.steps`" in (out / "report.md").read_text()
+
+
+def test_the_tpe_settings_are_explicit_recorded_and_hashed_only_when_changed(tmp_path):
+    """Optuna 5 changed TPE's defaults; tgbench passes its own (SamplerSettings), records them on the study, and a
+    suite that changes them gets new hashes while every existing one keeps its own."""
+    from tgbench.cells import cell_hash
+    from tgbench.config import SamplerSettings, TuningStage
+    from tgbench.tune import optimize
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/s.db", study_name="x")
+    budget = TuningStage(trials=1, startup_trials=1, sampler=SamplerSettings(multivariate=False))
+    optimize(study, lambda trial: trial.suggest_float("a", 0, 1), budget, log=lambda *a, **k: None)
+    assert study.sampler._multivariate is False and study.sampler._constant_liar is True
+    assert study.user_attrs["sampler"]["multivariate"] is False and study.user_attrs["sampler"]["optuna"]
+    suite = load_suite(Path(__file__).parents[1] / "suites" / "mnist_fewstep.yaml", "cpu")
+    entry = suite.sources[0]
+    changed = suite.model_copy(update={"tuning": suite.tuning.model_copy(
+        update={"sampler": SamplerSettings(constant_liar=False)})})
+    same = suite.model_copy(update={"tuning": suite.tuning.model_copy(update={"sampler": SamplerSettings()})})
+    assert cell_hash(same, entry, "mnist-5k") == cell_hash(suite, entry, "mnist-5k")
+    assert cell_hash(changed, entry, "mnist-5k") != cell_hash(suite, entry, "mnist-5k")

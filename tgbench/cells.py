@@ -20,7 +20,7 @@ from tgbench import device as devices
 from tgbench import interrupt
 from tgbench.builders import build_trainer
 from tgbench.compute import meta_train_flops, protocol_of
-from tgbench.config import SourceEntry, Suite, arm_with, load_suite
+from tgbench.config import SamplerSettings, SourceEntry, Suite, arm_with, load_suite
 from tgbench.data import Dataset, load_dataset
 from tgbench.engine import MetaTrainer
 from tgbench.errors import Diverged
@@ -47,6 +47,11 @@ def cell_hash(suite: Suite, entry: SourceEntry, dataset_resolved: str) -> str:
     protocol = suite.model_dump(mode="json", exclude={"profiles", "sources", "description", "nas"})
     protocol["evaluation"].pop("seeds")
     protocol["evaluation"].pop("count_flops", None)  # (what the cell measures, not what it computes)
+    for section in ("tuning", "tune"):  # the sampler's settings count once they differ from every earlier study's
+        if protocol.get(section) and "sampler" in protocol[section]:
+            sampler = protocol[section].pop("sampler")
+            if sampler != SamplerSettings().model_dump(mode="json"):
+                protocol[section]["sampler"] = sampler
     # settings added after results were stored must not change old cells' hashes while left unset
     protocol = {k: v for k, v in protocol.items() if v is not None}
     if protocol["learner"]["bn_statistics"] == "scored_batch":  # the protocol before the option existed

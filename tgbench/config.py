@@ -291,6 +291,23 @@ def _known_setting_keys(space: dict[str, SearchDimension]) -> dict[str, SearchDi
 SearchSpace = Annotated[dict[str, SearchDimension], AfterValidator(_known_setting_keys)]
 
 
+class SamplerSettings(Strict):
+    """Optuna TPE settings, explicit so that an Optuna release that changes its defaults cannot change a study
+    silently (Optuna 5 made TPE multivariate and its constant liar on by default). These values are Optuna 5.1's
+    defaults, the settings every stored tgbench study so far ran with; each trial records them."""
+
+    multivariate: bool = True       # model the dimensions jointly, not one by one
+    constant_liar: bool = True      # running trials count as bad, so parallel workers spread out
+    n_ei_candidates: PositiveInt = 24
+
+
+def sampler_key(settings: "SamplerSettings") -> dict | None:
+    """What a study's hash says about its sampler: nothing while it has the settings every earlier study ran
+    with (so their hashes hold), the settings otherwise."""
+    dumped = settings.model_dump(mode="json")
+    return None if dumped == SamplerSettings().model_dump(mode="json") else dumped
+
+
 class TuningStage(Strict):
     """``tuning:`` of a fewstep suite: every arm is tuned before it is compared (the fair protocol).
 
@@ -308,6 +325,7 @@ class TuningStage(Strict):
     outer_iterations: PositiveInt = Field(30, le=MAX_OUTER_ITERATIONS)
     learners: PositiveInt = Field(2, le=MAX_COUNT)
     space: SearchSpace = Field(default_factory=dict)
+    sampler: SamplerSettings = Field(default_factory=SamplerSettings)
 
     def space_for(self, entry: "SourceEntry") -> dict[str, SearchDimension]:
         return self.space if entry.tune_space is None else entry.tune_space
@@ -322,6 +340,7 @@ class TuneConfig(Strict):
     pruning: bool = False                # off by default: pruning would hide the instability being measured
     divergence_cap: PositiveFloat = 5.0  # a diverged trial scores min(last finite val loss, cap); ln 10 = 2.30
     space: SearchSpace = Field(min_length=1)
+    sampler: SamplerSettings = Field(default_factory=SamplerSettings)
 class ProxyEntry(Strict):
     """One proxy of a ``nas_proxy`` suite: a registered proxy (``tgbench list proxies``) and its params."""
 

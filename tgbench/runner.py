@@ -34,7 +34,7 @@ from tgbench.provenance import command_line, default_profile, machine, versions
 from tgbench.results import results_document, write_results
 from tgbench.registry import suite_kinds
 from tgbench.store import Store, cell_key
-from tgbench.tune import tune_stage, tuned_values, tuning_frame
+from tgbench.tune import describe_sampler, tune_stage, tuned_values, tuning_frame
 
 WAIT_SECONDS = 5       # how often a worker with nothing left to claim looks at the cells other workers run
 
@@ -263,7 +263,8 @@ def build_report(suite: Suite, profile: str, store: Store, out_dir: Path, accept
         tuning = tuning_frame(store, suite, profile)
         meta["tuning"] = (f"every arm tuned on validation before the final seeds: {suite.tuning.trials} TPE trials "
                           f"({suite.tuning.startup_trials} random start-up) x {suite.tuning.outer_iterations} outer "
-                          f"iterations each, objective = validation error of {suite.tuning.learners} fresh learners")
+                          f"iterations each, objective = validation error of {suite.tuning.learners} fresh learners "
+                          f"({describe_sampler(suite.tuning.sampler)})")
     written = write_report(out_dir, ReportInputs(summary, curves, steps, samples, sample_steps, meta,
                                                  held_out_frame(records), tuning, phase_frame(records)))
     document = results_document(suite.model_dump(mode="json"), profile, records, meta, versions())

@@ -34,7 +34,7 @@ from tgbench import device as devices
 from tgbench import interrupt, stats
 from tgbench.builders import build_trainer
 from tgbench.cells import EVAL_SEED_OFFSET, cell_hash, meta_train
-from tgbench.config import SearchDimension, SourceEntry, Suite, arm_with
+from tgbench.config import SearchDimension, SourceEntry, Suite, arm_with, sampler_key
 from tgbench.data import Dataset, load_dataset
 from tgbench.errors import BadInput, Diverged
 from tgbench.kinds import RunOptions, SuiteKind
@@ -53,7 +53,8 @@ def arm_study_name(suite: Suite, profile: str, entry: SourceEntry) -> str:
 def tune_hash(suite: Suite, entry: SourceEntry, dataset_resolved: str) -> str:
     """What makes two tune trials comparable: everything but the number of trials (raising it adds trials)."""
     return config_hash({"cell": cell_hash(suite.model_copy(update={"tune": None}), entry, dataset_resolved),
-                        "tune": suite.tune.model_dump(mode="json", exclude={"trials"})})
+                        "tune": {**suite.tune.model_dump(mode="json", exclude={"trials", "sampler"}),
+                                 **({"sampler": key} if (key := sampler_key(suite.tune.sampler)) else {})}})
 
 
 def suggest(trial: optuna.Trial, name: str, dim: SearchDimension) -> Any:
@@ -144,8 +145,14 @@ def optimize(study: optuna.Study, objective, budget, log=print) -> None:
         return
     pruning = getattr(budget, "pruning", False)
     # a fresh sampler seed per resumption, so a resumed study does not replay its random start-up trials
+    settings = budget.sampler
     study.sampler = optuna.samplers.TPESampler(seed=budget.seed + len(study.trials),
-                                               n_startup_trials=budget.startup_trials)
+                                               n_startup_trials=budget.startup_trials,
+                                               multivariate=settings.multivariate,
+                                               constant_liar=settings.constant_liar,
+                                               n_ei_candidates=settings.n_ei_candidates)
+    study.set_user_attr("sampler", {"name": "TPESampler", "n_startup_trials": budget.startup_trials,
+                                    "optuna": optuna.__version__, **settings.model_dump(mode="json")})
     study.pruner = optuna.pruners.MedianPruner() if pruning else optuna.pruners.NopPruner()
     study.optimize(objective, n_trials=todo, show_progress_bar=False,
                    callbacks=[lambda s, t: log(f"  trial {t.number}: {t.user_attrs.get('status', t.state.name)} "
@@ -205,7 +212,9 @@ def tuning_objective(suite: Suite, entry: SourceEntry, dataset: Dataset, space: 
 def stage_hash(suite: Suite, entry: SourceEntry, dataset_resolved: str) -> str:
     """What makes two tuning trials of an arm comparable: the arm and protocol as written (before tuning) and
     the stage's settings except the number of trials (raising it adds trials)."""
-    stage = suite.tuning.model_dump(mode="json", exclude={"trials", "space"})
+    stage = suite.tuning.model_dump(mode="json", exclude={"trials", "space", "sampler"})
+    if sampler_key(suite.tuning.sampler) is not None:
+        stage["sampler"] = sampler_key(suite.tuning.sampler)
     space = {k: v.model_dump(mode="json") for k, v in suite.tuning.space_for(entry).items()}
     return config_hash({"cell": cell_hash(suite.model_copy(update={"tuning": None}), entry, dataset_resolved),
                         "stage": stage, "space": space})
@@ -277,6 +286,11 @@ def tuning_frame(store: Store, suite: Suite, profile: str) -> pd.DataFrame:
         rows.append(row)
     return pd.DataFrame(rows, columns=["arm", "space", "trials", "outer_iterations_per_trial", "chosen",
                                        "best_val_acc", "tuning_seconds"])
+
+
+def describe_sampler(settings) -> str:
+    return (f"TPE multivariate={settings.multivariate}, constant_liar={settings.constant_liar}, "
+            f"n_ei_candidates={settings.n_ei_candidates}, optuna {optuna.__version__}")
 
 
 def describe_space(space: dict[str, SearchDimension]) -> str:
@@ -426,7 +440,8 @@ def write_tune_report(suite: Suite, profile: str, store: Store, out_dir: Path, c
              f"- **created**: {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}",
              f"- **protocol**: {suite.inner.steps} inner steps x batch {suite.inner.batch_size}, "
              f"{suite.outer.iterations} outer iterations per trial, {suite.tune.trials} TPE trials per arm "
-             f"({suite.tune.startup_trials} random start-up), pruning {'on' if suite.tune.pruning else 'off'}",
+             f"({suite.tune.startup_trials} random start-up; {describe_sampler(suite.tune.sampler)}), pruning "
+             f"{'on' if suite.tune.pruning else 'off'}",
              f"- **search space**: {space}",
              f"- **store**: {store.url} (studies `{suite.name}@{profile}/<arm>`; `optuna-dashboard {store.url}`)",
              "",
