@@ -72,6 +72,7 @@ class CellTask:
     threads: int | None = None   # torch threads in this cell's process (None: torch's default)
     methods_dirs: tuple[str, ...] = ()   # --methods-dir plugin folders, re-registered in each worker process
     tuned: dict | None = None    # the values the suite's tuning stage chose for this arm (per-arm overrides)
+    overrides: tuple[str, ...] = ()   # the run's --set KEY=VALUE, so the worker loads the same suite
 
 
 def sample_grid(teacher: Teacher, dataset: Dataset, seed: int) -> tuple[np.ndarray, list[int]]:
@@ -197,7 +198,7 @@ def _run_cell(task: CellTask) -> dict | None:
         torch.set_num_threads(task.threads)
     for folder in task.methods_dirs:
         methods.load_dir(folder)
-    suite = load_suite(task.suite_path, task.profile)
+    suite = load_suite(task.suite_path, task.profile, task.overrides)
     entry = tuned_arm(suite, next(e for e in suite.sources if e.name == task.source), task.tuned)
     dataset = load_dataset(suite.dataset.name, data_root=task.data_root, download=suite.dataset.download,
                            fallback=suite.dataset.fallback, seed=0)

@@ -26,6 +26,7 @@ class RunOptions:
     artifacts_dir: str | None = None
     progress: bool = True
     methods_dirs: tuple[str, ...] = ()
+    overrides: tuple[str, ...] = ()   # --set KEY=VALUE, applied by load_suite after the profile (tgbench.config)
 
 
 # run(suite_path, suite, profile, opts, log) -> the report directory; report(...) the same from the store alone;

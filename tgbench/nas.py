@@ -210,7 +210,7 @@ def ensure_teachers(suite_path: str, suite: Suite, profile: str, dataset: Datase
         if (key, chash) not in store.done_cells(study):
             log(f"meta-training teacher {entry.name!r} ({suite.outer_for(entry).iterations} outer iterations)")
             run_cell(CellTask(str(suite_path), profile, entry.name, TEACHER_SEED, store.url, opts.data_root,
-                              opts.artifacts_dir, opts.progress))
+                              opts.artifacts_dir, opts.progress, overrides=suite.overrides))
         record = store.records(study, {key: {chash}})[0]
         if record["status"] != "complete":
             raise BadInput(f"{suite_path}: sources: teacher {entry.name!r} {record['status']} during meta-training "
@@ -600,7 +600,7 @@ def _meta(suite: Suite, profile: str, store: Store, dataset_resolved: str, recor
             "architectures scored": str(suite.nas.n_architectures),
             "search space size": str(len(enumerate_space(suite.learner))),
             "ground truth": ", ".join(f"{k}={v}" for k, v in suite.nas.ground_truth.model_dump().items()),
-            "bootstrap resamples": str(suite.nas.bootstrap_resamples), **extra}
+            "bootstrap resamples": str(suite.nas.bootstrap_resamples), "overrides": suite.overrides, **extra}
 
 
 def _load_dataset(suite: Suite, opts, log) -> Dataset:

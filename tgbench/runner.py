@@ -51,7 +51,7 @@ def run_suite(suite_path: str, opts: RunOptions, log=print) -> Path:
     """``tgbench run``: load and validate the suite, check every output location before any work, then run it
     as its kind says (``tgbench.kinds``); returns the report directory."""
     profile = opts.profile or default_profile()
-    suite = load_suite(suite_path, profile)
+    suite = load_suite(suite_path, profile, opts.overrides)
     check_output_locations(opts.storage, opts.artifacts_dir)  # a bad --storage/--artifacts must not strand a cell
     kind: SuiteKind = suite_kinds.get(suite.kind)
     return kind.run(suite_path, suite, profile, opts, log)
@@ -60,7 +60,7 @@ def run_suite(suite_path: str, opts: RunOptions, log=print) -> Path:
 def report_suite(suite_path: str, opts: RunOptions, log=print) -> Path:
     """``tgbench report``: rebuild a suite's report from the store alone (no training), as its kind says."""
     profile = opts.profile or default_profile()
-    suite = load_suite(suite_path, profile)
+    suite = load_suite(suite_path, profile, opts.overrides)
     kind: SuiteKind = suite_kinds.get(suite.kind)
     return kind.report(suite_path, suite, profile, opts, log)
 
@@ -87,7 +87,8 @@ def run_fewstep(suite_path: str, suite: Suite, profile: str, opts: RunOptions, l
     # fighting over 2 cores slow small convolutions down many times over)
     threads = max(1, (os.cpu_count() or 1) // opts.jobs) if opts.jobs > 1 else None
     all_tasks = [CellTask(str(suite_path), profile, e.name, s, store.url, opts.data_root, opts.artifacts_dir,
-                          opts.progress and opts.jobs == 1, threads, tuple(opts.methods_dirs), tuned[e.name])
+                          opts.progress and opts.jobs == 1, threads, tuple(opts.methods_dirs), tuned[e.name],
+                          overrides=suite.overrides)
                  for e in suite.sources for s in range(seeds)]
 
     failures: dict[str, str] = {}  # cells that raised in this run: not retried until the next one
@@ -218,6 +219,7 @@ def build_report(suite: Suite, profile: str, store: Store, out_dir: Path, accept
             "inner loop": f"{suite.inner.steps} steps x batch {suite.inner.batch_size}",
             "outer iterations": str(suite.outer.iterations), "store": store.url}
     meta["BN statistics"] = BN_PROTOCOL_NOTE[suite.learner.bn_statistics]
+    meta["overrides"] = suite.overrides
     if suite.sweep is not None:
         meta["sweep"] = suite.sweep.key
     tuning = pd.DataFrame()
