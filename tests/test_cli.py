@@ -71,16 +71,29 @@ def test_list_datasets(capsys):
     assert out.split() == sorted(out.split())
 
 
-def test_list_suites(capsys, monkeypatch):
-    monkeypatch.chdir(REPO)
+def test_list_suites_lists_the_installed_suites_from_any_directory(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
     code, out, err = _cli(["list", "suites"], capsys)
     assert code == 0, err
-    shipped = sorted(str(p.relative_to(REPO)) for p in (REPO / "suites").glob("*.yaml"))
-    assert shipped
-    listed = [line.split()[0] for line in out.splitlines()]
-    assert listed == shipped
+    shipped = sorted(p.stem for p in (REPO / "suites").glob("*.yaml"))
+    assert "mnist_fewstep" in shipped
+    assert [line.split()[0] for line in out.splitlines()] == shipped
     assert "INVALID" not in out
-    assert "suites/mnist_fewstep.yaml" in listed
+
+
+def test_list_suites_in_the_repository_lists_each_suite_once(capsys, monkeypatch):
+    monkeypatch.chdir(REPO)  # suites/ here is the installed folder: not listed a second time by path
+    code, out, err = _cli(["list", "suites"], capsys)
+    assert code == 0, err
+    assert [line.split()[0] for line in out.splitlines()] == sorted(p.stem for p in (REPO / "suites").glob("*.yaml"))
+
+
+def test_shipped_suites_live_in_the_package_and_are_named_by_their_file():
+    from tgbench.config import INSTALLED_SUITES, installed_suites, load_suite
+
+    assert (REPO / "suites").resolve() == INSTALLED_SUITES == (REPO / "tgbench" / "suites").resolve()
+    for name, path in installed_suites().items():
+        assert load_suite(path).name == name  # `tgbench run NAME` makes the study NAME@profile
 
 
 def test_list_suites_flags_an_invalid_suite(capsys, monkeypatch, tmp_path):
@@ -90,6 +103,92 @@ def test_list_suites_flags_an_invalid_suite(capsys, monkeypatch, tmp_path):
     code, out, _ = _cli(["list", "suites"], capsys)
     assert code == 0
     assert "broken.yaml" in out and "INVALID" in out and "gtn" in out
+
+
+def test_list_suites_flags_an_invalid_suite_after_the_installed_ones(capsys, monkeypatch, tmp_path):
+    (tmp_path / "suites").mkdir()
+    (tmp_path / "suites" / "mine.yaml").write_text("name: mine\nsources: [{method: real}]\n")
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = _cli(["list", "suites"], capsys)
+    assert code == 0
+    assert [line.split()[0] for line in out.splitlines()][-1] == "suites/mine.yaml"
+
+
+# ------------------------------------------------------------------------------------------ suite names
+def test_a_suite_name_works_from_any_directory(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _cli(["validate", "mnist_fewstep"], capsys)
+    assert code == 0, err
+    assert out.startswith(f"{(REPO / 'tgbench' / 'suites' / 'mnist_fewstep.yaml').resolve()}: ok")
+
+
+def test_a_path_wins_over_a_name(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mnist_fewstep").write_text("name: local_one\nsources: [{method: real}]\n")
+    code, out, err = _cli(["validate", "mnist_fewstep"], capsys)
+    assert code == 0, err
+    assert out.startswith("mnist_fewstep: ok (fewstep, 1 sources")
+
+
+@pytest.mark.parametrize("command", ["run", "report", "validate", "export"])
+def test_an_unknown_suite_name_is_one_line_with_the_close_names(command, capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    args = {"export": ["export", "--suite", "mnist_fewsteps", "--set", "outer.iterations=2", "--source", "gtn",
+                       "--out", "t.pt"]}.get(command, [command, "mnist_fewsteps"])
+    code, _, err = _cli(args, capsys)
+    assert code == 2
+    line = _one_error_line(err)
+    assert "mnist_fewsteps" in line and "did you mean mnist_fewstep" in line
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_missing_yaml_path_is_still_a_missing_file(capsys, tmp_path):
+    code, _, err = _cli(["validate", str(tmp_path / "mnist_fewstep.yaml")], capsys)
+    assert code == 2
+    assert "no such suite file" in _one_error_line(err) and "installed" not in err
+
+
+def test_a_name_and_its_path_give_the_same_pinned_cell_hashes():
+    """Moving the suites into the package changed no experiment: these are the hashes of mnist_fewstep's smoke
+    cells before the move (revision f6cb88d), by name and by path alike."""
+    from tgbench.cells import cell_hash
+    from tgbench.config import load_suite, resolve_suite
+
+    pinned = ["d7baebd215d66cd5", "c242ce223d38be43", "e3ea48978a700010"]
+    for ref in ("mnist_fewstep", str(SUITE)):
+        suite = load_suite(resolve_suite(ref), "smoke")
+        assert [cell_hash(suite, e, "mnist-5k") for e in suite.sources][:3] == pinned
+
+
+# ------------------------------------------------------------------------------------------ version
+def test_version_prints_the_installed_version(capsys):
+    import tgbench
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"tgbench {tgbench.__version__}"
+
+
+def test_version_falls_back_to_the_source_tree(monkeypatch):
+    from importlib import metadata
+
+    import tgbench
+
+    def not_installed(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "version", not_installed)
+    assert tgbench.installed_version() == tgbench.SOURCE_VERSION
+    monkeypatch.setattr(metadata, "version", lambda name: "9.9.9")
+    assert tgbench.installed_version() == "9.9.9"
+
+
+def test_python_dash_m_tgbench(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "tgbench", "validate", "mnist_fewstep", "--set",
+                          "outer.iterationz=3"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert res.returncode == 2
+    assert "--set outer.iterationz" in _one_error_line(res.stderr)
 
 
 def test_unknown_list_target(capsys):

@@ -84,9 +84,10 @@ class CellTask:
     tf32: bool = False           # TF32 matmul/conv on CUDA (changes the numbers: recorded)
     loggers: tuple[str, ...] = ()   # --log trackers (tgbench.trackers), writing under log_dir
     log_dir: str | None = None
-    # the suite as the run resolved it (Suite.model_dump): a suite file edited while the run goes on cannot change
-    # the cells it planned (None: read suite_path at this profile)
+    # the suite as the run resolved it (Suite.model_dump, --set overrides applied): a suite file edited while the
+    # run goes on cannot change the cells it planned (None: read suite_path at this profile with ``overrides``)
     resolved_suite: dict | None = None
+    overrides: tuple[str, ...] = ()   # the run's --set KEY=VALUE
 
 
 def sample_grid(teacher: Teacher, dataset: Dataset, seed: int) -> tuple[np.ndarray, list[int]]:
@@ -219,7 +220,7 @@ def _run_cell(task: CellTask) -> dict | None:
         load_plugin_dir(folder)
     device = torch.device(task.device)
     devices.prepare(device, task.tf32)
-    suite = (load_suite(task.suite_path, task.profile) if task.resolved_suite is None
+    suite = (load_suite(task.suite_path, task.profile, task.overrides) if task.resolved_suite is None
              else Suite.model_validate(task.resolved_suite))
     entry = tuned_arm(suite, next(e for e in suite.sources if e.name == task.source), task.tuned)
     dataset = load_dataset(suite.dataset.name, data_root=task.data_root, download=suite.dataset.download,

@@ -8,10 +8,10 @@ import signal
 import sys
 from pathlib import Path
 
-from tgbench import interrupt
+from tgbench import installed_version, interrupt
 from tgbench.errors import BadInput, CellsFailed
 
-SUITES_DIR = Path("suites")
+SUITES_DIR = Path("suites")  # a folder of the user's own suites in the current directory (`tgbench list suites`)
 MAX_SEEDS = 1000  # --seeds above this is a typo (each seed is a full meta-training per source), not a plan
 
 
@@ -24,7 +24,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("suite", help="suite YAML file, e.g. suites/mnist_fewstep.yaml")
+    p.add_argument("suite", help="suite YAML file, or the name of an installed suite (tgbench list suites), e.g. "
+                                 "mnist_fewstep; a file that exists wins over a name")
     p.add_argument("--profile", choices=("smoke", "cpu", "paper"),
                    help="profile to apply (default: cpu, or paper when CUDA is available)")
     p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///results/tgbench.db, or $TGBENCH_STORAGE)")
@@ -43,6 +44,13 @@ def _add_methods_dir(p: argparse.ArgumentParser) -> None:
                    help="register the plug-ins of every *.py file in DIR (each declares METHODS, DATASETS and/or "
                         "PROXIES = {name: ...}); "
                         "repeatable")
+
+
+def _add_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
+                   help="override one suite setting after the profile is applied, e.g. --set outer.iterations=50 "
+                        "or --set sources.gtn.params.noise_dim=64 (dotted key, YAML value; validated like the file; "
+                        "part of the cells' config hash); repeatable")
 
 
 def _positive_int(text: str) -> int:
@@ -64,6 +72,7 @@ def _seed_count(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="tgbench", description="Benchmark teaching-data methods under one few-step protocol.")
+    parser.add_argument("--version", action="version", version=f"tgbench {installed_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="run a suite's unfinished cells, then write its report")
@@ -78,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "numbers, so every record says so)")
 
     validate = sub.add_parser("validate", help="parse and validate a suite (every profile) without running it")
-    validate.add_argument("suite")
+    validate.add_argument("suite", help="suite YAML file or installed suite name")
 
     report = sub.add_parser("report", help="(re)build a suite's report from the store")
     _add_common(report)
@@ -93,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--out", help="Markdown file; CSV and figures go next to it (default: results/LEADERBOARD.md)")
 
     export = sub.add_parser("export", help="save one cell's trained teacher (weights, curriculum, lr/momentum)")
-    export.add_argument("--suite", required=True, help="suite YAML file or suite name")
+    export.add_argument("--suite", required=True, help="suite YAML file, installed suite name or stored suite name")
     export.add_argument("--profile", choices=("smoke", "cpu", "paper"), help="profile (default: cpu, or paper on CUDA)")
     export.add_argument("--source", required=True, help="source label in the suite, e.g. gtn")
     export.add_argument("--seed", type=int, default=0, help="cell seed (default 0)")
@@ -124,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_methods_dir(p)
     for p in (run, report, export, teach):
         _add_device(p)
+    for p in (run, validate, report, export):
+        _add_overrides(p)
     return parser
 
 
@@ -147,14 +158,19 @@ def _list(what: str) -> None:
     elif what == "proxies":
         _print_registry(proxies, tag=lambda cls: f"[{cls.family}] ")
     else:
-        from tgbench.config import load_suite
+        from tgbench.config import installed_suites, load_suite
 
-        for path in sorted(SUITES_DIR.glob("*.yaml")):
+        # the installed suites by name (what `tgbench run NAME` takes), then the current directory's suites/*.yaml
+        # that are not those same files (in the repository, suites/ is the installed folder), by path
+        installed = installed_suites()
+        shipped = {p.resolve() for p in installed.values()}
+        local = [(str(p), p) for p in sorted(SUITES_DIR.glob("*.yaml")) if p.resolve() not in shipped]
+        for label, path in [*installed.items(), *local]:
             try:
                 suite = load_suite(path)
-                print(f"{str(path):36s} {suite.kind:9s} {suite.description}")
+                print(f"{label:36s} {suite.kind:9s} {suite.description}")
             except BadInput as exc:
-                print(f"{str(path):36s} INVALID: {exc}")
+                print(f"{label:36s} INVALID: {exc}")
 
 
 def _check_method(name: str) -> int:
@@ -202,19 +218,24 @@ def _dispatch(args: argparse.Namespace) -> int:
 
             for folder in args.methods_dir:
                 load_plugin_dir(folder)
+        if args.command in ("run", "report", "validate"):
+            from tgbench.config import resolve_suite
+
+            args.suite = str(resolve_suite(args.suite))  # a name -> the installed file; a path stays itself
         if args.command == "validate":
             from tgbench.config import PROFILES, load_suite
 
-            suite = load_suite(args.suite)
+            suite = load_suite(args.suite, overrides=args.overrides)
             print(f"{args.suite}: ok ({suite.kind}, {len(suite.sources)} sources, profiles: "
-                  f"{', '.join(p for p in PROFILES if p in suite.profiles) or 'none'})")
+                  f"{', '.join(p for p in PROFILES if p in suite.profiles) or 'none'}"
+                  f"{f', {len(suite.overrides)} --set override(s)' if suite.overrides else ''})")
         elif args.command == "list":
             _list(args.what)
         elif args.command in ("run", "report"):
             from tgbench.runner import RunOptions, report_suite, run_suite
 
             opts = RunOptions(profile=args.profile, storage=args.storage, seeds=args.seeds, out=args.out,
-                              artifacts_dir=args.artifacts, device=args.device)
+                              artifacts_dir=args.artifacts, device=args.device, overrides=tuple(args.overrides))
             if args.command == "run":
                 opts.jobs, opts.data_root, opts.progress = args.jobs, args.data_root, not args.no_progress
                 opts.tf32, opts.loggers = args.tf32, tuple(args.log)
@@ -236,12 +257,17 @@ def _dispatch(args: argparse.Namespace) -> int:
 
             build_leaderboard(args.storage, args.out, args.artifacts, command=command_line())
         elif args.command == "export":
+            from tgbench.config import installed_suites, load_suite, resolve_suite
             from tgbench.teach import export_teacher
 
             from tgbench.device import resolve
             from tgbench.provenance import default_profile
 
             profile = args.profile or default_profile(resolve(args.device))
+            # a file or an installed suite names its study (after any --set, which may change `name`); any other
+            # bare name is taken as a study name as before (its file may be gone: export reads only the store)
+            if args.overrides or Path(args.suite).exists() or args.suite in installed_suites():
+                args.suite = load_suite(resolve_suite(args.suite), overrides=args.overrides).name
             if args.format == "teacher":
                 export_teacher(args.suite, profile, args.source, args.seed, args.out, args.storage, args.artifacts)
             else:  # the teacher first (a temporary file), then the lessons it teaches

@@ -8,12 +8,15 @@ from __future__ import annotations
 import copy
 import difflib
 import random
+import types
+import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError,
-                      ValidationInfo, field_validator, model_validator, with_config)
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, PrivateAttr,
+                      ValidationError, ValidationInfo, field_validator, model_validator, with_config)
 from typing_extensions import TypedDict  # (pydantic needs typing_extensions' TypedDict before Python 3.12)
 
 from tgbench.errors import BadInput, ConfigError
@@ -21,6 +24,9 @@ from tgbench.registry import datasets, methods, suite_kinds
 from tgbench.nn import ACTIVATIONS, BN_STATISTICS, LearnerSpec, held_out_variants
 
 PROFILES = ("smoke", "cpu", "paper")
+# The shipped suites, installed with the package (pyproject.toml's package data), so a suite is also a name that
+# works from any directory; the repository's suites/ is a link to this folder.
+INSTALLED_SUITES = Path(__file__).resolve().parent / "suites"
 
 # Upper bounds of sizes that validate as integers but could never run (a 10**30-step unroll overflows torch's
 # int64 sizes; a 10**6-wide layer cannot be allocated): generous next to the paper's settings (T = 128, 2000
@@ -401,6 +407,14 @@ class Suite(Strict):
     tune: TuneConfig | None = None        # kind: tune
     tuning: TuningStage | None = None     # fewstep: tune every arm on validation before the final seeds
     nas: NasConfig | None = None              # kind nas_proxy only: architectures, ground truth, proxies
+    # the `--set KEY=VALUE` overrides load_suite applied: not a field, so a cell's hash covers the values they
+    # set (like any value written in the file), not the way they were given
+    _overrides: tuple[str, ...] = PrivateAttr(default=())
+
+    @property
+    def overrides(self) -> tuple[str, ...]:
+        """The ``--set KEY=VALUE`` overrides applied over the file and its profile, in order (() when none)."""
+        return self._overrides
 
     @model_validator(mode="after")
     def _nas_section(self) -> "Suite":
@@ -546,11 +560,14 @@ def _model_at(loc: tuple, root: type[BaseModel]) -> type[BaseModel] | None:
     return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
 
-def load_suite(path: str | Path, profile: str | None = None) -> Suite:
+def load_suite(path: str | Path, profile: str | None = None, overrides: tuple[str, ...] | list[str] = ()) -> Suite:
     """Read, merge the chosen profile's overrides, and validate a suite (every profile is validated too).
 
     Source names and their ``params`` are checked against the method registry, so a typo in a method name or
-    a curriculum fails here, before any work starts.
+    a curriculum fails here, before any work starts. ``overrides`` (``--set KEY=VALUE``, see
+    :func:`apply_overrides`) are applied after the profile — the chosen one, or without one (``tgbench validate``)
+    the base suite and every profile alike — and validated the same way; the file itself is validated first, so
+    an error names the ``--set`` key only when an override caused it.
     """
     path = Path(path)
     raw = _read_yaml(path)
@@ -560,20 +577,216 @@ def load_suite(path: str | Path, profile: str | None = None) -> Suite:
         raise ConfigError(format_error(path, exc)) from None
     if profile is not None and profile not in PROFILES:
         raise BadInput(f"--profile: unknown profile {profile!r}; choose from: {', '.join(PROFILES)}")
-    resolved = {}
+    resolved, merged_raw = {}, {}
     for name, override in base.profiles.items():
-        merged = _deep_merge({k: v for k, v in raw.items() if k != "profiles"}, override)
+        merged_raw[name] = _deep_merge({k: v for k, v in raw.items() if k != "profiles"}, override)
         try:
-            resolved[name] = Suite.model_validate(merged)
+            resolved[name] = Suite.model_validate(merged_raw[name])
         except ValidationError as exc:
             raise ConfigError(format_error(path, exc, prefix=f"profiles.{name}")) from None
     for suite, where in [(base, "")] + [(s, f"profiles.{n}.") for n, s in resolved.items()]:
         _check_sources(path, suite, where)
+    if overrides:  # over the chosen profile only (what runs); with none (validate), over the base and every one
+        try:
+            settings = [_parse_setting(text) for text in overrides]
+        except BadInput as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        if profile is None:
+            base = _validated_with(path, raw, settings, "")
+        resolved = {name: _validated_with(path, merged_raw[name], settings, f" (profile {name!r})")
+                    for name in resolved if profile in (None, name)}
     if profile is None:
         return base
     if profile not in resolved:
         raise BadInput(f"{path}: --profile: suite has no profile {profile!r}; it has: {', '.join(resolved) or 'none'}")
     return resolved[profile]
+
+
+# ------------------------------------------------------------------------------------------ --set overrides
+@dataclass(frozen=True)
+class Setting:
+    text: str                 # KEY=VALUE as given
+    key: str
+    value: Any                # the YAML-typed value
+
+
+def _parse_setting(text: str) -> Setting:
+    key, eq, value = text.partition("=")
+    key = key.strip()
+    if not eq or not key or any(not part for part in key.split(".")):
+        raise BadInput(f"--set {text!r}: expected KEY=VALUE with a dotted KEY, e.g. --set outer.iterations=50")
+    try:
+        parsed = yaml.load(value, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    except (yaml.YAMLError, ValueError, TypeError) as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise BadInput(f"--set {key}: the value {value!r} is not valid YAML: {problem}") from None
+    return Setting(text, key, parsed)
+
+
+def apply_overrides(raw: dict, settings: list[Setting]) -> list[tuple[Setting, str]]:
+    """Set each ``--set`` value in ``raw`` (a suite mapping with its profile already merged in), in order;
+    returns each setting with the location it set, spelt as validation errors spell it (``sources[3].params.x``).
+
+    A key is a dotted path into the suite as it reads after the profile is applied — ``outer.iterations``,
+    ``evaluation.seeds``, ``sources.gtn.params.noise_dim`` — so under ``--profile smoke`` it overrides the smoke
+    value, and the same key means the same setting in every profile. A list item is named by its ``label``
+    (else its ``method`` / ``proxy``) or by its index (``sources.0``); a mapping key that itself contains dots
+    (``tuning.space.inner.lr.high``) is matched whole. ``profiles`` and ``include`` cannot be set (profiles are
+    already applied). A key the suite's models do not have is refused here, with a "did you mean"; inside free
+    mappings (a method's ``params``, an arm's ``outer``/``inner``/``learner``) the validation that follows refuses
+    it. A section the suite leaves unset that is off by default (``tuning``, ``sweep``, ``evaluation.architectures``
+    ...) is not created from one key: write it in the YAML.
+    """
+    located = []
+    for setting in settings:
+        parts = setting.key.split(".")
+        if parts[0] in ("profiles", "include"):
+            raise BadInput(f"--set {setting.key}: {parts[0]!r} cannot be set; name the setting as it reads after "
+                           "the profile is applied (e.g. outer.iterations), the override then wins over the profile")
+        node, loc, i, shape = raw, [], 0, Suite
+        while True:
+            segment, i = _next_segment(node, parts, i)
+            last = i == len(parts)
+            if isinstance(node, list):
+                index = _list_index(node, segment, setting.key, _loc_text(loc))
+                loc.append(index)
+                shape = _item_shape(shape, list)
+                if last:
+                    node[index] = copy.deepcopy(setting.value)
+                    break
+                node = node[index]
+            elif isinstance(node, dict):
+                model = shape if isinstance(shape, type) and issubclass(shape, BaseModel) else None
+                if model is not None and segment not in model.model_fields:
+                    close = difflib.get_close_matches(segment, list(model.model_fields), n=1)
+                    hint = f" (did you mean {close[0]!r}?)" if close else ""
+                    raise BadInput(f"--set {setting.key}: unknown key {segment!r} in "
+                                   f"{_loc_text(loc) or 'the suite'}{hint}")
+                loc.append(segment)
+                field = model.model_fields[segment] if model is not None else None
+                shape = field.annotation if field is not None else _item_shape(shape, dict)
+                if last:
+                    node[segment] = copy.deepcopy(setting.value)
+                    break
+                if segment not in node or node[segment] is None:
+                    if field is not None and not field.is_required() and field.default is None:
+                        raise BadInput(f"--set {setting.key}: the suite has no {_loc_text(loc)!r} section (it is "
+                                       "off by default); write it in the YAML to set a value in it")
+                    if _item_shape(shape, list) is not None or typing.get_origin(shape) is tuple:
+                        raise BadInput(f"--set {setting.key}: the suite does not write {_loc_text(loc)!r}; set it "
+                                       f"whole, e.g. --set {_loc_text(loc)}=[...]")
+                    node[segment] = {}
+                node = node[segment]
+            else:
+                raise BadInput(f"--set {setting.key}: {_loc_text(loc)} is a value ({node!r}), not a section")
+        located.append((setting, _loc_text(loc)))
+    return located
+
+
+def _item_shape(shape: Any, container: type) -> Any:
+    """The type of the items of a ``list[X]`` (``container=list``) or the values of a ``dict[str, X]`` annotation
+    (``X | None`` unwrapped), or None when the annotation says nothing (free mappings such as ``params``)."""
+    for option in (typing.get_args(shape) if typing.get_origin(shape) in (typing.Union, types.UnionType)
+                   else (shape,)):
+        if typing.get_origin(option) is container:
+            return typing.get_args(option)[-1]
+    return None
+
+
+def _next_segment(node: Any, parts: list[str], i: int) -> tuple[str, int]:
+    """The key at ``parts[i:]``: the longest run of parts that is a key of ``node`` (keys like ``inner.lr``),
+    else one part."""
+    if isinstance(node, dict):
+        for j in range(len(parts), i + 1, -1):
+            if ".".join(parts[i:j]) in node:
+                return ".".join(parts[i:j]), j
+    return parts[i], i + 1
+
+
+def _list_index(items: list, segment: str, key: str, where: str) -> int:
+    names = [item.get("label") or item.get("method") or item.get("proxy") if isinstance(item, dict) else None
+             for item in items]
+    if segment in names:
+        if names.count(segment) > 1:
+            raise BadInput(f"--set {key}: {where} has {names.count(segment)} entries named {segment!r}; "
+                           "use its index instead")
+        return names.index(segment)
+    if segment.isdigit() and int(segment) < len(items):
+        return int(segment)
+    known = [str(n) for n in names if n is not None]
+    close = difflib.get_close_matches(segment, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise BadInput(f"--set {key}: {where} has no entry {segment!r}{hint}; it has: "
+                   f"{', '.join(known) or 'none'} (or an index 0-{len(items) - 1})")
+
+
+def _loc_text(loc: list) -> str:
+    return ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "[")
+
+
+def _validated_with(path: Path, raw: dict, settings: list[Setting], where: str) -> Suite:
+    """``raw`` with ``settings`` applied, validated exactly as a file is; an error names the ``--set`` key at
+    fault (the one whose location the error is at or under, else every key given)."""
+    raw = _unaliased(raw)
+    try:
+        located = apply_overrides(raw, settings)
+    except BadInput as exc:
+        raise ConfigError(f"{path}: {exc}{where}") from None
+    try:
+        try:
+            suite = Suite.model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigError(format_error(path, exc)) from None
+        _check_sources(path, suite, "")
+    except BadInput as exc:  # (a ConfigError, or an unknown method/dataset name)
+        message = str(exc).removeprefix(f"{path}: ")
+        at = message.split(": ", 1)[0]
+        blamed = [(s, loc) for s, loc in located if _within(at, loc) or _within(loc, at)]
+        keys = max(blamed, key=lambda b: len(b[1]))[0].key if blamed else ", ".join(s.key for s, _ in located)
+        raise ConfigError(f"{path}: --set {keys}: {message}{where}") from None
+    suite._overrides = tuple(s.text for s in settings)
+    return suite
+
+
+def _unaliased(node: Any) -> Any:
+    """A copy in which no mapping or list appears twice: YAML anchors (``*meta_space``) share one object between
+    every place they are used, so setting a value in one place would set it in all (``copy.deepcopy`` keeps such
+    sharing)."""
+    if isinstance(node, dict):
+        return {k: _unaliased(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_unaliased(v) for v in node]
+    return copy.deepcopy(node)
+
+
+def _within(inner: str, outer: str) -> bool:
+    """Location ``inner`` is ``outer`` or lies under it (``a.b[2].c`` under ``a.b``)."""
+    return inner == outer or inner.startswith((outer + ".", outer + "["))
+
+
+# ------------------------------------------------------------------------------------------ suite names
+def installed_suites() -> dict[str, Path]:
+    """Name (the file's stem) -> file of every suite installed with tgbench, sorted by name."""
+    return {p.stem: p for p in sorted(INSTALLED_SUITES.glob("*.yaml"))}
+
+
+def resolve_suite(ref: str | Path) -> Path:
+    """The file a command's suite argument means: a path that exists always wins; else the name of an installed
+    suite (``tgbench run mnist_fewstep`` from any directory); else, when it reads as a file name (a ``.yaml``
+    suffix or a folder in it), that path, so that loading it says the file is missing. Anything else is an unknown
+    name: one ``ConfigError`` line with the closest installed names."""
+    path = Path(ref)
+    if path.exists():
+        return path
+    installed = installed_suites()
+    if str(ref) in installed:
+        return installed[str(ref)]
+    if path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
+        return path
+    close = difflib.get_close_matches(str(ref), list(installed), n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise ConfigError(f"{ref}: no such suite file and no installed suite of that name; {hint}installed: "
+                      f"{', '.join(installed) or 'none'} (tgbench list suites)")
 
 
 def _check_sources(path: Path, suite: Suite, where: str) -> None:

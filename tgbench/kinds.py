@@ -29,6 +29,7 @@ class RunOptions:
     device: str | None = None    # --device as given (None: $TGBENCH_DEVICE, else auto); see tgbench.device
     tf32: bool = False
     loggers: tuple[str, ...] = ()   # --log tensorboard / wandb (tgbench.trackers)
+    overrides: tuple[str, ...] = ()   # --set KEY=VALUE, applied by load_suite after the profile (tgbench.config)
 
 
 # run(suite_path, suite, profile, opts, log) -> the report directory; report(...) the same from the store alone;

@@ -212,7 +212,8 @@ def ensure_teachers(suite_path: str, suite: Suite, profile: str, dataset: Datase
             log(f"meta-training teacher {entry.name!r} ({suite.outer_for(entry).iterations} outer iterations)")
             run_cell(CellTask(str(suite_path), profile, entry.name, TEACHER_SEED, store.url, opts.data_root,
                               opts.artifacts_dir, opts.progress, device=str(dataset.train.x.device),
-                              tf32=opts.tf32, resolved_suite=suite.model_dump(mode="json")))
+                              tf32=opts.tf32, resolved_suite=suite.model_dump(mode="json"),
+                              overrides=suite.overrides))
         record = store.records(study, {key: {chash}})[0]
         if record["status"] != "complete":
             raise BadInput(f"{suite_path}: sources: teacher {entry.name!r} {record['status']} during meta-training "
@@ -604,7 +605,7 @@ def _meta(suite: Suite, profile: str, store: Store, dataset_resolved: str, recor
             "architectures scored": str(suite.nas.n_architectures),
             "search space size": str(len(enumerate_space(suite.learner))),
             "ground truth": ", ".join(f"{k}={v}" for k, v in suite.nas.ground_truth.model_dump().items()),
-            "bootstrap resamples": str(suite.nas.bootstrap_resamples), **extra}
+            "bootstrap resamples": str(suite.nas.bootstrap_resamples), "overrides": suite.overrides, **extra}
 
 
 def _load_dataset(suite: Suite, opts, log) -> Dataset:

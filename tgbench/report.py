@@ -34,7 +34,7 @@ from tgbench import stats  # noqa: E402
 COMPLETE = "complete"
 DIVERGED = "diverged"
 FAILED = "failed"
-HEADER_KEYS = ("suite", "profile", "revision", "command", "machine", "created")
+HEADER_KEYS = ("suite", "profile", "revision", "command", "overrides", "machine", "created")
 UNKNOWN_DATASET = "(unknown dataset)"
 
 
@@ -207,6 +207,10 @@ def header_lines(meta: dict[str, Any]) -> list[str]:
         f"- **profile**: {g('profile', '?')}",
         f"- **revision**: {_code(g('revision', '?'))}",
         f"- **command**: {_code(g('command', '?'))}",
+    ]
+    if g("overrides"):  # the suite's `--set KEY=VALUE` overrides (tgbench.config.load_suite), part of its cells' hashes
+        lines.append(f"- **overrides**: {', '.join(_code(f'--set {o}') for o in g('overrides'))}")
+    lines += [
         f"- **machine**: {g('machine', '?')}",
         f"- **date**: {g('created', '?')}",
     ]

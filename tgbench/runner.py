@@ -54,7 +54,7 @@ def run_suite(suite_path: str, opts: RunOptions, log=print) -> Path:
     """``tgbench run``: load and validate the suite, check every output location before any work, then run it
     as its kind says (``tgbench.kinds``); returns the report directory."""
     profile = opts.profile or default_profile(devices.resolve(opts.device))
-    suite = load_suite(suite_path, profile)
+    suite = load_suite(suite_path, profile, opts.overrides)
     check_output_locations(opts.storage, opts.artifacts_dir)  # a bad --storage/--artifacts must not strand a cell
     kind: SuiteKind = suite_kinds.get(suite.kind)
     return kind.run(suite_path, suite, profile, opts, log)
@@ -63,7 +63,7 @@ def run_suite(suite_path: str, opts: RunOptions, log=print) -> Path:
 def report_suite(suite_path: str, opts: RunOptions, log=print) -> Path:
     """``tgbench report``: rebuild a suite's report from the store alone (no training), as its kind says."""
     profile = opts.profile or default_profile(devices.resolve(opts.device))
-    suite = load_suite(suite_path, profile)
+    suite = load_suite(suite_path, profile, opts.overrides)
     kind: SuiteKind = suite_kinds.get(suite.kind)
     return kind.report(suite_path, suite, profile, opts, log)
 
@@ -95,7 +95,8 @@ def run_fewstep(suite_path: str, suite: Suite, profile: str, opts: RunOptions, l
     resolved = suite.model_dump(mode="json")  # every cell runs this suite, whatever happens to its file meanwhile
     all_tasks = [CellTask(str(suite_path), profile, e.name, s, store.url, opts.data_root, opts.artifacts_dir,
                           opts.progress and opts.jobs == 1, threads, tuple(opts.methods_dirs), tuned[e.name],
-                          str(device), opts.tf32, tuple(opts.loggers), str(out_dir), resolved)
+                          str(device), opts.tf32, tuple(opts.loggers), str(out_dir), resolved,
+                          suite.overrides)
                  for e in suite.sources for s in range(seeds)]
     # --jobs on a multi-GPU machine: each worker slot has its own GPU, round-robin over the visible ones
     slots = [str(d) for d in devices.worker_devices(device, opts.device, opts.jobs)]
@@ -256,6 +257,7 @@ def build_report(suite: Suite, profile: str, store: Store, out_dir: Path, accept
             "inner loop": f"{suite.inner.steps} steps x batch {suite.inner.batch_size}",
             "outer iterations": str(suite.outer.iterations), "store": store.url}
     meta["BN statistics"] = BN_PROTOCOL_NOTE[suite.learner.bn_statistics]
+    meta["overrides"] = suite.overrides
     if suite.sweep is not None:
         meta["sweep"] = suite.sweep.key
     tuning = pd.DataFrame()

@@ -435,6 +435,7 @@ def write_tune_report(suite: Suite, profile: str, store: Store, out_dir: Path, c
              f"- **profile**: {profile}",
              f"- **revision**: {', '.join(sorted({str(r) for r in trials['revision'].dropna()}))}",
              f"- **command**: `{command or f'tgbench run {suite.name} --profile {profile}'}`",
+             *([f"- **overrides**: `{' '.join(f'--set {o}' for o in suite.overrides)}`"] if suite.overrides else []),
              f"- **machine**: {machine()}",
              f"- **dataset**: {', '.join(sorted({str(d) for d in trials['dataset_resolved'].dropna()}))}",
              f"- **created**: {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}",
