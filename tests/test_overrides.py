@@ -37,7 +37,7 @@ def test_an_override_wins_over_the_profile_and_only_when_given():
     gtn = next(e for e in over.sources if e.name == "gtn")
     assert gtn.params["noise_dim"] == 64
     # every other setting of the smoke profile (its own gtn params included) is kept
-    assert gtn.params["channels"] == [16, 8] and over.inner.steps == smoke.inner.steps == 8
+    assert gtn.params["channels"] == [16, 8] and over.inner.steps == smoke.inner.steps == 4
     assert over.outer.lr == smoke.outer.lr
     assert over.overrides == ("outer.iterations=50", "sources.gtn.params.noise_dim=64")
     assert smoke.overrides == () and load_suite(SHIPPED, "smoke").outer.iterations == 4  # nothing leaks
