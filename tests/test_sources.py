@@ -15,7 +15,6 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from torch.func import functional_call
 
 from tgbench.config import InnerLoop, LearnerSpace, OuterLoop
 from tgbench.data import Split, load_dataset
@@ -23,6 +22,7 @@ from tgbench.engine import MetaTrainer, Unroll, backprop_meta_loss
 from tgbench.errors import Diverged
 from tgbench.inner import InnerHyperparameters
 from tgbench.nn import Learner, LearnerSpec
+from tgbench import testing
 from tgbench.registry import methods
 from tgbench.source import Source, SourceContext, Teacher
 
@@ -97,60 +97,21 @@ def test_every_builtin_method_is_registered():
         assert isinstance(cls.supports_es, bool)
 
 
+# The battery's checks live in tgbench.testing (shipped, so plug-in authors and `tgbench check-method` run the
+# same ones); here they run on every registered method and each of its variants.
 @pytest.mark.parametrize("name,params", BATTERY, ids=BATTERY_IDS)
 def test_source_forward_shapes_and_dtypes(single_thread, name, params):
-    ctx = make_ctx(steps=3, batch=10)
-    source = build(name, ctx, **params)
-    for episode_seed in (0, 1):
-        episode = source.new_episode(torch.Generator().manual_seed(episode_seed))
-        for t in range(ctx.steps):
-            x, y = source(t, episode)
-            assert x.shape == (ctx.batch_size, *ctx.image_shape) and x.dtype == torch.get_default_dtype()
-            assert torch.isfinite(x).all()
-            if y.dim() == 1:
-                assert y.shape == (ctx.batch_size,) and y.dtype == torch.int64
-                assert 0 <= int(y.min()) and int(y.max()) < ctx.num_classes
-            else:
-                assert y.shape == (ctx.batch_size, ctx.num_classes) and y.dtype == torch.get_default_dtype()
-                assert (y >= 0).all()
-                torch.testing.assert_close(y.sum(1), torch.ones(ctx.batch_size))
-            if params.get("learn_labels"):
-                assert y.dim() == 2, "learn_labels must produce soft labels"
-    learned = [p for p in source.parameters() if p.requires_grad]
-    assert bool(learned) == methods.get(name).learns_data
+    testing.check_lessons(name, **params)
 
 
 @pytest.mark.parametrize("name,params", BATTERY, ids=BATTERY_IDS)
 def test_source_meta_gradient_is_finite_and_nonzero(single_thread, name, params):
-    cls = methods.get(name)
-    ctx = make_ctx(steps=3, batch=10)
-    teacher = teacher_for(build(name, ctx, **params), ctx)
-    loss, grads = meta_gradients(teacher, unroll(teacher, ctx))
-    assert torch.isfinite(loss)
-    source_params = [n for n in grads if n.startswith("source.")]
-    assert bool(source_params) == cls.learns_data
-    assert {"hyper.log_lr", "hyper.logit_momentum"} <= grads.keys()
-    if params.get("learn_labels"):
-        assert "source.label_logits" in grads
-    for n, g in grads.items():
-        assert g is not None, f"{n} got no gradient (disconnected from the meta-loss)"
-        assert torch.isfinite(g).all(), n
-        assert g.abs().sum() > 0, f"{n} has an all-zero meta-gradient"
-    assert (grads["hyper.log_lr"] != 0).all()  # every step's learning rate matters
+    testing.check_meta_gradient(name, **params)
 
 
 @pytest.mark.parametrize("name,params", BATTERY, ids=BATTERY_IDS)
 def test_source_is_deterministic_under_seeds(single_thread, name, params):
-    ctx = make_ctx(steps=3, batch=10)
-    runs = []
-    for _ in range(2):
-        teacher = teacher_for(build(name, ctx, seed=5, **params), ctx)
-        runs.append(meta_gradients(teacher, unroll(teacher, ctx, seed=3)))
-    (loss_a, grads_a), (loss_b, grads_b) = runs
-    assert torch.equal(loss_a, loss_b)
-    assert grads_a.keys() == grads_b.keys()
-    for n in grads_a:
-        assert torch.equal(grads_a[n], grads_b[n]), n
+    testing.check_determinism(name, **params)
 
 
 @pytest.mark.parametrize("name,params", BATTERY, ids=BATTERY_IDS)
@@ -159,19 +120,12 @@ def test_source_respects_substituted_parameters(single_thread, name, params):
     must change the lessons, and the module's own parameters must stay untouched."""
     if not methods.get(name).learns_data:
         pytest.skip("no source parameters to substitute")
-    ctx = make_ctx(steps=2, batch=10)
-    teacher = teacher_for(build(name, ctx, **params), ctx)
-    episode = teacher.new_episode(torch.Generator().manual_seed(0))
-    before = {n: p.detach().clone() for n, p in teacher.named_parameters()}
-    g = torch.Generator().manual_seed(1)
-    perturbed = {n: p.detach() + 0.5 * torch.randn(p.shape, generator=g)
-                 for n, p in teacher.named_parameters() if n.startswith("source.")}
-    for t in range(ctx.steps):
-        plain, swapped = teacher(t, episode), functional_call(teacher, perturbed, (t, episode))
-        assert not torch.allclose(plain.x, swapped.x)
-        torch.testing.assert_close(teacher(t, episode).x, plain.x)
-    for n, p in teacher.named_parameters():
-        assert torch.equal(p, before[n]), n
+    testing.check_substitution(name, **params)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_source_creates_nothing_off_the_runs_device(single_thread, name):
+    testing.check_devices(name)
 
 
 @pytest.mark.parametrize("meta_gradient", ["backprop", "es", "hybrid"])

@@ -49,6 +49,20 @@ RECORD_KEYS = ("suite", "profile", "source", "method", "variant", "seed", "confi
 
 
 # ------------------------------------------------------------------------------------------ export
+def _save_atomically(obj: dict, out: str | Path) -> Path:
+    """``torch.save`` to a temporary file renamed into place: a failed export never leaves half a file."""
+    path = Path(out)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(fd)
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise BadInput(f"--out: cannot write {path}: {exc.strerror}") from None
+    return path
+
+
 def _suite_name(suite: str) -> str:
     """A suite argument is a YAML file (its ``name`` is used) or a bare suite name."""
     if suite.endswith((".yaml", ".yml")) or Path(suite).is_file():
@@ -78,15 +92,7 @@ def export_teacher(suite: str, profile: str | None, source: str, seed: int, out:
     payload = store.load_teacher(record["teacher_artifact"])
     payload.update({"format": FORMAT, "study": name, "profile": profile, "source": source,
                     "schedule": record.get("schedule"), "record": {k: record.get(k) for k in RECORD_KEYS}})
-    path = Path(out)
-    try:  # write to a temporary file first: a failed export never leaves a half-written teacher
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise BadInput(f"--out: cannot write {path}: {exc.strerror}") from None
+    path = _save_atomically(payload, out)
     log(f"exported {name} {record['cell']} (method {payload['method']}, {payload['dataset_resolved']}, recorded test "
         f"acc {record['test_acc_final']:.4f}) -> {path}")
     return path
@@ -290,15 +296,7 @@ def export_lessons(teacher_file: str | Path, out: str | Path, data_root: str | N
         "method": payload["method"], "source": payload.get("source"), "study": payload.get("study"),
         "seed": payload["seed"],
     }
-    path = Path(out)
-    try:  # a temporary file renamed into place: a failed export never leaves half a file
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        torch.save(tensors, tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise BadInput(f"--out: cannot write {path}: {exc.strerror}") from None
+    path = _save_atomically(tensors, out)
     log(f"wrote {len(tensors['images'])} images ({steps} steps x {tensors['batch_size']}) of "
         f"{payload.get('study')} {payload.get('source')} seed {payload['seed']} -> {path}")
     return path

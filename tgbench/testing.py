@@ -102,6 +102,8 @@ def check_lessons(name: str, **params) -> None:
             assert x.dtype == torch.get_default_dtype(), f"x dtype {x.dtype}"
             assert torch.isfinite(x).all(), f"step {t}: x has non-finite values"
             assert y.shape[0] == x.shape[0], "y and x disagree on the batch size"
+            if params.get("learn_labels"):
+                assert y.dim() == 2, "learn_labels must produce soft labels"
             if y.dim() == 1:
                 assert y.dtype == torch.int64, f"integer labels must be int64, got {y.dtype}"
                 assert 0 <= int(y.min()) and int(y.max()) < ctx.num_classes, "labels outside the classes"
@@ -121,10 +123,13 @@ def check_meta_gradient(name: str, **params) -> None:
     assert torch.isfinite(loss), f"meta-loss {float(loss)}"
     assert bool([n for n in grads if n.startswith("source.")]) == cls.learns_data
     assert {"hyper.log_lr", "hyper.logit_momentum"} <= grads.keys()
+    if params.get("learn_labels"):
+        assert "source.label_logits" in grads, "learn_labels but no learned label_logits"
     for n, g in grads.items():
         assert g is not None, f"{n} got no gradient (disconnected from the meta-loss)"
         assert torch.isfinite(g).all(), f"{n}: non-finite meta-gradient"
         assert g.abs().sum() > 0, f"{n} has an all-zero meta-gradient"
+    assert (grads["hyper.log_lr"] != 0).all(), "some step's learning rate does not reach the meta-loss"
 
 
 def check_determinism(name: str, **params) -> None:
