@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from tgbench import cells, runner
+from tgbench.kinds import fewstep
 from tgbench.config import Suite, load_suite
 from tgbench.kinds import RunOptions
 
@@ -26,7 +27,7 @@ def test_a_suite_edited_during_a_run_does_not_change_the_cells_it_planned(tmp_pa
     path = tmp_path / "edited.yaml"
     path.write_text(yaml.safe_dump(SUITE))
     calls = []
-    real_run_cell = runner.run_cell
+    real_run_cell = fewstep.run_cell
 
     def run_cell_then_edit(task):
         calls.append(task.seed)
@@ -36,7 +37,7 @@ def test_a_suite_edited_during_a_run_does_not_change_the_cells_it_planned(tmp_pa
             path.write_text(yaml.safe_dump({**SUITE, "inner": {"steps": 3, "batch_size": 8}}))
         return real_run_cell(task)
 
-    monkeypatch.setattr(runner, "run_cell", run_cell_then_edit)
+    monkeypatch.setattr(fewstep, "run_cell", run_cell_then_edit)
     opts = RunOptions(profile="smoke", storage=f"sqlite:///{tmp_path}/s.db", out=str(tmp_path / "out"),
                       progress=False)
     runner.run_suite(str(path), opts, log=lambda *a, **k: None)

@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from tgbench import builders, cells, device as devices, runner
+from tgbench.kinds import fewstep
 from tgbench.compute import synthetic_dataset
 from tgbench.config import Suite, load_suite
 from tgbench.errors import BadInput
@@ -237,11 +238,11 @@ def test_run_suite_hands_each_worker_slot_its_gpu(monkeypatch, tmp_path):
         handed["slots"], handed["devices"] = slots, {t.device for t in tasks}
         raise KeyboardInterrupt  # stop here: nothing can really run on the mocked GPUs
 
-    monkeypatch.setattr(runner, "run_in_workers", fake_workers)
+    monkeypatch.setattr(fewstep, "run_in_workers", fake_workers)
     suite = Path(__file__).parents[1] / "suites" / "mnist_fewstep.yaml"
     opts = RunOptions(profile="smoke", storage=f"sqlite:///{tmp_path}/s.db", out=str(tmp_path / "out"), jobs=2,
                       progress=False, device="cuda")
-    monkeypatch.setattr(runner, "final_arms", lambda store, s, p, d, log=print: {e.name: {} for e in s.sources})
+    monkeypatch.setattr(fewstep, "final_arms", lambda store, s, p, d, log=print: {e.name: {} for e in s.sources})
     with pytest.raises(KeyboardInterrupt):
         runner.run_suite(str(suite), opts, log=lambda *a, **k: None)
     assert handed["slots"] == ["cuda:0", "cuda:1"] and handed["devices"] == {"cuda:0"}

@@ -21,7 +21,7 @@ from tgbench.nn import Learner, LearnerSpec
 from tgbench.builders import build_teacher, build_trainer
 from tgbench.cells import cell_hash
 from tgbench.store import Store
-from tgbench.tune import tune_stage, tuned_values, tuning_study_name
+from tgbench.tuning import tune_stage, tuned_values, tuning_study_name
 
 SMALL_GTN = {"curriculum": "full", "noise_dim": 8, "fc_hidden": 16, "channels": [8, 4]}
 LR = {"low": 0.02, "high": 0.4, "log": True}

@@ -11,7 +11,7 @@ import pytest
 import torch
 from scipy import stats as st
 
-from tgbench import nas
+from tgbench.kinds import nas_proxy as nas
 from tgbench.cli import main
 from tgbench.config import load_suite
 from tgbench.data import load_dataset

@@ -25,7 +25,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from optuna.trial import TrialState
 
-from tgbench import cells, engine, interrupt, runner
+from tgbench import cells, engine, interrupt
+from tgbench.kinds import fewstep
 from tgbench.cli import main
 from tgbench.config import Evaluation, InnerLoop, LearnerSpace, OuterLoop, Suite, load_suite
 from tgbench.errors import BadInput
@@ -432,7 +433,7 @@ def test_a_waiting_worker_takes_over_the_cell_of_a_worker_that_went_silent(tmp_p
 
     monkeypatch.setattr(store_module, "HEARTBEAT_INTERVAL", 1)
     monkeypatch.setattr(store_module, "GRACE_PERIOD", 1)
-    monkeypatch.setattr(runner, "WAIT_SECONDS", 0.5)
+    monkeypatch.setattr(fewstep, "WAIT_SECONDS", 0.5)
     suite = tmp_path / "take.yaml"
     suite.write_text(TINY.format(name="take", sources=REAL).replace("seeds: 2", "seeds: 1"))
     url = f"sqlite:///{tmp_path}/t.db"

@@ -15,12 +15,13 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from tgbench import cells, engine, runner
+from tgbench import cells, engine
+from tgbench.kinds import fewstep
 from tgbench.cli import main
 from tgbench.config import load_suite
 from tgbench.errors import BadInput
 from tgbench.store import DONE, Store, cell_key, config_hash
-from tgbench.tune import tuned_values
+from tgbench.tuning import tuned_values
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "suites" / "mnist_fewstep.yaml"
@@ -75,7 +76,7 @@ def _forbid_work(monkeypatch) -> None:
     def no_work(task):
         raise AssertionError(f"cell {task.source} seed {task.seed} was re-run")
 
-    monkeypatch.setattr(runner, "run_cell", no_work)
+    monkeypatch.setattr(fewstep, "run_cell", no_work)
 
 
 def _report_table(report: Path) -> dict[str, dict[str, str]]:
@@ -364,7 +365,7 @@ def test_in_memory_storage_is_refused_by_the_cli_before_any_work(url, command, t
     """(`run` with such a store used to loop for ever: each cell wrote to its own private database)"""
     monkeypatch.chdir(tmp_path)
     suite = tiny_suite(tmp_path / "tiny.yaml", "tiny", "  - method: real\n")
-    monkeypatch.setattr(runner, "run_cell", lambda task: pytest.fail("a cell ran"))
+    monkeypatch.setattr(fewstep, "run_cell", lambda task: pytest.fail("a cell ran"))
     argv = [command, str(suite), "--profile", "smoke", "--storage", url, "--out", str(tmp_path / "out")]
     assert main(argv + (["--no-progress"] if command == "run" else [])) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -375,7 +376,7 @@ def test_in_memory_storage_is_refused_by_the_cli_before_any_work(url, command, t
 def test_in_memory_storage_from_the_environment_is_refused(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     suite = tiny_suite(tmp_path / "tiny.yaml", "tiny", "  - method: real\n")
-    monkeypatch.setattr(runner, "run_cell", lambda task: pytest.fail("a cell ran"))
+    monkeypatch.setattr(fewstep, "run_cell", lambda task: pytest.fail("a cell ran"))
     monkeypatch.setenv("TGBENCH_STORAGE", "sqlite://")
     assert main(["run", str(suite), "--profile", "smoke", "--no-progress", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -24,7 +24,7 @@ from tgbench.config import load_suite
 from tgbench.errors import ConfigError
 from tgbench.report import sweep_frame
 from tgbench.cells import cell_hash
-from tgbench.tune import arm_study_name, objective_value, summary_frame
+from tgbench.kinds.tune import arm_study_name, objective_value, summary_frame
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_GTN = {"curriculum": "full", "noise_dim": 8, "fc_hidden": 16, "channels": [8, 4]}
@@ -338,7 +338,7 @@ def test_the_tpe_settings_are_explicit_recorded_and_hashed_only_when_changed(tmp
     suite that changes them gets new hashes while every existing one keeps its own."""
     from tgbench.cells import cell_hash
     from tgbench.config import SamplerSettings, TuningStage
-    from tgbench.tune import optimize
+    from tgbench.tuning import optimize
 
     study = optuna.create_study(storage=f"sqlite:///{tmp_path}/s.db", study_name="x")
     budget = TuningStage(trials=1, startup_trials=1, sampler=SamplerSettings(multivariate=False))

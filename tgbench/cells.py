@@ -20,13 +20,13 @@ from tgbench import device as devices
 from tgbench import interrupt
 from tgbench.builders import build_trainer
 from tgbench.compute import meta_train_flops, protocol_of
-from tgbench.config import SamplerSettings, SourceEntry, Suite, arm_with, load_suite
+from tgbench.config import SamplerSettings, SourceEntry, Suite, arm_with, load_suite, suite_from_dict
 from tgbench.data import Dataset, load_dataset
 from tgbench.engine import MetaTrainer
 from tgbench.errors import Diverged
 from tgbench.nn import LearnerSpec
 from tgbench.provenance import git_revision, reproducibility
-from tgbench.registry import load_plugin_dir
+from tgbench.registry import load_plugin_dir, suite_kinds
 from tgbench.source import Teacher
 from tgbench.store import Store, cell_key, config_hash
 from tgbench.trackers import Tracker, Trackers, open_trackers
@@ -44,14 +44,15 @@ def study_name(suite: Suite, profile: str) -> str:
 
 def cell_hash(suite: Suite, entry: SourceEntry, dataset_resolved: str) -> str:
     """What makes two runs of a cell the same experiment: everything but the seed count and the other arms."""
-    protocol = suite.model_dump(mode="json", exclude={"profiles", "sources", "description", "nas"})
+    # a kind's own section (tune:, nas:) is hashed by the kind with what it runs, not into every cell
+    kind_section = suite_kinds.get(suite.kind).section
+    protocol = suite.model_dump(mode="json", exclude={"profiles", "sources", "description", kind_section})
     protocol["evaluation"].pop("seeds")
     protocol["evaluation"].pop("count_flops", None)  # (what the cell measures, not what it computes)
-    for section in ("tuning", "tune"):  # the sampler's settings count once they differ from every earlier study's
-        if protocol.get(section) and "sampler" in protocol[section]:
-            sampler = protocol[section].pop("sampler")
-            if sampler != SamplerSettings().model_dump(mode="json"):
-                protocol[section]["sampler"] = sampler
+    if protocol.get("tuning"):  # the sampler's settings count once they differ from every earlier study's
+        sampler = protocol["tuning"].pop("sampler")
+        if sampler != SamplerSettings().model_dump(mode="json"):
+            protocol["tuning"]["sampler"] = sampler
     # settings added after results were stored must not change old cells' hashes while left unset
     protocol = {k: v for k, v in protocol.items() if v is not None}
     if protocol["learner"]["bn_statistics"] == "scored_batch":  # the protocol before the option existed
@@ -221,7 +222,7 @@ def _run_cell(task: CellTask) -> dict | None:
     device = torch.device(task.device)
     devices.prepare(device, task.tf32)
     suite = (load_suite(task.suite_path, task.profile, task.overrides) if task.resolved_suite is None
-             else Suite.model_validate(task.resolved_suite))
+             else suite_from_dict(task.resolved_suite))
     entry = tuned_arm(suite, next(e for e in suite.sources if e.name == task.source), task.tuned)
     dataset = load_dataset(suite.dataset.name, data_root=task.data_root, download=suite.dataset.download,
                            fallback=suite.dataset.fallback, seed=0)

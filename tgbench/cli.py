@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(report)
 
     listing = sub.add_parser("list", help="list registered names")
-    listing.add_argument("what", choices=("methods", "suites", "datasets", "proxies"))
+    listing.add_argument("what", choices=("methods", "suites", "datasets", "proxies", "kinds"))
 
     board = sub.add_parser("leaderboard", help="rank every finished few-step arm in the store, per protocol")
     board.add_argument("--storage", action="append", help="Optuna storage URL, repeatable to merge stores "
@@ -148,9 +148,14 @@ def _print_registry(registry, tag=lambda cls: "") -> None:
 
 
 def _list(what: str) -> None:
-    from tgbench.registry import datasets, methods, proxies
+    from tgbench.registry import datasets, methods, proxies, suite_kinds
 
-    if what == "methods":
+    if what == "kinds":
+        for name in suite_kinds.names():
+            kind = suite_kinds.get(name)
+            section = f"`{kind.section}:`" if kind.section else ""
+            print(f"{name:12s} {section:8s} {kind.summary}")
+    elif what == "methods":
         _print_registry(methods)
     elif what == "datasets":
         for name in datasets.names():

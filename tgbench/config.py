@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import random
 import types
 import typing
@@ -16,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, PrivateAttr,
-                      ValidationError, ValidationInfo, field_validator, model_validator, with_config)
+                      ValidationError, create_model, ValidationInfo, field_validator, model_validator, with_config)
 from typing_extensions import TypedDict  # (pydantic needs typing_extensions' TypedDict before Python 3.12)
 
 from tgbench.errors import BadInput, ConfigError
@@ -337,28 +338,6 @@ class TuningStage(Strict):
         return self.space if entry.tune_space is None else entry.tune_space
 
 
-class TuneConfig(Strict):
-    """Optuna study per arm (kind: tune): TPE over ``space``; objective = final validation loss (minimised)."""
-
-    trials: PositiveInt = 20
-    seed: int = 0                        # TPE sampler seed; trial k meta-trains with seed k
-    startup_trials: PositiveInt = 10     # random trials before TPE models the space (Optuna's default)
-    pruning: bool = False                # off by default: pruning would hide the instability being measured
-    divergence_cap: PositiveFloat = 5.0  # a diverged trial scores min(last finite val loss, cap); ln 10 = 2.30
-    space: SearchSpace = Field(min_length=1)
-    sampler: SamplerSettings = Field(default_factory=SamplerSettings)
-class ProxyEntry(Strict):
-    """One proxy of a ``nas_proxy`` suite: a registered proxy (``tgbench list proxies``) and its params."""
-
-    proxy: str
-    label: str | None = None                  # unique name of this proxy in tables; default: the proxy name
-    params: dict[str, Any] = Field(default_factory=dict)   # validated by the proxy's own Params model
-
-    @property
-    def name(self) -> str:
-        return self.label or self.proxy
-
-
 class GroundTruthSchedule(Strict):
     """How each scored architecture is trained on real data for its ground-truth accuracy (Adam, full epochs)."""
 
@@ -369,32 +348,9 @@ class GroundTruthSchedule(Strict):
     seeds: PositiveInt = 2                    # independent inits averaged per architecture
 
 
-class NasConfig(Strict):
-    """The ``nas:`` section of a ``nas_proxy`` suite. The search space is the suite's ``learner`` space (every
-    combination of its option lists); ``n_architectures`` of it, drawn with ``scoring_seed``, are scored."""
-
-    n_architectures: PositiveInt = 100
-    scoring_seed: int = 0
-    target: Literal["test_acc", "val_acc"] = "test_acc"    # the ground-truth accuracy proxies are judged against
-    ground_truth: GroundTruthSchedule = Field(default_factory=GroundTruthSchedule)
-    proxies: list[ProxyEntry] = Field(min_length=1)
-    search_budgets: list[PositiveInt] = Field(default_factory=lambda: [10, 25, 50])
-    search_repeats: PositiveInt = 200
-    bootstrap_resamples: PositiveInt = 1000
-
-    @field_validator("proxies")
-    @classmethod
-    def _unique_proxy_labels(cls, proxies: list[ProxyEntry]) -> list[ProxyEntry]:
-        names = [p.name for p in proxies]
-        dup = next((n for n in names if names.count(n) > 1), None)
-        if dup is not None:
-            raise ValueError(f"two proxies are named {dup!r}; give one a distinct `label`")
-        return proxies
-
-
 class Suite(Strict):
     name: str
-    kind: Literal["fewstep", "tune", "nas_proxy"] = "fewstep"
+    kind: str = "fewstep"                 # a registered suite kind (`tgbench list kinds`; tgbench.kinds)
     description: str = ""
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     learner: LearnerSpace = Field(default_factory=LearnerSpace)
@@ -403,10 +359,10 @@ class Suite(Strict):
     evaluation: Evaluation = Field(default_factory=Evaluation)
     sources: list[SourceEntry] = Field(min_length=1)
     profiles: dict[Literal["smoke", "cpu", "paper"], dict[str, Any]] = Field(default_factory=dict)
-    sweep: Sweep | None = None            # fewstep: one arm per (source, value)
-    tune: TuneConfig | None = None        # kind: tune
-    tuning: TuningStage | None = None     # fewstep: tune every arm on validation before the final seeds
-    nas: NasConfig | None = None              # kind nas_proxy only: architectures, ground truth, proxies
+    sweep: Sweep | None = None            # one arm per (source, value)
+    tuning: TuningStage | None = None     # tune every arm on validation before the final seeds
+    # A kind's own section (`tune:`, `nas:`) is a field of that kind's model, which ``suite_model`` derives from
+    # this one: see ``suite_from_dict``.
     # the `--set KEY=VALUE` overrides load_suite applied: not a field, so a cell's hash covers the values they
     # set (like any value written in the file), not the way they were given
     _overrides: tuple[str, ...] = PrivateAttr(default=())
@@ -416,11 +372,30 @@ class Suite(Strict):
         """The ``--set KEY=VALUE`` overrides applied over the file and its profile, in order (() when none)."""
         return self._overrides
 
-    @model_validator(mode="after")
-    def _nas_section(self) -> "Suite":
-        if (self.kind == "nas_proxy") != (self.nas is not None):
-            raise ValueError("a nas_proxy suite needs a `nas:` section, and only nas_proxy suites may have one")
-        return self
+    @field_validator("kind")
+    @classmethod
+    def _registered_kind(cls, kind: str) -> str:
+        if kind not in suite_kinds:
+            raise ValueError(str(suite_kinds.unknown(kind)))
+        return kind
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_sections(cls, raw: Any) -> Any:
+        """A kind's section belongs to its suites alone, and a kind that requires its section gets it."""
+        kind_name = raw.get("kind", "fewstep") if isinstance(raw, dict) else None
+        if not isinstance(kind_name, str) or kind_name not in suite_kinds:
+            return raw  # (pydantic reports what is wrong with the input itself)
+        for other_name in suite_kinds.names():
+            other = suite_kinds.get(other_name)
+            if other.section is None:
+                continue
+            if other_name == kind_name and other.section_required and raw.get(other.section) is None:
+                raise ValueError(f"a {kind_name} suite needs a `{other.section}:` section")
+            if other_name != kind_name and other.section in raw:
+                raise ValueError(f"`{other.section}:` is the section of {other_name} suites, and only "
+                                 f"{other_name} suites may have one")
+        return raw
 
     @field_validator("name")
     @classmethod
@@ -448,8 +423,6 @@ class Suite(Strict):
             self.sources = [arm for e in self.sources
                             for arm in ([e] if e.arm is not None else self.sweep.expand(e))]
             self._unique_labels(self.sources)  # a sweep label can collide with a hand-written one
-        if self.kind == "tune" and self.tune is None:
-            raise ValueError("kind: tune needs a `tune:` section (trials, space)")
         return self
 
     def outer_for(self, entry: SourceEntry) -> OuterLoop:
@@ -462,6 +435,33 @@ class Suite(Strict):
         """The space this arm's meta-training samples learners from (the suite's, with the arm's overrides)."""
         return LearnerSpace.model_validate({**self.learner.model_dump(), **entry.learner}) if entry.learner \
             else self.learner
+
+
+@functools.cache
+def _kind_model(kind) -> type[Suite]:
+    if kind.section is None:
+        return Suite
+    field = (kind.section_model, ...) if kind.section_required else (typing.Optional[kind.section_model], None)
+    return create_model(f"{kind.section.capitalize()}Suite", __base__=Suite, __module__=__name__,
+                        **{kind.section: field})
+
+
+def suite_model(kind_name: str) -> type[Suite]:
+    """The model of a suite of this kind: :class:`Suite` plus the kind's own section (``SuiteKind.section``) as a
+    typed field. An unregistered name gets :class:`Suite`, whose ``kind`` field then says what is wrong."""
+    if not isinstance(kind_name, str) or kind_name not in suite_kinds:
+        return Suite
+    return _kind_model(suite_kinds.get(kind_name))
+
+
+def suite_from_dict(raw: Any) -> Suite:
+    """Validate a suite's data (a YAML document, a stored ``model_dump``) with the model of its kind; raises
+    pydantic's ``ValidationError`` (``load_suite`` turns it into one ``ConfigError`` line)."""
+    return _model_of(raw).model_validate(raw)
+
+
+def _model_of(raw: Any) -> type[Suite]:
+    return suite_model(raw.get("kind", "fewstep") if isinstance(raw, dict) else None)
 
 
 def _deep_merge(base: dict, override: dict) -> dict:
@@ -572,20 +572,23 @@ def load_suite(path: str | Path, profile: str | None = None, overrides: tuple[st
     path = Path(path)
     raw = _read_yaml(path)
     try:
-        base = Suite.model_validate(raw)
+        base = suite_from_dict(raw)
     except ValidationError as exc:
-        raise ConfigError(format_error(path, exc)) from None
+        raise ConfigError(format_error(path, exc, root=_model_of(raw))) from None
     if profile is not None and profile not in PROFILES:
         raise BadInput(f"--profile: unknown profile {profile!r}; choose from: {', '.join(PROFILES)}")
     resolved, merged_raw = {}, {}
     for name, override in base.profiles.items():
         merged_raw[name] = _deep_merge({k: v for k, v in raw.items() if k != "profiles"}, override)
         try:
-            resolved[name] = Suite.model_validate(merged_raw[name])
+            resolved[name] = suite_from_dict(merged_raw[name])
         except ValidationError as exc:
-            raise ConfigError(format_error(path, exc, prefix=f"profiles.{name}")) from None
+            raise ConfigError(format_error(path, exc, prefix=f"profiles.{name}", root=_model_of(merged_raw[name]))) \
+                from None
     for suite, where in [(base, "")] + [(s, f"profiles.{n}.") for n, s in resolved.items()]:
         _check_sources(path, suite, where)
+    if profile is not None and not base.profiles:  # a suite without profiles runs as written at any profile
+        resolved[profile], merged_raw[profile] = base, {k: v for k, v in raw.items() if k != "profiles"}
     if overrides:  # over the chosen profile only (what runs); with none (validate), over the base and every one
         try:
             settings = [_parse_setting(text) for text in overrides]
@@ -643,7 +646,7 @@ def apply_overrides(raw: dict, settings: list[Setting]) -> list[tuple[Setting, s
         if parts[0] in ("profiles", "include"):
             raise BadInput(f"--set {setting.key}: {parts[0]!r} cannot be set; name the setting as it reads after "
                            "the profile is applied (e.g. outer.iterations), the override then wins over the profile")
-        node, loc, i, shape = raw, [], 0, Suite
+        node, loc, i, shape = raw, [], 0, _model_of(raw)
         while True:
             segment, i = _next_segment(node, parts, i)
             last = i == len(parts)
@@ -734,9 +737,9 @@ def _validated_with(path: Path, raw: dict, settings: list[Setting], where: str) 
         raise ConfigError(f"{path}: {exc}{where}") from None
     try:
         try:
-            suite = Suite.model_validate(raw)
+            suite = suite_from_dict(raw)
         except ValidationError as exc:
-            raise ConfigError(format_error(path, exc)) from None
+            raise ConfigError(format_error(path, exc, root=_model_of(raw))) from None
         _check_sources(path, suite, "")
     except BadInput as exc:  # (a ConfigError, or an unknown method/dataset name)
         message = str(exc).removeprefix(f"{path}: ")
@@ -824,11 +827,9 @@ def _check_sources(path: Path, suite: Suite, where: str) -> None:
                 except ValueError as exc:
                     raise ConfigError(f"{path}: {key}.tune_space.{name}: {exc}") from None
     for i, entry in enumerate(suite.sources):
-        if suite.tune:
-            _check_space(path, suite, i, suite.tune.space, f"{where}tune.space")
         if suite.tuning:
             own = entry.tune_space is not None
-            _check_space(path, suite, i, suite.tuning.space_for(entry),
+            check_space(path, suite, i, suite.tuning.space_for(entry),
                          f"{where}sources[{i}].tune_space" if own else f"{where}tuning.space")
     validate = suite_kinds.get(suite.kind).validate  # a kind's own section (e.g. nas_proxy's `nas:`)
     if validate is not None:
@@ -848,7 +849,7 @@ def arm_with(suite: Suite, entry: SourceEntry, values: dict[str, Any]) -> Source
     return arm
 
 
-def _check_space(path: Path, suite: Suite, i: int, space: dict[str, SearchDimension], key: str) -> None:
+def check_space(path: Path, suite: Suite, i: int, space: dict[str, SearchDimension], key: str) -> None:
     """Every dimension of ``space`` names a setting of ``sources[i]``, and both ends of its range are legal
     values for it (so a study can never fail half-way on an illegal value)."""
     entry = suite.sources[i]

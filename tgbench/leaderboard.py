@@ -135,10 +135,10 @@ class _ProtocolResolver:
         return self._measure(saved, record)
 
     def _measure(self, saved: dict, record: dict) -> float:
-        from tgbench.config import Suite
+        from tgbench.config import suite_from_dict
 
         try:
-            suite = Suite.model_validate(saved["suite"])
+            suite = suite_from_dict(saved["suite"])
             entry = next(e for e in suite.sources if e.name == record["source"])
             return meta_train_flops(suite, entry, tuple(saved["image_shape"]), saved["num_classes"], record["seed"],
                                     int(record["outer_iterations"]),

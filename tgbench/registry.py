@@ -1,10 +1,12 @@
-"""The one registry: every pluggable thing (methods, datasets, NAS proxies) is registered here once, by name.
+"""The one registry: every pluggable thing (methods, datasets, NAS proxies, suite kinds) is registered here once,
+by name.
 
 Entries are lazy ``"package.module:Attribute"`` strings, imported on first use, so listing names never
 imports torch-heavy modules and a broken plugin only fails when it is asked for (with its name in the
-error). Third-party packages add methods, datasets and proxies through the ``tgbench.methods``,
-``tgbench.datasets`` and ``tgbench.proxies`` entry-point groups, and loose plugin files through
-``--methods-dir DIR`` (:func:`load_plugin_dir`; a file declares any of ``METHODS``, ``DATASETS``, ``PROXIES``):
+error). Third-party packages add methods, datasets, proxies and suite kinds through the ``tgbench.methods``,
+``tgbench.datasets``, ``tgbench.proxies`` and ``tgbench.suite_kinds`` entry-point groups, and loose plugin files
+through ``--methods-dir DIR`` (:func:`load_plugin_dir`; a file declares any of ``METHODS``, ``DATASETS``,
+``PROXIES``, ``SUITE_KINDS``):
 every path ends in the same ``register`` call.
 """
 from __future__ import annotations
@@ -30,9 +32,10 @@ class Registry:
     """
 
     def __init__(self, kind: str, base: str | type | None = None, entry_point_group: str | None = None,
-                 callable_targets: bool = False):
+                 callable_targets: bool = False, instances: bool = False):
         self.kind = kind
         self._base = base
+        self._instances = instances  # entries are instances of ``base`` (suite kinds), not subclasses
         self._callable_targets = callable_targets
         self._targets: dict[str, str | Any] = {}
         self._loaded: dict[str, Any] = {}
@@ -135,7 +138,9 @@ class Registry:
             else:
                 obj = target
             base = self._resolve_base()
-            if base is not None and not (isinstance(obj, type) and issubclass(obj, base)):
+            if base is not None and self._instances and not isinstance(obj, base):
+                raise BadInput(f"{self.kind} {name!r}: {target!r} is not a {base.__name__}")
+            if base is not None and not self._instances and not (isinstance(obj, type) and issubclass(obj, base)):
                 raise BadInput(f"{self.kind} {name!r}: {target!r} is not a subclass of {base.__name__}")
             if self._callable_targets and not callable(obj):
                 raise BadInput(f"{self.kind} {name!r}: {target!r} is not callable")
@@ -178,23 +183,26 @@ proxies.register("nwot", "tgbench.proxies:NWOT")
 proxies.register("teaching", "tgbench.proxies:TeachingData")
 proxies.register("real_epochs", "tgbench.proxies:RealEpochs")
 
-# Suite kinds: each target is a tgbench.kinds.SuiteKind (what `tgbench run` / `report` do with the suite).
-suite_kinds = Registry("suite kind")
-suite_kinds.register("fewstep", "tgbench.runner:FEWSTEP")
-suite_kinds.register("tune", "tgbench.tune:TUNE")
-suite_kinds.register("nas_proxy", "tgbench.nas:NAS_PROXY")
+# Suite kinds: each target is a tgbench.kinds.SuiteKind (its YAML section, and what `tgbench run` / `report` do
+# with the suite); see docs/adding_a_suite_kind.md.
+suite_kinds = Registry("suite kind", base="tgbench.kinds:SuiteKind", entry_point_group="tgbench.suite_kinds",
+                       instances=True)
+suite_kinds.register("fewstep", "tgbench.kinds.fewstep:FEWSTEP")
+suite_kinds.register("tune", "tgbench.kinds.tune:TUNE")
+suite_kinds.register("nas_proxy", "tgbench.kinds.nas_proxy:NAS_PROXY")
 
 
 # ------------------------------------------------------------------------------------------ plugin files
 
 # What a plugin file may declare, each a module-level {"name": target} dict, and the registry it feeds.
-PLUGIN_DECLARATIONS = {"METHODS": methods, "DATASETS": datasets, "PROXIES": proxies}
+PLUGIN_DECLARATIONS = {"METHODS": methods, "DATASETS": datasets, "PROXIES": proxies, "SUITE_KINDS": suite_kinds}
 
 
 def load_plugin_dir(directory: str | Path) -> list[str]:
     """Import every ``*.py`` file in ``directory`` (sorted, ``_``-prefixed files skipped) and register what each
-    declares in module-level ``METHODS = {"name": SourceSubclass}``, ``DATASETS = {"name": loader}`` and
-    ``PROXIES = {"name": ProxySubclass}`` mappings (any of them, at least one); returns the names registered.
+    declares in module-level ``METHODS = {"name": SourceSubclass}``, ``DATASETS = {"name": loader}``,
+    ``PROXIES = {"name": ProxySubclass}`` and ``SUITE_KINDS = {"name": SuiteKind(...)}`` mappings (any of them,
+    at least one); returns the names registered.
 
     This is the one loading path for plugin files: ``--methods-dir`` in the CLI and every worker process
     (:mod:`tgbench.cells`) call it. Files are imported eagerly (their names must be known before a suite is

@@ -1,152 +1,64 @@
-"""``tgbench run`` / ``tgbench report`` and the ``fewstep`` suite kind.
+"""``tgbench run`` / ``tgbench report``, and the worker pool cells run in with ``--jobs``.
 
 ``run_suite`` loads and validates a suite, checks the output locations and hands it to its kind
-(``tgbench.kinds``, looked up in ``tgbench.registry.suite_kinds``). The fewstep kind (``run_fewstep``) runs the
-tuning stage when the suite has one (``tgbench.tune``), then every unfinished cell (``tgbench.cells``): cells
-already finished in the store under the same config hash are skipped (resume); with ``jobs > 1`` cells run in
-worker processes (one fresh process per cell, so each record's peak memory is its own). The report is rebuilt
-from the store at the end (``build_report``).
+(``tgbench.kinds``, looked up in ``tgbench.registry.suite_kinds``) over a ``RunContext``; ``report_suite`` does the
+same for a report from the store alone. ``run_in_workers`` runs cells in worker processes (one fresh process per
+cell, so each record's peak memory is its own), each on its own slot's device.
 """
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import multiprocessing
 import os
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-import pandas as pd
-import torch
 from tqdm import tqdm
 
 from tgbench import device as devices
 from tgbench import interrupt
-from tgbench.cells import CellTask, cell_hash, decode_array, run_cell, study_name, tuned_arm
-from tgbench.config import Suite, check_data_sizes, load_suite
-from tgbench.data import Dataset, load_dataset
-from tgbench.errors import BadInput, CellsFailed
-from tgbench.kinds import RunOptions, SuiteKind
-from tgbench.locations import check_output_locations, check_writable_dir, out_location, writable_out_dir
-from tgbench.provenance import command_line, default_profile, machine, versions
-from tgbench.results import results_document, write_results
+from tgbench.cells import CellTask, run_cell
+from tgbench.config import load_suite
+from tgbench.errors import BadInput
+from tgbench.kinds import RunContext, RunOptions, SuiteKind
+from tgbench.locations import check_output_locations
+from tgbench.provenance import default_profile
 from tgbench.registry import suite_kinds
-from tgbench.store import Store, cell_key
-from tgbench.tune import describe_sampler, tune_stage, tuned_values, tuning_frame
+from tgbench.store import cell_key
 
-WAIT_SECONDS = 5       # how often a worker with nothing left to claim looks at the cells other workers run
+__all__ = ["RunOptions", "run_suite", "report_suite", "run_in_workers", "run_cell_in_a_slot"]
 
 
-def final_arms(store: Store, suite: Suite, profile: str, dataset: Dataset, log=print) -> dict[str, dict]:
-    """Arm name -> the values its final cells run with: the tuning stage's choices (running or resuming the
-    stage first), or nothing for a suite without one."""
-    if suite.tuning is None:
-        return {e.name: {} for e in suite.sources}
-    log(f"tuning stage: {suite.tuning.trials} TPE trials per arm x {suite.tuning.outer_iterations} outer "
-        "iterations each, scored on validation")
-    return tune_stage(store, suite, profile, dataset, log)
+def _context(suite_path: str, opts: RunOptions, log) -> RunContext:
+    profile = opts.profile or default_profile(devices.resolve(opts.device))
+    return RunContext(str(suite_path), load_suite(suite_path, profile, opts.overrides), profile, opts, log)
 
 
 # ------------------------------------------------------------------------------------------ the suite
 def run_suite(suite_path: str, opts: RunOptions, log=print) -> Path:
     """``tgbench run``: load and validate the suite, check every output location before any work, then run it
     as its kind says (``tgbench.kinds``); returns the report directory."""
-    profile = opts.profile or default_profile(devices.resolve(opts.device))
-    suite = load_suite(suite_path, profile, opts.overrides)
+    ctx = _context(suite_path, opts, log)
     check_output_locations(opts.storage, opts.artifacts_dir)  # a bad --storage/--artifacts must not strand a cell
-    kind: SuiteKind = suite_kinds.get(suite.kind)
-    return kind.run(suite_path, suite, profile, opts, log)
+    kind: SuiteKind = suite_kinds.get(ctx.suite.kind)
+    return kind.run(ctx)
 
 
 def report_suite(suite_path: str, opts: RunOptions, log=print) -> Path:
     """``tgbench report``: rebuild a suite's report from the store alone (no training), as its kind says."""
-    profile = opts.profile or default_profile(devices.resolve(opts.device))
-    suite = load_suite(suite_path, profile, opts.overrides)
-    kind: SuiteKind = suite_kinds.get(suite.kind)
-    return kind.report(suite_path, suite, profile, opts, log)
-
-
-def run_fewstep(suite_path: str, suite: Suite, profile: str, opts: RunOptions, log=print) -> Path:
-    """Run every unfinished cell of a fewstep suite (after its tuning stage, if it has one), then write its
-    report."""
-    check_writable_dir(out_location(opts.out, suite, profile), "--out")  # (created once the input is known good)
-    device = devices.resolve(opts.device)
-    devices.prepare(device, opts.tf32)
-    dataset = devices.on_device(load_dataset(suite.dataset.name, data_root=opts.data_root,
-                                             download=suite.dataset.download, fallback=suite.dataset.fallback,
-                                             seed=0), device)
-    if dataset.fallback_reason:
-        log(f"WARNING: {dataset.fallback_reason}\nWARNING: falling back to {dataset.resolved!r}; every result "
-            f"records dataset_resolved={dataset.resolved!r}", file=sys.stderr)
-    # batch sizes are known to fit only now that the data is loaded: refuse them before the store is touched
-    check_data_sizes(suite_path, suite, len(dataset.train), dataset.resolved, profile)
-    out_dir = writable_out_dir(opts.out, suite, profile)
-    store = Store(opts.storage, opts.artifacts_dir)
-    tuned = final_arms(store, suite, profile, dataset, log)
-    study = store.study(study_name(suite, profile))
-    seeds = opts.seeds or suite.evaluation.seeds
-    hashes = {cell_key(e.name, s): cell_hash(suite, tuned_arm(suite, e, tuned[e.name]), dataset.resolved)
-              for e in suite.sources for s in range(seeds)}
-    # N workers share the cores: give each its slice so they don't oversubscribe (spinning OpenMP threads
-    # fighting over 2 cores slow small convolutions down many times over)
-    threads = max(1, (os.cpu_count() or 1) // opts.jobs) if opts.jobs > 1 else None
-    resolved = suite.model_dump(mode="json")  # every cell runs this suite, whatever happens to its file meanwhile
-    all_tasks = [CellTask(str(suite_path), profile, e.name, s, store.url, opts.data_root, opts.artifacts_dir,
-                          opts.progress and opts.jobs == 1, threads, tuple(opts.methods_dirs), tuned[e.name],
-                          str(device), opts.tf32, tuple(opts.loggers), str(out_dir), resolved,
-                          suite.overrides)
-                 for e in suite.sources for s in range(seeds)]
-    # --jobs on a multi-GPU machine: each worker slot has its own GPU, round-robin over the visible ones
-    slots = [str(d) for d in devices.worker_devices(device, opts.device, opts.jobs)]
-
-    failures: dict[str, str] = {}  # cells that raised in this run: not retried until the next one
-
-    def unfinished() -> tuple[list[CellTask], list[CellTask]]:
-        """(cells to run here, cells other live workers are running) among those not done yet."""
-        done, busy = store.done_cells(study), store.busy_cells(study)
-        todo = [t for t in all_tasks if (cell_key(t.source, t.seed), hashes[cell_key(t.source, t.seed)]) not in done
-                and cell_key(t.source, t.seed) not in failures]
-        held = [t for t in todo if (cell_key(t.source, t.seed), hashes[cell_key(t.source, t.seed)]) in busy]
-        return [t for t in todo if t not in held], held
-
-    tasks, held = unfinished()
-    log(f"{suite.name} @ {profile}: {len(hashes)} cells, {len(hashes) - len(tasks) - len(held)} already done, "
-        f"{len(held)} running elsewhere, {len(tasks)} to run on {dataset.resolved} ({len(dataset.train)} train "
-        f"examples); store {store.url}")
-    start, ran, waiting = time.perf_counter(), 0, 0
-    while tasks or held:
-        if not tasks:  # only other workers' cells are left: wait until they are done, or stale (then run here)
-            if len(held) != waiting:
-                log(f"waiting for {len(held)} cell(s) that other workers are running", file=sys.stderr)
-                waiting = len(held)
-            time.sleep(WAIT_SECONDS)
-        elif opts.jobs <= 1:
-            for task in tqdm(tasks, desc="cells", disable=not opts.progress or len(tasks) < 2, unit="cell"):
-                interrupt.check()
-                try:
-                    ran += run_cell(task) is not None
-                except CELL_FAILURES as exc:
-                    _note_failure(failures, task, exc, log)
-        else:
-            ran += run_in_workers(tasks, slots, opts.progress, lambda t, e: _note_failure(failures, t, e, log))
-        tasks, held = unfinished()
-    log(f"ran {ran} cells in {time.perf_counter() - start:.0f} s")
-    build_report(suite, profile, store, out_dir, {k: {h} for k, h in hashes.items()}, command=command_line())
-    log(f"report: {out_dir / 'report.md'}")
-    if failures:
-        raise CellsFailed(failures)
-    return out_dir
+    ctx = _context(suite_path, opts, log)
+    kind: SuiteKind = suite_kinds.get(ctx.suite.kind)
+    return kind.report(ctx)
 
 
 # What one cell may raise without stopping the suite: a plug-in's bug, a plug-in calling sys.exit, an environment
-# failure. The cell is marked failed in the store (``_run_claimed_cell``) and the others run. Bad input and
+# failure. The cell is marked failed in the store (``tgbench.cells``) and the others run. Bad input and
 # Ctrl-C/SIGTERM still stop the run.
 CELL_FAILURES = (Exception, SystemExit)
 
 
-def _note_failure(failures: dict[str, str], task: CellTask, exc: BaseException, log) -> None:
+def note_failure(failures: dict[str, str], task: CellTask, exc: BaseException, log) -> None:
     if isinstance(exc, BadInput) or os.environ.get("TGBENCH_DEBUG"):  # (debugging: the traceback, at once)
         raise exc
     key = cell_key(task.source, task.seed)
@@ -214,123 +126,3 @@ def run_cell_in_a_slot(task: CellTask, free_devices=None) -> dict | None:
         free_devices.put(slot)
 
 
-# ------------------------------------------------------------------------------------------ the report
-def report_frames(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(summary, curves, steps) DataFrames from store records (see tgbench.report.ReportInputs)."""
-    summary_cols = ["source", "method", "variant", "seed", "status", "dataset_resolved", "test_acc_final",
-                    "val_acc_final", "meta_train_seconds", "outer_iterations", "peak_rss_mb", "revision",
-                    "arm", "sweep_value"]
-    summary = pd.DataFrame([{c: r.get(c) for c in summary_cols} for r in records], columns=summary_cols)
-    curves = pd.DataFrame([{"source": r["source"], "seed": r["seed"], **point}
-                           for r in records for point in r.get("curve", [])],
-                          columns=["source", "seed", "outer_iter", "val_acc", "test_acc", "val_loss", "meta_loss"])
-    steps = pd.DataFrame([{"source": r["source"], "seed": r["seed"], "inner_step": i, "test_acc": te, "val_acc": va}
-                          for r in records if r.get("steps_test_acc")
-                          for i, (te, va) in enumerate(zip(r["steps_test_acc"], r["steps_val_acc"]))],
-                         columns=["source", "seed", "inner_step", "test_acc", "val_acc"])
-    return (summary.sort_values(["source", "seed"]).reset_index(drop=True),
-            curves.sort_values(["source", "seed", "outer_iter"]).reset_index(drop=True) if len(curves) else curves,
-            steps.sort_values(["source", "seed", "inner_step"]).reset_index(drop=True) if len(steps) else steps)
-
-
-def build_report(suite: Suite, profile: str, store: Store, out_dir: Path, accept: dict[str, set[str]],
-                 command: str = "") -> list[Path]:
-    """Write the report of the cells in ``accept`` (cell key -> acceptable config hashes) from the store."""
-    from tgbench.report import ReportInputs, write_report
-
-    study = store.study(study_name(suite, profile), create=False)
-    # (a claim some worker holds now has no record yet: the report shows finished and failed cells)
-    records = [r for r in store.records(study, accept) if r["status"] != "running"]
-    if not records:
-        raise BadInput(f"no results for suite {suite.name!r} at profile {profile!r} in {store.url}; run it first")
-    summary, curves, steps = report_frames(records)
-    samples, sample_steps = {}, {}
-    for r in sorted(records, key=lambda r: (r["source"], r["seed"])):
-        if r.get("samples") and r["source"] not in samples:  # the lowest seed's teacher stands for its source
-            samples[r["source"]] = decode_array(r["samples"])
-            sample_steps[r["source"]] = r["sample_steps"]
-    revisions = sorted({r.get("revision", "unknown") for r in records})
-    meta = {"suite": suite.name, "profile": profile, "revision": ", ".join(revisions),
-            "command": command or f"tgbench run {suite.name} --profile {profile}", "machine": machine(),
-            "device": ", ".join(sorted({devices.label(r) for r in records})),
-            "torch": torch.__version__, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "inner loop": f"{suite.inner.steps} steps x batch {suite.inner.batch_size}",
-            "outer iterations": str(suite.outer.iterations), "store": store.url}
-    meta["BN statistics"] = BN_PROTOCOL_NOTE[suite.learner.bn_statistics]
-    meta["overrides"] = suite.overrides
-    if suite.sweep is not None:
-        meta["sweep"] = suite.sweep.key
-    tuning = pd.DataFrame()
-    if suite.tuning is not None:
-        tuning = tuning_frame(store, suite, profile)
-        meta["tuning"] = (f"every arm tuned on validation before the final seeds: {suite.tuning.trials} TPE trials "
-                          f"({suite.tuning.startup_trials} random start-up) x {suite.tuning.outer_iterations} outer "
-                          f"iterations each, objective = validation error of {suite.tuning.learners} fresh learners "
-                          f"({describe_sampler(suite.tuning.sampler)})")
-    written = write_report(out_dir, ReportInputs(summary, curves, steps, samples, sample_steps, meta,
-                                                 held_out_frame(records), tuning, phase_frame(records)))
-    document = results_document(suite.model_dump(mode="json"), profile, records, meta, versions())
-    return [*written, write_results(out_dir, document)]
-
-
-BN_PROTOCOL_NOTE = {
-    "lesson": "lesson (learners are scored with the BN means of the last lesson they trained on; no score "
-              "depends on which test examples share a batch)",
-    "scored_batch": "scored_batch (TRANSDUCTIVE: each scored batch is normalised with its own mean; the protocol "
-                    "of tgbench <= 0.1, not comparable with lesson-statistics results)",
-}
-
-
-def phase_frame(records: list[dict]) -> pd.DataFrame:
-    """Long ``source, seed, phase, seconds``: where each cell's wall time went (records written before the
-    phase split existed contribute nothing)."""
-    rows = [{"source": r["source"], "seed": r["seed"], "phase": phase, "seconds": seconds}
-            for r in records for phase, seconds in _phases_of(r).items()]
-    return pd.DataFrame(rows, columns=["source", "seed", "phase", "seconds"])
-
-
-def _phases_of(record: dict) -> dict[str, float]:
-    if record.get("phase_seconds"):
-        return record["phase_seconds"]
-    # records written before the split (revision 59f80bf and earlier) timed three phases (final evaluation
-    # with the sample grid)
-    old = {"meta_training": record.get("meta_train_seconds"), "final_evaluation": record.get("eval_seconds"),
-           "held_out": record.get("held_out_seconds")}
-    return {k: v for k, v in old.items() if v is not None} if record.get("status") == "complete" else {}
-
-
-def held_out_frame(records: list[dict]) -> pd.DataFrame:
-    """Long ``source, seed, dataset_resolved, name, architecture, test_acc, val_acc`` of the held-out learners
-    of complete cells (records written before the held-out table existed contribute nothing)."""
-    rows = [{"source": r["source"], "seed": r["seed"], "dataset_resolved": r.get("dataset_resolved"), **score}
-            for r in records if r.get("status") == "complete" for score in r.get("held_out") or []]
-    return pd.DataFrame(rows, columns=["source", "seed", "dataset_resolved", "name", "architecture", "test_acc",
-                                       "val_acc"])
-
-
-def report_fewstep(suite_path: str, suite: Suite, profile: str, opts: RunOptions, log=print) -> Path:
-    """A fewstep suite's report from the store alone: the cells of the suite's current config (on any dataset
-    it resolved to), with the tuning stage's choices read back from its studies."""
-    out_dir = writable_out_dir(opts.out, suite, profile)
-    store = Store(opts.storage, opts.artifacts_dir)
-    study = store.study(study_name(suite, profile), create=False)
-    seeds = opts.seeds or suite.evaluation.seeds
-    # a cell's hash depends on the dataset it resolved to: accept the suite's current config on any of them
-    resolved = {r.get("dataset_resolved") for r in store.records(study)}
-    accept: dict[str, set[str]] = {}
-    for dataset_resolved in resolved:
-        tuned = {e.name: {} for e in suite.sources}
-        if suite.tuning is not None:
-            tuned = tuned_values(store, suite, profile, dataset_resolved)
-            if tuned is None:  # the stage is unfinished for this dataset: its final cells cannot exist yet
-                continue
-        for e in suite.sources:
-            for s in range(seeds):
-                accept.setdefault(cell_key(e.name, s), set()).add(
-                    cell_hash(suite, tuned_arm(suite, e, tuned[e.name]), dataset_resolved))
-    build_report(suite, profile, store, out_dir, accept, command=command_line())
-    log(f"report: {out_dir / 'report.md'}")
-    return out_dir
-
-
-FEWSTEP = SuiteKind(run=run_fewstep, report=report_fewstep)

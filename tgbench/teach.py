@@ -209,13 +209,13 @@ def model_factory(target: str, image_shape, num_classes: int):
 def _restore(path: str | Path, data_root: str | None, device: str | None):
     """(payload, suite, dataset, teacher) of an exported teacher file: its suite, the dataset it was trained on
     (seed 0: the runner's split) on ``device``, and the teacher rebuilt with the file's weights."""
-    from tgbench.config import SourceEntry, Suite
+    from tgbench.config import SourceEntry, suite_from_dict
     from tgbench.data import load_dataset
     from tgbench.registry import datasets
 
     payload = load_exported(path)
     try:
-        suite = Suite.model_validate(payload["suite"])
+        suite = suite_from_dict(payload["suite"])
         # the arm as it was configured (per-arm overrides included); files without a source name: method + params
         entry = next((e for e in suite.sources if e.name == payload.get("source")),
                      SourceEntry(method=payload["method"], params=payload["params"]))

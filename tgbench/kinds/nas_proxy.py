@@ -2,7 +2,7 @@
 
 Reading order: the search space (``enumerate_space``, ``arch_id``, ``scored_architectures``) -> ground truth
 (``ensure_ground_truth``: each scored architecture trained on real data, cached in the store) -> teachers
-(``ensure_teachers``: the suite's sources meta-trained by ``runner.run_cell``, the same cells as a few-step
+(``ensure_teachers``: the suite's sources meta-trained by ``cells.run_cell``, the same cells as a few-step
 suite) -> proxies (``run_proxies``: every registered proxy of the suite scores every architecture, timed) ->
 metrics (``proxy_metrics``: Spearman, top-50 % Spearman, Kendall, top-10 % precision, each with a bootstrap CI
 over architectures) -> ``random_search`` -> the report. ``run_nas_suite`` / ``report_nas_suite`` are what
@@ -26,28 +26,29 @@ import random
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 import torch
 from optuna.trial import TrialState
-from pydantic import ValidationError
+from pydantic import Field, PositiveInt, ValidationError, field_validator
 from scipy import stats as st
 from tqdm import tqdm
 
 from tgbench import device as devices
 from tgbench import interrupt, stats
-from tgbench.config import LearnerSpace, SourceEntry, Suite, format_error
-from tgbench.data import Dataset, load_dataset
+from tgbench.config import GroundTruthSchedule, LearnerSpace, SourceEntry, Strict, Suite, format_error, suite_from_dict
+from tgbench.data import Dataset
 from tgbench.errors import BadInput, ConfigError
 from tgbench.nn import LearnerSpec
 from tgbench.proxies import Proxy, ProxyContext, train_real
 from tgbench.registry import proxies
 from tgbench.builders import build_teacher
 from tgbench.cells import CellTask, cell_hash, run_cell, study_name
-from tgbench.kinds import SuiteKind
-from tgbench.locations import writable_out_dir
+from tgbench.kinds import RunContext, SuiteKind
 from tgbench.provenance import command_line, git_revision, machine
 from tgbench.source import Teacher
 from tgbench.store import Store, cell_key, config_hash
@@ -59,6 +60,42 @@ ORACLE, RANDOM = "oracle (ground truth)", "random pick"
 
 
 # ---------------------------------------------------------------------------------------------- search space
+# ---------------------------------------------------------------------------------------------- the section
+class ProxyEntry(Strict):
+    """One proxy of a ``nas_proxy`` suite: a registered proxy (``tgbench list proxies``) and its params."""
+
+    proxy: str
+    label: str | None = None                  # unique name of this proxy in tables; default: the proxy name
+    params: dict[str, Any] = Field(default_factory=dict)   # validated by the proxy's own Params model
+
+    @property
+    def name(self) -> str:
+        return self.label or self.proxy
+
+
+class NasConfig(Strict):
+    """The ``nas:`` section of a ``nas_proxy`` suite. The search space is the suite's ``learner`` space (every
+    combination of its option lists); ``n_architectures`` of it, drawn with ``scoring_seed``, are scored."""
+
+    n_architectures: PositiveInt = 100
+    scoring_seed: int = 0
+    target: Literal["test_acc", "val_acc"] = "test_acc"    # the ground-truth accuracy proxies are judged against
+    ground_truth: GroundTruthSchedule = Field(default_factory=GroundTruthSchedule)
+    proxies: list[ProxyEntry] = Field(min_length=1)
+    search_budgets: list[PositiveInt] = Field(default_factory=lambda: [10, 25, 50])
+    search_repeats: PositiveInt = 200
+    bootstrap_resamples: PositiveInt = 1000
+
+    @field_validator("proxies")
+    @classmethod
+    def _unique_proxy_labels(cls, proxies: list[ProxyEntry]) -> list[ProxyEntry]:
+        names = [p.name for p in proxies]
+        dup = next((n for n in names if names.count(n) > 1), None)
+        if dup is not None:
+            raise ValueError(f"two proxies are named {dup!r}; give one a distinct `label`")
+        return proxies
+
+
 def arch_id(spec: LearnerSpec) -> str:
     """Stable 16-hex id of an architecture: a hash of its full spec (same spec, same id, on any machine).
 
@@ -195,11 +232,19 @@ def _teacher_refs(suite: Suite) -> list[str]:
     return refs
 
 
-def ensure_teachers(suite_path: str, suite: Suite, profile: str, dataset: Dataset, store: Store, opts,
-                    log=print) -> tuple[dict[str, Teacher], dict[str, dict]]:
+@dataclass(frozen=True)
+class Teachers:
+    """The teachers a suite's teaching proxies use, by reference (a source label, or ``<study>/<label>``)."""
+
+    by_ref: dict[str, Teacher]
+    records: dict[str, dict]     # reference -> the teacher's store record
+
+
+def ensure_teachers(ctx: RunContext, dataset: Dataset, store: Store) -> Teachers:
     """Load the teacher of every reference a teaching proxy uses: this suite's sources are meta-trained first
-    (with ``runner.run_cell``: resumable like any few-step cell, seed 0), ``<study>/<label>`` references are
-    loaded from that study of the same store. Returns (reference -> teacher, reference -> its store record)."""
+    (with ``cells.run_cell``: resumable like any few-step cell, seed 0), ``<study>/<label>`` references are
+    loaded from that study of the same store."""
+    suite_path, suite, profile, opts, log = ctx.suite_path, ctx.suite, ctx.profile, ctx.opts, ctx.log
     study = store.study(study_name(suite, profile))
     teachers, records = {}, {}
     for ref in _teacher_refs(suite):
@@ -219,7 +264,7 @@ def ensure_teachers(suite_path: str, suite: Suite, profile: str, dataset: Datase
             raise BadInput(f"{suite_path}: sources: teacher {entry.name!r} {record['status']} during meta-training "
                            f"({record.get('error')}); its proxies cannot run")
         teachers[ref], records[ref] = _load_teacher(store, record, suite, entry, dataset), record
-    return teachers, records
+    return Teachers(teachers, records)
 
 
 def _load_teacher(store: Store, record: dict, suite: Suite, entry: SourceEntry, dataset: Dataset) -> Teacher:
@@ -244,7 +289,7 @@ def _stored_teacher(suite_path: str, ref: str, dataset: Dataset, store: Store) -
         raise BadInput(f"{where}: that teacher was trained on {record['dataset_resolved']!r}, this suite resolved "
                        f"{dataset.resolved!r}")
     payload = store.load_teacher(record["teacher_artifact"])
-    their_suite = Suite.model_validate(payload["suite"])
+    their_suite = suite_from_dict(payload["suite"])
     entry = SourceEntry(method=payload["method"], params=payload["params"], label=label)
     return _load_teacher(store, record, their_suite, entry, dataset), record
 
@@ -257,24 +302,24 @@ def _proxy_hash(suite: Suite, entry, ids: list[str], dataset: Dataset, teacher_r
                         "teacher": teacher_record["config_hash"] if teacher_record else None})
 
 
-def run_proxies(suite: Suite, profile: str, dataset: Dataset, store: Store, specs: list[LearnerSpec],
-                teachers: dict[str, Teacher], teacher_records: dict[str, dict], progress: bool = True,
-                log=print) -> list[dict]:
+def run_proxies(ctx: RunContext, dataset: Dataset, store: Store, specs: list[LearnerSpec],
+                teachers: Teachers) -> list[dict]:
     """Score every architecture with every proxy not yet in the store under the same hash; return the records."""
-    study = store.study(study_name(suite, profile))
+    suite, progress, log = ctx.suite, ctx.opts.progress, ctx.log
+    study = store.study(study_name(suite, ctx.profile))
     ids = [arch_id(s) for s in specs]
-    ctx = ProxyContext(dataset, suite, teachers)
+    proxy_ctx = ProxyContext(dataset, suite, teachers.by_ref)
     accept = {}
     for entry in suite.nas.proxies:
         cls = proxies.get(entry.proxy)
         params = cls.Params.model_validate(entry.params)
         source = cls.teacher_source(params)
-        teacher_record = teacher_records.get(source) if source else None
+        teacher_record = teachers.records.get(source) if source else None
         key, chash = f"proxy:{entry.name}", _proxy_hash(suite, entry, ids, dataset, teacher_record)
         accept[key] = {chash}
         if (key, chash) in store.done_cells(study):
             continue
-        proxy: Proxy = cls(params, ctx)
+        proxy: Proxy = cls(params, proxy_ctx)
         trial = store.begin(study, key, chash)
         scores, seconds, cpu_seconds = {}, {}, {}
         try:
@@ -608,29 +653,19 @@ def _meta(suite: Suite, profile: str, store: Store, dataset_resolved: str, recor
             "bootstrap resamples": str(suite.nas.bootstrap_resamples), "overrides": suite.overrides, **extra}
 
 
-def _load_dataset(suite: Suite, opts, log) -> Dataset:
-    device = devices.resolve(opts.device)
-    devices.prepare(device, opts.tf32)
-    dataset = devices.on_device(load_dataset(suite.dataset.name, data_root=opts.data_root,
-                                             download=suite.dataset.download, fallback=suite.dataset.fallback,
-                                             seed=0), device)
-    if dataset.fallback_reason:
-        log(f"WARNING: {dataset.fallback_reason}\nWARNING: falling back to {dataset.resolved!r}", file=sys.stderr)
-    return dataset
-
-
-def run_nas_suite(suite_path: str, suite: Suite, profile: str, opts, log=print) -> Path:
+def run_nas_suite(ctx: RunContext) -> Path:
     """Ground truth (cached), teachers (cached), proxy scores (cached per proxy), then the report."""
-    out_dir = writable_out_dir(opts.out, suite, profile)
+    suite, profile, opts, log = ctx.suite, ctx.profile, ctx.opts, ctx.log
+    out_dir = ctx.out_dir()
     if opts.jobs > 1:
         log("note: nas_proxy suites run in one process; --jobs is ignored", file=sys.stderr)
-    dataset = _load_dataset(suite, opts, log)
-    store = Store(opts.storage, opts.artifacts_dir)
+    dataset = ctx.dataset()
+    store = ctx.store()
     specs = scored_architectures(suite)
     start = time.perf_counter()
     truth, trained = ensure_ground_truth(store, suite, dataset, specs, opts.progress, log)
-    teachers, teacher_records = ensure_teachers(suite_path, suite, profile, dataset, store, opts, log)
-    records = run_proxies(suite, profile, dataset, store, specs, teachers, teacher_records, opts.progress, log)
+    teachers = ensure_teachers(ctx, dataset, store)
+    records = run_proxies(ctx, dataset, store, specs, teachers)
     elapsed = time.perf_counter() - start
     log(f"{suite.name} @ {profile}: {trained} ground-truth trainings run, all work done in {elapsed:.0f} s")
     archs = architecture_table(specs, truth, records)
@@ -641,10 +676,11 @@ def run_nas_suite(suite_path: str, suite: Suite, profile: str, opts, log=print) 
     return out_dir
 
 
-def report_nas_suite(suite_path: str, suite: Suite, profile: str, opts, log=print) -> Path:
+def report_nas_suite(ctx: RunContext) -> Path:
     """Rebuild the report from the store alone (no data, no training); exit 2 if anything was never computed."""
-    out_dir = writable_out_dir(opts.out, suite, profile)
-    store = Store(opts.storage, opts.artifacts_dir)
+    suite_path, suite, profile, log = ctx.suite_path, ctx.suite, ctx.profile, ctx.log
+    out_dir = ctx.out_dir()
+    store = ctx.store()
     specs = scored_architectures(suite)
     ids = [arch_id(s) for s in specs]
     study = store.study(study_name(suite, profile), create=False)
@@ -666,4 +702,6 @@ def report_nas_suite(suite_path: str, suite: Suite, profile: str, opts, log=prin
     return out_dir
 
 
-NAS_PROXY = SuiteKind(run=run_nas_suite, report=report_nas_suite, validate=check_nas)
+NAS_PROXY = SuiteKind(run=run_nas_suite, report=report_nas_suite, validate=check_nas, section="nas",
+                      section_model=NasConfig,
+                      summary="proxies rank architectures: Spearman etc. against real-data ground truth")
