@@ -807,9 +807,13 @@ def _check_sources(path: Path, suite: Suite, where: str) -> None:
         except ValidationError as exc:
             raise ConfigError(format_error(path, exc, prefix=f"{key}.params", root=cls.Params)) from None
         try:
-            suite.outer_for(entry)
+            outer = suite.outer_for(entry)
         except ValidationError as exc:
             raise ConfigError(format_error(path, exc, prefix=f"{key}.outer", root=OuterLoop)) from None
+        if outer.meta_gradient != "backprop" and not cls.supports_es:  # a declared capability, enforced here
+            at = f"{key}.outer" if "meta_gradient" in entry.outer else f"{where}outer"
+            raise ConfigError(f"{path}: {at}.meta_gradient: {outer.meta_gradient!r} perturbs the source's "
+                              f"parameters, and method {entry.method!r} declares supports_es = False; use backprop")
         try:
             suite.inner_for(entry)
         except ValidationError as exc:
