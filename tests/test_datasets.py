@@ -440,7 +440,7 @@ def test_the_unbroken_wrapper_passes(tmp_path, clean_registries):
 
 
 @pytest.mark.parametrize("name, text, expected", [
-    ("nothing.py", "X = 1\n", "METHODS, DATASETS, PROXIES: a plugin file must declare at least one"),
+    ("nothing.py", "X = 1\n", "METHODS, DATASETS, PROXIES, SUITE_KINDS: a plugin file must declare at least one"),
     ("not_a_dict.py", "DATASETS = ['tiny']\n", "DATASETS: must be a non-empty dict"),
     ("empty.py", "DATASETS = {}\n", "DATASETS: must be a non-empty dict"),
     ("not_callable.py", "DATASETS = {'tiny': 42}\n", "DATASETS['tiny']: dataset 'tiny': 42 is not callable"),
