@@ -62,7 +62,7 @@ class GTN(Source):
         super().__init__(params, ctx)
         self.learner_weight_norm = params.weight_norm
         spec = GeneratorSpec(params.noise_dim, params.fc_hidden, tuple(params.channels), params.weight_norm)
-        self.generator = Generator(spec, ctx.image_shape, ctx.num_classes)
+        self.generator = Generator(spec, ctx.problem)
         pool = ctx.steps * ctx.batch_size
         if params.curriculum != "none":
             self.codes = nn.Parameter(torch.randn(pool, params.noise_dim) * params.code_scale)  # (T·B, noise)

@@ -24,6 +24,7 @@ from tgbench.config import Suite, load_suite
 from tgbench.errors import BadInput
 from tgbench.kinds import RunOptions
 from tgbench.nn import LearnerSpec
+from tgbench.problem import Problem
 from tgbench.provenance import default_profile
 from tgbench.proxies import ProxyContext
 from tgbench.registry import methods, proxies
@@ -51,7 +52,7 @@ def tiny_suite(method: str, params: dict | None = None, outer: dict | None = Non
 
 
 def tiny_data(device: torch.device = CPU):
-    return devices.on_device(synthetic_dataset(SHAPE, CLASSES, batch_size=8, meta_batch=8), device)
+    return devices.on_device(synthetic_dataset(Problem(SHAPE, CLASSES), batch_size=8, meta_batch=8), device)
 
 
 ARMS = {  # every built-in source, and every meta-gradient estimator the meta-step has
@@ -93,7 +94,7 @@ def test_every_registered_sources_lessons_are_on_the_runs_device(name):
 
 def test_every_nas_proxy_scores_without_creating_tensors_on_another_device():
     suite = load_suite(Path(__file__).parents[1] / "suites" / "mnist_nas_proxy.yaml", "smoke")
-    data = devices.on_device(synthetic_dataset((1, 28, 28), 10, batch_size=32, meta_batch=64), CPU)
+    data = devices.on_device(synthetic_dataset(Problem((1, 28, 28), 10), batch_size=32, meta_batch=64), CPU)
     spec = LearnerSpec(conv_channels=(4,), fc_hidden=(32,))
     with devices.strict(CPU):
         teachers = {e.name: builders.build_teacher(suite, e, data, seed=0) for e in suite.sources}

@@ -28,11 +28,13 @@ from tgbench.engine import (
 )
 from tgbench.inner import InnerHyperparameters
 from tgbench.nn import Conv2d, Learner, LearnerSpec, Linear
+from tgbench.problem import Problem
 from tgbench.registry import methods
 from tgbench.source import Lesson, SourceContext, Teacher
 
 SHAPE = (1, 8, 8)
 CLASSES = 4
+PROBLEM = Problem(SHAPE, CLASSES)
 TINY_LEARNER = LearnerSpec(conv_channels=(2,), fc_hidden=(4,))
 TINY_GTN = dict(noise_dim=4, fc_hidden=8, channels=(4, 2))
 
@@ -58,7 +60,7 @@ def random_split(n: int, seed: int, shape=SHAPE, classes=CLASSES) -> Split:
 
 
 def make_ctx(steps: int, batch: int, seed: int = 0) -> SourceContext:
-    return SourceContext(random_split(64, seed), steps, batch, SHAPE, CLASSES)
+    return SourceContext(random_split(64, seed), steps, batch, PROBLEM)
 
 
 def make_source(name: str, ctx: SourceContext, seed: int = 0, **params):
@@ -75,7 +77,7 @@ def make_teacher(name: str, ctx: SourceContext, seed: int = 0, lr: float = 0.1, 
 
 def make_unroll(teacher: Teacher, ctx: SourceContext, *, spec: LearnerSpec = TINY_LEARNER, seed: int = 1,
                 intermediate: bool = False, meta_batch: Split | None = None) -> Unroll:
-    learner = Learner(spec, ctx.image_shape, ctx.num_classes)
+    learner = Learner(spec, ctx.problem)
     learner.reset_parameters(torch.Generator().manual_seed(seed))
     names = [n for n, _ in learner.named_parameters()]
     params = [p.detach().clone().requires_grad_() for p in learner.parameters()]
@@ -174,7 +176,7 @@ def _fixed_batches(steps: int, batch: int, seed: int) -> list[tuple[torch.Tensor
 def test_functional_inner_loop_matches_torch_optim(float64, weight_norm, differentiable, optimizer):
     steps, lr, momentum = 5, 0.05, 0.7
     spec = LearnerSpec(conv_channels=(3,), fc_hidden=(5,), weight_norm=weight_norm)
-    learner = Learner(spec, SHAPE, CLASSES)
+    learner = Learner(spec, PROBLEM)
     learner.reset_parameters(torch.Generator().manual_seed(3))
     reference = copy.deepcopy(learner)
     batches = _fixed_batches(steps, 8, seed=4)
@@ -308,7 +310,7 @@ def test_weight_norm_gradients_gradcheck(float64, kind):
 
 @pytest.mark.parametrize("weight_norm", [True, False])
 def test_vmap_over_stacked_learner_params_matches_loop(float64, weight_norm):
-    learner = Learner(LearnerSpec(conv_channels=(3,), fc_hidden=(5,), weight_norm=weight_norm), SHAPE, CLASSES)
+    learner = Learner(LearnerSpec(conv_channels=(3,), fc_hidden=(5,), weight_norm=weight_norm), PROBLEM)
     g = torch.Generator().manual_seed(5)
     inits = []
     for _ in range(4):
@@ -326,7 +328,7 @@ def test_learner_weight_norm_matches_plain_learner_at_init(float64):
     x = random_split(6, 2).x
     out = {}
     for wn in (True, False):
-        learner = Learner(LearnerSpec(conv_channels=(3, 4), fc_hidden=(5,), weight_norm=wn), SHAPE, CLASSES)
+        learner = Learner(LearnerSpec(conv_channels=(3, 4), fc_hidden=(5,), weight_norm=wn), PROBLEM)
         learner.reset_parameters(torch.Generator().manual_seed(11))
         out[wn] = learner(x)
     torch.testing.assert_close(out[True], out[False], rtol=1e-10, atol=1e-12)

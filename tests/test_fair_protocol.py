@@ -18,6 +18,7 @@ from tgbench.data import Split, load_dataset
 from tgbench.engine import CURVE_SUBSET, EvalPlan, evaluate
 from tgbench.errors import ConfigError
 from tgbench.nn import Learner, LearnerSpec
+from tgbench.problem import Problem
 from tgbench.builders import build_teacher, build_trainer
 from tgbench.cells import cell_hash
 from tgbench.store import Store
@@ -150,7 +151,7 @@ def test_no_grad_scoring_in_channels_last_gives_the_same_predictions_as_nchw():
     torch.manual_seed(0)
     spec = LearnerSpec((8, 16), (32,), 3, "leaky_relu", True, True, "lesson")
     for residual in (False, True):
-        learner = Learner(replace(spec, residual=residual), (1, 28, 28), 10)
+        learner = Learner(replace(spec, residual=residual), Problem((1, 28, 28), 10))
         x, reference = torch.randn(64, 1, 28, 28), torch.randn(32, 1, 28, 28)
         with torch.enable_grad():  # the training path: NCHW throughout
             nchw = learner(x, reference)

@@ -20,6 +20,7 @@ from tgbench.cli import main
 from tgbench.config import load_suite
 from tgbench.compute import meta_train_flops, protocol_of, synthetic_dataset
 from tgbench.leaderboard import Row, collect, mark_pareto
+from tgbench.problem import Problem
 from tgbench.builders import build_trainer
 from tgbench.runner import RunOptions, run_suite
 from tgbench.store import Store
@@ -168,7 +169,7 @@ def test_flop_count_replays_the_trainers_architecture_sequence(tmp_path, single_
     path.write_text("name: space\n" + two_archs)
     suite = load_suite(path, "smoke")
     entry = suite.sources[0]
-    data = synthetic_dataset((1, 28, 28), 10, suite.inner.batch_size, suite.outer.meta_batch_size)
+    data = synthetic_dataset(Problem((1, 28, 28), 10), suite.inner.batch_size, suite.outer.meta_batch_size)
     trainer = build_trainer(suite, entry, data, seed=3)
     per_step, archs = [], []
     for _ in range(6):
@@ -177,7 +178,7 @@ def test_flop_count_replays_the_trainers_architecture_sequence(tmp_path, single_
             archs.append(trainer.step().architecture)
         per_step.append(counter.get_total_flops())
     assert len(set(archs)) == 2 and len(set(per_step)) == 2  # both architectures drawn, different costs
-    assert meta_train_flops(suite, entry, (1, 28, 28), 10, seed=3, iterations=6) == sum(per_step)
+    assert meta_train_flops(suite, entry, Problem((1, 28, 28), 10), seed=3, iterations=6) == sum(per_step)
 
 
 def _row(name: str, acc: float, flops: float) -> Row:

@@ -22,6 +22,7 @@ from tgbench.engine import MetaTrainer, Unroll, backprop_meta_loss
 from tgbench.errors import Diverged
 from tgbench.inner import InnerHyperparameters
 from tgbench.nn import Learner, LearnerSpec
+from tgbench.problem import Problem
 from tgbench import testing
 from tgbench.registry import methods
 from tgbench.source import Source, SourceContext, Teacher
@@ -42,7 +43,7 @@ def random_split(n: int, seed: int, shape=SHAPE, classes=CLASSES) -> Split:
 
 
 def make_ctx(steps: int = 3, batch: int = 10, classes: int = CLASSES, seed: int = 0) -> SourceContext:
-    return SourceContext(random_split(100, seed, classes=classes), steps, batch, SHAPE, classes)
+    return SourceContext(random_split(100, seed, classes=classes), steps, batch, Problem(SHAPE, classes))
 
 
 EXAMPLE_FILES = Path(tempfile.mkdtemp(prefix="tgbench-battery-"))  # what a source's example_params may write
@@ -60,7 +61,7 @@ def teacher_for(source: Source, ctx: SourceContext) -> Teacher:
 
 
 def unroll(teacher: Teacher, ctx: SourceContext, seed: int = 1) -> Unroll:
-    learner = Learner(TINY_LEARNER, ctx.image_shape, ctx.num_classes)
+    learner = Learner(TINY_LEARNER, ctx.problem)
     learner.reset_parameters(torch.Generator().manual_seed(seed))
     names = [n for n, _ in learner.named_parameters()]
     params = [p.detach().clone().requires_grad_() for p in learner.parameters()]
@@ -138,8 +139,7 @@ def test_meta_trainer_step_runs_for_every_source(single_thread, name, meta_gradi
     source = build(name, ctx, **(TINY_GTN if name == "gtn" else {}))
     teacher = teacher_for(source, ctx)
     trainer = MetaTrainer(teacher, TINY_SPACE, ctx.train, InnerLoop(steps=3, batch_size=10),
-                          OuterLoop(meta_batch_size=20, meta_gradient=meta_gradient, es_pairs=2),
-                          image_shape=SHAPE, num_classes=CLASSES, learner_weight_norm=source.learner_weight_norm)
+                          OuterLoop(meta_batch_size=20, meta_gradient=meta_gradient, es_pairs=2))
     before = [p.detach().clone() for p in trainer.meta_params]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -167,7 +167,7 @@ def test_meta_trainer_with_no_meta_parameters(single_thread, outer):
     inner = InnerLoop(steps=3, batch_size=10, learn_lr=False, learn_momentum=False)
     teacher = Teacher(build("real", ctx), InnerHyperparameters(3, inner.lr, inner.momentum, False, False))
     assert not list(teacher.parameters())
-    trainer = MetaTrainer(teacher, TINY_SPACE, ctx.train, inner, outer, image_shape=SHAPE, num_classes=CLASSES)
+    trainer = MetaTrainer(teacher, TINY_SPACE, ctx.train, inner, outer)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         stats = [trainer.step() for _ in range(2)]
@@ -208,7 +208,7 @@ def test_evaluate_endpoints_match_per_step_curve(single_thread):
         first_lesson = trainer.teacher(0, trainer.teacher.new_episode(torch.Generator().manual_seed(0))).x
     expected = {"test_acc": 0.0, "test_loss": 0.0, "val_acc": 0.0, "val_loss": 0.0}
     for spec in specs:
-        learner = Learner(spec, SHAPE, CLASSES)
+        learner = Learner(spec, Problem(SHAPE, CLASSES))
         for _ in range(2):
             learner.reset_parameters(g)
             with torch.no_grad():
@@ -229,8 +229,7 @@ def _gtn_trainer(outer: OuterLoop, inner_lr: float = 0.1, steps: int = 3, **gtn)
     source = build("gtn", ctx, **{**TINY_GTN, **gtn})
     inner = InnerLoop(steps=steps, batch_size=10, lr=inner_lr)
     teacher = Teacher(source, InnerHyperparameters(steps, inner.lr, inner.momentum))
-    return MetaTrainer(teacher, TINY_SPACE, ctx.train, inner, outer, image_shape=SHAPE, num_classes=CLASSES,
-                       learner_weight_norm=source.learner_weight_norm)
+    return MetaTrainer(teacher, TINY_SPACE, ctx.train, inner, outer)
 
 
 @pytest.mark.parametrize("meta_gradient", ["es", "hybrid"])
@@ -283,13 +282,12 @@ def test_huge_outer_lr_raises_diverged(single_thread, meta_gradient):
     # real, learnable data at a tiny inner lr: the meta-gradient asks for larger learning rates (enough ES pairs
     # that its estimate has the right sign), one Adam step of size ~1e6 on log(lr) overflows lr to inf, the
     # learner becomes non-finite -> Diverged, and nothing else
-    ctx = SourceContext(learnable_split(200, 0), 3, 10, SHAPE, CLASSES)
+    ctx = SourceContext(learnable_split(200, 0), 3, 10, Problem(SHAPE, CLASSES))
     source = build("real", ctx)
     inner = InnerLoop(steps=3, batch_size=10, lr=1e-3)
     teacher = Teacher(source, InnerHyperparameters(3, inner.lr, inner.momentum))
     trainer = MetaTrainer(teacher, TINY_SPACE, ctx.train, inner,
-                          OuterLoop(lr=1e6, meta_batch_size=50, meta_gradient=meta_gradient, es_pairs=16),
-                          image_shape=SHAPE, num_classes=CLASSES)
+                          OuterLoop(lr=1e6, meta_batch_size=50, meta_gradient=meta_gradient, es_pairs=16))
     with warnings.catch_warnings(), pytest.raises(Diverged):
         warnings.simplefilter("ignore", UserWarning)
         for _ in range(3):
@@ -320,7 +318,7 @@ seeds = st.integers(0, 2**31 - 1)
 
 
 def _gtn(steps: int, batch: int, classes: int, curriculum: str, **params):
-    ctx = SourceContext(random_split(4 * classes, 0, classes=classes), steps, batch, SHAPE, classes)
+    ctx = SourceContext(random_split(4 * classes, 0, classes=classes), steps, batch, Problem(SHAPE, classes))
     return build("gtn", ctx, **{**TINY_GTN, "curriculum": curriculum, **params})
 
 
@@ -480,15 +478,13 @@ def test_smoke_meta_training_teaches(mnist_5k, name):
     params, iterations, outer_lr = SMOKE[name]
     ds = mnist_5k
     steps, batch = 8, 32
-    ctx = SourceContext(ds.train, steps, batch, ds.image_shape, ds.num_classes)
+    ctx = SourceContext(ds.train, steps, batch, ds.problem)
     source = build(name, ctx, **params)
     space = LearnerSpace(conv_channels=[[8, 16]], fc_hidden=[[32]])
     inner = InnerLoop(steps=steps, batch_size=batch, lr=0.1)
     teacher = Teacher(source, InnerHyperparameters(steps, inner.lr, inner.momentum))
     trainer = MetaTrainer(teacher, space, ds.train, inner,
-                          OuterLoop(lr=outer_lr, schedule="constant", meta_batch_size=128),
-                          image_shape=ds.image_shape, num_classes=ds.num_classes,
-                          learner_weight_norm=source.learner_weight_norm)
+                          OuterLoop(lr=outer_lr, schedule="constant", meta_batch_size=128))
     specs = [space.reference(source.learner_weight_norm)]
 
     def val_acc() -> float:

@@ -32,13 +32,14 @@ import torch
 from torch import nn
 
 from tgbench.nn import Learner, LearnerSpec
+from tgbench.problem import Problem
 
 
 class SameAsSuite(Learner):
     """tgbench's own learner with the suite's reference architecture, behind the --model contract."""
 
     def __init__(self, image_shape, num_classes):
-        super().__init__(LearnerSpec((4, 8), (16,)), image_shape, num_classes)
+        super().__init__(LearnerSpec((4, 8), (16,)), Problem(image_shape, num_classes))
 
 
 class TinyMLP(nn.Module):

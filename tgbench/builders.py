@@ -16,7 +16,7 @@ from tgbench.source import SourceContext, Teacher
 def build_teacher(suite: Suite, entry: SourceEntry, dataset: Dataset, seed: int) -> Teacher:
     torch.manual_seed(seed)  # sources initialise with torch's default RNG: seed it per cell
     inner = suite.inner_for(entry)
-    ctx = SourceContext(dataset.train, inner.steps, inner.batch_size, dataset.image_shape, dataset.num_classes)
+    ctx = SourceContext(dataset.train, inner.steps, inner.batch_size, dataset.problem)
     cls = methods.get(entry.method)
     with devices.constructing_on(dataset.train.x.device):  # a teacher lives where its data is
         source = cls(cls.Params.model_validate(entry.params), ctx)
@@ -32,5 +32,4 @@ def build_trainer(suite: Suite, entry: SourceEntry, dataset: Dataset, seed: int)
     Shared by the runner, the benchmarks and anything else that meta-trains a suite's source."""
     teacher = build_teacher(suite, entry, dataset, seed)
     return MetaTrainer(teacher, suite.learner_for(entry), dataset.train, suite.inner_for(entry), suite.outer_for(entry),
-                       image_shape=dataset.image_shape, num_classes=dataset.num_classes, seed=seed,
-                       learner_weight_norm=teacher.source.learner_weight_norm)
+                       seed=seed)

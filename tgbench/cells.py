@@ -257,8 +257,8 @@ def _run_claimed_cell(task: CellTask, suite: Suite, entry: SourceEntry, dataset:
         fields["protocol"] = protocol_of(suite.model_dump(mode="json"), dataset.resolved, entry.model_dump(mode="json"))
         if suite.evaluation.count_flops:
             start = time.perf_counter()
-            fields["meta_train_flops"] = meta_train_flops(suite, entry, dataset.image_shape, dataset.num_classes,
-                                                          task.seed, fields["outer_iterations"])
+            fields["meta_train_flops"] = meta_train_flops(suite, entry, dataset.problem, task.seed,
+                                                          fields["outer_iterations"])
             fields["phase_seconds"]["flop_counting"] = time.perf_counter() - start
         record = _cell_record(task, suite, entry, dataset, chash, fields)
         if record["status"] == "complete":

@@ -12,6 +12,7 @@ from tgbench.builders import build_trainer
 from tgbench.config import LearnerSpace
 from tgbench.data import Dataset, Split
 from tgbench.errors import Diverged
+from tgbench.problem import Problem
 
 
 def protocol_of(suite: dict, dataset_resolved: str, entry: dict | None = None) -> dict:
@@ -25,19 +26,19 @@ def protocol_of(suite: dict, dataset_resolved: str, entry: dict | None = None) -
             "evaluation": {"final_learners": ev["final_learners"], "architectures": ev.get("architectures")}}
 
 
-def synthetic_dataset(image_shape, num_classes: int, batch_size: int, meta_batch: int):
+def synthetic_dataset(problem: Problem, batch_size: int, meta_batch: int) -> Dataset:
     """Random data of the right shape: FLOP counts of a meta-step do not depend on pixel values (nor on the
     device, so they are counted on the CPU whatever device the cell ran on)."""
+    (channels, *_), num_classes = problem.image_shape, problem.num_classes
     n = max(4 * batch_size, meta_batch, 20 * num_classes)
     gen = torch.Generator().manual_seed(0)
-    split = Split(torch.randn(n, *image_shape, generator=gen, device="cpu"),
+    split = Split(torch.randn(n, *problem.image_shape, generator=gen, device="cpu"),
                   torch.arange(n, device="cpu") % num_classes)
-    return Dataset("synthetic", "synthetic", split, split, split, num_classes, tuple(image_shape),
-                   (0.0,) * image_shape[0], (1.0,) * image_shape[0], "random tensors for FLOP counting")
+    return Dataset("synthetic", "synthetic", split, split, split, num_classes, problem.image_shape,
+                   (0.0,) * channels, (1.0,) * channels, "random tensors for FLOP counting")
 
 
-def meta_train_flops(suite, entry, image_shape, num_classes: int, seed: int, iterations: int,
-                     cache: dict | None = None) -> float:
+def meta_train_flops(suite, entry, problem: Problem, seed: int, iterations: int, cache: dict | None = None) -> float:
     """Matmul/conv FLOPs of ``iterations`` meta-iterations of one cell, counted by ``FlopCounterMode``.
 
     The architecture of iteration i is drawn by the trainer's own seeded ``random.Random(seed)``, so the exact
@@ -49,7 +50,7 @@ def meta_train_flops(suite, entry, image_shape, num_classes: int, seed: int, ite
     from torch.utils.flop_counter import FlopCounterMode
 
     inner = suite.inner_for(entry)
-    data = synthetic_dataset(image_shape, num_classes, inner.batch_size, suite.outer_for(entry).meta_batch_size)
+    data = synthetic_dataset(problem, inner.batch_size, suite.outer_for(entry).meta_batch_size)
     with torch.random.fork_rng():
         trainer = build_trainer(suite, entry, data, seed)
         rng = random.Random(seed)  # the trainer's architecture stream (MetaTrainer.rng)

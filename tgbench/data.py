@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from tgbench.errors import BadInput, DataNotFound
+from tgbench.problem import Problem
 
 TGBENCH_DATA_ENV = "TGBENCH_DATA"
 DEFAULT_ROOT = "~/.cache/tgbench"
@@ -108,6 +109,11 @@ class Dataset:
     std: tuple[float, ...]
     origin: str
     fallback_reason: str | None = None
+
+    @property
+    def problem(self) -> Problem:
+        """What learners trained on this dataset solve (its image shape and classes; the splits stay here)."""
+        return Problem(self.image_shape, self.num_classes)
 
     def denormalise(self, x: torch.Tensor) -> torch.Tensor:
         """Undo the normalisation of ``x`` (``(C, H, W)`` or ``(N, C, H, W)``): pixels in [0, 1], clamped."""

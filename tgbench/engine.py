@@ -1,9 +1,16 @@
 """The meta-learning engine: functional inner unrolls, meta-gradients, evaluation, and the one meta-step.
 
-Reading order: ``inner_step`` (one learner SGD step, run functionally) -> ``train_learner`` (T steps on a
-teacher's lessons) -> the three meta-gradient estimators (``backprop_meta_loss``, with optional
-checkpointing and vmap population; ``es_gradient`` and ``hybrid_gradient``) -> ``MetaTrainer.step``, the single
+Reading order: ``inner_step`` (one learner SGD step of an ``Unroll``, run functionally) -> ``train_learner``
+(T steps on a teacher's lessons) -> the three meta-gradient estimators (``backprop_meta_loss``, with optional
+checkpointing and vmap population; ``es_gradient`` and ``hybrid_gradient``) -> ``train_fresh_learners`` and
+``evaluate`` (fresh learners trained on a trained teacher, for scoring) -> ``MetaTrainer.step``, the single
 outer iteration that the runner, the Optuna objective and the asv benchmarks all call.
+
+What the rest of tgbench uses: ``MetaTrainer`` (meta-training; built by ``tgbench.builders``), ``evaluate`` with an
+``EvalPlan`` (scores of fresh learners on the test/validation splits), ``train_fresh_learners`` (the one loop
+that trains fresh learners on a teacher's lessons: ``evaluate``, the NAS ``teaching`` proxy and so ``tgbench
+teach`` all run it), ``build_learner`` (a learner for a ``tgbench.problem.Problem`` on a device), and the pieces
+for code that drives an unroll itself (``Unroll``, ``inner_step``, ``train_learner``, ``accuracy_and_loss``).
 
 Learners are plain ``nn.Module``s whose parameters are held *outside* the module as a list of tensors and
 applied with ``torch.func.functional_call``; every update is out of place, so the learner's final weights are a
@@ -28,6 +35,7 @@ from tgbench.data import Split
 from tgbench.errors import Diverged
 from tgbench.inner import OPTIMIZERS
 from tgbench.nn import Learner, LearnerSpec
+from tgbench.problem import Problem
 from tgbench.source import Lesson, Teacher
 
 Tensors = list[torch.Tensor]
@@ -41,21 +49,39 @@ def lesson_loss(log_probs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return -(y * log_probs).sum(dim=1).mean()
 
 
-def inner_step(learner: Learner, names: Sequence[str], params: Tensors, state: tuple, lesson: Lesson, t: int,
-               update: Callable, *, create_graph: bool, grad_impl: str = "autograd") -> tuple[Tensors, tuple]:
-    """One optimiser step of the learner on ``lesson``; returns new (params, state), out of place.
+@dataclass
+class Unroll:
+    """The pieces of one learner training run, shared by every estimator: the learner module with the names of
+    its parameters (which ``functional_call`` substitutes), its initial weights, the teacher's episode, the
+    meta-loss batch, and how it trains (``steps`` of ``optimizer``, a key of ``tgbench.inner.OPTIMIZERS``)."""
+
+    learner: Learner
+    names: list[str]
+    params: Tensors                     # initial learner weights (leaves)
+    episode: Any                        # the source's randomness for this unroll
+    meta_batch: Split | None            # real training batch for the meta-loss (None: no meta-loss)
+    steps: int
+    optimizer: str = "sgd_momentum"
+    intermediate_losses: bool = False
+
+
+def inner_step(u: Unroll, params: Tensors, state: tuple, lesson: Lesson, t: int, *, create_graph: bool,
+               grad_impl: str = "autograd") -> tuple[Tensors, tuple]:
+    """Step ``t`` of unroll ``u``: one ``u.optimizer`` step of ``u.learner`` from (``params``, optimiser
+    ``state``) on ``lesson``; returns new (params, state), out of place.
 
     ``grad_impl="autograd"`` uses ``torch.autograd.grad`` (fastest on CPU: ``torch.func.grad`` always builds
     the double-backward graph, measured ~1.6x slower); ``"func"`` uses ``torch.func.grad``, which is what works
     under ``vmap``.
     """
     def loss_of(p: Sequence[torch.Tensor]) -> torch.Tensor:
-        return lesson_loss(functional_call(learner, dict(zip(names, p)), (lesson.x,)), lesson.y)
+        return lesson_loss(functional_call(u.learner, dict(zip(u.names, p)), (lesson.x,)), lesson.y)
 
     if grad_impl == "func":
         grads = list(func_grad(loss_of)(tuple(params)))
     else:
         grads = list(torch.autograd.grad(loss_of(params), params, create_graph=create_graph))
+    _, update = OPTIMIZERS[u.optimizer]
     params, state = update(params, grads, state, lesson.lr, lesson.momentum, t)
     if not create_graph:  # cut the graph: forward-only unrolls (evaluation, ES) keep O(1) memory
         params = [p.detach().requires_grad_() for p in params]
@@ -82,20 +108,6 @@ def real_loss(learner: Learner, names: Sequence[str], params: Sequence[torch.Ten
     return F.nll_loss(scored_log_probs(learner, names, params, batch.x, bn_reference), batch.y)
 
 
-@dataclass
-class Unroll:
-    """The pieces of one learner training run, shared by every estimator."""
-
-    learner: Learner
-    names: list[str]
-    params: Tensors                     # initial learner weights (leaves)
-    episode: Any                        # the source's randomness for this unroll
-    meta_batch: Split | None            # real training batch for the meta-loss (None: no meta-loss)
-    steps: int
-    optimizer: str = "sgd_momentum"
-    intermediate_losses: bool = False
-
-
 def train_learner(teacher_at: Callable[[int], Lesson], u: Unroll, *, differentiable: bool,
                   grad_impl: str = "autograd", params: Tensors | None = None,
                   after_step: Callable[[int, Tensors, torch.Tensor], None] | None = None
@@ -106,15 +118,14 @@ def train_learner(teacher_at: Callable[[int], Lesson], u: Unroll, *, differentia
     every step, each scored with the BN statistics of the lesson just trained on. ``after_step(t, params,
     lesson_x)`` observes the learner (evaluation curves) and gets that lesson's images as the BN reference.
     """
-    init, update = OPTIMIZERS[u.optimizer]
+    init, _ = OPTIMIZERS[u.optimizer]
     params = list(u.params if params is None else params)
     state = init(params)
     intermediate = []
     lesson = None
     for t in range(u.steps):
         lesson = teacher_at(t)
-        params, state = inner_step(u.learner, u.names, params, state, lesson, t, update,
-                                   create_graph=differentiable, grad_impl=grad_impl)
+        params, state = inner_step(u, params, state, lesson, t, create_graph=differentiable, grad_impl=grad_impl)
         if u.intermediate_losses and t < u.steps - 1:
             intermediate.append(real_loss(u.learner, u.names, params, u.meta_batch, lesson.x))
         if after_step is not None:
@@ -139,7 +150,7 @@ def backprop_meta_loss(teacher: Teacher, u: Unroll, checkpoint_every: int = 0) -
     if not checkpoint_every:
         return train_learner(lambda t: teacher(t, u.episode), u, differentiable=True)[1]
 
-    init, update = OPTIMIZERS[u.optimizer]
+    init, _ = OPTIMIZERS[u.optimizer]
     named = list(teacher.named_parameters())  # may be empty (e.g. real data with a fixed lr/momentum)
     meta_names, meta_tensors = [n for n, _ in named], [p for _, p in named]
     params, state = list(u.params), init(u.params)
@@ -157,7 +168,7 @@ def backprop_meta_loss(teacher: Teacher, u: Unroll, checkpoint_every: int = 0) -
             with torch.enable_grad():
                 for t in range(t0, t1):
                     lesson = functional_call(teacher, meta, (t, u.episode))
-                    p, s = inner_step(u.learner, u.names, p, s, lesson, t, update, create_graph=True)
+                    p, s = inner_step(u, p, s, lesson, t, create_graph=True)
                     if u.intermediate_losses and t < u.steps - 1:
                         acc = acc + real_loss(u.learner, u.names, p, u.meta_batch, lesson.x)
             return (*p, *[x for group in s for x in group], acc)
@@ -307,52 +318,95 @@ class EvalPlan:
     per_step: bool = True
 
 
-def evaluate(teacher: Teacher, specs: Sequence[LearnerSpec], test: Split, val: Split, plan: EvalPlan,
-             generator: torch.Generator) -> EvalResult:
-    """Train ``plan.learners`` fresh learners per architecture on the teacher's data (no meta-gradient) and
-    average their test/val accuracy and loss after every inner step (``plan.per_step``) or only at init and
-    after the last. The last step is scored on the whole splits, earlier points on their first
+# A learner to train: a LearnerSpec, or a factory ``problem -> module`` (``tgbench teach --model``) whose module
+# returns log-probabilities and has ``reset_parameters(generator)``.
+LearnerFactory = Callable[[Problem], torch.nn.Module]
+
+
+def build_learner(spec: LearnerSpec | LearnerFactory, problem: Problem, device: torch.device) -> torch.nn.Module:
+    """A learner of architecture ``spec`` (or built by the factory ``spec(problem)``) for ``problem``, with every
+    tensor created on ``device`` (where the data it trains on lives)."""
+    with devices.constructing_on(device):
+        return Learner(spec, problem) if isinstance(spec, LearnerSpec) else spec(problem)
+
+
+# score(t, names, params, bn_reference): look at a learner after t inner steps (t = 0: at init)
+Scorer = Callable[[int, list[str], Tensors, torch.Tensor], None]
+
+
+def train_fresh_learners(teacher: Teacher, learner: torch.nn.Module, plan: EvalPlan, generator: torch.Generator,
+                         score: Scorer) -> None:
+    """Train ``plan.learners`` fresh learners, one after the other, on the teacher's lessons, and let ``score``
+    look at each. The one loop behind every "how well does this teacher teach" number: ``evaluate`` (final
+    scores and curves), the NAS ``teaching`` proxy, and ``tgbench teach``.
+
+    Each learner, in this order (every recorded number depends on it, since all draws come from ``generator``):
+
+    1. ``learner.reset_parameters(generator)`` — a fresh init of the same module, whose weights are then copied
+       out (``detached_params``): the module itself is never trained;
+    2. ``teacher.new_episode(generator)`` — the teacher's randomness for this learner;
+    3. the ``plan.steps`` lessons ``teacher(t, episode)``, computed without a graph (beyond the teacher's horizon
+       its sources cycle their lessons and its schedule repeats the last step's lr / momentum);
+    4. ``plan.steps`` steps of ``plan.optimizer`` on them without meta-gradient (``train_learner``, each step's
+       graph cut), calling ``score(t, names, params, bn_reference)`` after t steps: at t = 0 (init, with the
+       first lesson as BN reference: none has been seen yet) and t = ``plan.steps`` always, and at every t in
+       between when ``plan.per_step``. ``params`` are the learner's weights in the order of ``names`` (its
+       parameter names, for ``functional_call``), ``bn_reference`` the lesson it last trained on (the
+       lesson-statistics protocol of ``tgbench.nn``); score with ``accuracy_and_loss``.
+
+    The learner and ``generator`` must live where the teacher's lessons do. Returns nothing: what a score is,
+    and how scores are averaged, is the caller's.
+    """
+    for _ in range(plan.learners):
+        learner.reset_parameters(generator)
+        names, params = detached_params(learner)
+        episode = teacher.new_episode(generator)
+        with torch.no_grad():
+            lessons = [teacher(t, episode) for t in range(plan.steps)]
+
+        def after_step(t: int, p: Tensors, reference: torch.Tensor, names=names) -> None:
+            if plan.per_step or t == plan.steps - 1:
+                score(t + 1, names, p, reference)
+
+        score(0, names, params, lessons[0].x)
+        u = Unroll(learner, names, params, episode, None, plan.steps, plan.optimizer)
+        train_learner(lessons.__getitem__, u, differentiable=False, after_step=after_step)
+
+
+def evaluate(teacher: Teacher, specs: Sequence[LearnerSpec | LearnerFactory], test: Split, val: Split,
+             plan: EvalPlan, generator: torch.Generator) -> EvalResult:
+    """Train ``plan.learners`` fresh learners per architecture on the teacher's data (``train_fresh_learners``,
+    no meta-gradient) and average their test/val accuracy and loss after every inner step (``plan.per_step``) or
+    only at init and after the last. The last step is scored on the whole splits, earlier points on their first
     ``CURVE_SUBSET`` examples.
 
-    An entry of ``specs`` may also be a factory ``(image_shape, num_classes) -> module`` returning
-    log-probabilities with a ``reset_parameters(generator)`` (``tgbench teach --model``). Learners are built on
+    An entry of ``specs`` may also be a factory ``problem -> module`` returning log-probabilities with a
+    ``reset_parameters(generator)`` (``tgbench teach --model``). Learners are built for the teacher's problem on
     the splits' device; ``generator`` must live there too."""
-    steps, learners, optimizer, per_step = plan.steps, plan.learners, plan.optimizer, plan.per_step
-    image_shape, num_classes = tuple(test.x.shape[1:]), teacher.source.ctx.num_classes
     # rows: test_acc, test_loss, val_acc, val_loss; column t = after t steps (host numbers: scores are synced)
-    sums = [[0.0] * (steps + 1) for _ in range(4)]
-    count = 0
+    sums = [[0.0] * (plan.steps + 1) for _ in range(4)]
     test_curve, val_curve = test.head(CURVE_SUBSET), val.head(CURVE_SUBSET)
     for spec in specs:
-        with devices.constructing_on(test.x.device):
-            learner = Learner(spec, image_shape, num_classes) if isinstance(spec, LearnerSpec) else spec(image_shape,
-                                                                                                        num_classes)
-        for _ in range(learners):
-            learner.reset_parameters(generator)
-            names, params = detached_params(learner)
-            episode = teacher.new_episode(generator)
+        learner = build_learner(spec, teacher.problem, test.x.device)
 
-            def record(t: int, p: Tensors, reference: torch.Tensor) -> None:
-                if t == steps - 1 or per_step or t == -1:
-                    on_test, on_val = (test, val) if t == steps - 1 else (test_curve, val_curve)
-                    scores = (*accuracy_and_loss(learner, names, p, on_test, reference),
-                              *accuracy_and_loss(learner, names, p, on_val, reference))
-                    for row, score in zip(sums, scores):
-                        row[t + 1] += score
+        def score(t: int, names: list[str], params: Tensors, reference: torch.Tensor, learner=learner) -> None:
+            on_test, on_val = (test, val) if t == plan.steps else (test_curve, val_curve)
+            scores = (*accuracy_and_loss(learner, names, params, on_test, reference),
+                      *accuracy_and_loss(learner, names, params, on_val, reference))
+            for row, value in zip(sums, scores):
+                row[t] += value
 
-            with torch.no_grad():
-                lessons = [teacher(t, episode) for t in range(steps)]
-            record(-1, params, lessons[0].x)  # at init: the first lesson's statistics (none seen yet)
-            u = Unroll(learner, names, params, episode, None, steps, optimizer)
-            train_learner(lessons.__getitem__, u, differentiable=False, after_step=record)
-            count += 1
+        train_fresh_learners(teacher, learner, plan, generator, score)
+    count = len(specs) * plan.learners
     rows = [[total / count for total in row] for row in sums]
-    if not per_step:  # only the endpoints were measured
+    if not plan.per_step:  # only the endpoints were measured
         rows = [[row[0], row[-1]] for row in rows]
     return EvalResult(test_acc=rows[0], test_loss=rows[1], val_acc=rows[2], val_loss=rows[3])
 
 
-def detached_params(learner: Learner) -> tuple[list[str], Tensors]:
+def detached_params(learner: torch.nn.Module) -> tuple[list[str], Tensors]:
+    """The learner's parameter names and a detached copy of its weights (leaves that require grad): the starting
+    point of a functional unroll, which never touches the module's own parameters."""
     names = [n for n, _ in learner.named_parameters()]
     return names, [p.detach().clone().requires_grad_() for p in learner.parameters()]
 
@@ -404,15 +458,19 @@ class MetaTrainer:
     init, unroll T inner steps on the teacher's lessons, estimate the meta-gradient (backprop / ES / hybrid,
     optionally checkpointed or over a vmap population), and apply one Adam update with the cosine schedule.
 
+    Learners are drawn from ``space`` and built for the teacher's problem (``teacher.problem``) with the
+    weight-norm setting its source asks for (``learner_weight_norm``; None: the space's own), as every
+    evaluation of the teacher builds them; ``train`` is the real data of the meta-loss.
+
     Raises ``Diverged`` when the meta-loss, the meta-gradient or the meta-parameters stop being finite.
     """
 
     def __init__(self, teacher: Teacher, space: LearnerSpace, train: Split, inner: InnerLoop, outer: OuterLoop,
-                 *, image_shape, num_classes: int, seed: int = 0, learner_weight_norm: bool | None = None):
+                 *, seed: int = 0):
         self.teacher, self.space, self.train = teacher, space, train
         self.inner, self.outer = inner, outer
-        self.image_shape, self.num_classes = image_shape, num_classes
-        self.learner_weight_norm = learner_weight_norm
+        self.problem = teacher.problem
+        self.learner_weight_norm = teacher.source.learner_weight_norm
         self.device = train.x.device                         # where the data is, everything is
         self.rng = random.Random(seed)                       # architecture sampling
         self.generator = devices.generator(self.device, seed)  # inits, episodes, meta-batches, ES noise
@@ -423,8 +481,7 @@ class MetaTrainer:
 
     def _learner(self, spec: LearnerSpec) -> Learner:
         if spec not in self._learners:
-            with devices.constructing_on(self.device):
-                self._learners[spec] = Learner(spec, self.image_shape, self.num_classes)
+            self._learners[spec] = build_learner(spec, self.problem, self.device)
         return self._learners[spec]
 
     def _meta_batch(self) -> Split:

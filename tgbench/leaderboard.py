@@ -136,11 +136,12 @@ class _ProtocolResolver:
 
     def _measure(self, saved: dict, record: dict) -> float:
         from tgbench.config import suite_from_dict
+        from tgbench.problem import Problem
 
         try:
             suite = suite_from_dict(saved["suite"])
             entry = next(e for e in suite.sources if e.name == record["source"])
-            return meta_train_flops(suite, entry, tuple(saved["image_shape"]), saved["num_classes"], record["seed"],
+            return meta_train_flops(suite, entry, Problem(saved["image_shape"], saved["num_classes"]), record["seed"],
                                     int(record["outer_iterations"]),
                                     cache=self._step_flops.setdefault(record["config_hash"], {}))
         except Exception as exc:  # e.g. a plugin method that is not installed here

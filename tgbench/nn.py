@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tgbench.problem import Problem
+
 LEAKY_SLOPE = 0.1  # LeakyReLU(0.1) throughout, as in the official GTN code
 
 
@@ -154,7 +156,7 @@ def _scoring_layout(h: torch.Tensor) -> torch.Tensor:
 
 
 class Learner(nn.Module):
-    """A CNN/MLP classifier built from a ``LearnerSpec``; returns log-probabilities.
+    """A CNN/MLP classifier for a ``Problem``, built from a ``LearnerSpec``; returns log-probabilities.
 
     Conv blocks follow the official GTN learner: conv k×k -> maxpool(3, stride 2, pad 1) -> mean-only BN ->
     LeakyReLU; then hidden FC layers (FC -> BN -> act) and a linear classifier with bias.
@@ -168,10 +170,10 @@ class Learner(nn.Module):
     a residual CNN, the "other family" of the held-out learners.
     """
 
-    def __init__(self, spec: LearnerSpec, image_shape: tuple[int, int, int], num_classes: int):
+    def __init__(self, spec: LearnerSpec, problem: Problem):
         super().__init__()
         self.spec = spec
-        c, h, w = image_shape
+        c, h, w = problem.image_shape
         self.convs = nn.ModuleList()
         self.residual_convs = nn.ModuleList()
         for width in spec.conv_channels:
@@ -186,7 +188,7 @@ class Learner(nn.Module):
         for width in spec.fc_hidden:
             self.fcs.append(Linear(features, width, bias=not spec.batch_norm, weight_norm=spec.weight_norm))
             features = width
-        self.classifier = Linear(features, num_classes, bias=True, weight_norm=spec.weight_norm)
+        self.classifier = Linear(features, problem.num_classes, bias=True, weight_norm=spec.weight_norm)
         if spec.bn_statistics not in BN_STATISTICS:
             raise ValueError(f"bn_statistics must be one of {BN_STATISTICS}, got {spec.bn_statistics!r}")
         self.act = _activation(spec.activation)
@@ -244,11 +246,11 @@ class Generator(nn.Module):
     Soft labels (B, classes) are accepted as well as integer labels.
     """
 
-    def __init__(self, spec: GeneratorSpec, image_shape: tuple[int, int, int], num_classes: int):
+    def __init__(self, spec: GeneratorSpec, problem: Problem):
         super().__init__()
-        c_img, h, w = image_shape
+        (c_img, h, w), num_classes = problem.image_shape, problem.num_classes
         if h % 4 or w % 4:
-            raise ValueError(f"generator needs image sides divisible by 4, got {image_shape}")
+            raise ValueError(f"generator needs image sides divisible by 4, got {problem.image_shape}")
         self.spec, self.num_classes, self.base = spec, num_classes, (h // 4, w // 4)
         c0, c1 = spec.channels
         wn = spec.weight_norm

@@ -38,7 +38,8 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 from tgbench import device as devices
 from tgbench.config import GroundTruthSchedule, Suite
 from tgbench.data import Dataset, Split
-from tgbench.engine import Unroll, accuracy_and_loss, detached_params, inner_step, train_learner
+from tgbench.engine import (EvalPlan, Tensors, Unroll, accuracy_and_loss, build_learner, detached_params, inner_step,
+                            train_fresh_learners)
 from tgbench.inner import OPTIMIZERS
 from tgbench.nn import Learner, LearnerSpec, count_params
 from tgbench.source import Lesson, Teacher
@@ -92,15 +93,15 @@ def train_real(spec: LearnerSpec, dataset: Dataset, schedule: GroundTruthSchedul
     """
     device = dataset.train.x.device
     generator = devices.generator(device, seed)
-    with devices.constructing_on(device):
-        learner = Learner(spec, dataset.image_shape, dataset.num_classes)
+    learner = build_learner(spec, dataset.problem, device)
     learner.reset_parameters(generator)
     names, params = detached_params(learner)
-    init, update = OPTIMIZERS["adam"]
+    init, _ = OPTIMIZERS["adam"]
     state = init(params)
     train, batch = dataset.train, schedule.batch_size
     per_epoch = max(1, len(train) // batch)
     total = max(1, round((schedule.epochs if epochs is None else epochs) * per_epoch))
+    unroll = Unroll(learner, names, params, None, None, total, "adam")  # real batches: no episode, no meta-loss
     lr, beta1 = torch.tensor(schedule.lr, device=device), torch.tensor(ADAM_BETA1, device=device)
     curve: list[dict[str, float]] = []
     best, since_best, order = None, 0, None
@@ -109,8 +110,8 @@ def train_real(spec: LearnerSpec, dataset: Dataset, schedule: GroundTruthSchedul
             order = torch.randperm(len(train), generator=generator, device=device)
         idx = order[(t % per_epoch) * batch: (t % per_epoch + 1) * batch]
         batch_x = train.x[idx]   # also the BN reference when scoring (the lesson-statistics protocol)
-        params, state = inner_step(learner, names, params, state, Lesson(batch_x, train.y[idx], lr, beta1),
-                                   t, update, create_graph=False)
+        params, state = inner_step(unroll, params, state, Lesson(batch_x, train.y[idx], lr, beta1), t,
+                                   create_graph=False)
         if t + 1 < total and ((t + 1) % per_epoch or not every_epoch):
             continue
         point = {"epoch": (t + 1) / per_epoch,
@@ -158,9 +159,10 @@ class TeachingParams(ProxyParams):
 class TeachingData(Proxy):
     """Validation accuracy of a fresh learner after k inner steps on a meta-trained teacher's lessons.
 
-    With k beyond the teacher's horizon T the lessons cycle (step t shows lesson t mod T) and the learned lr /
-    momentum of the last step are reused — exactly what ``engine.evaluate`` does for long evaluations. Learners
-    use the weight-norm setting the teacher was trained for (WN does not change the function at init).
+    The learners are trained by ``engine.train_fresh_learners``, the loop behind ``engine.evaluate``: with k
+    beyond the teacher's horizon T the lessons cycle (step t shows lesson t mod T) and the learned lr / momentum
+    of the last step are reused, as in long evaluations. Learners use the weight-norm setting the teacher was
+    trained for (WN does not change the function at init).
     """
 
     Params = TeachingParams
@@ -176,20 +178,16 @@ class TeachingData(Proxy):
         steps = self.params.steps or self.ctx.suite.inner.steps
         wn = teacher.source.learner_weight_norm
         device = self.ctx.dataset.train.x.device
-        with devices.constructing_on(device):
-            learner = Learner(spec if wn is None else replace(spec, weight_norm=wn), self.ctx.dataset.image_shape,
-                              self.ctx.dataset.num_classes)
-        generator = devices.generator(device, seed)
+        learner = build_learner(spec if wn is None else replace(spec, weight_norm=wn), self.ctx.dataset.problem,
+                                device)
         accs = []
-        for _ in range(self.params.learners):
-            learner.reset_parameters(generator)
-            names, params = detached_params(learner)
-            episode = teacher.new_episode(generator)
-            with torch.no_grad():
-                lessons = [teacher(t, episode) for t in range(steps)]
-            u = Unroll(learner, names, params, episode, None, steps, teacher.optimizer)
-            final, _ = train_learner(lessons.__getitem__, u, differentiable=False)
-            accs.append(accuracy_and_loss(learner, names, final, self.ctx.dataset.val, lessons[-1].x)[0])
+
+        def val_acc_at_the_end(t: int, names: list[str], params: Tensors, reference: torch.Tensor) -> None:
+            if t == steps:  # (not at init)
+                accs.append(accuracy_and_loss(learner, names, params, self.ctx.dataset.val, reference)[0])
+
+        plan = EvalPlan(steps, self.params.learners, teacher.optimizer, per_step=False)
+        train_fresh_learners(teacher, learner, plan, devices.generator(device, seed), val_acc_at_the_end)
         return float(np.mean(accs))
 
 
@@ -206,8 +204,7 @@ def _plain_learner(spec: LearnerSpec, ctx: ProxyContext, seed: int) -> Learner:
     would make e.g. sum(V * dR/dV) vanish by scale invariance. So every zero-cost proxy scores W.
     """
     device = ctx.dataset.train.x.device
-    with devices.constructing_on(device):
-        learner = Learner(replace(spec, weight_norm=False), ctx.dataset.image_shape, ctx.dataset.num_classes)
+    learner = build_learner(replace(spec, weight_norm=False), ctx.dataset.problem, device)
     learner.reset_parameters(devices.generator(device, seed))
     return learner
 
@@ -230,8 +227,7 @@ class ParamCount(Proxy):
     description = "number of trainable parameters"
 
     def score(self, spec: LearnerSpec, seed: int) -> float:
-        with devices.constructing_on(self.ctx.dataset.train.x.device):
-            return float(count_params(Learner(spec, self.ctx.dataset.image_shape, self.ctx.dataset.num_classes)))
+        return float(count_params(build_learner(spec, self.ctx.dataset.problem, self.ctx.dataset.train.x.device)))
 
 
 class SynFlow(Proxy):

@@ -8,8 +8,10 @@ Lifecycle of a source (what the engine calls, and when):
 1. ``__init__(params, ctx)`` — once per cell, with torch's global RNG seeded from the cell seed (so default
    initialisation is reproducible). ``params`` is the source's own pydantic ``Params`` model,
    validated from the suite YAML's ``params:`` mapping; ``ctx`` (``SourceContext``) gives the training split,
-   the number of inner steps T, the batch size, the image shape and the number of classes. Register learned
-   tensors as ``nn.Parameter`` / submodules: ``self.parameters()`` *is* the set of meta-parameters.
+   the number of inner steps T, the batch size, the image shape and the number of classes (``ctx.image_shape``,
+   ``ctx.num_classes``; together they are ``ctx.problem``, what a ``Learner`` or ``Generator`` is built for).
+   Register learned tensors as ``nn.Parameter`` / submodules: ``self.parameters()`` *is* the set of
+   meta-parameters.
 2. ``new_episode(generator)`` — optional hook, once per unroll (each meta-training iteration and each
    evaluation learner). Draw all of the unroll's randomness here (a presentation order, fresh noise, real-data
    indices) from the given ``torch.Generator`` and return it; default: ``None``. Keeping randomness out of
@@ -38,6 +40,7 @@ from torch import nn
 
 from tgbench.data import Split
 from tgbench.inner import InnerHyperparameters
+from tgbench.problem import Problem
 
 
 class SourceParams(BaseModel):
@@ -48,11 +51,21 @@ class SourceParams(BaseModel):
 
 @dataclass
 class SourceContext:
+    """What a source is built for: ``SourceContext(train, steps, batch_size, problem)``."""
+
     train: Split                          # real training data (the meta-loss is computed on it too)
     steps: int                            # T inner steps per unroll
     batch_size: int                       # B examples per inner step
-    image_shape: tuple[int, int, int]     # (C, H, W)
-    num_classes: int
+    problem: Problem                      # the images' (C, H, W) shape and the number of classes
+
+    # what sources read (every built-in method and the plug-in guide use these two names)
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.problem.image_shape
+
+    @property
+    def num_classes(self) -> int:
+        return self.problem.num_classes
 
 
 class Source(nn.Module):
@@ -112,6 +125,11 @@ class Teacher(nn.Module):
     def __init__(self, source: Source, hyper: InnerHyperparameters, optimizer: str = "sgd_momentum"):
         super().__init__()
         self.source, self.hyper, self.optimizer = source, hyper, optimizer
+
+    @property
+    def problem(self) -> Problem:
+        """The problem the source was built for: what the learners this teacher teaches are built for."""
+        return self.source.ctx.problem
 
     def forward(self, t: int, episode: Any) -> Lesson:
         x, y = self.source(t, episode)

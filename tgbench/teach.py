@@ -20,7 +20,9 @@ architecture instead:
   as the suite's inner optimiser, with the teacher's per-step lr and momentum); it stays in training mode
   throughout, so batch-norm layers use batch statistics, as tgbench's learners do;
 * a subclass of :class:`tgbench.nn.Learner` with that constructor is used as is (it already returns
-  log-probabilities and draws its init from the generator), which is what makes the round trip exact.
+  log-probabilities and draws its init from the generator), which is what makes the round trip exact; its
+  constructor hands the two on as ``super().__init__(spec, Problem(image_shape, num_classes))``
+  (:class:`tgbench.problem.Problem`).
 
 A teacher file is read with ``torch.load(weights_only=True)`` (tensors, primitive values and plain containers:
 a file holding any other pickled object is refused without being unpickled, so it cannot run code), then
@@ -41,6 +43,7 @@ from torch import nn
 
 from tgbench import device as devices
 from tgbench.errors import BadInput
+from tgbench.problem import Problem
 
 FORMAT = "tgbench-teacher/1"
 RECORD_KEYS = ("suite", "profile", "source", "method", "variant", "seed", "config_hash", "dataset_resolved",
@@ -160,28 +163,34 @@ def _one_line(exc: BaseException, limit: int = 300) -> str:
 
 
 # ------------------------------------------------------------------------------------------ teach
+def construct(cls: type[nn.Module], problem: Problem) -> nn.Module:
+    """``cls(image_shape, num_classes)``: how a ``--model`` class is built (the one constructor ``teach``'s
+    documentation asks of it, a subclass of ``tgbench.nn.Learner`` included)."""
+    return cls(problem.image_shape, problem.num_classes)
+
+
 class UserModel(nn.Module):
     """A user's logits model behind the learner interface the engine uses: log-probabilities out, and
     ``reset_parameters(generator)`` = a fresh construction under a seed drawn from ``generator``."""
 
-    def __init__(self, cls: type[nn.Module], image_shape, num_classes: int):
+    def __init__(self, cls: type[nn.Module], problem: Problem):
         super().__init__()
-        self.cls, self.args = cls, (tuple(image_shape), num_classes)
-        self.model = cls(*self.args)
+        self.cls, self.problem = cls, problem
+        self.model = construct(cls, problem)
 
     def reset_parameters(self, generator: torch.Generator) -> None:
         seed = int(torch.randint(2 ** 62, (1,), generator=generator, device=generator.device))
         with torch.random.fork_rng(), devices.constructing_on(generator.device):
             torch.manual_seed(seed)
-            fresh = self.cls(*self.args)
+            fresh = construct(self.cls, self.problem)
         self.model.load_state_dict(fresh.state_dict())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.log_softmax(self.model(x), dim=1)
 
 
-def model_factory(target: str, image_shape, num_classes: int):
-    """``package.module:ClassName`` -> a factory ``(image_shape, num_classes) -> learner`` for the engine."""
+def model_factory(target: str, problem: Problem):
+    """``package.module:ClassName`` -> a factory ``problem -> learner`` for the engine (``engine.evaluate``)."""
     from tgbench.nn import Learner
 
     module_name, _, attr = target.partition(":")
@@ -193,12 +202,14 @@ def model_factory(target: str, image_shape, num_classes: int):
         raise BadInput(f"--model: cannot import {target!r}: {type(exc).__name__}: {exc}") from None
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise BadInput(f"--model: {target!r} is not an nn.Module class")
-    factory = cls if issubclass(cls, Learner) else functools.partial(UserModel, cls)
+    # a Learner subclass already returns log-probabilities and draws its init from the generator: used as is
+    factory = functools.partial(construct if issubclass(cls, Learner) else UserModel, cls)
+    image_shape, num_classes = problem.image_shape, problem.num_classes  # (the user's constructor, in messages)
     try:  # check the contract once, up front, so a wrong model is one line and not a shape error mid-training
         with torch.random.fork_rng(), devices.constructing_on(torch.device("cpu")):  # (a shape check: on the CPU)
-            out = factory(tuple(image_shape), num_classes)(torch.zeros(2, *image_shape, device="cpu"))
+            out = factory(problem)(torch.zeros(2, *image_shape, device="cpu"))
     except Exception as exc:
-        raise BadInput(f"--model: {target}(image_shape={tuple(image_shape)}, num_classes={num_classes}) on a batch "
+        raise BadInput(f"--model: {target}(image_shape={image_shape}, num_classes={num_classes}) on a batch "
                        f"of 2 failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
     if tuple(out.shape) != (2, num_classes):
         raise BadInput(f"--model: {target} returned shape {tuple(out.shape)} for a batch of 2; expected "
@@ -246,7 +257,7 @@ def teach(path: str | Path, model: str | None = None, steps: int | None = None, 
         specs = suite.evaluation.learner_specs(suite.learner, teacher.source.learner_weight_norm)
         what = "the suite's evaluation learner(s) " + ", ".join(s.describe() for s in specs)
     else:
-        specs = [model_factory(model, dataset.image_shape, dataset.num_classes)]
+        specs = [model_factory(model, dataset.problem)]
         what = model
     trained_steps = teacher.hyper.log_lr.shape[0]  # T the teacher was meta-trained for (its schedule's length)
     steps = steps or trained_steps

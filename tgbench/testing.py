@@ -32,10 +32,12 @@ from tgbench.data import Split
 from tgbench.engine import MetaTrainer, Unroll, backprop_meta_loss, detached_params
 from tgbench.inner import InnerHyperparameters
 from tgbench.nn import Learner, LearnerSpec
+from tgbench.problem import Problem
 from tgbench.registry import methods
 from tgbench.source import Source, SourceContext, Teacher
 
 SHAPE, CLASSES, STEPS, BATCH = (1, 8, 8), 10, 3, 10
+PROBLEM = Problem(SHAPE, CLASSES)
 TINY_LEARNER = LearnerSpec(conv_channels=(2,), fc_hidden=(4,))
 
 
@@ -53,7 +55,7 @@ def context(steps: int = STEPS, batch: int = BATCH, seed: int = 0) -> SourceCont
     """A small random training split with every class present (sources that pick examples per label can)."""
     g = torch.Generator().manual_seed(seed)
     y = torch.cat([torch.arange(CLASSES), torch.randint(CLASSES, (100 - CLASSES,), generator=g)])
-    return SourceContext(Split(torch.randn(100, *SHAPE, generator=g), y), steps, batch, SHAPE, CLASSES)
+    return SourceContext(Split(torch.randn(100, *SHAPE, generator=g), y), steps, batch, PROBLEM)
 
 
 _EXAMPLE_FILES = Path(tempfile.gettempdir()) / "tgbench-battery"
@@ -74,7 +76,7 @@ def teacher_for(source: Source, ctx: SourceContext) -> Teacher:
 
 
 def unroll(teacher: Teacher, ctx: SourceContext, seed: int = 1) -> Unroll:
-    learner = Learner(TINY_LEARNER, ctx.image_shape, ctx.num_classes)
+    learner = Learner(TINY_LEARNER, ctx.problem)
     learner.reset_parameters(torch.Generator().manual_seed(seed))
     names, params = detached_params(learner)
     episode = teacher.new_episode(torch.Generator().manual_seed(seed + 100))
@@ -169,8 +171,7 @@ def check_meta_step(name: str, **params) -> None:
         teacher = teacher_for(build(name, ctx, **params), ctx)
         trainer = MetaTrainer(teacher, LearnerSpace(conv_channels=[[2]], fc_hidden=[[4]]), ctx.train,
                               InnerLoop(steps=ctx.steps, batch_size=ctx.batch_size),
-                              OuterLoop(iterations=2, meta_batch_size=8, meta_gradient=estimator, es_pairs=2),
-                              image_shape=ctx.image_shape, num_classes=ctx.num_classes)
+                              OuterLoop(iterations=2, meta_batch_size=8, meta_gradient=estimator, es_pairs=2))
         stats = trainer.step()
         assert torch.isfinite(torch.tensor(stats.meta_loss)), f"{estimator}: meta-loss {stats.meta_loss}"
 
@@ -183,8 +184,7 @@ def check_devices(name: str, **params) -> None:
         teacher = teacher_for(build(name, ctx, **params), ctx)
         trainer = MetaTrainer(teacher, LearnerSpace(conv_channels=[[2]], fc_hidden=[[4]]), ctx.train,
                               InnerLoop(steps=ctx.steps, batch_size=ctx.batch_size),
-                              OuterLoop(iterations=1, meta_batch_size=8), image_shape=ctx.image_shape,
-                              num_classes=ctx.num_classes)
+                              OuterLoop(iterations=1, meta_batch_size=8))
         trainer.step()
         trainer.evaluate(ctx.train.head(20), ctx.train.head(20), [TINY_LEARNER], learners=1, seed=0)
 
