@@ -1,11 +1,15 @@
-"""The house rules of the code base (issue 16): no import cycle among tgbench's modules and no import of another
-module's ``_private`` names, counting module-level imports and imports inside functions alike."""
+"""The house rules of the code base: no import cycle among tgbench's modules and no import of another module's
+``_private`` names, counting module-level imports and imports inside functions alike (issue 16); no function
+with more than 8 parameters (the engine-API issue: what travels together is grouped, e.g. ``Problem``,
+``Unroll``, ``EvalPlan``)."""
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "tgbench"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "tgbench"
+MAX_PARAMETERS = 8
 
 
 def _imports() -> dict[str, list[tuple[str, list[str]]]]:
@@ -72,5 +76,33 @@ def test_no_module_imports_another_modules_private_names():
     assert private == []
 
 
+def _over_long_signatures(source: str, where: str, limit: int = MAX_PARAMETERS) -> list[str]:
+    """``where:line name (n parameters)`` for every function or lambda of ``source`` with more than ``limit``
+    parameters: positional, keyword-only, ``*args`` and ``**kwargs`` each count one; a method's ``self`` / ``cls``
+    does not."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            args = node.args
+            names = [a.arg for a in args.posonlyargs + args.args + args.kwonlyargs]
+            names += [a.arg for a in (args.vararg, args.kwarg) if a is not None]
+            if names[:1] in (["self"], ["cls"]):
+                names = names[1:]
+            if len(names) > limit:
+                found.append(f"{where}:{node.lineno} {getattr(node, 'name', 'lambda')} ({len(names)} parameters)")
+    return found
+
+
+def test_no_function_takes_more_than_eight_parameters():
+    files = [p for folder in ("tgbench", "methods", "benchmarks") for p in sorted((ROOT / folder).rglob("*.py"))]
+    assert files
+    over = [hit for path in files
+            for hit in _over_long_signatures(path.read_text(encoding="utf-8"), str(path.relative_to(ROOT)))]
+    assert over == []
+
+
 def test_the_checks_can_fail():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    nine = "def f(a, b, c, d, e, f, g, h, *, i): ...\nclass C:\n    def m(self, a, b, c, d, e, f, g, *h): ..."
+    assert _over_long_signatures(nine, "x.py") == ["x.py:1 f (9 parameters)"]
+    assert _over_long_signatures(nine, "x.py", limit=7) == ["x.py:1 f (9 parameters)", "x.py:3 m (8 parameters)"]
