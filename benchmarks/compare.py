@@ -49,6 +49,7 @@ PAPER_GTN = {"curriculum": "full", "weight_norm": True, "noise_dim": 128, "fc_hi
 CPU_LEARNER = {"conv_channels": [[16, 32]], "fc_hidden": [[64]]}
 CPU_GTN = {"curriculum": "full", "weight_norm": True, "noise_dim": 32, "fc_hidden": 256, "channels": [32, 16]}
 POP_LEARNER = {"conv_channels": [[8, 16]], "fc_hidden": [[]]}                 # conv only, no hidden FC layer
+FULL_SIZE_SPLIT = 10_000   # test/val images of a full-size dataset (Fashion-MNIST, MNIST: 10k test)
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -294,9 +295,10 @@ def section_evaluation(args) -> list[tuple[str, bool]]:
     from benchmarks.benchmarks import bench_suite, build_trainer, eval_specs, full_size_splits
     from benchmarks.reference import reference_final_evaluation
 
-    data, what = full_size_splits()
+    data, what = full_size_splits(args.eval_images)
     steps = args.eval_steps
-    print(f"\n== 5. final evaluation on full-size splits: tgbench evaluate() vs the code path before issue 19 ==")
+    size = "full-size" if args.eval_images >= FULL_SIZE_SPLIT else f"{args.eval_images}-image (not full-size)"
+    print(f"\n== 5. final evaluation on {size} splits: tgbench evaluate() vs the code path before issue 19 ==")
     print(f"config: {what}, {len(data.test)} test + {len(data.val)} val images; gtn teacher (cpu generator), "
           f"learner conv [16, 32] -> fc [64]; T={steps}, one fresh learner per side; {args.iters} round(s) after "
           "one warm-up each, interleaved")
@@ -345,6 +347,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--pop-steps", type=int, default=8, help="section 4: T (default 8)")
     ap.add_argument("--pop-batch", type=int, help="section 4: B (default 32; --quick 16)")
     ap.add_argument("--eval-steps", type=int, help="section 5: T (default 32; --quick 8)")
+    ap.add_argument("--eval-images", type=int, help=f"section 5: test and val images each (default "
+                                                    f"{FULL_SIZE_SPLIT}, a full-size split; --quick 2000)")
     ap.add_argument("--sections", default="1,2,3,4,5", help="comma-separated subset to run (2 needs 1)")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)")
     ap.add_argument("--device", help="sections 1, 2 and 5: auto (default), cpu, cuda or cuda:N (tgbench's "
@@ -353,7 +357,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     quick = args.quick
     defaults = {"steps": (32, 8), "batch": (128, 16), "iters": (2, 1), "ckpt_steps": (128, 8),
-                "ckpt_batch": (32, 16), "ckpt_rounds": (2, 1), "pop_batch": (32, 16), "eval_steps": (32, 8)}
+                "ckpt_batch": (32, 16), "ckpt_rounds": (2, 1), "pop_batch": (32, 16), "eval_steps": (32, 8),
+                "eval_images": (FULL_SIZE_SPLIT, 2000)}
     for name, (full, small) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, small if quick else full)
