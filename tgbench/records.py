@@ -38,7 +38,7 @@ so readers use attributes.
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any, ClassVar, Literal, Mapping
+from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
