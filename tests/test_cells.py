@@ -46,7 +46,7 @@ def test_a_suite_edited_during_a_run_does_not_change_the_cells_it_planned(tmp_pa
 
     store = Store(opts.storage)
     records = store.records(store.study("edited@smoke", create=False))
-    assert len(records) == 3 and {r["inner_steps"] for r in records} == {2}  # the suite as it was when planned
+    assert len(records) == 3 and {r.inner_steps for r in records} == {2}  # the suite as it was when planned
 
 
 def test_a_resolved_suite_round_trips_to_the_same_cell_hashes():

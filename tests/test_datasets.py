@@ -373,9 +373,9 @@ def test_the_documented_dataset_plugin_runs_its_smoke_suite(tmp_path, capsys, mo
     assert "sklearn-digits (1200 train examples)" in out
     store = Store(db)
     records = store.records(store.study("digits_fewstep@smoke", create=False))
-    assert sorted(r["source"] for r in records) == ["gtn", "real"]
-    assert all(r["status"] == "complete" and r["dataset_resolved"] == "sklearn-digits" for r in records)
-    assert all(0.0 <= r["test_acc_final"] <= 1.0 for r in records)
+    assert sorted(r.source for r in records) == ["gtn", "real"]
+    assert all(r.status == "complete" and r.dataset_resolved == "sklearn-digits" for r in records)
+    assert all(0.0 <= r.test_acc_final <= 1.0 for r in records)
     assert (tmp_path / "report" / "report.md").is_file()
 
 
@@ -532,4 +532,4 @@ def test_a_plugin_dataset_reaches_a_fresh_worker_process(tmp_path, clean_registr
                     threads=1, methods_dirs=(str(plugins),))
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:  # ... a fresh one not
         record = pool.submit(run_cell, task).result()
-    assert record["status"] == "complete" and record["dataset_resolved"] == "sklearn-digits"
+    assert record.status == "complete" and record.dataset_resolved == "sklearn-digits"

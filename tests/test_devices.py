@@ -177,8 +177,8 @@ def test_records_and_reports_say_which_device_made_them(tmp_path, capsys):
 
     store = Store(f"sqlite:///{db}")
     [record] = store.records(store.study("device_record@cpu", create=False))
-    assert record["device"] == "cpu" and record["gpu"] is None and record["gpu_peak_mb"] is None
-    assert {"cuda", "cudnn", "tf32", "peak_rss_mb"} <= set(record) and record["tf32"] is False
+    assert record.device == "cpu" and record.gpu is None and record.gpu_peak_mb is None
+    assert {"cuda", "cudnn", "tf32", "peak_rss_mb"} <= record.model_fields_set and record.tf32 is False
     report = (tmp_path / "out" / "report.md").read_text()
     assert "- **device**: cpu\n" in report
 
@@ -309,4 +309,4 @@ def test_cuda_smoke_suite_runs_and_records_the_gpu(tmp_path, capsys):
 
     store = Store(f"sqlite:///{db}")
     records = store.records(store.study("mnist_fewstep@smoke", create=False))
-    assert records and all(r["device"] == "cuda:0" and r["gpu"] and r["gpu_peak_mb"] > 0 for r in records)
+    assert records and all(r.device == "cuda:0" and r.gpu and r.gpu_peak_mb > 0 for r in records)

@@ -23,6 +23,7 @@ from tgbench.leaderboard import Row, collect, mark_pareto
 from tgbench.problem import Problem
 from tgbench.builders import build_trainer
 from tgbench.runner import RunOptions, run_suite
+from tgbench.records import FewstepCell
 from tgbench.store import Store
 
 PROTOCOL = """
@@ -69,7 +70,7 @@ def store(tmp_path_factory):
     return Store(url)
 
 
-def records_of(store: Store, suite: str) -> list[dict]:
+def records_of(store: Store, suite: str) -> list[FewstepCell]:
     return store.records(store.study(f"{suite}@smoke", create=False))
 
 
@@ -87,7 +88,7 @@ def test_two_comparable_studies_share_a_table_the_third_gets_its_own(store):
     # the row's number is stats.mean_ci over the store's records of that arm (two seeds here)
     shared = next(t for t in tables if len(t.rows) == 3)
     row = next(r for r in shared.rows if (r.suite, r.source) == ("alpha", "real"))
-    values = [r["test_acc_final"] for r in records_of(store, "alpha") if r["source"] == "real"]
+    values = [r.test_acc_final for r in records_of(store, "alpha") if r.source == "real"]
     assert row.seeds_complete == 2 and row.accuracy == stats.mean_ci(values)
     assert shared.protocol["inner"]["steps"] == 4 and shared.protocol["dataset"] == "mnist-5k"
 

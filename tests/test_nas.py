@@ -18,6 +18,7 @@ from tgbench.data import load_dataset
 from tgbench.nn import LearnerSpec
 from tgbench.proxies import ProxyContext, train_real
 from tgbench.registry import proxies
+from tgbench.records import NasProxyScores
 from tgbench.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -291,6 +292,6 @@ def test_a_kill_while_a_proxy_record_is_written_never_leaves_a_done_record_witho
     store = Store(f"sqlite:///{tmp_path}/t.db")
     for name in store.study_names():
         for r in store.records(store.study(name, create=False)):
-            if str(r.get("cell", "")).startswith("proxy:"):
-                assert r["status"] != "complete" or "scores" in r, r["cell"]
+            if isinstance(r, NasProxyScores):
+                assert r.status != "complete" or "scores" in r.model_fields_set, r.cell
     assert main(args) == 0   # the rerun scores the interrupted proxy and reports

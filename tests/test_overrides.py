@@ -190,7 +190,7 @@ def test_a_run_with_overrides_trains_reports_and_records_them(tmp_path, capsys):
     suite = load_suite(path, "smoke", ["outer.iterations=1"])
     st = Store(f"sqlite:///{tmp_path}/t.db")
     records = st.records(st.study("tiny_overrides@smoke", create=False))
-    assert [r["config_hash"] for r in records] == [cell_hash(suite, suite.sources[0], "mnist-5k")]
+    assert [r.config_hash for r in records] == [cell_hash(suite, suite.sources[0], "mnist-5k")]
     report = (tmp_path / "out" / "report.md").read_text()
     assert "- **overrides**: `--set outer.iterations=1`" in report
     # the same cells again with the same --set; without it they are another experiment

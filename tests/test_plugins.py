@@ -94,7 +94,7 @@ def test_installed_plugin_runs_and_lands_on_the_leaderboard(tmp_path):
     # the leaderboard's number is the store's record, not something recomputed
     store = Store(db)
     records = store.records(store.study("herding_vs_real@smoke", create=False))
-    recorded = [r["test_acc_final"] for r in records if r["source"] == "herding"]
+    recorded = [r.test_acc_final for r in records if r.source == "herding"]
     assert herding["test_acc_mean"] == pytest.approx(sum(recorded) / len(recorded), abs=1e-12)
     assert herding["meta_train_flops"] > 0
     md = (tmp_path / "lb" / "LEADERBOARD.md").read_text()
@@ -115,7 +115,7 @@ def test_methods_dir_reaches_a_fresh_worker_process(tmp_path, clean_registry):
                     methods_dirs=(str(plugins),))
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:  # ... a fresh one not
         record = pool.submit(run_cell, task).result()
-    assert record["status"] == "complete" and record["method"] == "herding"
+    assert record.status == "complete" and record.method == "herding"
 
 
 def _plugin_dir(tmp_path: Path, name: str, text: str) -> Path:

@@ -30,7 +30,10 @@ from tgbench.kinds import fewstep
 from tgbench.cli import main
 from tgbench.config import Evaluation, InnerLoop, LearnerSpace, OuterLoop, Suite, load_suite
 from tgbench.errors import BadInput
-from tgbench.store import DUPLICATE, Store, cell_key
+from tgbench.records import FewstepCell, Record, Status, cell_key
+from tgbench.store import Store
+
+DUPLICATE = Status.DUPLICATE
 from helpers import cli as _cli, studies as _studies
 
 REPO = Path(__file__).resolve().parents[1]
@@ -193,9 +196,9 @@ def test_fuzzed_suite_text_raises_only_bad_input(text, profile):
 
 
 # ------------------------------------------------------------------------------------------ determinism
-def _records(tmp: Path, study: str) -> dict[str, dict]:
+def _records(tmp: Path, study: str) -> dict[str, Record]:
     store = Store(f"sqlite:///{tmp}/t.db")
-    return {r["cell"]: r for r in store.records(store.study(study, create=False))}
+    return {r.cell: r for r in store.records(store.study(study, create=False))}
 
 
 @pytest.mark.slow
@@ -213,12 +216,12 @@ def test_same_suite_profile_and_seed_give_identical_numbers(tmp_path):
     assert sorted(a) == sorted(b) == sorted(cell_key(s, seed) for s in ("real", "gtn") for seed in (0, 1))
     numbers = ("test_acc_final", "val_acc_final", "test_loss_final", "steps_test_acc", "curve", "schedule", "samples")
     for cell in a:
-        assert a[cell]["status"] == "complete"
+        assert a[cell].status == "complete"
         for key in numbers:
-            assert a[cell][key] == b[cell][key], (cell, key)
+            assert getattr(a[cell], key) == getattr(b[cell], key), (cell, key)
     # ... and the seed matters: the two seeds of a source differ
     for source in ("real", "gtn"):
-        assert a[cell_key(source, 0)]["curve"] != a[cell_key(source, 1)]["curve"]
+        assert a[cell_key(source, 0)].curve != a[cell_key(source, 1)].curve
 
 
 # ------------------------------------------------------------------------------------------ divergence
@@ -230,9 +233,9 @@ def test_a_diverging_arm_is_counted_and_the_suite_finishes(tmp_path, capsys):
                          f"sqlite:///{tmp_path}/t.db", "--out", str(tmp_path / "out")], capsys)
     assert code == 0, err
     records = _records(tmp_path, "div@smoke")
-    assert records[cell_key("real", 0)]["status"] == "complete"
+    assert records[cell_key("real", 0)].status == "complete"
     wild = records[cell_key("real_wild", 0)]
-    assert wild["status"] == "diverged" and "outer iteration" in wild["error"]
+    assert wild.status == "diverged" and "outer iteration" in wild.error
     report = (tmp_path / "out" / "report.md").read_text().splitlines()
     header = next(line for line in report if line.startswith("| source |") and "diverged" in line)
     columns = [c.strip() for c in header.strip("|").split("|")]
@@ -317,13 +320,14 @@ def test_a_second_claim_of_a_held_or_done_cell_is_refused(tmp_path):
     assert first is not None
     assert store.claim(study, "a|seed=0", "h") is None          # held by a live worker (this process)
     assert store.claim(study, "a|seed=0", "other-hash") is not None  # another config is another cell
-    store.finish(study, first, {"status": "complete", "test_acc_final": 0.5})
+    store.finish(study, first, FewstepCell(cell="a|seed=0", config_hash="h", status=Status.COMPLETE,
+                                           test_acc_final=0.5))
     assert store.claim(study, "a|seed=0", "h") is None          # done
     statuses = [t.user_attrs["status"] for t in study.get_trials()]
     assert statuses == ["complete", DUPLICATE, "running", DUPLICATE]
     assert {t.state for t in study.get_trials() if t.user_attrs["status"] == DUPLICATE} == {TrialState.FAIL}
     # duplicates never reach a report
-    assert [r["status"] for r in store.records(study, {"a|seed=0": {"h"}})] == ["complete"]
+    assert [r.status for r in store.records(study, {"a|seed=0": {"h"}})] == ["complete"]
 
 
 def test_the_earliest_running_claim_owns_the_cell(tmp_path):
@@ -346,7 +350,7 @@ def test_a_silent_worker_goes_stale_and_its_cell_is_claimed_again(tmp_path):
     assert store.busy_cells(study) == set()
     assert study.get_trials()[0].state == TrialState.FAIL
     [record] = store.records(study)                             # the stale attempt reports as failed
-    assert record["status"] == "failed" and "no heartbeat" in record["error"]
+    assert record.status == "failed" and "no heartbeat" in record.error
     trial = store.claim(study, "a|seed=0", "h")
     assert trial is not None and trial.number == 2
 
@@ -415,15 +419,18 @@ def test_a_claim_revoked_while_running_discards_its_result(tmp_path, monkeypatch
 
 
 def test_a_record_is_written_before_its_status(tmp_path, monkeypatch):
-    """A worker killed while writing its record must not leave one that counts as finished."""
+    """A worker killed while writing its record must not leave one that counts as finished (every kind and every
+    writer: tests/test_records.py)."""
     store = _store(tmp_path)
     study = store.study("order@smoke")
     trial = store.claim(study, "a|seed=0", "h")
     written = []
     original = optuna.Trial.set_user_attr
     monkeypatch.setattr(optuna.Trial, "set_user_attr", lambda self, k, v: (written.append(k), original(self, k, v)))
-    store.finish(study, trial, {"cell": "a|seed=0", "status": "complete", "test_acc_final": 0.5, "curve": []})
-    assert written[-1] == "status" and set(written) == {"cell", "status", "test_acc_final", "curve"}
+    store.finish(study, trial, FewstepCell(cell="a|seed=0", config_hash="h", status=Status.COMPLETE,
+                                           test_acc_final=0.5, curve=[]))
+    assert written[-1] == "status" and set(written) == {"kind", "schema_version", "cell", "config_hash", "status",
+                                                        "test_acc_final", "curve"}
 
 
 def test_a_waiting_worker_takes_over_the_cell_of_a_worker_that_went_silent(tmp_path, monkeypatch, capsys):

@@ -278,7 +278,8 @@ def test_report_of_a_store_left_by_a_killed_run_lists_the_interrupted_cell(tmp_p
     its cell key: ``tgbench report`` still works (it was a KeyError 'source', exit 1) and counts it failed."""
     from tgbench.config import load_suite
     from tgbench.cells import cell_hash
-    from tgbench.store import Store, cell_key
+    from tgbench.records import FewstepCell, Status, cell_key
+    from tgbench.store import Store
 
     suite_path = tmp_path / "suite.yaml"
     suite_path.write_text(_suite(evaluation="{seeds: 2, eval_every: 1, eval_learners: 1, final_learners: 1, "
@@ -287,8 +288,10 @@ def test_report_of_a_store_left_by_a_killed_run_lists_the_interrupted_cell(tmp_p
     suite = load_suite(suite_path, "smoke")
     store = Store(f"sqlite:///{tmp_path}/t.db")
     study = store.study("t@smoke", create=False)
-    trial = store.claim(study, cell_key("real", 1), cell_hash(suite, suite.sources[0], "mnist-5k"))
-    store.finish(study, trial, {"status": "failed", "error": "KeyboardInterrupt: "})
+    key, chash = cell_key("real", 1), cell_hash(suite, suite.sources[0], "mnist-5k")
+    trial = store.claim(study, key, chash)
+    store.finish(study, trial, FewstepCell(cell=key, config_hash=chash, status=Status.FAILED,
+                                           error="KeyboardInterrupt: "))
     code, _, err = _cli(["report", str(suite_path), "--profile", "smoke", "--storage", f"sqlite:///{tmp_path}/t.db",
                          "--out", str(tmp_path / "r")], capsys)
     assert code == 0, err

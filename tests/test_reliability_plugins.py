@@ -129,7 +129,7 @@ def test_a_failing_plugin_fails_its_own_cells_and_the_suite_goes_on(name, body, 
     assert line.startswith(f"tgbench: error: {why} in cell {name}|seed=0 (marked failed"), err
     from tgbench.store import Store
 
-    records = {r["source"]: r for r in Store(f"sqlite:///{tmp_path}/t.db").records(
+    records = {r.source: r for r in Store(f"sqlite:///{tmp_path}/t.db").records(
         Store(f"sqlite:///{tmp_path}/t.db").study("isolation@smoke", create=False))}
-    assert records[name]["status"] == "failed" and records["real"]["status"] == "complete"
+    assert records[name].status == "failed" and records["real"].status == "complete"
     assert (tmp_path / "out" / "report.md").is_file()

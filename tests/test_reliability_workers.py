@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from tgbench.store import DUPLICATE, Store, cell_key
+from tgbench.records import Status, cell_key
+from tgbench.store import Store
 
 pytestmark = pytest.mark.slow  # each test starts tgbench processes and waits for them (seconds to a minute)
 
@@ -224,7 +225,7 @@ def _independent_workers(tmp: Path, storage: str, n_workers: int, name: str) -> 
     # the work was split: more than one worker ran cells, and every other claim yielded as a duplicate
     assert len({t.user_attrs["worker"]["pid"] for t in finished}) >= 2
     others = [t for t in store.study(f"{name}@smoke", create=False).get_trials() if t not in finished]
-    assert all(t.user_attrs["status"] == DUPLICATE and t.state == TrialState.FAIL for t in others)
+    assert all(t.user_attrs["status"] == Status.DUPLICATE and t.state == TrialState.FAIL for t in others)
     # every worker waited for the others and reports the whole suite
     for i in range(n_workers):
         rows = (tmp / f"out{i}" / "summary.csv").read_text().splitlines()[1:]

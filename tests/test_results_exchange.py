@@ -16,7 +16,8 @@ from tgbench.cli import main
 from tgbench.builders import build_teacher
 from tgbench.config import load_suite
 from tgbench.data import load_dataset
-from tgbench.store import Store, cell_key
+from tgbench.records import FewstepCell, cell_key
+from tgbench.store import Store
 
 from helpers import cli
 
@@ -51,13 +52,13 @@ def test_a_run_writes_results_json_that_validates_and_reloads_the_stores_numbers
     assert raw["format"] == results.FORMAT and raw["suite"] == "exchange" and raw["profile"] == "smoke"
     document = results.load_results(out / "results.json")  # the schema check
     store = Store(url)
-    records = {r["cell"]: r for r in store.records(store.study("exchange@smoke", create=False))}
+    records = {r.cell: r for r in store.records(store.study("exchange@smoke", create=False))}
     assert {c.cell for c in document.cells} == set(records) and len(records) == 4
     for cell in document.cells:
         record = records[cell.cell]
-        assert cell.test_acc_final == record["test_acc_final"] and cell.val_acc_final == record["val_acc_final"]
-        assert cell.steps_test_acc == record["steps_test_acc"] and len(cell.curve) == len(record["curve"])
-        assert cell.schedule == record["schedule"] and cell.device == "cpu"
+        assert cell.test_acc_final == record.test_acc_final and cell.val_acc_final == record.val_acc_final
+        assert cell.steps_test_acc == record.steps_test_acc and len(cell.curve) == len(record.curve)
+        assert cell.schedule == record.schedule and cell.device == "cpu"
     for arm in document.summary:
         accs = [c.test_acc_final for c in document.cells if c.arm == arm.arm]
         assert arm.seeds_complete == 2 and arm.test_acc_mean == pytest.approx(sum(accs) / len(accs))
@@ -81,8 +82,8 @@ def test_a_document_with_a_wrong_field_is_refused(ran):
 
 
 def test_non_finite_numbers_are_written_as_null(tmp_path):
-    record = {"cell": cell_key("gtn", 0), "source": "gtn", "method": "gtn", "seed": 0, "status": "diverged",
-              "test_acc_final": 0.1, "val_acc_final": 0.1, "val_loss_final": math.nan}
+    record = FewstepCell(cell=cell_key("gtn", 0), source="gtn", method="gtn", seed=0, status="diverged",
+                         test_acc_final=0.1, val_acc_final=0.1, val_loss_final=math.nan)
     doc = results.results_document({"name": "x"}, "smoke", [record], {"created": "now", "command": "c",
                                                                        "machine": "m"}, {"torch": "1"})
     path = results.write_results(tmp_path, doc)
@@ -101,8 +102,8 @@ def test_export_tensors_then_rank_the_file_with_the_external_source(ran, capsys)
     assert data["images"].shape == (3 * 8, 1, 28, 28) and data["labels"].shape == (24,)
     assert data["steps"] == 3 and data["batch_size"] == 8 and data["lr"].shape == (3,)
     store = Store(url)
-    [record] = [r for r in store.records(store.study("exchange@smoke", create=False)) if r["cell"] == cell_key("gtn", 0)]
-    assert data["lr"].tolist() == pytest.approx(record["schedule"]["lr"])
+    [record] = [r for r in store.records(store.study("exchange@smoke", create=False)) if r.cell == cell_key("gtn", 0)]
+    assert data["lr"].tolist() == pytest.approx(record.schedule["lr"])
 
     ranked = write_suite(tmp / "ranked.yaml", "ranked", [{"method": "external", "label": "published",
                                                           "params": {"path": str(lessons)}}, {"method": "real"}])

@@ -20,7 +20,8 @@ from tgbench.kinds import fewstep
 from tgbench.cli import main
 from tgbench.config import load_suite
 from tgbench.errors import BadInput
-from tgbench.store import DONE, Store, cell_key, config_hash
+from tgbench.records import DONE, FewstepCell, Status, cell_key
+from tgbench.store import Store, config_hash
 from tgbench.tuning import tuned_values
 
 REPO = Path(__file__).resolve().parents[1]
@@ -132,33 +133,33 @@ def test_shipped_smoke_records_hold_the_required_fields(shipped):
     study = store.study("mnist_fewstep@smoke", create=False)
     records = store.records(study)
     assert len(records) == len(smoke.sources)
-    by_source = {r["source"]: r for r in records}
+    by_source = {r.source: r for r in records}
     chosen = tuned_values(store, smoke, "smoke", "mnist-5k")  # the shipped suite tunes every arm first
     for entry in smoke.sources:
         r = by_source[entry.name]
-        assert r["status"] == "complete"
-        assert r["cell"] == cell_key(entry.name, 0)
-        assert r["config_hash"] == cells.cell_hash(smoke, cells.tuned_arm(smoke, entry, chosen[entry.name]),
+        assert r.status == "complete"
+        assert r.cell == cell_key(entry.name, 0)
+        assert r.config_hash == cells.cell_hash(smoke, cells.tuned_arm(smoke, entry, chosen[entry.name]),
                                                     "mnist-5k")
-        assert r["dataset_resolved"] == "mnist-5k"
-        assert r["dataset"] == "mnist-5k"
+        assert r.dataset_resolved == "mnist-5k"
+        assert r.dataset == "mnist-5k"
         # curve: one val/test point per evaluation, from outer iteration 0 to the last one
         iterations = smoke.outer_for(entry).iterations   # (real_sgd meta-trains for one iteration)
-        assert [p["outer_iter"] for p in r["curve"]] == sorted({*range(0, iterations + 1,
+        assert [p["outer_iter"] for p in r.curve] == sorted({*range(0, iterations + 1,
                                                                        smoke.evaluation.eval_every), iterations})
-        for point in r["curve"]:
+        for point in r.curve:
             assert 0.0 <= point["val_acc"] <= 1.0 and 0.0 <= point["test_acc"] <= 1.0
-        assert len(r["steps_test_acc"]) == smoke.inner.steps + 1
-        assert len(r["steps_val_acc"]) == smoke.inner.steps + 1
-        assert r["test_acc_final"] == r["steps_test_acc"][-1]
-        assert r["outer_iterations"] == iterations
-        assert r["meta_train_seconds"] > 0
-        assert r["peak_rss_mb"] > 0
-        assert r["torch"] == torch.__version__
-        assert isinstance(r["revision"], str) and r["revision"]
-        assert r["teacher_artifact"]
+        assert len(r.steps_test_acc) == smoke.inner.steps + 1
+        assert len(r.steps_val_acc) == smoke.inner.steps + 1
+        assert r.test_acc_final == r.steps_test_acc[-1]
+        assert r.outer_iterations == iterations
+        assert r.meta_train_seconds > 0
+        assert r.peak_rss_mb > 0
+        assert r.torch == torch.__version__
+        assert isinstance(r.revision, str) and r.revision
+        assert r.teacher_artifact
     # the saved teacher can be read back
-    teacher = store.load_teacher(by_source["gtn"]["teacher_artifact"])
+    teacher = store.load_teacher(by_source["gtn"].teacher_artifact)
     assert teacher["method"] == "gtn" and teacher["dataset_resolved"] == "mnist-5k"
     # trials are closed: none is left 'running'
     assert all(t.state == TrialState.COMPLETE for t in study.get_trials())
@@ -311,23 +312,25 @@ def test_records_prefer_finished_attempts_and_filter_by_hash(tmp_path):
     store = Store(f"sqlite:///{tmp_path}/u.db", tmp_path / "artifacts")
     study = store.study("unit@smoke")
     k0, k1, k2 = cell_key("a", 0), cell_key("a", 1), cell_key("a", 2)
-    done = {"status": "complete", "test_acc_final": 0.5}
 
-    store.finish(study, store.begin(study, k0, "h1"), {"status": "failed", "error": "x"})
-    store.finish(study, store.begin(study, k0, "h1"), done)
-    store.finish(study, store.begin(study, k0, "h1"), {"status": "failed", "error": "later"})
-    store.finish(study, store.begin(study, k1, "h1"), {"status": "diverged", "test_acc_final": 0.1})
+    def record(key: str, chash: str, status: Status, **fields) -> FewstepCell:
+        return FewstepCell(cell=key, config_hash=chash, status=status, **fields)
+
+    store.finish(study, store.begin(study, k0, "h1"), record(k0, "h1", Status.FAILED, error="x"))
+    store.finish(study, store.begin(study, k0, "h1"), record(k0, "h1", Status.COMPLETE, test_acc_final=0.5))
+    store.finish(study, store.begin(study, k0, "h1"), record(k0, "h1", Status.FAILED, error="later"))
+    store.finish(study, store.begin(study, k1, "h1"), record(k1, "h1", Status.DIVERGED, test_acc_final=0.1))
     store.begin(study, k2, "h1")                       # interrupted: left running
-    store.finish(study, store.begin(study, k1, "h2"), done)
+    store.finish(study, store.begin(study, k1, "h2"), record(k1, "h2", Status.COMPLETE, test_acc_final=0.5))
 
     assert store.done_cells(study) == {(k0, "h1"), (k1, "h1"), (k1, "h2")}
     assert set(DONE) == {"complete", "diverged"}
-    newest = {r["cell"]: r for r in store.records(study, {k0: {"h1"}, k1: {"h1"}, k2: {"h1"}})}
-    assert newest[k0]["status"] == "complete"            # a finished record beats a later failed attempt
-    assert newest[k1]["status"] == "diverged" and newest[k1]["config_hash"] == "h1"
-    assert newest[k2]["status"] == "running"
+    newest = {r.cell: r for r in store.records(study, {k0: {"h1"}, k1: {"h1"}, k2: {"h1"}})}
+    assert newest[k0].status == "complete"            # a finished record beats a later failed attempt
+    assert newest[k1].status == "diverged" and newest[k1].config_hash == "h1"
+    assert newest[k2].status == "running"
     only_h2 = store.records(study, {k1: {"h2"}})
-    assert [(r["cell"], r["config_hash"]) for r in only_h2] == [(k1, "h2")]
+    assert [(r.cell, r.config_hash) for r in only_h2] == [(k1, "h2")]
 
 
 def test_store_bad_inputs(tmp_path):

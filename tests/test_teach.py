@@ -81,7 +81,7 @@ def exported(tmp_path_factory):
     finally:
         torch.set_num_threads(old)
     store = Store(url)
-    records = {(r["source"], r["seed"]): r for r in store.records(store.study("roundtrip@smoke", create=False))}
+    records = {(r.source, r.seed): r for r in store.records(store.study("roundtrip@smoke", create=False))}
     return tmp, files, records
 
 
@@ -92,8 +92,8 @@ def test_export_holds_the_teacher_and_its_metadata(exported):
     keys = set(payload["state_dict"])
     assert {"source.codes", "hyper.log_lr", "hyper.logit_momentum"} <= keys             # curriculum + schedule
     assert any(k.startswith("source.generator.") for k in keys)                          # generator weights
-    assert payload["schedule"] == records["gtn", 1]["schedule"]
-    assert payload["record"]["test_acc_final"] == records["gtn", 1]["test_acc_final"]
+    assert payload["schedule"] == records["gtn", 1].schedule
+    assert payload["record"]["test_acc_final"] == records["gtn", 1].test_acc_final
     lr = payload["state_dict"]["hyper.log_lr"].exp().tolist()
     assert lr == pytest.approx(payload["schedule"]["lr"])
 
@@ -103,13 +103,13 @@ def test_teach_reproduces_the_recorded_evaluation_exactly(exported, source, sing
     tmp, files, records = exported
     for seed in (0, 1):
         result = teach(files[source, seed], log=lambda *a: None)
-        assert result.test_acc[-1] == records[source, seed]["test_acc_final"]
-        assert result.val_acc[-1] == records[source, seed]["val_acc_final"]
+        assert result.test_acc[-1] == records[source, seed].test_acc_final
+        assert result.val_acc[-1] == records[source, seed].val_acc_final
         # losses are continuous: bit-equal losses mean the very same learners were trained on the same lessons
-        assert result.test_loss[-1] == records[source, seed]["test_loss_final"]
-    assert records[source, 0]["test_loss_final"] != records[source, 1]["test_loss_final"]
+        assert result.test_loss[-1] == records[source, seed].test_loss_final
+    assert records[source, 0].test_loss_final != records[source, 1].test_loss_final
     shorter = teach(files[source, 0], steps=3, log=lambda *a: None)
-    assert shorter.test_loss[-1] != records[source, 0]["test_loss_final"]
+    assert shorter.test_loss[-1] != records[source, 0].test_loss_final
 
 
 def test_teach_cli_with_tgbench_learner_as_model_matches_the_store(exported, capsys, monkeypatch, single_thread):
@@ -118,7 +118,7 @@ def test_teach_cli_with_tgbench_learner_as_model_matches_the_store(exported, cap
     assert main(["teach", str(files["gtn", 0]), "--model", "user_models:SameAsSuite"]) == 0
     out = capsys.readouterr().out
     printed = float(re.search(r"^test accuracy: ([0-9.]+)", out, flags=re.M).group(1))
-    assert printed == round(records["gtn", 0]["test_acc_final"], 6)
+    assert printed == round(records["gtn", 0].test_acc_final, 6)
 
 
 def test_teach_a_users_logits_model(exported, monkeypatch, single_thread):
@@ -220,7 +220,7 @@ def test_teach_still_takes_the_unchanged_file_through_the_same_path(exported, tm
     _, files, records = exported
     same = tmp_path / "same.pt"
     torch.save(_variant(files, lambda p: None), same)
-    assert teach(same, log=lambda *a: None).test_acc[-1] == records["gtn", 0]["test_acc_final"]
+    assert teach(same, log=lambda *a: None).test_acc[-1] == records["gtn", 0].test_acc_final
 
 
 def test_export_from_a_store_that_does_not_exist_creates_nothing(tmp_path, capsys):

@@ -26,9 +26,10 @@ from tgbench.engine import MetaTrainer
 from tgbench.errors import Diverged
 from tgbench.nn import LearnerSpec
 from tgbench.provenance import git_revision, reproducibility
+from tgbench.records import FewstepCell, Status, cell_key
 from tgbench.registry import load_plugin_dir, suite_kinds
 from tgbench.source import Teacher
-from tgbench.store import Store, cell_key, config_hash
+from tgbench.store import Store, config_hash
 from tgbench.trackers import Tracker, Trackers, open_trackers
 
 
@@ -122,14 +123,15 @@ def decode_array(s: str) -> np.ndarray:
 
 def meta_train(suite: Suite, entry: SourceEntry, dataset: Dataset, seed: int, progress: bool = True,
                on_eval=None, tracker: Tracker | None = None) -> tuple[Teacher, dict]:
-    """Meta-train one teacher and evaluate it; returns (teacher, record fields). Diverged runs are recorded.
+    """Meta-train one teacher and evaluate it; returns (teacher, record fields: those of a ``FewstepCell`` that
+    meta-training and evaluation make, ``status`` a ``Status``). Diverged runs are recorded.
     ``tracker`` (``tgbench.trackers``) is shown the meta-loss, the checks and the sample grid as they happen."""
     tracker = tracker or Trackers([])
     trainer = build_trainer(suite, entry, dataset, seed)
     teacher, outer = trainer.teacher, trainer.outer
     specs = suite.evaluation.learner_specs(suite.learner, teacher.source.learner_weight_norm)
     ev = suite.evaluation
-    curve, status, error = [], "complete", None
+    curve, status, error = [], Status.COMPLETE, None
     phases = {"checks": 0.0}  # wall seconds per phase of the cell (the report's "Where the time went")
 
     def check(iteration: int, meta_loss: float | None) -> dict:
@@ -160,13 +162,13 @@ def meta_train(suite: Suite, entry: SourceEntry, dataset: Dataset, seed: int, pr
                 point = check(it, stats.meta_loss)
                 bar.set_postfix(val_acc=f"{point['val_acc']:.3f}", meta_loss=f"{stats.meta_loss:.3f}")
     except Diverged as exc:
-        status, error = "diverged", str(exc)
+        status, error = Status.DIVERGED, str(exc)
     finally:
         bar.close()
 
     record = {"status": status, "error": error, "meta_train_seconds": train_seconds,
               "outer_iterations": trainer.iteration, "curve": curve, "schedule": teacher.hyper.schedule()}
-    if status == "complete":
+    if status == Status.COMPLETE:
         interrupt.check()
         start = time.perf_counter()
         final = trainer.evaluate(dataset.test, dataset.val, specs, ev.final_learners, seed=EVAL_SEED_OFFSET + seed)
@@ -207,14 +209,14 @@ def held_out_scores(trainer: MetaTrainer, dataset: Dataset, specs: dict[str, Lea
     return scores
 
 
-def run_cell(task: CellTask) -> dict | None:
+def run_cell(task: CellTask) -> FewstepCell | None:
     """Claim one cell, run it start to finish and write it to the store (top-level: runs in worker processes
     too); None when another worker holds the cell (see ``tgbench.store``)."""
     with interrupt.handled():  # (a no-op under `tgbench run`; in a --jobs worker process it is needed)
         return _run_cell(task)
 
 
-def _run_cell(task: CellTask) -> dict | None:
+def _run_cell(task: CellTask) -> FewstepCell | None:
     if task.threads:
         torch.set_num_threads(task.threads)
     for folder in task.methods_dirs:
@@ -244,7 +246,7 @@ def _run_cell(task: CellTask) -> dict | None:
 
 
 def _run_claimed_cell(task: CellTask, suite: Suite, entry: SourceEntry, dataset: Dataset, store: Store,
-                      study: optuna.Study, trial: optuna.Trial, chash: str) -> dict:
+                      study: optuna.Study, trial: optuna.Trial, chash: str) -> FewstepCell:
     """Meta-train, evaluate, save the teacher and write the record. Whatever stops it on the way (Ctrl-C,
     SIGTERM, a bug, a full disk) marks the cell failed: a claim is never left RUNNING by a live process."""
     try:
@@ -261,19 +263,20 @@ def _run_claimed_cell(task: CellTask, suite: Suite, entry: SourceEntry, dataset:
                                                           fields["outer_iterations"])
             fields["phase_seconds"]["flop_counting"] = time.perf_counter() - start
         record = _cell_record(task, suite, entry, dataset, chash, fields)
-        if record["status"] == "complete":
+        if record.status == Status.COMPLETE:
             start = time.perf_counter()
-            record["teacher_artifact"] = store.save_teacher(study, trial, {
+            record.teacher_artifact = store.save_teacher(study, trial, {
                 "method": entry.method, "params": entry.params,
                 "state_dict": {k: v.cpu() for k, v in teacher.state_dict().items()},  # loads on any device
                 "suite": suite.model_dump(mode="json"), "dataset_resolved": dataset.resolved, "seed": task.seed,
                 "image_shape": dataset.image_shape, "num_classes": dataset.num_classes})
-            record["phase_seconds"]["teacher_save"] = time.perf_counter() - start
+            record.phase_seconds["teacher_save"] = time.perf_counter() - start
         interrupt.check()  # never write a cell as complete after a Ctrl-C that Python dropped
         store.finish(study, trial, record)
     except BaseException as exc:  # Ctrl-C, SIGTERM, a bug, a full disk: the cell is marked failed
         try:
-            store.finish(study, trial, {"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
+            store.finish(study, trial, FewstepCell(cell=cell_key(entry.name, task.seed), config_hash=chash,
+                                                   status=Status.FAILED, error=f"{type(exc).__name__}: {exc}"))
         except optuna.exceptions.UpdateFinishedTrialError:  # it had been closed just before the signal came
             pass
         raise
@@ -281,8 +284,8 @@ def _run_claimed_cell(task: CellTask, suite: Suite, entry: SourceEntry, dataset:
 
 
 def _cell_record(task: CellTask, suite: Suite, entry: SourceEntry, dataset: Dataset, chash: str,
-                 fields: dict) -> dict:
-    return {
+                 fields: dict) -> FewstepCell:
+    return FewstepCell(**{
         "cell": cell_key(entry.name, task.seed), "config_hash": chash, "suite": suite.name, "profile": task.profile,
         "source": entry.name, "method": entry.method, "variant": variant_of(entry), "seed": task.seed,
         "dataset": suite.dataset.name, "dataset_resolved": dataset.resolved, "fallback_reason": dataset.fallback_reason,
@@ -292,7 +295,7 @@ def _cell_record(task: CellTask, suite: Suite, entry: SourceEntry, dataset: Data
         "torch": torch.__version__, **devices.facts(torch.device(task.device)), "threads": torch.get_num_threads(),
         "revision": git_revision(), "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         **reproducibility(), **fields,
-    }
+    })
 
 
 def tuned_arm(suite: Suite, entry: SourceEntry, values: dict | None) -> SourceEntry:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode  # (torch's documented home of the mode base class)
@@ -121,10 +121,12 @@ def facts(device: torch.device) -> dict:
     return out
 
 
-def label(record: dict) -> str:
-    """How a report names the device of a record (records written before the device fields: ``cpu``)."""
-    device = record.get("device") or "cpu"
-    return f"{device} ({record['gpu']})" if record.get("gpu") else device
+def label(record: Any) -> str:
+    """How a report names the device of a store record (``tgbench.records``: its ``device`` and ``gpu``) or of
+    :func:`facts` (a dict); records written before the device fields: ``cpu``."""
+    device, gpu = (record.get("device"), record.get("gpu")) if isinstance(record, dict) else (record.device, record.gpu)
+    device = device or "cpu"
+    return f"{device} ({gpu})" if gpu else device
 
 
 class DeviceMismatch(AssertionError):

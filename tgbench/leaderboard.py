@@ -38,9 +38,10 @@ from tgbench.compute import meta_train_flops, protocol_of  # noqa: E402
 from tgbench.errors import BadInput  # noqa: E402
 from tgbench.device import label as device_label  # noqa: E402
 from tgbench.provenance import git_revision, machine  # noqa: E402
-from tgbench.store import DONE, Store, config_hash  # noqa: E402
+from tgbench.records import FewstepCell, Status  # noqa: E402
+from tgbench.problem import Problem  # noqa: E402
+from tgbench.store import Store, config_hash  # noqa: E402
 
-COMPLETE = "complete"
 DEFAULT_OUT = Path("results") / "LEADERBOARD.md"
 
 
@@ -100,8 +101,8 @@ class _ProtocolResolver:
         self._step_flops: dict[str, dict] = {}  # config hash -> {architecture: FLOPs of one meta-step}
         self._artifact_cache: dict[str, dict | None] = {}
 
-    def _artifact(self, record: dict) -> dict | None:
-        artifact = record.get("teacher_artifact")
+    def _artifact(self, record: FewstepCell) -> dict | None:
+        artifact = record.teacher_artifact
         if not artifact:
             return None
         if artifact not in self._artifact_cache:
@@ -109,43 +110,42 @@ class _ProtocolResolver:
                 payload = self.store.load_teacher(artifact)
                 self._artifact_cache[artifact] = {k: payload[k] for k in ("suite", "image_shape", "num_classes")}
             except Exception as exc:  # missing artifact store, unreadable file: degrade, say so
-                self.log(f"leaderboard: teacher artifact of {record.get('suite')}/{record.get('cell')} unavailable "
+                self.log(f"leaderboard: teacher artifact of {record.suite}/{record.cell} unavailable "
                          f"({type(exc).__name__}); its protocol is partial and its compute n/a")
                 self._artifact_cache[artifact] = None
         return self._artifact_cache[artifact]
 
-    def protocol(self, record: dict, siblings: list[dict]) -> dict:
-        if record.get("protocol"):
-            return record["protocol"]
+    def protocol(self, record: FewstepCell, siblings: list[FewstepCell]) -> dict:
+        if record.protocol:
+            return record.protocol
         for r in [record, *siblings]:  # any seed of the same config saved the same suite
             saved = self._artifact(r)
             if saved is not None:
                 entry = next((e for e in saved["suite"]["sources"]
-                              if (e.get("label") or e["method"]) == record["source"]), None)
-                return protocol_of(saved["suite"], record["dataset_resolved"], entry)
-        return {"partial": True, "suite": record.get("suite"), "dataset": record.get("dataset_resolved"),
-                "inner_steps": record.get("inner_steps"), "batch_size": record.get("batch_size")}
+                              if (e.get("label") or e["method"]) == record.source), None)
+                return protocol_of(saved["suite"], record.dataset_resolved, entry)
+        return {"partial": True, "suite": record.suite, "dataset": record.dataset_resolved,
+                "inner_steps": record.inner_steps, "batch_size": record.batch_size}
 
-    def flops(self, record: dict, siblings: list[dict]) -> float:
-        if record.get("meta_train_flops") is not None:
-            return float(record["meta_train_flops"])
+    def flops(self, record: FewstepCell, siblings: list[FewstepCell]) -> float:
+        if record.meta_train_flops is not None:
+            return float(record.meta_train_flops)
         saved = next((s for s in (self._artifact(r) for r in [record, *siblings]) if s is not None), None)
         if saved is None:
             return math.nan
         return self._measure(saved, record)
 
-    def _measure(self, saved: dict, record: dict) -> float:
+    def _measure(self, saved: dict, record: FewstepCell) -> float:
         from tgbench.config import suite_from_dict
-        from tgbench.problem import Problem
 
         try:
             suite = suite_from_dict(saved["suite"])
-            entry = next(e for e in suite.sources if e.name == record["source"])
-            return meta_train_flops(suite, entry, Problem(saved["image_shape"], saved["num_classes"]), record["seed"],
-                                    int(record["outer_iterations"]),
-                                    cache=self._step_flops.setdefault(record["config_hash"], {}))
+            entry = next(e for e in suite.sources if e.name == record.source)
+            return meta_train_flops(suite, entry, Problem(saved["image_shape"], saved["num_classes"]),
+                                    record.seed, int(record.outer_iterations),
+                                    cache=self._step_flops.setdefault(record.config_hash, {}))
         except Exception as exc:  # e.g. a plugin method that is not installed here
-            self.log(f"leaderboard: cannot count FLOPs of {record.get('suite')}/{record.get('cell')}: "
+            self.log(f"leaderboard: cannot count FLOPs of {record.suite}/{record.cell}: "
                      f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
             return math.nan
 
@@ -165,30 +165,35 @@ def _collect_store(store: Store, tables: dict[tuple[str, str], Table], log) -> N
     resolver = _ProtocolResolver(store, log)
     for name in sorted(store.study_names()):
         study = store.study(name, create=False)
-        records = [r for r in store.records(study)  # few-step cells (other kinds of study hold other records)
-                   if r["status"] in DONE and {"source", "config_hash", "test_acc_final", "inner_steps"} <= set(r)]
-        by_arm: dict[tuple[str, str], list[dict]] = {}
+        # few-step cells, by kind (a nas_proxy study holds its teachers' cells beside its proxy scores)
+        records = [r for r in store.records(study) if isinstance(r, FewstepCell) and r.done]
+        by_arm: dict[tuple[str, str], list[FewstepCell]] = {}
         for r in records:
-            by_arm.setdefault((r["source"], r["config_hash"]), []).append(r)
+            by_arm.setdefault((r.source, r.config_hash), []).append(r)
         for (source, chash), cells in sorted(by_arm.items()):
-            cells.sort(key=lambda r: r["seed"])
+            cells.sort(key=lambda r: r.seed)
             first = cells[0]
             protocol = resolver.protocol(first, cells[1:])
-            profile = first.get("profile", "?")
+            profile = _or_missing(first.profile, "?")
             pkey = (config_hash(protocol), profile)
             table = tables.setdefault(pkey, Table(f"{pkey[0][:8]}-{profile}", profile, protocol))
-            complete = [r for r in cells if r["status"] == COMPLETE]
+            complete = [r for r in cells if r.status == Status.COMPLETE]
             flops = [resolver.flops(r, cells) for r in complete]
             table.rows.append(Row(
-                study=name, suite=first.get("suite", name), profile=profile, source=source,
-                method=first.get("method", "?"), variant=first.get("variant", ""), config_hash=chash,
-                accuracy=stats.mean_ci([r["test_acc_final"] for r in complete]),
+                study=name, suite=_or_missing(first.suite, name), profile=profile, source=source,
+                method=_or_missing(first.method, "?"), variant=_or_missing(first.variant, ""), config_hash=chash,
+                accuracy=stats.mean_ci([r.test_acc_final for r in complete]),
                 seeds_complete=len(complete), seeds_done=len(cells),
-                diverged=sum(r["status"] == "diverged" for r in cells),
-                meta_train_seconds=_mean([r.get("meta_train_seconds") for r in complete]),
-                flops=_mean(flops), finished=max((r.get("finished") or "") for r in cells)[:10],
-                revisions=", ".join(sorted({r.get("revision", "unknown") for r in cells})),
+                diverged=sum(r.status == Status.DIVERGED for r in cells),
+                meta_train_seconds=_mean([r.meta_train_seconds for r in complete]),
+                flops=_mean(flops), finished=max((r.finished or "") for r in cells)[:10],
+                revisions=", ".join(sorted({_or_missing(r.revision, "unknown") for r in cells})),
                 devices=", ".join(sorted({device_label(r) for r in cells}))))
+
+
+def _or_missing(value, default):
+    """``value``, or ``default`` for a field the record never held (as ``dict.get(key, default)`` read them)."""
+    return default if value is None else value
 
 
 def _mean(values) -> float:

@@ -30,10 +30,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from tgbench import stats  # noqa: E402
+from tgbench.records import Status  # noqa: E402
 
-COMPLETE = "complete"
-DIVERGED = "diverged"
-FAILED = "failed"
 HEADER_KEYS = ("suite", "profile", "revision", "command", "overrides", "machine", "created")
 UNKNOWN_DATASET = "(unknown dataset)"
 
@@ -42,7 +40,7 @@ UNKNOWN_DATASET = "(unknown dataset)"
 class ReportInputs:
     """Everything a report is made of; see the module docstring of the runner for how it is assembled.
 
-    * ``summary``: one row per cell: ``source, method, variant, seed, status, dataset_resolved,
+    * ``summary``: one row per cell: ``source, method, variant, seed, status`` (a ``Status`` value), ``dataset_resolved,
       test_acc_final, val_acc_final`` (fractions in [0, 1]), ``meta_train_seconds, outer_iterations``.
     * ``curves``: long ``source, seed, outer_iter, val_acc, test_acc`` (accuracy during meta-training).
     * ``steps``: long ``source, seed, inner_step, test_acc, val_acc`` (final teachers; step 0 = at init).
@@ -83,7 +81,7 @@ class SourceRow:
 
 
 def _source_row(source: str, cells: pd.DataFrame) -> SourceRow:
-    ok = cells[cells["status"] == COMPLETE]
+    ok = cells[cells["status"] == Status.COMPLETE.value]
     variants = sorted({str(v) for v in cells["variant"].dropna()})
     secs = ok["meta_train_seconds"].dropna()
     return SourceRow(
@@ -91,8 +89,8 @@ def _source_row(source: str, cells: pd.DataFrame) -> SourceRow:
         variant=", ".join(variants),
         n_cells=len(cells),
         n_complete=len(ok),
-        n_diverged=int((cells["status"] == DIVERGED).sum()),
-        n_failed=int((cells["status"] == FAILED).sum()),
+        n_diverged=int((cells["status"] == Status.DIVERGED.value).sum()),
+        n_failed=int((cells["status"] == Status.FAILED.value).sum()),
         test=stats.mean_ci(ok["test_acc_final"]),
         val=stats.mean_ci(ok["val_acc_final"]),
         meta_train_seconds=float(secs.mean()) if len(secs) else math.nan,
@@ -175,7 +173,7 @@ def results_table(rows: list[SourceRow]) -> list[str]:
 
 def p_value_matrix(summary: pd.DataFrame, order: list[str]) -> pd.DataFrame:
     """Pairwise Welch p-values of ``test_acc_final`` over complete cells, rows/columns in ``order``."""
-    ok = summary[summary["status"] == COMPLETE]
+    ok = summary[summary["status"] == Status.COMPLETE.value]
     return stats.pairwise_p_values(ok, "source", "test_acc_final", test="welch", order=order)
 
 
@@ -231,7 +229,7 @@ def _method_note(meta: dict[str, Any]) -> str:
 def comparison_frame(cells: pd.DataFrame, order: list[str]) -> pd.DataFrame:
     """Every pair of sources (in table order): the difference of mean test accuracy with a 95 % bootstrap CI,
     the Welch p-value and its Holm–Bonferroni adjustment over all pairs of the table."""
-    ok = cells[cells["status"] == COMPLETE]
+    ok = cells[cells["status"] == Status.COMPLETE.value]
     values = {s: ok.loc[ok["source"] == s, "test_acc_final"].to_numpy(dtype=float) for s in order}
     rows = []
     for i, a in enumerate(order):
@@ -369,9 +367,9 @@ def sweep_frame(summary: pd.DataFrame) -> pd.DataFrame:
     swept["dataset_resolved"] = swept["dataset_resolved"].fillna(UNKNOWN_DATASET).astype(str)
     rows = []
     for (ds, arm, value), g in swept.groupby(["dataset_resolved", "arm", "sweep_value"], sort=True):
-        ok = g[g["status"] == COMPLETE]
+        ok = g[g["status"] == Status.COMPLETE.value]
         ci = stats.mean_ci(ok["test_acc_final"])
-        diverged = int((g["status"] == DIVERGED).sum())
+        diverged = int((g["status"] == Status.DIVERGED.value).sum())
         rows.append([ds, arm, value, len(g), diverged, diverged / len(g), ci.mean, ci.low, ci.high, len(ok),
                      float(ok["meta_train_seconds"].mean()) if len(ok) else math.nan])
     return pd.DataFrame(rows, columns=cols)
@@ -448,7 +446,7 @@ def _complete_only(long: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
     """Drop (source, seed) pairs whose cell is not complete; pairs the summary does not know are kept."""
     if long.empty or summary.empty:
         return long
-    bad = summary.loc[summary["status"] != COMPLETE, ["source", "seed"]]
+    bad = summary.loc[summary["status"] != Status.COMPLETE.value, ["source", "seed"]]
     bad_keys = set(zip(bad["source"].astype(str), bad["seed"]))
     keep = [(str(s), d) not in bad_keys for s, d in zip(long["source"], long["seed"])]
     return long[np.asarray(keep, dtype=bool)]

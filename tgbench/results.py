@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 
 from tgbench import stats
 from tgbench.device import label as device_label
+from tgbench.records import FewstepCell, Status
 
 FORMAT = "tgbench-results/1"
 SCHEMA_FILE = Path(__file__).with_name("results.schema.json")
@@ -46,7 +47,7 @@ class CellResult(_Model):
     method: str | None = None                    # (a failed cell's record may not have got that far)
     variant: str | None = None
     seed: int
-    status: str                                  # complete | diverged | failed
+    status: str                                  # complete | diverged | failed (a tgbench.records.Status value)
     config_hash: str | None = None
     dataset_resolved: str | None = None
     device: str = "cpu"
@@ -93,9 +94,10 @@ class ResultsDocument(_Model):
     cells: list[CellResult]
 
 
-def _cell(record: dict) -> CellResult:
-    fields = {k: record.get(k) for k in CellResult.model_fields if record.get(k) is not None}
-    fields.setdefault("arm", record.get("source"))
+def _cell(record: FewstepCell) -> CellResult:
+    fields = {k: getattr(record, k) for k in CellResult.model_fields if getattr(record, k) is not None}
+    fields.setdefault("arm", record.source)
+    fields["status"] = record.status.value
     fields["device"] = device_label(record)
     return CellResult.model_validate(fields)
 
@@ -104,24 +106,24 @@ def _summary(cells: list[CellResult]) -> list[ArmSummary]:
     rows = []
     for arm in sorted({c.arm for c in cells}):
         mine = [c for c in cells if c.arm == arm]
-        complete = [c for c in mine if c.status == "complete"]
+        complete = [c for c in mine if c.status == Status.COMPLETE]
         ci = stats.mean_ci([c.test_acc_final for c in complete if c.test_acc_final is not None])
         val = stats.mean_ci([c.val_acc_final for c in complete if c.val_acc_final is not None])
         rows.append(ArmSummary(arm=arm, method=next((c.method for c in mine if c.method), None),
                                seeds_complete=len(complete),
-                               seeds_diverged=sum(c.status == "diverged" for c in mine),
+                               seeds_diverged=sum(c.status == Status.DIVERGED for c in mine),
                                test_acc_mean=ci.mean, test_acc_ci_low=ci.low, test_acc_ci_high=ci.high,
                                val_acc_mean=val.mean))
     return rows
 
 
-def results_document(resolved_suite: dict, profile: str, records: list[dict], meta: dict,
+def results_document(resolved_suite: dict, profile: str, records: list[FewstepCell], meta: dict,
                      versions: dict[str, str | None]) -> ResultsDocument:
     """The document of a report's records (``meta``: the report's provenance: created, command, machine)."""
     cells = sorted((_cell(r) for r in records), key=lambda c: (c.arm, c.source, c.seed))
     return ResultsDocument(
         suite=resolved_suite["name"], profile=profile, created=meta["created"], command=meta["command"],
-        revisions=sorted({r.get("revision") or "unknown" for r in records}),
+        revisions=sorted({r.revision or "unknown" for r in records}),
         devices=sorted({device_label(r) for r in records}), machine=meta["machine"], versions=versions,
         resolved_suite=resolved_suite, summary=_summary(cells), cells=cells)
 

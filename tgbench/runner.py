@@ -25,7 +25,7 @@ from tgbench.kinds import RunContext, RunOptions, SuiteKind
 from tgbench.locations import check_output_locations
 from tgbench.provenance import default_profile
 from tgbench.registry import suite_kinds
-from tgbench.store import cell_key
+from tgbench.records import cell_key
 
 __all__ = ["RunOptions", "run_suite", "report_suite", "run_in_workers", "run_cell_in_a_slot"]
 

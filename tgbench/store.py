@@ -1,9 +1,10 @@
 """The experiment store: an Optuna RDB storage (SQLite by default, any SQLAlchemy URL such as PostgreSQL).
 
 One suite at one profile is one *study*; each cell (source x seed) is one *trial* whose user attributes hold
-the full JSON record (config hash, resolved dataset, curves, per-step accuracies, timings, versions). A cell is
-*done* when a trial with its key and config hash carries status ``complete`` or ``diverged``; re-running a
-suite skips done cells (resume) and re-runs anything else (failed, interrupted, or configured differently).
+its record (``tgbench.records``: a typed model per kind; config hash, resolved dataset, curves, per-step
+accuracies, timings, versions). The store writes and reads only those models. A cell is *done* when a trial with
+its key and config hash carries a done status (``complete`` or ``diverged``); re-running a suite skips done cells
+(resume) and re-runs anything else (failed, interrupted, or configured differently).
 Trained teachers are saved as Optuna artifacts next to the database (a file store), linked to their trial.
 
 Claiming cells (``Store.claim``): any number of ``tgbench run`` processes, on one machine or many sharing one
@@ -52,10 +53,9 @@ from optuna.trial import TrialState
 
 from tgbench import interrupt
 from tgbench.errors import BadInput
+from tgbench.records import CellRecord, FewstepCell, Record, Status, record_from_attrs
 
 DEFAULT_STORAGE = "sqlite:///results/tgbench.db"
-DONE = ("complete", "diverged")
-DUPLICATE = "duplicate"   # a claim that lost to another worker's claim of the same cell; never reported
 HEARTBEAT_INTERVAL = 10   # seconds between the heartbeats of a running cell
 GRACE_PERIOD = 60         # a running cell silent for longer is stale: its worker is gone and the cell re-runs
 # what losing the race to create a fresh store's tables looks like (SQLite, PostgreSQL)
@@ -71,16 +71,6 @@ def config_hash(payload: Any) -> str:
     """Stable short hash of a JSON-able payload (the protocol a cell was run under)."""
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def cell_key(source: str, seed: int) -> str:
-    return f"{source}|seed={seed}"
-
-
-def split_cell_key(key: str) -> tuple[str, int] | None:
-    """``cell_key``'s inverse: (source, seed); None for a key of another shape (e.g. a NAS proxy record's)."""
-    source, sep, seed = key.rpartition("|seed=")
-    return (source, int(seed)) if sep and seed.isdigit() else None
 
 
 def artifacts_location(url: str | None, artifacts_dir: str | Path | None) -> tuple[Path, str]:
@@ -211,74 +201,74 @@ class Store:
     def study_names(self) -> list[str]:
         return [s.study_name for s in optuna.get_all_study_summaries(self.storage, include_best_trial=False)]
 
+    def cell_records(self, study: optuna.Study, states: tuple[TrialState, ...] | None = None) -> list[CellRecord]:
+        """The typed record of every claimed trial (every record but tune trials), in trial order, duplicates
+        and still-running claims included."""
+        records = (trial_record(t, study.study_name) for t in study.get_trials(deepcopy=False, states=states))
+        return [r for r in records if isinstance(r, CellRecord)]
+
     def done_cells(self, study: optuna.Study) -> set[tuple[str, str]]:
         """(cell key, config hash) of every finished (complete or diverged) cell."""
-        return {(t.user_attrs["cell"], t.user_attrs.get("config_hash"))
-                for t in study.get_trials(deepcopy=False)
-                if t.user_attrs.get("status") in DONE and "cell" in t.user_attrs}
+        return {(r.cell, r.config_hash) for r in self.cell_records(study) if r.done}
 
-    def records(self, study: optuna.Study, accept: dict[str, set[str]] | None = None) -> list[dict]:
+    def records(self, study: optuna.Study, accept: dict[str, set[str]] | None = None) -> list[CellRecord]:
         """Finished and failed records, newest per cell; with ``accept`` (cell key -> acceptable config hashes)
-        only the cells it names, run under one of their acceptable configs."""
-        newest: dict[str, dict] = {}
-        for trial in study.get_trials(deepcopy=False):
-            attrs = dict(trial.user_attrs)
-            if "cell" not in attrs or "status" not in attrs or attrs["status"] == DUPLICATE:
+        only the cells it names, run under one of their acceptable configs. Duplicate claims are left out."""
+        newest: dict[str, CellRecord] = {}
+        for record in self.cell_records(study):
+            if record.status == Status.DUPLICATE:
                 continue
-            if attrs["status"] == "running" and trial.state == TrialState.FAIL:  # failed as stale (its worker died)
-                attrs["status"], attrs["error"] = "failed", "interrupted: its worker stopped (no heartbeat)"
-            if accept is not None and attrs.get("config_hash") not in accept.get(attrs["cell"], ()):
+            if accept is not None and record.config_hash not in accept.get(record.cell, ()):
                 continue
-            attrs["trial_number"] = trial.number
-            # a cell that failed or was interrupted before its record was written has only its claim: name it
-            parsed = split_cell_key(attrs["cell"])
-            if parsed is not None:
-                attrs.setdefault("source", parsed[0])
-                attrs.setdefault("seed", parsed[1])
-            prev = newest.get(attrs["cell"])
+            prev = newest.get(record.cell)
             # a finished record always beats a failed/interrupted attempt of the same cell
-            if prev is None or (attrs["status"] in DONE) >= (prev["status"] in DONE):
-                newest[attrs["cell"]] = attrs
+            if prev is None or record.done >= prev.done:
+                newest[record.cell] = record
         return list(newest.values())
 
-    def begin(self, study: optuna.Study, key: str, chash: str) -> optuna.Trial:
-        """Open a RUNNING trial for a cell: cell key, config hash and worker are written in the same transaction
-        that creates the trial (no one ever sees a claim without its cell), then its first heartbeat."""
-        template = optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs={
-            "cell": key, "config_hash": chash, "status": "running", "worker": _this_worker()})
+    def begin(self, study: optuna.Study, key: str, chash: str,
+              kind: type[CellRecord] = FewstepCell) -> optuna.Trial:
+        """Open a RUNNING trial for a cell (a record of ``kind``): its kind, cell key, config hash, worker and
+        status ``running`` are written in the same transaction that creates the trial (no one ever sees a claim
+        without its cell), then its first heartbeat."""
+        claim = kind(cell=key, config_hash=chash, worker=_this_worker(), status=Status.RUNNING)
+        template = optuna.trial.create_trial(state=TrialState.RUNNING,
+                                             user_attrs={**claim.fields(), "status": claim.status.value})
         study_id = self.storage.get_study_id_from_name(study.study_name)
         trial_id = self.storage.create_new_trial(study_id, template_trial=template)
         self.storage.record_heartbeat(trial_id)
         return optuna.Trial(study, trial_id)
 
-    def claim(self, study: optuna.Study, key: str, chash: str) -> optuna.Trial | None:
+    def claim(self, study: optuna.Study, key: str, chash: str,
+              kind: type[CellRecord] = FewstepCell) -> optuna.Trial | None:
         """This process's RUNNING trial for the cell, or None when the cell is done or another worker holds it
         (the protocol is in the module docstring)."""
         self.fail_stale(study)
-        trial = self.begin(study, key, chash)
+        trial = self.begin(study, key, chash, kind)
         holder = self.holder(study, trial)
         if holder is not None:
-            self.finish(study, trial, {"status": DUPLICATE, "error": f"cell held by trial {holder}"})
+            self.finish(study, trial, kind(cell=key, config_hash=chash, status=Status.DUPLICATE,
+                                           error=f"cell held by trial {holder}"))
             return None
         return trial
 
     def holder(self, study: optuna.Study, trial: optuna.Trial) -> int | None:
         """Number of the trial that owns ``trial``'s cell instead of it: a done one, or an earlier-numbered
         RUNNING one; None when ``trial`` owns its cell."""
-        key, chash = trial.user_attrs["cell"], trial.user_attrs["config_hash"]
+        mine = record_from_attrs(trial.user_attrs, study.study_name)
         for other in study.get_trials(deepcopy=False):
-            attrs = other.user_attrs
-            if other.number == trial.number or (attrs.get("cell"), attrs.get("config_hash")) != (key, chash):
+            record = trial_record(other, study.study_name)
+            if other.number == trial.number or not isinstance(record, CellRecord) \
+                    or (record.cell, record.config_hash) != (mine.cell, mine.config_hash):
                 continue
-            if attrs.get("status") in DONE or (other.state == TrialState.RUNNING and other.number < trial.number):
+            if record.done or (other.state == TrialState.RUNNING and other.number < trial.number):
                 return other.number
         return None
 
     def busy_cells(self, study: optuna.Study) -> set[tuple[str, str]]:
         """(cell key, config hash) of every cell some live worker is running (stale claims are failed first)."""
         self.fail_stale(study)
-        return {(t.user_attrs.get("cell"), t.user_attrs.get("config_hash"))
-                for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        return {(r.cell, r.config_hash) for r in self.cell_records(study, states=(TrialState.RUNNING,))}
 
     def fail_stale(self, study: optuna.Study) -> None:
         """Fail the RUNNING trials whose worker is gone (step 1 of the protocol in the module docstring)."""
@@ -289,7 +279,8 @@ class Store:
         silent = self._never_beaten([t._trial_id for t in running]) if running else set()
         old = dt.datetime.now() - dt.timedelta(seconds=self.grace_period)
         for trial in running:
-            worker = trial.user_attrs.get("worker")
+            record = trial_record(trial, study.study_name)
+            worker = record.worker if isinstance(record, CellRecord) else None
             if (worker is None or _died_here(worker)
                     or (trial._trial_id in silent and trial.datetime_start is not None and trial.datetime_start < old)):
                 try:
@@ -327,17 +318,14 @@ class Store:
             stop.set()
             thread.join()
 
-    def finish(self, study: optuna.Study, trial: optuna.Trial, record: dict) -> None:
-        """Write the whole record, then close the trial: COMPLETE (value = final test acc) or FAIL. The status
-        is written last, so a worker killed half-way never leaves a record that looks finished.
+    def finish(self, study: optuna.Study, trial: optuna.Trial, record: Record) -> None:
+        """Write the whole record (:func:`write_record`: its status last), then close the trial: COMPLETE (value
+        ``record.trial_value()``, e.g. the final test accuracy) or FAIL.
 
         Raises ``optuna.exceptions.UpdateFinishedTrialError`` when another worker failed this claim as stale."""
-        for key, value in record.items():
-            if key != "status":
-                trial.set_user_attr(key, value)
-        trial.set_user_attr("status", record["status"])
-        if record["status"] == "complete":
-            study.tell(trial, record["test_acc_final"])
+        write_record(trial, record)
+        if record.status == Status.COMPLETE:
+            study.tell(trial, record.trial_value())
         else:
             study.tell(trial, state=TrialState.FAIL)
 
@@ -376,6 +364,38 @@ class Store:
                 and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())):
             raise BadInput(f"{where}: not a tgbench teacher (expected a dict with a 'state_dict' of tensors)")
         return payload
+
+
+def write_record(trial: optuna.Trial, record: Record) -> None:
+    """Write ``record`` into the trial's user attributes: every field, then the status, last. Each attribute is
+    its own transaction, so a worker killed between two of them leaves a partial record; with the status last
+    that record still says ``running`` (or whatever its claim said), never done (``tgbench.records``)."""
+    for key, value in record.fields().items():
+        trial.set_user_attr(key, value)
+    trial.set_user_attr("status", record.status.value)
+
+
+STALE_ERROR = "interrupted: its worker stopped (no heartbeat)"
+
+
+# the status of a trial that has none of its own (Optuna's state); WAITING and RUNNING: running
+STATE_STATUS = {TrialState.COMPLETE: Status.COMPLETE, TrialState.FAIL: Status.FAILED, TrialState.PRUNED: Status.PRUNED}
+
+
+def trial_record(trial: optuna.trial.FrozenTrial, study_name: str) -> Record:
+    """The typed record of a trial (``tgbench.records.record_from_attrs``), with what only the trial's state says:
+    a claim still ``running`` in a FAILED trial was failed as stale (its worker died); a trial without a status
+    (a tune trial Optuna closed before its record was written, or one written before tune trials had one) has its
+    state's."""
+    attrs = dict(trial.user_attrs)
+    if attrs.get("status") == Status.RUNNING and trial.state == TrialState.FAIL:
+        attrs["status"], attrs["error"] = Status.FAILED, STALE_ERROR
+    if trial.state == TrialState.PRUNED:
+        attrs["status"] = Status.PRUNED
+    attrs.setdefault("status", STATE_STATUS.get(trial.state, Status.RUNNING))
+    record = record_from_attrs(attrs, study_name)
+    record.trial_number = trial.number
+    return record
 
 
 def load_weights_only(path: str | Path) -> Any:

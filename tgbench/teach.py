@@ -79,25 +79,26 @@ def export_teacher(suite: str, profile: str | None, source: str, seed: int, out:
                    artifacts_dir: str | None = None, log=print) -> Path:
     """Write the teacher of cell (source, seed) of ``suite@profile`` from the store to ``out``."""
     from tgbench.provenance import default_profile
-    from tgbench.store import Store, cell_key, require_existing
+    from tgbench.records import FewstepCell, Status, cell_key
+    from tgbench.store import Store, require_existing
 
     profile = profile or default_profile(devices.resolve())
     name = f"{_suite_name(suite)}@{profile}"
     store = Store(require_existing(storage), artifacts_dir)  # reading: never create an empty store
-    records = {r["cell"]: r for r in store.records(store.study(name, create=False))}
+    records = {r.cell: r for r in store.records(store.study(name, create=False)) if isinstance(r, FewstepCell)}
     record = records.get(cell_key(source, seed))
     if record is None:
         raise BadInput(f"--source/--seed: no cell {cell_key(source, seed)!r} in study {name!r}; it has: "
                        f"{', '.join(sorted(records)) or 'none'}")
-    if record["status"] != "complete" or not record.get("teacher_artifact"):
-        raise BadInput(f"--source/--seed: cell {record['cell']!r} of {name!r} is {record['status']}; only complete "
+    if record.status != Status.COMPLETE or not record.teacher_artifact:
+        raise BadInput(f"--source/--seed: cell {record.cell!r} of {name!r} is {record.status}; only complete "
                        "cells have a saved teacher")
-    payload = store.load_teacher(record["teacher_artifact"])
+    payload = store.load_teacher(record.teacher_artifact)
     payload.update({"format": FORMAT, "study": name, "profile": profile, "source": source,
-                    "schedule": record.get("schedule"), "record": {k: record.get(k) for k in RECORD_KEYS}})
+                    "schedule": record.schedule, "record": {k: getattr(record, k) for k in RECORD_KEYS}})
     path = _save_atomically(payload, out)
-    log(f"exported {name} {record['cell']} (method {payload['method']}, {payload['dataset_resolved']}, recorded test "
-        f"acc {record['test_acc_final']:.4f}) -> {path}")
+    log(f"exported {name} {record.cell} (method {payload['method']}, {payload['dataset_resolved']}, recorded test "
+        f"acc {record.test_acc_final:.4f}) -> {path}")
     return path
 
 

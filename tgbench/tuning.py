@@ -22,7 +22,8 @@ from tgbench.cells import EVAL_SEED_OFFSET, cell_hash
 from tgbench.config import SearchDimension, SourceEntry, Suite, arm_with, sampler_key
 from tgbench.data import Dataset
 from tgbench.errors import BadInput, Diverged
-from tgbench.store import Store, config_hash
+from tgbench.records import Status, TuneTrial
+from tgbench.store import Store, config_hash, trial_record, write_record
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -70,7 +71,7 @@ def optimize(study: optuna.Study, objective, budget, log=print) -> None:
                                     "optuna": optuna.__version__, **settings.model_dump(mode="json")})
     study.pruner = optuna.pruners.MedianPruner() if pruning else optuna.pruners.NopPruner()
     study.optimize(objective, n_trials=todo, show_progress_bar=False,
-                   callbacks=[lambda s, t: log(f"  trial {t.number}: {t.user_attrs.get('status', t.state.name)} "
+                   callbacks=[lambda s, t: log(f"  trial {t.number}: {trial_record(t, s.study_name).status} "
                                                f"objective {t.value if t.value is not None else float('nan'):.4f} "
                                                f"{t.params}")])
 
@@ -92,7 +93,9 @@ def trial_arm(suite: Suite, entry: SourceEntry, values: dict[str, Any]) -> Sourc
 
 def tuning_objective(suite: Suite, entry: SourceEntry, dataset: Dataset, space: dict[str, SearchDimension]):
     """Objective of one arm's tuning study: meta-train with the sampled values, then the validation error of
-    fresh reference learners after the last inner step (test is never scored). A diverged run scores 1.0."""
+    fresh reference learners after the last inner step (test is never scored). A diverged run scores 1.0. The
+    trial's record (a ``TuneTrial``: meta-training seconds, validation scores) is written when the trial is
+    scored, its status last."""
     stage = suite.tuning
 
     def objective(trial: optuna.Trial) -> float:
@@ -100,24 +103,22 @@ def tuning_objective(suite: Suite, entry: SourceEntry, dataset: Dataset, space: 
         arm = trial_arm(suite, entry, values)
         seed = TUNING_SEED_OFFSET + trial.number
         trainer = build_trainer(suite, arm, dataset, seed)
-        start, status = time.perf_counter(), "complete"
+        start = time.perf_counter()
         try:
             for _ in range(suite.outer_for(arm).iterations):
                 interrupt.check()
                 trainer.step()
         except Diverged as exc:
-            status = "diverged"
-            trial.set_user_attr("error", str(exc))
-        trial.set_user_attr("meta_train_seconds", time.perf_counter() - start)
-        trial.set_user_attr("status", status)
-        if status == "diverged":
+            write_record(trial, TuneTrial(status=Status.DIVERGED, error=str(exc),
+                                          meta_train_seconds=time.perf_counter() - start))
             return 1.0
+        seconds = time.perf_counter() - start
         specs = suite.evaluation.learner_specs(suite.learner, trainer.teacher.source.learner_weight_norm)[:1]
         # val in both of evaluate's slots: the stage must never score the test split
         result = trainer.evaluate(dataset.val, dataset.val, specs, stage.learners, seed=EVAL_SEED_OFFSET + seed,
                                   per_step=False).final
-        trial.set_user_attr("val_acc_final", result["val_acc"])
-        trial.set_user_attr("val_loss_final", result["val_loss"])
+        write_record(trial, TuneTrial(status=Status.COMPLETE, meta_train_seconds=seconds,
+                                      val_acc_final=result["val_acc"], val_loss_final=result["val_loss"]))
         value = 1.0 - result["val_acc"]
         return value if math.isfinite(value) else 1.0
 
@@ -197,7 +198,8 @@ def tuning_frame(store: Store, suite: Suite, profile: str) -> pd.DataFrame:
                 continue
             row.update(trials=len(finished), chosen=", ".join(f"{k}={v}" for k, v in best_values(study).items()),
                        best_val_acc=1.0 - study.best_value,
-                       tuning_seconds=sum(t.user_attrs.get("meta_train_seconds") or 0.0 for t in finished))
+                       tuning_seconds=sum(trial_record(t, study.study_name).meta_train_seconds or 0.0
+                                          for t in finished))
         rows.append(row)
     return pd.DataFrame(rows, columns=["arm", "space", "trials", "outer_iterations_per_trial", "chosen",
                                        "best_val_acc", "tuning_seconds"])

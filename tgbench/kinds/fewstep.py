@@ -26,10 +26,11 @@ from tgbench.errors import BadInput, CellsFailed
 from tgbench.kinds import RunContext, SuiteKind
 from tgbench.locations import check_writable_dir, out_location
 from tgbench.provenance import machine, versions
+from tgbench.records import FewstepCell, Status, cell_key
 from tgbench.report import ReportInputs, write_report
 from tgbench.results import results_document, write_results
 from tgbench.runner import CELL_FAILURES, note_failure, run_in_workers
-from tgbench.store import Store, cell_key
+from tgbench.store import Store
 from tgbench.data import Dataset
 from tgbench.tuning import describe_sampler, tune_stage, tuned_values, tuning_frame
 
@@ -114,18 +115,19 @@ def run_fewstep(ctx: RunContext) -> Path:
 
 
 # ------------------------------------------------------------------------------------------ the report
-def report_frames(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(summary, curves, steps) DataFrames from store records (see tgbench.report.ReportInputs)."""
+def report_frames(records: list[FewstepCell]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(summary, curves, steps) DataFrames from store records (see tgbench.report.ReportInputs); the status
+    column holds the stored words (``Status`` values)."""
     summary_cols = ["source", "method", "variant", "seed", "status", "dataset_resolved", "test_acc_final",
                     "val_acc_final", "meta_train_seconds", "outer_iterations", "peak_rss_mb", "revision",
                     "arm", "sweep_value"]
-    summary = pd.DataFrame([{c: r.get(c) for c in summary_cols} for r in records], columns=summary_cols)
-    curves = pd.DataFrame([{"source": r["source"], "seed": r["seed"], **point}
-                           for r in records for point in r.get("curve", [])],
+    summary = pd.DataFrame([{**{c: getattr(r, c) for c in summary_cols}, "status": r.status.value} for r in records],
+                           columns=summary_cols)
+    curves = pd.DataFrame([{"source": r.source, "seed": r.seed, **point} for r in records for point in r.curve],
                           columns=["source", "seed", "outer_iter", "val_acc", "test_acc", "val_loss", "meta_loss"])
-    steps = pd.DataFrame([{"source": r["source"], "seed": r["seed"], "inner_step": i, "test_acc": te, "val_acc": va}
-                          for r in records if r.get("steps_test_acc")
-                          for i, (te, va) in enumerate(zip(r["steps_test_acc"], r["steps_val_acc"]))],
+    steps = pd.DataFrame([{"source": r.source, "seed": r.seed, "inner_step": i, "test_acc": te, "val_acc": va}
+                          for r in records if r.steps_test_acc
+                          for i, (te, va) in enumerate(zip(r.steps_test_acc, r.steps_val_acc))],
                          columns=["source", "seed", "inner_step", "test_acc", "val_acc"])
     return (summary.sort_values(["source", "seed"]).reset_index(drop=True),
             curves.sort_values(["source", "seed", "outer_iter"]).reset_index(drop=True) if len(curves) else curves,
@@ -137,16 +139,16 @@ def build_report(suite: Suite, profile: str, store: Store, out_dir: Path, accept
     """Write the report of the cells in ``accept`` (cell key -> acceptable config hashes) from the store."""
     study = store.study(study_name(suite, profile), create=False)
     # (a claim some worker holds now has no record yet: the report shows finished and failed cells)
-    records = [r for r in store.records(study, accept) if r["status"] != "running"]
+    records = [r for r in store.records(study, accept) if isinstance(r, FewstepCell) and r.status != Status.RUNNING]
     if not records:
         raise BadInput(f"no results for suite {suite.name!r} at profile {profile!r} in {store.url}; run it first")
     summary, curves, steps = report_frames(records)
     samples, sample_steps = {}, {}
-    for r in sorted(records, key=lambda r: (r["source"], r["seed"])):
-        if r.get("samples") and r["source"] not in samples:  # the lowest seed's teacher stands for its source
-            samples[r["source"]] = decode_array(r["samples"])
-            sample_steps[r["source"]] = r["sample_steps"]
-    revisions = sorted({r.get("revision", "unknown") for r in records})
+    for r in sorted(records, key=lambda r: (r.source, r.seed)):
+        if r.samples and r.source not in samples:  # the lowest seed's teacher stands for its source
+            samples[r.source] = decode_array(r.samples)
+            sample_steps[r.source] = r.sample_steps
+    revisions = sorted({_revision(r) for r in records})
     meta = {"suite": suite.name, "profile": profile, "revision": ", ".join(revisions),
             "command": command or f"tgbench run {suite.name} --profile {profile}", "machine": machine(),
             "device": ", ".join(sorted({devices.label(r) for r in records})),
@@ -178,29 +180,33 @@ BN_PROTOCOL_NOTE = {
 }
 
 
-def phase_frame(records: list[dict]) -> pd.DataFrame:
+def _revision(record: FewstepCell) -> str:
+    return "unknown" if record.revision is None else record.revision
+
+
+def phase_frame(records: list[FewstepCell]) -> pd.DataFrame:
     """Long ``source, seed, phase, seconds``: where each cell's wall time went (records written before the
     phase split existed contribute nothing)."""
-    rows = [{"source": r["source"], "seed": r["seed"], "phase": phase, "seconds": seconds}
+    rows = [{"source": r.source, "seed": r.seed, "phase": phase, "seconds": seconds}
             for r in records for phase, seconds in _phases_of(r).items()]
     return pd.DataFrame(rows, columns=["source", "seed", "phase", "seconds"])
 
 
-def _phases_of(record: dict) -> dict[str, float]:
-    if record.get("phase_seconds"):
-        return record["phase_seconds"]
+def _phases_of(record: FewstepCell) -> dict[str, float]:
+    if record.phase_seconds:
+        return record.phase_seconds
     # records written before the split (revision 59f80bf and earlier) timed three phases (final evaluation
     # with the sample grid)
-    old = {"meta_training": record.get("meta_train_seconds"), "final_evaluation": record.get("eval_seconds"),
-           "held_out": record.get("held_out_seconds")}
-    return {k: v for k, v in old.items() if v is not None} if record.get("status") == "complete" else {}
+    old = {"meta_training": record.meta_train_seconds, "final_evaluation": record.eval_seconds,
+           "held_out": record.held_out_seconds}
+    return {k: v for k, v in old.items() if v is not None} if record.status == Status.COMPLETE else {}
 
 
-def held_out_frame(records: list[dict]) -> pd.DataFrame:
+def held_out_frame(records: list[FewstepCell]) -> pd.DataFrame:
     """Long ``source, seed, dataset_resolved, name, architecture, test_acc, val_acc`` of the held-out learners
     of complete cells (records written before the held-out table existed contribute nothing)."""
-    rows = [{"source": r["source"], "seed": r["seed"], "dataset_resolved": r.get("dataset_resolved"), **score}
-            for r in records if r.get("status") == "complete" for score in r.get("held_out") or []]
+    rows = [{"source": r.source, "seed": r.seed, "dataset_resolved": r.dataset_resolved, **score}
+            for r in records if r.status == Status.COMPLETE for score in r.held_out or []]
     return pd.DataFrame(rows, columns=["source", "seed", "dataset_resolved", "name", "architecture", "test_acc",
                                        "val_acc"])
 
@@ -214,7 +220,7 @@ def report_fewstep(ctx: RunContext) -> Path:
     study = store.study(study_name(suite, profile), create=False)
     seeds = ctx.opts.seeds or suite.evaluation.seeds
     # a cell's hash depends on the dataset it resolved to: accept the suite's current config on any of them
-    resolved = {r.get("dataset_resolved") for r in store.records(study)}
+    resolved = {r.dataset_resolved for r in store.records(study) if isinstance(r, FewstepCell)}
     accept: dict[str, set[str]] = {}
     for dataset_resolved in resolved:
         tuned = {e.name: {} for e in suite.sources}

@@ -33,7 +33,6 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import torch
-from optuna.trial import TrialState
 from pydantic import Field, PositiveInt, ValidationError, field_validator
 from scipy import stats as st
 from tqdm import tqdm
@@ -50,10 +49,9 @@ from tgbench.builders import build_teacher
 from tgbench.cells import CellTask, cell_hash, run_cell, study_name
 from tgbench.kinds import RunContext, SuiteKind
 from tgbench.provenance import command_line, git_revision, machine
+from tgbench.records import GROUND_TRUTH_STUDY, FewstepCell, NasGroundTruth, NasProxyScores, Status, cell_key, proxy_key
 from tgbench.source import Teacher
-from tgbench.store import Store, cell_key, config_hash
-
-GROUND_TRUTH_STUDY = "nas_ground_truth"
+from tgbench.store import Store, config_hash
 TEACHER_SEED = 0           # one teacher per teaching source (seed 0 of its cell)
 TOP_FRACTION = 0.10        # "top-10 %" precision and the marked points of the scatter plots
 ORACLE, RANDOM = "oracle (ground truth)", "random pick"
@@ -182,12 +180,12 @@ def truth_frame(store: Store, suite: Suite, dataset_resolved: str, specs: list[L
     study = store.study(GROUND_TRUTH_STUDY, create=False)
     protocol = ground_truth_protocol(suite, dataset_resolved)
     wanted = {cell_key(arch_id(s), seed): {protocol} for s in specs for seed in range(suite.nas.ground_truth.seeds)}
-    records = [r for r in store.records(study, wanted) if r["status"] == "complete"]
+    records = [r for r in store.records(study, wanted) if r.status == Status.COMPLETE]
     if len(records) != len(wanted):
         raise BadInput(f"ground truth incomplete in {store.url}: {len(records)} of {len(wanted)} (architecture, "
                        "seed) runs stored under this protocol; run the suite first")
-    return pd.DataFrame([{k: r.get(k) for k in ("arch_id", "seed", "val_acc", "test_acc", "best_epoch",
-                                                "epochs_run", "seconds", "cpu_seconds")} for r in records])
+    columns = ("arch_id", "seed", "val_acc", "test_acc", "best_epoch", "epochs_run", "seconds", "cpu_seconds")
+    return pd.DataFrame([{k: getattr(r, k) for k in columns} for r in records])
 
 
 def ensure_ground_truth(store: Store, suite: Suite, dataset: Dataset, specs: list[LearnerSpec],
@@ -202,20 +200,21 @@ def ensure_ground_truth(store: Store, suite: Suite, dataset: Dataset, specs: lis
     log(f"ground truth: {len(specs)} architectures x {len(seeds)} seeds, {len(specs) * len(seeds) - len(todo)} "
         f"cached, {len(todo)} to train (protocol {protocol})")
     for spec, seed in tqdm(todo, desc="ground truth", disable=not progress, unit="run", dynamic_ncols=True):
-        aid = arch_id(spec)
-        trial = store.begin(study, cell_key(aid, seed), protocol)
+        aid, key = arch_id(spec), cell_key(arch_id(spec), seed)
+        trial = store.begin(study, key, protocol, NasGroundTruth)
         start, cpu_start = time.perf_counter(), time.process_time()
         try:
             result = train_real(spec, dataset, suite.nas.ground_truth, arch_seed(aid, seed))
             interrupt.check()  # a Ctrl-C Python dropped must not leave this training cached as complete
         except BaseException as exc:
-            store.finish(study, trial, {"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
+            store.finish(study, trial, NasGroundTruth(cell=key, config_hash=protocol, status=Status.FAILED,
+                                                      error=f"{type(exc).__name__}: {exc}"))
             raise
-        store.finish(study, trial, {
-            "status": "complete", "arch_id": aid, "seed": seed, "description": spec.describe(),
-            "spec": spec.as_dict(), "dataset_resolved": dataset.resolved, "protocol": protocol,
-            "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu_start,
-            "test_acc_final": result["test_acc"], **result, **devices.facts(dataset.train.x.device)})
+        store.finish(study, trial, NasGroundTruth(
+            cell=key, config_hash=protocol, status=Status.COMPLETE, arch_id=aid, seed=seed,
+            description=spec.describe(), spec=spec.as_dict(), dataset_resolved=dataset.resolved, protocol=protocol,
+            seconds=time.perf_counter() - start, cpu_seconds=time.process_time() - cpu_start,
+            test_acc_final=result["test_acc"], **result, **devices.facts(dataset.train.x.device)))
     return truth_frame(store, suite, dataset.resolved, specs), len(todo)
 
 
@@ -237,7 +236,7 @@ class Teachers:
     """The teachers a suite's teaching proxies use, by reference (a source label, or ``<study>/<label>``)."""
 
     by_ref: dict[str, Teacher]
-    records: dict[str, dict]     # reference -> the teacher's store record
+    records: dict[str, FewstepCell]     # reference -> the teacher's store record
 
 
 def ensure_teachers(ctx: RunContext, dataset: Dataset, store: Store) -> Teachers:
@@ -260,50 +259,51 @@ def ensure_teachers(ctx: RunContext, dataset: Dataset, store: Store) -> Teachers
                               tf32=opts.tf32, resolved_suite=suite.model_dump(mode="json"),
                               overrides=suite.overrides))
         record = store.records(study, {key: {chash}})[0]
-        if record["status"] != "complete":
-            raise BadInput(f"{suite_path}: sources: teacher {entry.name!r} {record['status']} during meta-training "
-                           f"({record.get('error')}); its proxies cannot run")
+        if record.status != Status.COMPLETE:
+            raise BadInput(f"{suite_path}: sources: teacher {entry.name!r} {record.status} during meta-training "
+                           f"({record.error}); its proxies cannot run")
         teachers[ref], records[ref] = _load_teacher(store, record, suite, entry, dataset), record
     return Teachers(teachers, records)
 
 
-def _load_teacher(store: Store, record: dict, suite: Suite, entry: SourceEntry, dataset: Dataset) -> Teacher:
-    payload = store.load_teacher(record["teacher_artifact"])
+def _load_teacher(store: Store, record: FewstepCell, suite: Suite, entry: SourceEntry, dataset: Dataset) -> Teacher:
+    payload = store.load_teacher(record.teacher_artifact)
     teacher = build_teacher(suite, entry, dataset, TEACHER_SEED)
     teacher.load_state_dict(payload["state_dict"])
     return teacher.eval()
 
 
-def _stored_teacher(suite_path: str, ref: str, dataset: Dataset, store: Store) -> tuple[Teacher, dict]:
+def _stored_teacher(suite_path: str, ref: str, dataset: Dataset, store: Store) -> tuple[Teacher, FewstepCell]:
     """The newest complete seed-0 teacher of ``<study>/<label>`` (e.g. one the few-step suite meta-trained)."""
     name, label = ref.rsplit("/", 1)
     where = f"{suite_path}: nas.proxies: source {ref!r}"
     if name not in store.study_names():
         raise BadInput(f"{where}: no study {name!r} in {store.url}; run that suite first")
     found = [r for r in store.records(store.study(name, create=False))
-             if r["cell"] == cell_key(label, TEACHER_SEED) and r["status"] == "complete" and r.get("teacher_artifact")]
+             if isinstance(r, FewstepCell) and r.cell == cell_key(label, TEACHER_SEED) and r.status == Status.COMPLETE
+             and r.teacher_artifact]
     if not found:
         raise BadInput(f"{where}: study {name!r} has no complete seed-{TEACHER_SEED} teacher of source {label!r}")
     record = found[0]
-    if record["dataset_resolved"] != dataset.resolved:
-        raise BadInput(f"{where}: that teacher was trained on {record['dataset_resolved']!r}, this suite resolved "
+    if record.dataset_resolved != dataset.resolved:
+        raise BadInput(f"{where}: that teacher was trained on {record.dataset_resolved!r}, this suite resolved "
                        f"{dataset.resolved!r}")
-    payload = store.load_teacher(record["teacher_artifact"])
+    payload = store.load_teacher(record.teacher_artifact)
     their_suite = suite_from_dict(payload["suite"])
     entry = SourceEntry(method=payload["method"], params=payload["params"], label=label)
     return _load_teacher(store, record, their_suite, entry, dataset), record
 
 
 # ---------------------------------------------------------------------------------------------- proxies
-def _proxy_hash(suite: Suite, entry, ids: list[str], dataset: Dataset, teacher_record: dict | None) -> str:
+def _proxy_hash(suite: Suite, entry, ids: list[str], dataset: Dataset, teacher_record: FewstepCell | None) -> str:
     return config_hash({"proxy": entry.model_dump(mode="json"), "architectures": ids, "data": dataset.resolved,
                         "inner": suite.inner.model_dump(mode="json"),
                         "ground_truth": suite.nas.ground_truth.model_dump(mode="json"),
-                        "teacher": teacher_record["config_hash"] if teacher_record else None})
+                        "teacher": teacher_record.config_hash if teacher_record else None})
 
 
 def run_proxies(ctx: RunContext, dataset: Dataset, store: Store, specs: list[LearnerSpec],
-                teachers: Teachers) -> list[dict]:
+                teachers: Teachers) -> list[NasProxyScores]:
     """Score every architecture with every proxy not yet in the store under the same hash; return the records."""
     suite, progress, log = ctx.suite, ctx.opts.progress, ctx.log
     study = store.study(study_name(suite, ctx.profile))
@@ -315,12 +315,12 @@ def run_proxies(ctx: RunContext, dataset: Dataset, store: Store, specs: list[Lea
         params = cls.Params.model_validate(entry.params)
         source = cls.teacher_source(params)
         teacher_record = teachers.records.get(source) if source else None
-        key, chash = f"proxy:{entry.name}", _proxy_hash(suite, entry, ids, dataset, teacher_record)
+        key, chash = proxy_key(entry.name), _proxy_hash(suite, entry, ids, dataset, teacher_record)
         accept[key] = {chash}
         if (key, chash) in store.done_cells(study):
             continue
         proxy: Proxy = cls(params, proxy_ctx)
-        trial = store.begin(study, key, chash)
+        trial = store.begin(study, key, chash, NasProxyScores)
         scores, seconds, cpu_seconds = {}, {}, {}
         try:
             for spec, aid in tqdm(list(zip(specs, ids)), desc=entry.name, disable=not progress, leave=False,
@@ -330,25 +330,26 @@ def run_proxies(ctx: RunContext, dataset: Dataset, store: Store, specs: list[Lea
                 scores[aid] = float(proxy.score(spec, arch_seed(aid, PROXY_SEED_OFFSET + suite.nas.scoring_seed)))
                 seconds[aid], cpu_seconds[aid] = time.perf_counter() - start, time.process_time() - cpu_start
         except BaseException as exc:
-            trial.set_user_attr("status", "failed")
-            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
-            study.tell(trial, state=TrialState.FAIL)
+            store.finish(study, trial, NasProxyScores(cell=key, config_hash=chash, status=Status.FAILED,
+                                                      error=f"{type(exc).__name__}: {exc}"))
             raise
-        record = {"cell": key, "status": "complete", "proxy": entry.proxy, "label": entry.name,
-                  "dataset_resolved": dataset.resolved, "family": cls.family,
-                  "params": params.model_dump(mode="json"), "scores": scores, "seconds": seconds,
-                  "cpu_seconds": cpu_seconds, "teacher_source": source,
-                  "setup_seconds": teacher_record.get("meta_train_seconds", 0.0) if teacher_record else 0.0,
-                  **devices.facts(dataset.train.x.device)}
-        for k, v in record.items():
-            if k != "status":
-                trial.set_user_attr(k, v)
-        trial.set_user_attr("status", "complete")  # last (the store's rule): a kill before it leaves no "done"
-        study.tell(trial, sum(seconds.values()))   # the trial's value: total scoring seconds
+        # (the store writes the status last: a kill before it leaves no "done" record without its scores)
+        store.finish(study, trial, NasProxyScores(
+            cell=key, config_hash=chash, status=Status.COMPLETE, proxy=entry.proxy, label=entry.name,
+            dataset_resolved=dataset.resolved, family=cls.family, params=params.model_dump(mode="json"),
+            scores=scores, seconds=seconds, cpu_seconds=cpu_seconds, teacher_source=source,
+            setup_seconds=_setup_seconds(teacher_record), **devices.facts(dataset.train.x.device)))
         log(f"proxy {entry.name}: {len(specs)} architectures in {sum(seconds.values()):.1f} s")
     records = store.records(study, accept)
     order = [e.name for e in suite.nas.proxies]
-    return sorted(records, key=lambda r: order.index(r["label"]))
+    return sorted(records, key=lambda r: order.index(r.label))
+
+
+def _setup_seconds(teacher_record: FewstepCell | None) -> float:
+    """A teaching proxy's one-time cost: its teacher's meta-training (wall s); 0 for a proxy without one."""
+    if teacher_record is None or teacher_record.meta_train_seconds is None:
+        return 0.0
+    return teacher_record.meta_train_seconds
 
 
 # ---------------------------------------------------------------------------------------------- metrics
@@ -417,7 +418,8 @@ def random_search(score, truth, budgets: list[int], repeats: int, seed: int = 0)
 
 
 # ---------------------------------------------------------------------------------------------- tables
-def architecture_table(specs: list[LearnerSpec], truth: pd.DataFrame, records: list[dict]) -> pd.DataFrame:
+def architecture_table(specs: list[LearnerSpec], truth: pd.DataFrame,
+                       records: list[NasProxyScores]) -> pd.DataFrame:
     """One row per scored architecture: id, description, ground truth (mean over seeds), every proxy's score."""
     gt = truth.groupby("arch_id").agg(val_acc=("val_acc", "mean"), test_acc=("test_acc", "mean"),
                                       gt_seeds=("seed", "count"), gt_seconds=("seconds", "mean"),
@@ -426,33 +428,33 @@ def architecture_table(specs: list[LearnerSpec], truth: pd.DataFrame, records: l
     for spec in specs:
         aid = arch_id(spec)
         row = {"arch_id": aid, "description": spec.describe(), **gt.loc[aid].to_dict()}
-        row.update({f"score:{r['label']}": r["scores"].get(aid) for r in records})
+        row.update({f"score:{r.label}": r.scores.get(aid) for r in records})
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def metrics_table(archs: pd.DataFrame, records: list[dict], target: str, resamples: int) -> pd.DataFrame:
+def metrics_table(archs: pd.DataFrame, records: list[NasProxyScores], target: str, resamples: int) -> pd.DataFrame:
     rows = []
     for r in records:
-        score = archs[f"score:{r['label']}"].to_numpy(float)
-        rows.append({"proxy": r["label"], "family": r["family"], "n": len(score),
+        score = archs[f"score:{r.label}"].to_numpy(float)
+        rows.append({"proxy": r.label, "family": r.family, "n": len(score),
                      **proxy_metrics(score, archs[target].to_numpy(float), resamples),
-                     "seconds_per_arch": float(np.mean(list(r["seconds"].values()))),
-                     "cpu_seconds_per_arch": float(np.mean(list(r["cpu_seconds"].values()))),
-                     "setup_seconds": r["setup_seconds"],
-                     "total_seconds": r["setup_seconds"] + float(sum(r["seconds"].values()))})
+                     "seconds_per_arch": float(np.mean(list(r.seconds.values()))),
+                     "cpu_seconds_per_arch": float(np.mean(list(r.cpu_seconds.values()))),
+                     "setup_seconds": r.setup_seconds,
+                     "total_seconds": r.setup_seconds + float(sum(r.seconds.values()))})
     return pd.DataFrame(rows)
 
 
-def search_table(archs: pd.DataFrame, records: list[dict], target: str, budgets: list[int],
+def search_table(archs: pd.DataFrame, records: list[NasProxyScores], target: str, budgets: list[int],
                  repeats: int) -> pd.DataFrame:
     """Random search with every proxy, the oracle and a random pick: one row per (proxy, budget), with the
     ground truth of the pick (mean and 95 % bootstrap CI over repeats) and the search's cost: the proxy's setup
     (wall s) + N x its CPU s per architecture; the oracle pays full ground-truth training of all N."""
     truth = archs[target].to_numpy(float)
     gt_per_arch = float((archs["gt_cpu_seconds"] * archs["gt_seeds"]).mean())
-    arms = [(r["label"], archs[f"score:{r['label']}"].to_numpy(float), r["setup_seconds"],
-             float(np.mean(list(r["cpu_seconds"].values())))) for r in records]
+    arms = [(r.label, archs[f"score:{r.label}"].to_numpy(float), r.setup_seconds,
+             float(np.mean(list(r.cpu_seconds.values())))) for r in records]
     arms += [(ORACLE, truth, 0.0, gt_per_arch), (RANDOM, np.zeros_like(truth), 0.0, 0.0)]
     rows = []
     for label, score, setup, per_arch in arms:
@@ -610,8 +612,8 @@ def _search_figure(search: pd.DataFrame, target: str):
     return fig
 
 
-def write_nas_report(out_dir: Path, suite: Suite, archs: pd.DataFrame, truth: pd.DataFrame, records: list[dict],
-                     meta: dict) -> list[Path]:
+def write_nas_report(out_dir: Path, suite: Suite, archs: pd.DataFrame, truth: pd.DataFrame,
+                     records: list[NasProxyScores], meta: dict) -> list[Path]:
     """Write architectures.csv, ground_truth.csv, metrics.csv, random_search.csv, the figures and report.md."""
     from tgbench.report import save_figure
 
@@ -619,11 +621,11 @@ def write_nas_report(out_dir: Path, suite: Suite, archs: pd.DataFrame, truth: pd
     metrics = metrics_table(archs, records, nas.target, nas.bootstrap_resamples)
     search = search_table(archs, records, nas.target, nas.search_budgets, nas.search_repeats)
     gt_cost = (float(truth["seconds"].mean()), float(truth["cpu_seconds"].mean()))
-    teachers = {r["teacher_source"]: r["setup_seconds"] for r in records if r.get("teacher_source")}
+    teachers = {r.teacher_source: r.setup_seconds for r in records if r.teacher_source}
     meta = {**meta, "compute behind these numbers": (
         f"ground truth {truth['cpu_seconds'].sum():.0f} CPU s ({truth['seconds'].sum():.0f} wall s); proxies "
-        f"{sum(sum(r['cpu_seconds'].values()) for r in records):.0f} CPU s "
-        f"({sum(sum(r['seconds'].values()) for r in records):.0f} wall s); teacher meta-training "
+        f"{sum(sum(r.cpu_seconds.values()) for r in records):.0f} CPU s "
+        f"({sum(sum(r.seconds.values()) for r in records):.0f} wall s); teacher meta-training "
         f"{sum(teachers.values()):.0f} wall s (however many runs it took to fill the store)")}
     written = []
     for name, frame in (("architectures", archs), ("ground_truth", truth), ("metrics", metrics),
@@ -640,7 +642,7 @@ def write_nas_report(out_dir: Path, suite: Suite, archs: pd.DataFrame, truth: pd
 
 
 # ---------------------------------------------------------------------------------------------- entry points
-def _meta(suite: Suite, profile: str, store: Store, dataset_resolved: str, records: list[dict],
+def _meta(suite: Suite, profile: str, store: Store, dataset_resolved: str, records: list[NasProxyScores],
           extra: dict) -> dict:
     return {"suite": suite.name, "profile": profile, "revision": git_revision(), "command": command_line(),
             "machine": machine(), "torch": torch.__version__,
@@ -684,14 +686,14 @@ def report_nas_suite(ctx: RunContext) -> Path:
     specs = scored_architectures(suite)
     ids = [arch_id(s) for s in specs]
     study = store.study(study_name(suite, profile), create=False)
-    stored = {r["label"]: r for r in store.records(study) if r["cell"].startswith("proxy:")
-              and r["status"] == "complete" and list(r["scores"]) == ids}
+    stored = {r.label: r for r in store.records(study) if isinstance(r, NasProxyScores)
+              and r.status == Status.COMPLETE and list(r.scores) == ids}
     missing = [e.name for e in suite.nas.proxies if e.name not in stored]
     if missing:
         raise BadInput(f"{suite_path}: no stored scores for proxies {', '.join(missing)} at profile {profile!r} in "
                        f"{store.url}; run the suite first")
     records = [stored[e.name] for e in suite.nas.proxies]
-    resolved = {r["dataset_resolved"] for r in records}
+    resolved = {r.dataset_resolved for r in records}
     if len(resolved) != 1:
         raise BadInput(f"{suite_path}: stored proxy scores mix datasets {sorted(resolved)}; re-run the suite")
     truth = truth_frame(store, suite, next(iter(resolved)), specs)

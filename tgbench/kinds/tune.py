@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pandas as pd
-from optuna.trial import TrialState
 from pydantic import Field, PositiveFloat, PositiveInt
 
 from tgbench import stats
@@ -36,8 +35,9 @@ from tgbench.data import Dataset
 from tgbench.errors import BadInput
 from tgbench.kinds import RunContext, SuiteKind
 from tgbench.provenance import git_revision, machine
+from tgbench.records import Status, TuneTrial
 from tgbench.report import md_table
-from tgbench.store import Store, config_hash
+from tgbench.store import Store, config_hash, trial_record, write_record
 from tgbench.tuning import FINISHED, describe_sampler, describe_space, open_study, optimize, suggest
 
 
@@ -71,15 +71,15 @@ def tune_hash(suite: Suite, entry: SourceEntry, dataset_resolved: str) -> str:
                                  **({"sampler": key} if (key := sampler_key(suite.tune.sampler)) else {})}})
 
 
-def objective_value(record: dict, cap: float) -> tuple[float, str]:
-    """(objective, status) of a meta-training record: final validation loss, or for a diverged run its last
+def objective_value(record: dict, cap: float) -> tuple[float, Status]:
+    """(objective, status) of what ``meta_train`` returned: final validation loss, or for a diverged run its last
     finite validation loss capped at ``cap``."""
     final = record.get("val_loss_final")
-    if record["status"] == "complete" and final is not None and math.isfinite(final):
-        return float(final), "complete"
+    if record["status"] == Status.COMPLETE and final is not None and math.isfinite(final):
+        return float(final), Status.COMPLETE
     finite = [p["val_loss"] for p in record.get("curve", []) if p.get("val_loss") is not None
               and math.isfinite(p["val_loss"])]
-    return (min(finite[-1], cap) if finite else cap), "diverged"
+    return (min(finite[-1], cap) if finite else cap), Status.DIVERGED
 
 
 def make_objective(suite: Suite, entry: SourceEntry, dataset: Dataset, progress: bool):
@@ -98,20 +98,19 @@ def make_objective(suite: Suite, entry: SourceEntry, dataset: Dataset, progress:
 
         try:
             _, record = meta_train(suite, arm, dataset, seed=trial.number, progress=progress, on_eval=on_eval)
+        except optuna.TrialPruned:  # Optuna closes the trial PRUNED; its record says so
+            write_record(trial, TuneTrial(status=Status.PRUNED))
+            raise
         except KeyboardInterrupt:  # Optuna marks the trial FAIL and re-raises; say why, as fewstep cells do
-            trial.set_user_attr("status", "failed")
-            trial.set_user_attr("error", "KeyboardInterrupt: ")
+            write_record(trial, TuneTrial(status=Status.FAILED, error="KeyboardInterrupt: "))
             raise
         value, status = objective_value(record, tune.divergence_cap)
-        for key in ("val_acc_final", "test_acc_final", "val_loss_final", "meta_train_seconds", "outer_iterations",
-                    "error"):
-            trial.set_user_attr(key, record.get(key))
-        trial.set_user_attr("status", status)
-        trial.set_user_attr("curve", record["curve"])
-        trial.set_user_attr("dataset_resolved", dataset.resolved)
-        trial.set_user_attr("revision", git_revision())
-        trial.set_user_attr("device", str(dataset.train.x.device))
-        trial.set_user_attr("finished", dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+        write_record(trial, TuneTrial(
+            **{key: record.get(key) for key in ("val_acc_final", "test_acc_final", "val_loss_final",
+                                                "meta_train_seconds", "outer_iterations", "error")},
+            status=status, curve=record["curve"], dataset_resolved=dataset.resolved, revision=git_revision(),
+            device=str(dataset.train.x.device),
+            finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")))
         return value
 
     return objective
@@ -162,14 +161,12 @@ def trials_frame(store: Store, suite: Suite, profile: str) -> pd.DataFrame:
         except KeyError:
             continue
         for t in study.get_trials(deepcopy=False, states=FINISHED):
-            status = "pruned" if t.state == TrialState.PRUNED else t.user_attrs.get("status", "complete")
-            rows.append({"arm": entry.name, "trial": t.number, "status": status, "value": t.value,
+            record = trial_record(t, study.study_name)   # (a pruned trial's status is its state's)
+            rows.append({"arm": entry.name, "trial": t.number, "status": record.status.value, "value": t.value,
                          **{f"param:{k}": v for k, v in t.params.items()},
-                         "val_acc_final": t.user_attrs.get("val_acc_final"),
-                         "test_acc_final": t.user_attrs.get("test_acc_final"),
-                         "meta_train_seconds": t.user_attrs.get("meta_train_seconds"),
-                         "dataset_resolved": t.user_attrs.get("dataset_resolved"),
-                         "revision": t.user_attrs.get("revision")})
+                         "val_acc_final": record.val_acc_final, "test_acc_final": record.test_acc_final,
+                         "meta_train_seconds": record.meta_train_seconds,
+                         "dataset_resolved": record.dataset_resolved, "revision": record.revision})
     return pd.DataFrame(rows)
 
 
@@ -179,10 +176,10 @@ def summary_frame(trials: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for arm, g in trials.groupby("arm", sort=False):
         values = g["value"].to_numpy(dtype=float)
-        ok = g.loc[g["status"] == "complete", "value"].to_numpy(dtype=float)
+        ok = g.loc[g["status"] == Status.COMPLETE.value, "value"].to_numpy(dtype=float)
         q1, median, q3 = np.percentile(values, [25, 50, 75])
-        rows.append({"arm": arm, "trials": len(g), "diverged": int((g["status"] == "diverged").sum()),
-                     "pruned": int((g["status"] == "pruned").sum()), "median": median, "q1": q1, "q3": q3,
+        rows.append({"arm": arm, "trials": len(g), "diverged": int((g["status"] == Status.DIVERGED.value).sum()),
+                     "pruned": int((g["status"] == Status.PRUNED.value).sum()), "median": median, "q1": q1, "q3": q3,
                      "iqr": q3 - q1, "best": float(values.min()),
                      "median_non_diverged": float(np.median(ok)) if len(ok) else math.nan})
     return pd.DataFrame(rows)
@@ -220,7 +217,7 @@ def box_plot(trials: pd.DataFrame, cap: float):
     for i, arm in enumerate(arms, start=1):
         g = trials[trials["arm"] == arm]
         xs = i + rng.uniform(-0.12, 0.12, len(g))
-        diverged = (g["status"] == "diverged").to_numpy()
+        diverged = (g["status"] == Status.DIVERGED.value).to_numpy()
         ax.scatter(xs[~diverged], g["value"].to_numpy(dtype=float)[~diverged], s=18, color="k", alpha=0.7,
                    zorder=3, label="trial" if i == 1 else None)
         if diverged.any():
