@@ -42,8 +42,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from tgbench import device as devices
+from tgbench.builders import build_teacher
+from tgbench.cells import EVAL_SEED_OFFSET
+from tgbench.config import SourceEntry, load_suite, suite_from_dict
+from tgbench.data import load_dataset
+from tgbench.engine import EvalPlan, evaluate
 from tgbench.errors import BadInput
+from tgbench.nn import Learner
 from tgbench.problem import Problem
+from tgbench.provenance import default_profile
+from tgbench.records import FewstepCell, Status, cell_key
+from tgbench.registry import datasets
+from tgbench.store import Store, load_weights_only, require_existing
 
 FORMAT = "tgbench-teacher/1"
 RECORD_KEYS = ("suite", "profile", "source", "method", "variant", "seed", "config_hash", "dataset_resolved",
@@ -69,8 +79,6 @@ def _save_atomically(obj: dict, out: str | Path) -> Path:
 def _suite_name(suite: str) -> str:
     """A suite argument is a YAML file (its ``name`` is used) or a bare suite name."""
     if suite.endswith((".yaml", ".yml")) or Path(suite).is_file():
-        from tgbench.config import load_suite
-
         return load_suite(suite).name
     return suite
 
@@ -78,10 +86,6 @@ def _suite_name(suite: str) -> str:
 def export_teacher(suite: str, profile: str | None, source: str, seed: int, out: str, storage: str | None = None,
                    artifacts_dir: str | None = None, log=print) -> Path:
     """Write the teacher of cell (source, seed) of ``suite@profile`` from the store to ``out``."""
-    from tgbench.provenance import default_profile
-    from tgbench.records import FewstepCell, Status, cell_key
-    from tgbench.store import Store, require_existing
-
     profile = profile or default_profile(devices.resolve())
     name = f"{_suite_name(suite)}@{profile}"
     store = Store(require_existing(storage), artifacts_dir)  # reading: never create an empty store
@@ -112,8 +116,6 @@ def load_exported(path: str | Path) -> dict:
     """An exported teacher file's payload, read without unpickling anything but tensors and plain values
     (``weights_only=True``) and checked to have every field ``teach`` uses, of the right type; anything else
     is :class:`BadInput` naming the file."""
-    from tgbench.store import load_weights_only
-
     try:
         payload = load_weights_only(path)
     except FileNotFoundError:
@@ -141,8 +143,6 @@ def load_exported(path: str | Path) -> dict:
 def _rebuild_teacher(path: str | Path, payload: dict, suite, entry, dataset):
     """The teacher of ``payload`` built under its suite, with the file's weights; :class:`BadInput` naming the
     file when they do not fit (missing/unexpected keys, wrong shapes)."""
-    from tgbench.builders import build_teacher
-
     try:
         teacher = build_teacher(suite, entry, dataset, payload["seed"])
     except BadInput as exc:
@@ -192,8 +192,6 @@ class UserModel(nn.Module):
 
 def model_factory(target: str, problem: Problem):
     """``package.module:ClassName`` -> a factory ``problem -> learner`` for the engine (``engine.evaluate``)."""
-    from tgbench.nn import Learner
-
     module_name, _, attr = target.partition(":")
     if not module_name or not attr:
         raise BadInput(f"--model: {target!r} is not of the form package.module:ClassName")
@@ -221,10 +219,6 @@ def model_factory(target: str, problem: Problem):
 def _restore(path: str | Path, data_root: str | None, device: str | None):
     """(payload, suite, dataset, teacher) of an exported teacher file: its suite, the dataset it was trained on
     (seed 0: the runner's split) on ``device``, and the teacher rebuilt with the file's weights."""
-    from tgbench.config import SourceEntry, suite_from_dict
-    from tgbench.data import load_dataset
-    from tgbench.registry import datasets
-
     payload = load_exported(path)
     try:
         suite = suite_from_dict(payload["suite"])
@@ -249,9 +243,6 @@ def teach(path: str | Path, model: str | None = None, steps: int | None = None, 
           data_root: str | None = None, device: str | None = None, log=print):
     """Train fresh models on an exported teacher's lessons on ``device`` (``tgbench.device.resolve``); returns
     the engine's ``EvalResult`` (endpoints)."""
-    from tgbench.engine import EvalPlan, evaluate
-    from tgbench.cells import EVAL_SEED_OFFSET
-
     payload, suite, dataset, teacher = _restore(path, data_root, device)
     on, seed = dataset.train.x.device, payload["seed"]
     if model is None:
@@ -292,8 +283,6 @@ def export_lessons(teacher_file: str | Path, out: str | Path, data_root: str | N
     gives one episode, drawn from a CPU generator seeded ``EVAL_SEED_OFFSET + seed`` (reproducible; not one of
     the final evaluation's episodes, which are drawn after each learner's initialisation).
     """
-    from tgbench.cells import EVAL_SEED_OFFSET
-
     payload, suite, dataset, teacher = _restore(teacher_file, data_root, "cpu")
     steps = teacher.hyper.log_lr.shape[0]
     with torch.no_grad():
