@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from tgbench.data import load_dataset
 from tgbench.nn import LearnerSpec
 from tgbench.proxies import ProxyContext, train_real
 from tgbench.registry import proxies
-from tgbench.records import NasProxyScores
+from tgbench.records import DONE, NasProxyScores
 from tgbench.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -210,22 +211,50 @@ def _rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def _run_args(folder: Path, suite: Path = SUITE) -> list[str]:
+    return ["run", str(suite), "--profile", "smoke", "--no-progress", "--storage", f"sqlite:///{folder}/t.db",
+            "--out", str(folder / "out")]
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    """One run of the shipped smoke suite from an empty store (its exit code, and the architectures trained for
+    the ground truth and the sources meta-trained for teachers on the way). Tests work on a copy of its folder
+    (store, teacher artifacts next to it, report), so that the suite's one expensive run is done once."""
+    folder = tmp_path_factory.mktemp("nas_first_run")
+    trainings, meta_trainings = [], []
+    real_train, real_run_cell = nas.train_real, nas.run_cell
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(nas, "train_real", lambda *a, **k: trainings.append(a[0]) or real_train(*a, **k))
+        mp.setattr(nas, "run_cell", lambda task: meta_trainings.append(task.source) or real_run_cell(task))
+        code = main(_run_args(folder))
+    return folder, code, trainings, meta_trainings
+
+
+def _copy_of(first_run, tmp_path: Path) -> Path:
+    folder = tmp_path / "run"
+    shutil.copytree(first_run[0], folder)
+    return folder
+
+
 @pytest.mark.slow
-def test_smoke_suite_end_to_end_and_cache(tmp_path, monkeypatch):
+def test_smoke_suite_end_to_end_and_cache(first_run, tmp_path, monkeypatch):
+    folder = _copy_of(first_run, tmp_path)
+    _, code, first_trainings, first_meta_trainings = first_run
     trainings = []
     real_train = nas.train_real
     monkeypatch.setattr(nas, "train_real", lambda *a, **k: trainings.append(a[0]) or real_train(*a, **k))
     meta_trainings = []
     real_run_cell = nas.run_cell
     monkeypatch.setattr(nas, "run_cell", lambda task: meta_trainings.append(task.source) or real_run_cell(task))
-    args = ["run", str(SUITE), "--profile", "smoke", "--no-progress", "--storage", f"sqlite:///{tmp_path}/t.db",
-            "--out", str(tmp_path / "out")]
+    args = _run_args(folder)
     suite = load_suite(SUITE, "smoke")
     n_arch, n_seeds = suite.nas.n_architectures, suite.nas.ground_truth.seeds
 
-    assert main(args) == 0
-    assert len(trainings) == n_arch * n_seeds
-    assert sorted(meta_trainings) == ["dataset_distillation", "gtn", "real"]
+    assert code == 0
+    assert len(first_trainings) == n_arch * n_seeds
+    assert sorted(first_meta_trainings) == ["dataset_distillation", "gtn", "real"]
+    tmp_path = folder   # (the paths below are the copy's)
     out = tmp_path / "out"
     for name in ("report.md", "scatter.png", "cost.png", "random_search.png"):
         assert (out / name).stat().st_size > 0, name
@@ -268,14 +297,22 @@ def test_smoke_suite_end_to_end_and_cache(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_a_kill_while_a_proxy_record_is_written_never_leaves_a_done_record_without_scores(tmp_path, monkeypatch):
+def test_a_kill_while_a_proxy_record_is_written_never_leaves_a_done_record_without_scores(first_run, tmp_path,
+                                                                                        monkeypatch):
     """A proxy's record is written key by key; a kill in between (here: a KeyboardInterrupt when the scores are
     written) must leave a record that is not done, so the next run scores the proxy again. Before the fix its
-    status was written second, so such a record counted as complete and every rerun failed on its scores."""
+    status was written second, so such a record counted as complete and every rerun failed on its scores.
+    (On a copy of the finished smoke run, with one proxy added: ground truth and teachers come from the store,
+    and the new proxy is the one whose record the kill interrupts.)"""
     import optuna
 
-    args = ["run", str(SUITE), "--profile", "smoke", "--no-progress", "--storage", f"sqlite:///{tmp_path}/t.db",
-            "--out", str(tmp_path / "out")]
+    folder = _copy_of(first_run, tmp_path)
+    text = SUITE.read_text().replace("        - {proxy: param_count}\n      search",
+                                     "        - {proxy: param_count}\n        - {proxy: grad_norm, label: killed}\n"
+                                     "      search")
+    assert "label: killed" in text
+    (folder / "nas.yaml").write_text(text)
+    args = _run_args(folder, folder / "nas.yaml")
     real_set = optuna.trial.Trial.set_user_attr
     killed = []
 
@@ -289,9 +326,10 @@ def test_a_kill_while_a_proxy_record_is_written_never_leaves_a_done_record_witho
         mp.setattr(optuna.trial.Trial, "set_user_attr", kill_at_scores)
         assert main(args) == 130
     assert killed
-    store = Store(f"sqlite:///{tmp_path}/t.db")
-    for name in store.study_names():
-        for r in store.records(store.study(name, create=False)):
-            if isinstance(r, NasProxyScores):
-                assert r.status != "complete" or "scores" in r.model_fields_set, r.cell
+    store = Store(f"sqlite:///{folder}/t.db")
+    proxy_records = [r for name in store.study_names() for r in store.records(store.study(name, create=False))
+                     if isinstance(r, NasProxyScores)]
+    for r in proxy_records:
+        assert r.status != "complete" or "scores" in r.model_fields_set, r.cell
+    assert [r.status in DONE for r in proxy_records if r.label == "killed"] == [False]   # interrupted: not done
     assert main(args) == 0   # the rerun scores the interrupted proxy and reports

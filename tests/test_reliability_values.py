@@ -122,7 +122,7 @@ def _one_thread():
 
 
 @pytest.mark.slow
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                  HealthCheck.function_scoped_fixture])
 @given(raw=suites())
 def test_a_suite_that_validates_never_crashes_a_smoke_run(raw, capsys):
