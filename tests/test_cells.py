@@ -16,7 +16,8 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 SUITE = {"name": "edited", "kind": "fewstep", "dataset": {"name": "mnist-5k"},
          "learner": {"conv_channels": [[2]], "fc_hidden": [[4]]}, "inner": {"steps": 2, "batch_size": 8},
          "outer": {"iterations": 1, "meta_batch_size": 8},
-         "evaluation": {"seeds": 3, "eval_every": 1, "eval_learners": 1, "final_learners": 1},
+         "evaluation": {"seeds": 3, "eval_every": 1, "eval_learners": 1, "final_learners": 1, "held_out": {},
+                        "count_flops": False},
          "sources": [{"method": "real"}], "profiles": {"smoke": {}}}
 
 

@@ -45,7 +45,7 @@ dataset: {{name: mnist-5k}}
 learner: {{conv_channels: [[4]], fc_hidden: [[8]], batch_norm: false}}
 inner: {{steps: 2, batch_size: 10}}
 outer: {{iterations: 2, meta_batch_size: 16}}
-evaluation: {{seeds: 2, eval_every: 1, eval_learners: 1, final_learners: 1}}
+evaluation: {{seeds: 2, eval_every: 1, eval_learners: 1, final_learners: 1, held_out: {{}}, count_flops: false}}
 sources:
 {sources}
 profiles:

@@ -99,7 +99,7 @@ def suites(draw) -> dict:
            "inner": {"steps": 2, "batch_size": 8, **draw(_section(SETTINGS["inner"]))},
            "outer": {"iterations": 2, "meta_batch_size": 16, **draw(_section(SETTINGS["outer"]))},
            "evaluation": {"seeds": 1, "eval_every": 1, "eval_learners": 1, "final_learners": 1, "held_out": {},
-                          **draw(_section(SETTINGS["evaluation"]))},
+                          "count_flops": False, **draw(_section(SETTINGS["evaluation"]))},
            "sources": draw(st.lists(st.sampled_from(list(PARAMS)).flatmap(_source), min_size=1, max_size=2)),
            "profiles": {"smoke": {}}}
     for section, key in draw(st.lists(st.sampled_from(BAD_SPOTS), max_size=2)):

@@ -19,7 +19,7 @@ dataset: {name: mnist-5k}
 learner: {conv_channels: [[4, 8]], fc_hidden: [[16]]}
 inner: {steps: 4, batch_size: 20}
 outer: {iterations: 2, lr: 0.01, meta_batch_size: 32}
-evaluation: {seeds: 2, eval_every: 2, eval_learners: 1, final_learners: 2}
+evaluation: {seeds: 2, eval_every: 2, eval_learners: 1, final_learners: 2, held_out: {}, count_flops: false}
 sources:
   - method: real
   - method: gtn
