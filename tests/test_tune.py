@@ -352,3 +352,22 @@ def test_the_tpe_settings_are_explicit_recorded_and_hashed_only_when_changed(tmp
     same = suite.model_copy(update={"tuning": suite.tuning.model_copy(update={"sampler": SamplerSettings()})})
     assert cell_hash(same, entry, "mnist-5k") == cell_hash(suite, entry, "mnist-5k")
     assert cell_hash(changed, entry, "mnist-5k") != cell_hash(suite, entry, "mnist-5k")
+
+
+def test_a_tune_trial_skips_the_report_extras_and_records_the_same_endpoints(tmp_path, single_thread):
+    """A tune trial keeps only a meta-training's endpoints, so ``meta_train(report_extras=False)`` skips the
+    per-step final curve, the sample grid and the held-out learners — and every number a trial records is the
+    one the full run computes."""
+    from tgbench.cells import meta_train
+    from tgbench.data import load_dataset
+
+    suite = load_suite(_tune_suite(tmp_path), "smoke")
+    dataset = load_dataset("mnist-5k")
+    _, full = meta_train(suite, suite.sources[0], dataset, seed=3, progress=False)
+    _, lean = meta_train(suite, suite.sources[0], dataset, seed=3, progress=False, report_extras=False)
+    for key in ("status", "test_acc_final", "val_acc_final", "test_loss_final", "val_loss_final", "curve",
+                "outer_iterations", "eval_architectures"):
+        assert lean[key] == full[key], key
+    assert {"held_out", "samples", "steps_test_acc"} <= set(full) and not {"held_out", "samples",
+                                                                            "steps_test_acc"} & set(lean)
+    assert len(full["steps_test_acc"]) == suite.inner.steps + 1 and full["held_out"]

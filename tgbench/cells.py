@@ -122,10 +122,15 @@ def decode_array(s: str) -> np.ndarray:
 
 
 def meta_train(suite: Suite, entry: SourceEntry, dataset: Dataset, seed: int, progress: bool = True,
-               on_eval=None, tracker: Tracker | None = None) -> tuple[Teacher, dict]:
+               on_eval=None, tracker: Tracker | None = None, report_extras: bool = True) -> tuple[Teacher, dict]:
     """Meta-train one teacher and evaluate it; returns (teacher, record fields: those of a ``FewstepCell`` that
     meta-training and evaluation make, ``status`` a ``Status``). Diverged runs are recorded.
-    ``tracker`` (``tgbench.trackers``) is shown the meta-loss, the checks and the sample grid as they happen."""
+    ``tracker`` (``tgbench.trackers``) is shown the meta-loss, the checks and the sample grid as they happen.
+
+    ``report_extras=False`` skips what only a fewstep cell's report shows — the final evaluation's per-step
+    curve (its endpoints are the same numbers either way: scoring draws no randomness), the sample grid and the
+    held-out architectures — for callers that keep only the endpoints (a tune trial: they were ~45 % of its
+    time)."""
     tracker = tracker or Trackers([])
     trainer = build_trainer(suite, entry, dataset, seed)
     teacher, outer = trainer.teacher, trainer.outer
@@ -171,18 +176,24 @@ def meta_train(suite: Suite, entry: SourceEntry, dataset: Dataset, seed: int, pr
     if status == Status.COMPLETE:
         interrupt.check()
         start = time.perf_counter()
-        final = trainer.evaluate(dataset.test, dataset.val, specs, ev.final_learners, seed=EVAL_SEED_OFFSET + seed)
+        final = trainer.evaluate(dataset.test, dataset.val, specs, ev.final_learners, seed=EVAL_SEED_OFFSET + seed,
+                                 per_step=report_extras)
         phases["final_evaluation"] = time.perf_counter() - start
+        record.update({
+            "test_acc_final": final.test_acc[-1], "val_acc_final": final.val_acc[-1],
+            "test_loss_final": final.test_loss[-1], "val_loss_final": final.val_loss[-1],
+            "eval_architectures": [s.describe() for s in specs],
+        })
+        if not report_extras:
+            record["phase_seconds"] = {"meta_training": train_seconds, **phases}
+            return teacher, record
         grid, rows = sample_grid(teacher, dataset, seed)
         tracker.images("samples", grid, trainer.iteration)
         phases["samples"] = time.perf_counter() - start - phases["final_evaluation"]
         record.update({
-            "test_acc_final": final.test_acc[-1], "val_acc_final": final.val_acc[-1],
-            "test_loss_final": final.test_loss[-1], "val_loss_final": final.val_loss[-1],
             "steps_test_acc": final.test_acc, "steps_val_acc": final.val_acc,
             "eval_seconds": time.perf_counter() - start,
             "samples": encode_array(grid), "sample_steps": rows,
-            "eval_architectures": [s.describe() for s in specs],
         })
         start = time.perf_counter()
         held_out = ev.held_out_specs(suite.learner, teacher.source.learner_weight_norm)

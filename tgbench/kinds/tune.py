@@ -97,7 +97,8 @@ def make_objective(suite: Suite, entry: SourceEntry, dataset: Dataset, progress:
                     raise optuna.TrialPruned()
 
         try:
-            _, record = meta_train(suite, arm, dataset, seed=trial.number, progress=progress, on_eval=on_eval)
+            _, record = meta_train(suite, arm, dataset, seed=trial.number, progress=progress, on_eval=on_eval,
+                                   report_extras=False)   # a trial keeps only the endpoints
         except optuna.TrialPruned:  # Optuna closes the trial PRUNED; its record says so
             write_record(trial, TuneTrial(status=Status.PRUNED))
             raise
