@@ -40,9 +40,16 @@ def tables(frame: pd.DataFrame) -> list[pd.DataFrame]:
     return [rows for _, rows in frame.groupby(starts, sort=True)]
 
 
+def table_dataset(rows: pd.DataFrame) -> str:
+    """A table's dataset as its heading prints it: ``None`` for a protocol that names none (an old record
+    without ``dataset_resolved``; the frame holds it as NaN, the heading always said None)."""
+    value = rows.iloc[0]["dataset"]
+    return "None" if pd.isna(value) else str(value)
+
+
 def table_title(rows: pd.DataFrame) -> str:
     first = rows.iloc[0]
-    return f"{first['dataset']} · {first['profile']} · {first['table']}"
+    return f"{table_dataset(rows)} · {first['profile']} · {first['table']}"
 
 
 def table_lines(rows: pd.DataFrame, figure: str | None) -> list[str]:
@@ -55,7 +62,7 @@ def table_lines(rows: pd.DataFrame, figure: str | None) -> list[str]:
                      "n/a" if math.isnan(r.meta_train_seconds) else f"{r.meta_train_seconds:.1f}",
                      fmt_gflops(r.meta_train_flops), "★" if r.pareto else "", r.finished, r.revision, r.device])
     first = rows.iloc[0]
-    lines = [f"## {first['dataset']} · profile `{first['profile']}` · protocol `{first['table']}`", "",
+    lines = [f"## {table_dataset(rows)} · profile `{first['profile']}` · protocol `{first['table']}`", "",
              f"Protocol: {first['protocol']}.", "", *md_table(HEADER, body), ""]
     front = sorted((r for r in rows.itertuples() if r.pareto), key=lambda r: r.meta_train_flops)
     if front:
