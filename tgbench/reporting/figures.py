@@ -31,6 +31,7 @@ from tgbench.reporting.frames import (ORACLE, RANDOM, TOP_FRACTION, UNKNOWN_DATA
 
 
 def save_figure(fig: plt.Figure, path: Path) -> Path:
+    """Write ``fig`` to ``path`` at 100 dpi and close it (an open figure per report would pile up in pyplot)."""
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
@@ -99,6 +100,7 @@ def sweep_figure(frame: pd.DataFrame, key: str) -> plt.Figure:
 
 
 
+# sample grids: one PNG per source, under a file name any label maps to safely and distinctly
 NAME_LIMIT = 80  # characters of a label kept in a file name; longer labels are cut and get a hash of the whole
 
 

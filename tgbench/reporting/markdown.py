@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from tgbench.stats import MeanCI
+
 # --------------------------------------------------------------------------------------------- tables
 
 
@@ -81,7 +83,7 @@ RANK_STATISTIC = CIFormat(digits=3)
 PERCENT_BARE = CIFormat(scale=100, digits=2)
 
 
-def fmt_ci(mean: float, low: float, high: float, fmt: CIFormat = RANK_STATISTIC) -> str:
+def fmt_ci(mean: float, low: float, high: float, fmt: CIFormat) -> str:
     """An estimate with its interval: ``"<mean><unit> [<low>, <high>]"``; ``fmt.missing`` without an estimate,
     ``"<mean><unit> [n/a]"`` without an interval (one seed, fewer than 3 architectures)."""
     if fmt.each_bound:
@@ -93,8 +95,8 @@ def fmt_ci(mean: float, low: float, high: float, fmt: CIFormat = RANK_STATISTIC)
     return f"{fmt.number(mean)}{fmt.unit} [{fmt.number(low)}, {fmt.number(high)}]"
 
 
-def fmt_pct_ci(ci: Any) -> str:
-    """A ``tgbench.stats.MeanCI`` of fractions in the :data:`PERCENT` preset: ``"97.31 % [96.90, 97.72]"``,
+def fmt_pct_ci(ci: MeanCI) -> str:
+    """A mean with its CI (``tgbench.stats.mean_ci``) of fractions in the :data:`PERCENT` preset: ``"97.31 % [96.90, 97.72]"``,
     ``"—"`` with no data, ``"[n/a]"`` with one value."""
     return fmt_ci(ci.mean, ci.low, ci.high, PERCENT)
 

@@ -39,7 +39,8 @@ class TuneReportInputs:
 
 
 def tune_header_lines(meta: dict[str, Any]) -> list[str]:
-    """Title and provenance of a tune report (its own order and names, older than the suite reports' header)."""
+    """Title and provenance of a tune report, in the order and with the names tune reports have always used (not
+    ``markdown.header_lines``: plain revision, ``created``, the overrides as one code span)."""
     overrides = meta.get("overrides") or ()
     return [f"# tgbench tune report: {meta['suite']}", "",
             f"- **profile**: {meta['profile']}",
