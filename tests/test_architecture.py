@@ -106,3 +106,58 @@ def test_the_checks_can_fail():
     nine = "def f(a, b, c, d, e, f, g, h, *, i): ...\nclass C:\n    def m(self, a, b, c, d, e, f, g, *h): ..."
     assert _over_long_signatures(nine, "x.py") == ["x.py:1 f (9 parameters)"]
     assert _over_long_signatures(nine, "x.py", limit=7) == ["x.py:1 f (9 parameters)", "x.py:3 m (8 parameters)"]
+
+
+# ----------------------------------------------------------------------------------------- the reporting package
+REPORTING = PACKAGE / "reporting"
+# what a report may build on: numbers (stats), the stored status words (records), errors, and itself
+REPORTING_MAY_IMPORT = {"tgbench.stats", "tgbench.records", "tgbench.errors"}
+NEVER_IN_REPORTING = {"torch", "torchvision", "optuna"}
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module an ``import`` / ``from ... import`` statement of ``path`` names, anywhere in the file."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module in ("tgbench", "tgbench.reporting"):
+            found |= {f"{node.module}.{a.name}" for a in node.names}   # `from tgbench import stats`: a module
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+    return found
+
+
+def test_reporting_renders_only_what_it_is_handed():
+    """tgbench.reporting reads no store, trains nothing and knows no kind: its tgbench imports are stats, records,
+    errors and its own modules, and no module of it imports torch or optuna (import-level, every statement)."""
+    files = sorted(REPORTING.glob("*.py"))
+    assert {p.stem for p in files} >= {"__init__", "markdown", "figures", "files", "fewstep", "nas", "tune",
+                                       "leaderboard"}
+    bad = []
+    for path in files:
+        for module in _imported_modules(path):
+            top = module.split(".")[0]
+            if top == "tgbench" and not (module in REPORTING_MAY_IMPORT or module == "tgbench.reporting"
+                                         or module.startswith("tgbench.reporting.")):
+                bad.append(f"reporting/{path.name} imports {module}")
+            if top in NEVER_IN_REPORTING:
+                bad.append(f"reporting/{path.name} imports {module}")
+    assert bad == []
+    assert not (PACKAGE / "report.py").exists(), "tgbench/report.py moved to tgbench/reporting/fewstep.py"
+
+
+def test_importing_every_report_loads_no_store_kind_or_torch():
+    """The same at run time: importing every reporting module in a fresh interpreter loads neither torch nor the
+    store, the training code or any kind."""
+    import subprocess
+    import sys
+
+    modules = [f"tgbench.reporting.{p.stem}" for p in sorted(REPORTING.glob("*.py")) if p.stem != "__init__"]
+    probe = ("import importlib, sys\n"
+             f"for m in {modules!r}: importlib.import_module(m)\n"
+             "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'optuna')\n"
+             "      or m in ('tgbench.store', 'tgbench.engine', 'tgbench.cells', 'tgbench.provenance')\n"
+             "      or m.startswith('tgbench.kinds'))))\n")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert loaded.stdout.split() == []

@@ -13,7 +13,7 @@ import pytest
 from tgbench.cells import cell_hash
 from tgbench.config import load_suite
 from tgbench.errors import BadInput, ConfigError
-from tgbench.report import header_lines
+from tgbench.reporting.markdown import header_lines
 from tgbench.store import Store
 from helpers import cli as _cli
 

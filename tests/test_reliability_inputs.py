@@ -18,9 +18,9 @@ import pandas as pd
 import pytest
 import torch
 
-from tgbench import report
+from tgbench.reporting import fewstep as report
 from tgbench.config import Suite
-from tgbench.report import ReportInputs, write_report
+from tgbench.reporting.fewstep import ReportInputs, write_report
 from helpers import cli as _cli, studies as _studies
 
 TINY = """\

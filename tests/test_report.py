@@ -1,4 +1,4 @@
-"""Tests for tgbench.report on synthetic frames.
+"""Tests for the few-step report (tgbench.reporting.fewstep, its markdown helpers and figures) on synthetic frames.
 
 Fixture: three sources on mnist ("a_real", "b_gtn", "c_dd") and one on cifar10 ("d_gtn"), 3 seeds each.
 c_dd seed 2 is diverged and d_gtn seed 1 failed; both carry a garbage accuracy that would move the mean if
@@ -13,8 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tgbench import report, stats
-from tgbench.report import ReportInputs, write_report
+from tgbench import stats
+from tgbench.reporting import fewstep as report
+from tgbench.reporting import figures, frames, markdown
+from tgbench.reporting.fewstep import ReportInputs, write_report
 
 ACC = {  # source -> (dataset, per-seed test acc)
     "a_real": ("mnist", [0.90, 0.91, 0.89]),
@@ -299,9 +301,9 @@ def test_convergence_flag_follows_the_seed_mean_validation_curves(written):
 
 
 def test_fmt_pct_ci_edge_cases():
-    assert report.fmt_pct_ci(stats.MeanCI(0.5, 0.4, 0.6, 3)) == "50.00 % [40.00, 60.00]"
-    assert report.fmt_pct_ci(stats.mean_ci([0.7])) == "70.00 % [n/a]"
-    assert report.fmt_pct_ci(stats.mean_ci([])) == "—"
+    assert markdown.fmt_pct_ci(stats.MeanCI(0.5, 0.4, 0.6, 3)) == "50.00 % [40.00, 60.00]"
+    assert markdown.fmt_pct_ci(stats.mean_ci([0.7])) == "70.00 % [n/a]"
+    assert markdown.fmt_pct_ci(stats.mean_ci([])) == "—"
 
 
 def test_source_with_no_complete_cell_sorts_last():
@@ -313,7 +315,7 @@ def test_source_with_no_complete_cell_sorts_last():
 
 
 def test_complete_only_drops_non_complete_cells_from_curves():
-    kept = report._complete_only(_long("outer_iter", 2), _summary())
+    kept = frames.complete_only(_long("outer_iter", 2), _summary())
     pairs = set(zip(kept.source, kept.seed))
     assert ("c_dd", 2) not in pairs and ("d_gtn", 1) not in pairs and ("c_dd", 1) in pairs
     assert len(pairs) == 10
@@ -323,7 +325,7 @@ def test_band_plot_labels_legend_and_bands():
     import matplotlib.pyplot as plt
     from matplotlib.collections import PolyCollection
 
-    fig = report.band_plot(_long("inner_step", 4), _summary(), "inner_step", "inner step", "T")
+    fig = figures.band_plot(_long("inner_step", 4), _summary(), "inner_step", "inner step", "T")
     try:
         axes = {ax.get_title(): ax for ax in fig.axes}
         assert sorted(axes) == ["cifar10", "mnist"]
@@ -344,7 +346,7 @@ def test_band_plot_with_only_diverged_cells_still_draws():
     import matplotlib.pyplot as plt
 
     s = _summary().assign(status="diverged")
-    fig = report.band_plot(_long("inner_step", 3), s, "inner_step", "inner step", "T")
+    fig = figures.band_plot(_long("inner_step", 3), s, "inner_step", "inner step", "T")
     try:
         assert [ax.get_title() for ax in fig.axes] == ["(no complete cells)"] and not fig.axes[0].get_lines()
     finally:
@@ -355,7 +357,7 @@ def test_samples_grid_titles_and_row_labels():
     import matplotlib.pyplot as plt
 
     images = np.random.default_rng(0).random((2, 3, 1, 4, 4))
-    fig = report.samples_grid("g", images, [0, 7])
+    fig = figures.samples_grid("g", images, [0, 7])
     try:
         [ax] = fig.axes
         assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1", "2"]      # one column per class
@@ -368,7 +370,7 @@ def test_samples_grid_titles_and_row_labels():
                 assert np.allclose(mosaic[r * 5: r * 5 + 4, c * 5: c * 5 + 4], images[r, c, 0])
     finally:
         plt.close(fig)
-    fig = report.samples_grid("g", np.zeros((1, 2, 3, 4, 4)), None)
+    fig = figures.samples_grid("g", np.zeros((1, 2, 3, 4, 4)), None)
     try:
         assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["row 0"]
         assert fig.axes[0].get_images()[0].get_array().shape == (4, 9, 3)  # rgb, channels last
@@ -378,9 +380,9 @@ def test_samples_grid_titles_and_row_labels():
 
 def test_samples_figure_rejects_bad_shapes(tmp_path):
     with pytest.raises(ValueError, match="1 or 3 channels"):
-        report.samples_figure("x", np.zeros((1, 2, 2, 4, 4)), [0], tmp_path / "x.png")
+        figures.samples_figure("x", np.zeros((1, 2, 2, 4, 4)), [0], tmp_path / "x.png")
     with pytest.raises(ValueError, match="rows, classes"):
-        report.samples_figure("x", np.zeros((2, 4, 4)), [0], tmp_path / "x.png")
+        figures.samples_figure("x", np.zeros((2, 4, 4)), [0], tmp_path / "x.png")
 
 
 def test_pipes_in_names_do_not_break_tables():

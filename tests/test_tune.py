@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 from tgbench.cli import main
 from tgbench.config import load_suite
 from tgbench.errors import ConfigError
-from tgbench.report import sweep_frame
+from tgbench.reporting.fewstep import sweep_frame
 from tgbench.cells import cell_hash
 from tgbench.kinds.tune import arm_study_name, objective_value, summary_frame
 

@@ -1,7 +1,8 @@
 """The leaderboard: every finished few-step cell in a store, ranked per comparable protocol, with its cost.
 
-``tgbench leaderboard`` reads every study of a store and writes ``LEADERBOARD.md`` + ``LEADERBOARD.csv`` (and
-one accuracy-vs-compute PNG per table). Conventions:
+``tgbench leaderboard`` reads every study of a store, ranks its arms into tables and hands them over as one frame
+(:func:`leaderboard_frame`) to ``tgbench.reporting.leaderboard``, which writes ``LEADERBOARD.md`` +
+``LEADERBOARD.csv`` (and one accuracy-vs-compute PNG per table). Conventions:
 
 * **Only comparable runs share a table.** A table is one (protocol hash, profile); the protocol
   (:func:`tgbench.compute.protocol_of`) is the resolved dataset, the inner loop (steps, batch size, optimiser), the learner space
@@ -21,26 +22,22 @@ one accuracy-vs-compute PNG per table). Conventions:
 """
 from __future__ import annotations
 
-import datetime as dt
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")  # no display; must precede pyplot
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-
-from tgbench import stats  # noqa: E402
-from tgbench.compute import meta_train_flops, protocol_of  # noqa: E402
-from tgbench.errors import BadInput  # noqa: E402
-from tgbench.device import label as device_label  # noqa: E402
-from tgbench.provenance import git_revision, machine  # noqa: E402
-from tgbench.records import FewstepCell, Status  # noqa: E402
-from tgbench.problem import Problem  # noqa: E402
-from tgbench.store import Store, config_hash  # noqa: E402
+from tgbench import stats
+from tgbench.compute import meta_train_flops, protocol_of
+from tgbench.errors import BadInput
+from tgbench.device import label as device_label
+from tgbench.provenance import report_provenance
+from tgbench.records import FewstepCell, Status
+from tgbench.problem import Problem
+from tgbench.reporting import leaderboard as leaderboard_report
+from tgbench.reporting.leaderboard import COLUMNS
+from tgbench.store import Store, config_hash
 
 DEFAULT_OUT = Path("results") / "LEADERBOARD.md"
 
@@ -215,104 +212,22 @@ def mark_pareto(rows: list[Row]) -> None:
             and (o.accuracy.mean > r.accuracy.mean or o.flops < r.flops) for o in known)
 
 
-# ------------------------------------------------------------------------------------------ writing
-def _fmt_flops(flops: float) -> str:
-    if math.isnan(flops):
-        return "n/a"
-    giga = flops / 1e9
-    return f"{giga:,.0f}" if giga >= 100 else f"{giga:.3g}"
-
-
-HEADER = ["rank", "source", "suite", "variant", "test acc, last inner step (mean % [95 % CI])", "seeds",
-          "meta-train time (s/seed)", "meta-train compute (GFLOP/seed)", "Pareto", "measured", "revision", "device"]
-
-
-def table_lines(table: Table, figure: str | None) -> list[str]:
-    from tgbench.report import md_table, fmt_pct_ci
-
-    body = []
-    for i, r in enumerate(table.rows, 1):
-        seeds = f"{r.seeds_complete}" + (f" (+{r.diverged} diverged)" if r.diverged else "")
-        body.append([i, r.source, r.suite, r.variant, fmt_pct_ci(r.accuracy), seeds,
-                     "n/a" if math.isnan(r.meta_train_seconds) else f"{r.meta_train_seconds:.1f}",
-                     _fmt_flops(r.flops), "★" if r.pareto else "", r.finished, r.revisions, r.devices])
-    lines = [f"## {table.protocol.get('dataset')} · profile `{table.profile}` · protocol `{table.key}`", "",
-             f"Protocol: {describe_protocol(table.protocol)}.", "", *md_table(HEADER, body), ""]
-    front = sorted((r for r in table.rows if r.pareto), key=lambda r: r.flops)
-    if front:
-        lines += ["Cost-aware view — the Pareto front, cheapest first (each step buys accuracy with compute): "
-                  + " → ".join(f"{r.suite}/{r.source} ({100 * r.accuracy.mean:.2f} % for {_fmt_flops(r.flops)} "
-                               "GFLOP)" for r in front) + ".", ""]
-    if figure:
-        lines += [f"Accuracy vs meta-training compute, Pareto front in red: ![pareto]({figure})", ""]
-    return lines
-
-
-def pareto_figure(table: Table, path: Path) -> Path | None:
-    rows = [r for r in table.rows if not math.isnan(r.flops) and not math.isnan(r.accuracy.mean)]
-    if not rows:
-        return None
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for r in rows:
-        low = r.accuracy.mean - (r.accuracy.low if not math.isnan(r.accuracy.low) else r.accuracy.mean)
-        high = (r.accuracy.high if not math.isnan(r.accuracy.high) else r.accuracy.mean) - r.accuracy.mean
-        ax.errorbar(r.flops / 1e9, 100 * r.accuracy.mean, yerr=[[100 * low], [100 * high]], fmt="o",
-                    capsize=3, color="tab:red" if r.pareto else "tab:blue")
-        ax.annotate(f"{r.suite}/{r.source}", (r.flops / 1e9, 100 * r.accuracy.mean), fontsize=7,
-                    xytext=(4, 4), textcoords="offset points")
-    front = sorted((r for r in rows if r.pareto), key=lambda r: r.flops)
-    ax.plot([r.flops / 1e9 for r in front], [100 * r.accuracy.mean for r in front], "--", color="tab:red",
-            drawstyle="steps-post", label="Pareto front")
-    ax.set_xscale("log")
-    ax.set_xlabel("meta-training compute per seed (GFLOP, FlopCounterMode)")
-    ax.set_ylabel("test accuracy after the last inner step (%)")
-    ax.set_title(f"{table.protocol.get('dataset')} · {table.profile} · {table.key}", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def write_leaderboard(tables: list[Table], out: Path, meta: dict[str, str]) -> list[Path]:
-    """``out`` (Markdown), ``out`` with ``.csv`` (one row per arm) and ``<stem>_figures/pareto_<table>.png``."""
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig_dir = out.parent / f"{out.stem}_figures"
-        fig_dir.mkdir(exist_ok=True)
-    except OSError as exc:
-        raise BadInput(f"--out: cannot write to {out.parent}: {exc.strerror}") from None
-    lines = ["# tgbench leaderboard", "",
-             "Few-step teaching: a freshly initialised learner trains for the protocol's inner steps on each "
-             "source's data; accuracy is its test accuracy after the last step, mean over complete seeds with a "
-             "95 % percentile bootstrap CI (1000 resamples). Only runs under the same protocol share a table. "
-             "Compute = matmul/conv FLOPs of meta-training per seed (`torch.utils.flop_counter`, forward + "
-             "backward + double backward, evaluation excluded). ★ = on the accuracy-vs-compute Pareto front.", ""]
-    lines += [f"- {k}: `{v}`" for k, v in meta.items()] + [""]
-    written, csv_rows = [], []
-    if not tables:
-        lines += ["No finished few-step cells in the store.", ""]
+# ------------------------------------------------------------------------------------------ the frame
+def leaderboard_frame(tables: list[Table]) -> pd.DataFrame:
+    """One row per arm, table by table in rank order (``tgbench.reporting.leaderboard.COLUMNS``): what the
+    leaderboard's CSV holds and its Markdown and figures are rendered from."""
+    rows = []
     for table in tables:
-        fig = pareto_figure(table, fig_dir / f"pareto_{table.key}.png")
-        if fig is not None:
-            written.append(fig)
-        lines += table_lines(table, f"{fig_dir.name}/{fig.name}" if fig else None)
         for rank, r in enumerate(table.rows, 1):
-            csv_rows.append({"table": table.key, "dataset": table.protocol.get("dataset"), "profile": table.profile,
-                             "rank": rank, "suite": r.suite, "source": r.source, "method": r.method,
-                             "variant": r.variant, "config_hash": r.config_hash, "test_acc_mean": r.accuracy.mean,
-                             "test_acc_ci_low": r.accuracy.low, "test_acc_ci_high": r.accuracy.high,
-                             "seeds_complete": r.seeds_complete, "diverged": r.diverged,
-                             "meta_train_seconds": r.meta_train_seconds, "meta_train_flops": r.flops,
-                             "pareto": r.pareto, "finished": r.finished, "revision": r.revisions,
-                             "device": r.devices, "protocol": describe_protocol(table.protocol)})
-    out.write_text("\n".join(lines))
-    csv = out.with_suffix(".csv")
-    pd.DataFrame(csv_rows, columns=["table", "dataset", "profile", "rank", "suite", "source", "method", "variant",
-                                    "config_hash", "test_acc_mean", "test_acc_ci_low", "test_acc_ci_high",
-                                    "seeds_complete", "diverged", "meta_train_seconds", "meta_train_flops",
-                                    "pareto", "finished", "revision", "device", "protocol"]).to_csv(csv, index=False)
-    return [out, csv, *written]
+            rows.append({"table": table.key, "dataset": table.protocol.get("dataset"), "profile": table.profile,
+                         "rank": rank, "suite": r.suite, "source": r.source, "method": r.method,
+                         "variant": r.variant, "config_hash": r.config_hash, "test_acc_mean": r.accuracy.mean,
+                         "test_acc_ci_low": r.accuracy.low, "test_acc_ci_high": r.accuracy.high,
+                         "seeds_complete": r.seeds_complete, "diverged": r.diverged,
+                         "meta_train_seconds": r.meta_train_seconds, "meta_train_flops": r.flops,
+                         "pareto": r.pareto, "finished": r.finished, "revision": r.revisions,
+                         "device": r.devices, "protocol": describe_protocol(table.protocol)})
+    return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def portable(arg: str) -> str:
@@ -339,10 +254,7 @@ def build_leaderboard(storages: list[str] | None, out: str | None, artifacts_dir
     tables = collect(stores, log)
     out_path = Path(out) if out else DEFAULT_OUT
     command = " ".join(portable(arg) for arg in (command or "tgbench leaderboard").split(" "))
-    meta = {"command": command, "store": ", ".join(portable(s.url) for s in stores),
-            "machine": machine(),
-            "torch": torch.__version__, "leaderboard revision": git_revision(),
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-    write_leaderboard(tables, out_path, meta)
+    meta = {**report_provenance(command=command).as_meta(), "store": ", ".join(portable(s.url) for s in stores)}
+    leaderboard_report.write_report(out_path, leaderboard_frame(tables), meta)
     log(f"leaderboard: {len(tables)} table(s), {sum(len(t.rows) for t in tables)} row(s) -> {out_path}")
     return out_path

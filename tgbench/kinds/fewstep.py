@@ -8,14 +8,12 @@ each record's peak memory is its own). The report is rebuilt from the store at t
 """
 from __future__ import annotations
 
-import datetime as dt
 import os
 import sys
 import time
 from pathlib import Path
 
 import pandas as pd
-import torch
 from tqdm import tqdm
 
 from tgbench import device as devices
@@ -25,9 +23,9 @@ from tgbench.config import Suite, check_data_sizes
 from tgbench.errors import BadInput, CellsFailed
 from tgbench.kinds import RunContext, SuiteKind
 from tgbench.locations import check_writable_dir, out_location
-from tgbench.provenance import machine, versions
+from tgbench.provenance import report_provenance
 from tgbench.records import FewstepCell, Status, cell_key
-from tgbench.report import ReportInputs, write_report
+from tgbench.reporting.fewstep import ReportInputs, write_report
 from tgbench.results import results_document, write_results
 from tgbench.runner import CELL_FAILURES, note_failure, run_in_workers
 from tgbench.store import Store
@@ -116,7 +114,7 @@ def run_fewstep(ctx: RunContext) -> Path:
 
 # ------------------------------------------------------------------------------------------ the report
 def report_frames(records: list[FewstepCell]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(summary, curves, steps) DataFrames from store records (see tgbench.report.ReportInputs); the status
+    """(summary, curves, steps) DataFrames from store records (see tgbench.reporting.fewstep.ReportInputs); the status
     column holds the stored words (``Status`` values)."""
     summary_cols = ["source", "method", "variant", "seed", "status", "dataset_resolved", "test_acc_final",
                     "val_acc_final", "meta_train_seconds", "outer_iterations", "peak_rss_mb", "revision",
@@ -148,15 +146,13 @@ def build_report(suite: Suite, profile: str, store: Store, out_dir: Path, accept
         if r.samples and r.source not in samples:  # the lowest seed's teacher stands for its source
             samples[r.source] = decode_array(r.samples)
             sample_steps[r.source] = r.sample_steps
-    revisions = sorted({_revision(r) for r in records})
-    meta = {"suite": suite.name, "profile": profile, "revision": ", ".join(revisions),
-            "command": command or f"tgbench run {suite.name} --profile {profile}", "machine": machine(),
-            "device": ", ".join(sorted({devices.label(r) for r in records})),
-            "torch": torch.__version__, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    provenance = report_provenance(suite=suite.name, profile=profile, command=command, overrides=suite.overrides,
+                                   revisions=[_revision(r) for r in records],
+                                   devices=[devices.label(r) for r in records])
+    meta = {**provenance.as_meta(),
             "inner loop": f"{suite.inner.steps} steps x batch {suite.inner.batch_size}",
-            "outer iterations": str(suite.outer.iterations), "store": store.url}
-    meta["BN statistics"] = BN_PROTOCOL_NOTE[suite.learner.bn_statistics]
-    meta["overrides"] = suite.overrides
+            "outer iterations": str(suite.outer.iterations), "store": store.url,
+            "BN statistics": BN_PROTOCOL_NOTE[suite.learner.bn_statistics]}
     if suite.sweep is not None:
         meta["sweep"] = suite.sweep.key
     tuning = pd.DataFrame()
@@ -168,7 +164,7 @@ def build_report(suite: Suite, profile: str, store: Store, out_dir: Path, accept
                           f"({describe_sampler(suite.tuning.sampler)})")
     written = write_report(out_dir, ReportInputs(summary, curves, steps, samples, sample_steps, meta,
                                                  held_out_frame(records), tuning, phase_frame(records)))
-    document = results_document(suite.model_dump(mode="json"), profile, records, meta, versions())
+    document = results_document(suite.model_dump(mode="json"), profile, records, meta, provenance.versions)
     return [*written, write_results(out_dir, document)]
 
 

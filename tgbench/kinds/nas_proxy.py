@@ -19,7 +19,6 @@ Where things live in the store:
 """
 from __future__ import annotations
 
-import datetime as dt
 import itertools
 import math
 import random
@@ -32,7 +31,6 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-import torch
 from pydantic import Field, PositiveInt, ValidationError, field_validator
 from scipy import stats as st
 from tqdm import tqdm
@@ -48,13 +46,15 @@ from tgbench.registry import proxies
 from tgbench.builders import build_teacher
 from tgbench.cells import CellTask, cell_hash, run_cell, study_name
 from tgbench.kinds import RunContext, SuiteKind
-from tgbench.provenance import command_line, git_revision, machine
+from tgbench.provenance import report_provenance
 from tgbench.records import GROUND_TRUTH_STUDY, FewstepCell, NasGroundTruth, NasProxyScores, Status, cell_key, proxy_key
+from tgbench.reporting import nas as nas_report
+from tgbench.reporting.frames import ORACLE, RANDOM, TOP_FRACTION
+from tgbench.reporting.nas import NasReportInputs
 from tgbench.source import Teacher
 from tgbench.store import Store, config_hash
+
 TEACHER_SEED = 0           # one teacher per teaching source (seed 0 of its cell)
-TOP_FRACTION = 0.10        # "top-10 %" precision and the marked points of the scatter plots
-ORACLE, RANDOM = "oracle (ground truth)", "random pick"
 
 
 # ---------------------------------------------------------------------------------------------- search space
@@ -466,195 +466,38 @@ def search_table(archs: pd.DataFrame, records: list[NasProxyScores], target: str
 
 
 # ---------------------------------------------------------------------------------------------- report
-def _fmt_ci(value: float, low: float, high: float, digits: int = 3) -> str:
-    if math.isnan(value):
-        return "n/a"
-    if math.isnan(low) or math.isnan(high):
-        return f"{value:.{digits}f} [n/a]"
-    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
-
-
-def _fmt_seconds(s: float) -> str:
-    return f"{s:.3g}" if s < 100 else f"{s:.0f}"
-
-
-def render_nas_markdown(meta: dict, metrics: pd.DataFrame, search: pd.DataFrame, archs: pd.DataFrame,
-                        target: str, gt_cost: tuple[float, float], figures: list[str]) -> str:
-    from tgbench.report import md_table, header_lines
-
-    lines = header_lines(meta)
-    n = len(archs)
-    lines += ["## Proxy quality", "",
-              f"Rank agreement of each proxy's score with the ground-truth {target.replace('_', ' ')} over the "
-              f"{n} scored architectures (mean over {int(archs['gt_seeds'].min())}+ seeds of real-data training). "
-              "Brackets: 95 % percentile bootstrap CIs over architectures (scipy.stats.bootstrap, paired, "
-              f"{meta.get('bootstrap resamples', 1000)} resamples, seed 0). Top-50 % ρ: Spearman over the half of "
-              "the architectures the proxy scores highest; top-10 % precision: share of the true top 10 % found in "
-              "the proxy's top 10 %. Cost per architecture in CPU seconds (robust to other load on the machine) and "
-              "wall seconds, measured on the machine above; setup = one-time wall cost (meta-training the "
-              "teacher); total = setup + wall cost of every architecture.", ""]
-    header = ["proxy", "family", "Spearman ρ", "top-50 % Spearman ρ", "Kendall τ", "top-10 % precision",
-              "CPU s / arch", "wall s / arch", "setup s", f"total s ({n} archs)"]
-    body = [[r.proxy, r.family] + [_fmt_ci(r[m], r[f"{m}_low"], r[f"{m}_high"]) for m in METRICS]
-            + [_fmt_seconds(r.cpu_seconds_per_arch), _fmt_seconds(r.seconds_per_arch), _fmt_seconds(r.setup_seconds),
-               _fmt_seconds(r.total_seconds)]
-            for _, r in metrics.iterrows()]
-    lines += md_table(header, body)
-    lines += ["", f"Ground-truth cost: {_fmt_seconds(gt_cost[1])} CPU s ({_fmt_seconds(gt_cost[0])} wall s) per "
-              "architecture and seed (mean).", ""]
-    lines += ["## Random-search NAS", "",
-              f"Best architecture out of N random candidates picked by each proxy: its ground-truth "
-              f"{target.replace('_', ' ')} (%), mean [95 % bootstrap CI] over repeats (the same candidate draws "
-              "for every proxy). Oracle = picked by the ground truth itself; random = no proxy.", ""]
-    budgets = sorted(search["budget"].unique())
-    body = []
-    for label, g in search.groupby("proxy", sort=False):
-        by_n = g.set_index("budget")
-        body.append([label] + [_fmt_ci(100 * by_n.loc[b, "mean"], 100 * by_n.loc[b, "low"], 100 * by_n.loc[b, "high"],
-                                       digits=2) for b in budgets])
-    lines += md_table(["proxy"] + [f"N = {b}" for b in budgets], body)
-    lines += ["", "## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures] + [""]
-    return "\n".join(lines).rstrip("\n") + "\n"
-
-
-def _scatter_figure(archs: pd.DataFrame, metrics: pd.DataFrame, target: str):
-    import matplotlib.pyplot as plt
-
-    labels = list(metrics["proxy"])
-    cols = min(4, len(labels))
-    rows = math.ceil(len(labels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.4 * rows), squeeze=False)
-    truth = 100 * archs[target].to_numpy(float)
-    k = max(1, round(TOP_FRACTION * len(truth)))
-    top = np.zeros(len(truth), bool)
-    top[np.argsort(-truth, kind="stable")[:k]] = True
-    for ax, (_, m) in zip(axes.flat, metrics.iterrows()):
-        score = archs[f"score:{m.proxy}"].to_numpy(float)
-        finite = np.isfinite(score)
-        ax.scatter(score[finite & ~top], truth[finite & ~top], s=12, alpha=0.6, label="others")
-        ax.scatter(score[finite & top], truth[finite & top], s=22, color="tab:red", label=f"true top {k}")
-        size = np.abs(score[finite])
-        if size.min() > 0 and size.max() / size.min() > 1e3:  # orders of magnitude apart (synflow; jacob_cov's
-            if (score[finite] > 0).all():                      # near-singular nets score ~ -1/k = -1e5)
-                ax.set_xscale("log")
-            else:
-                ax.set_xscale("symlog", linthresh=size.min())
-        ax.set_title(f"{m.proxy}  ρ={m.spearman:.2f}", fontsize=9)
-        ax.set_xlabel("proxy score", fontsize=8)
-        ax.set_ylabel(f"ground truth {target} (%)", fontsize=8)
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(labels):]:
-        ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
-    fig.suptitle("Proxy score vs ground truth (red: true top 10 %)")
-    fig.tight_layout()
-    return fig
-
-
-def _cost_figure(metrics: pd.DataFrame, search: pd.DataFrame, gt_cpu_seconds: float, target: str):
-    """Left: Spearman vs CPU cost per architecture. Right: ground truth of the random-search pick vs the whole
-    search's cost (setup + N architectures), one line per proxy through the budgets."""
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(15, 5.5))
-    colors = dict(zip(metrics["proxy"], plt.cm.tab20(np.linspace(0, 1, max(len(metrics), 1)))))
-    for _, m in metrics.iterrows():
-        err = [[m.spearman - m.spearman_low], [m.spearman_high - m.spearman]] if np.isfinite(m.spearman_low) else None
-        x = max(m.cpu_seconds_per_arch, 1e-6)
-        left.errorbar(x, m.spearman, yerr=err, fmt="o", capsize=3, color=colors[m.proxy])
-        left.annotate(m.proxy, (x, m.spearman), fontsize=7, xytext=(4, 3), textcoords="offset points")
-    left.axvline(gt_cpu_seconds, color="gray", linestyle="--", label="ground truth (per seed)")
-    left.set(xscale="log", xlabel="CPU seconds per architecture (log)", ylabel="Spearman ρ with ground truth",
-             title="Rank quality vs cost (error bars: 95 % bootstrap CI)")
-    left.legend(fontsize=8)
-    for label, g in search.groupby("proxy", sort=False):
-        g = g.sort_values("budget")
-        if label == RANDOM:   # costs nothing: a reference level, not a point on a log axis
-            right.axhline(100 * g["mean"].mean(), color="gray", linestyle="--", label=label)
-            continue
-        style = {"color": "black", "linestyle": "--"} if label == ORACLE else {"color": colors[label]}
-        right.plot(g["search_seconds"].clip(lower=1e-6), 100 * g["mean"], marker="o", markersize=3, label=label,
-                   **style)
-    right.set(xscale="log", xlabel="cost of the whole search: setup + N architectures (s, log)",
-              ylabel=f"ground truth {target} of the pick (%)",
-              title="Random-search accuracy vs search cost (points: budgets N)")
-    right.legend(fontsize=7, ncol=2)
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
-
-
-def _search_figure(search: pd.DataFrame, target: str):
-    import matplotlib.pyplot as plt
-
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
-
-    fig, ax = plt.subplots(figsize=(8, 5))
-    groups = list(search.groupby("proxy", sort=False))
-    colors = plt.cm.tab20(np.linspace(0, 1, max(len(groups) - 2, 1)))   # > 10 proxies: no repeated colours
-    for i, (label, g) in enumerate(groups):
-        g = g.sort_values("budget")
-        style = {"color": colors[i % len(colors)]}
-        if label in (ORACLE, RANDOM):
-            style = {"color": "black" if label == ORACLE else "gray", "linestyle": "--"}
-        ax.plot(g["budget"], 100 * g["mean"], marker="o", markersize=3, label=label, **style)
-        ax.fill_between(g["budget"], 100 * g["low"], 100 * g["high"], color=style["color"], alpha=0.08, linewidth=0)
-    budgets = sorted(search["budget"].unique())
-    ax.set(xscale="log", xlabel="search budget N (random candidates)", ylabel=f"ground truth {target} of pick (%)",
-           title="Random-search NAS: the proxy's pick of N candidates\n(mean over repeats, band: 95 % bootstrap CI)")
-    ax.set_xticks(budgets)
-    ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    return fig
-
-
-def write_nas_report(out_dir: Path, suite: Suite, archs: pd.DataFrame, truth: pd.DataFrame,
-                     records: list[NasProxyScores], meta: dict) -> list[Path]:
-    """Write architectures.csv, ground_truth.csv, metrics.csv, random_search.csv, the figures and report.md."""
-    from tgbench.report import save_figure
-
+def report_inputs(suite: Suite, archs: pd.DataFrame, truth: pd.DataFrame, records: list[NasProxyScores],
+                  meta: dict) -> NasReportInputs:
+    """What ``tgbench.reporting.nas`` renders: the architecture and ground-truth frames, every proxy's metrics
+    and random search computed from them, and ``meta`` with the compute behind the numbers added."""
     nas = suite.nas
-    metrics = metrics_table(archs, records, nas.target, nas.bootstrap_resamples)
-    search = search_table(archs, records, nas.target, nas.search_budgets, nas.search_repeats)
-    gt_cost = (float(truth["seconds"].mean()), float(truth["cpu_seconds"].mean()))
     teachers = {r.teacher_source: r.setup_seconds for r in records if r.teacher_source}
     meta = {**meta, "compute behind these numbers": (
         f"ground truth {truth['cpu_seconds'].sum():.0f} CPU s ({truth['seconds'].sum():.0f} wall s); proxies "
         f"{sum(sum(r.cpu_seconds.values()) for r in records):.0f} CPU s "
         f"({sum(sum(r.seconds.values()) for r in records):.0f} wall s); teacher meta-training "
         f"{sum(teachers.values()):.0f} wall s (however many runs it took to fill the store)")}
-    written = []
-    for name, frame in (("architectures", archs), ("ground_truth", truth), ("metrics", metrics),
-                        ("random_search", search)):
-        frame.to_csv(out_dir / f"{name}.csv", index=False)
-        written.append(out_dir / f"{name}.csv")
-    figures = [save_figure(_scatter_figure(archs, metrics, nas.target), out_dir / "scatter.png"),
-               save_figure(_cost_figure(metrics, search, gt_cost[1], nas.target), out_dir / "cost.png"),
-               save_figure(_search_figure(search, nas.target), out_dir / "random_search.png")]
-    md = out_dir / "report.md"
-    md.write_text(render_nas_markdown(meta, metrics, search, archs, nas.target, gt_cost,
-                                      [p.name for p in figures]), encoding="utf-8")
-    return written + figures + [md]
+    return NasReportInputs(
+        architectures=archs, ground_truth=truth,
+        metrics=metrics_table(archs, records, nas.target, nas.bootstrap_resamples),
+        search=search_table(archs, records, nas.target, nas.search_budgets, nas.search_repeats),
+        target=nas.target, meta=meta)
 
 
-# ---------------------------------------------------------------------------------------------- entry points
-def _meta(suite: Suite, profile: str, store: Store, dataset_resolved: str, records: list[NasProxyScores],
-          extra: dict) -> dict:
-    return {"suite": suite.name, "profile": profile, "revision": git_revision(), "command": command_line(),
-            "machine": machine(), "torch": torch.__version__,
-            "device": ", ".join(sorted({devices.label(r) for r in records})),
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "dataset": dataset_resolved, "store": store.url, "target": suite.nas.target,
+def report_meta(ctx: RunContext, store: Store, dataset_resolved: str, records: list[NasProxyScores]) -> dict:
+    """The report's provenance (``tgbench.provenance.report_provenance``: the revision is this checkout's, the
+    devices those the proxies scored on) and the NAS protocol's facts."""
+    suite = ctx.suite
+    provenance = report_provenance(suite=suite.name, profile=ctx.profile, command=ctx.command,
+                                   overrides=suite.overrides, devices=[devices.label(r) for r in records])
+    return {**provenance.as_meta(), "dataset": dataset_resolved, "store": store.url, "target": suite.nas.target,
             "architectures scored": str(suite.nas.n_architectures),
             "search space size": str(len(enumerate_space(suite.learner))),
             "ground truth": ", ".join(f"{k}={v}" for k, v in suite.nas.ground_truth.model_dump().items()),
-            "bootstrap resamples": str(suite.nas.bootstrap_resamples), "overrides": suite.overrides, **extra}
+            "bootstrap resamples": str(suite.nas.bootstrap_resamples)}
 
 
+# ---------------------------------------------------------------------------------------------- entry points
 def run_nas_suite(ctx: RunContext) -> Path:
     """Ground truth (cached), teachers (cached), proxy scores (cached per proxy), then the report."""
     suite, profile, opts, log = ctx.suite, ctx.profile, ctx.opts, ctx.log
@@ -671,9 +514,9 @@ def run_nas_suite(ctx: RunContext) -> Path:
     elapsed = time.perf_counter() - start
     log(f"{suite.name} @ {profile}: {trained} ground-truth trainings run, all work done in {elapsed:.0f} s")
     archs = architecture_table(specs, truth, records)
-    meta = _meta(suite, profile, store, dataset.resolved, records,
-                 {"wall clock of this run": f"{elapsed:.0f} s ({trained} ground-truth trainings run now)"})
-    write_nas_report(out_dir, suite, archs, truth, records, meta)
+    meta = {**report_meta(ctx, store, dataset.resolved, records),
+            "wall clock of this run": f"{elapsed:.0f} s ({trained} ground-truth trainings run now)"}
+    nas_report.write_report(out_dir, report_inputs(suite, archs, truth, records, meta))
     log(f"report: {out_dir / 'report.md'}")
     return out_dir
 
@@ -698,8 +541,8 @@ def report_nas_suite(ctx: RunContext) -> Path:
         raise BadInput(f"{suite_path}: stored proxy scores mix datasets {sorted(resolved)}; re-run the suite")
     truth = truth_frame(store, suite, next(iter(resolved)), specs)
     archs = architecture_table(specs, truth, records)
-    write_nas_report(out_dir, suite, archs, truth, records, _meta(suite, profile, store, next(iter(resolved)),
-                                                                  records, {}))
+    meta = report_meta(ctx, store, next(iter(resolved)), records)
+    nas_report.write_report(out_dir, report_inputs(suite, archs, truth, records, meta))
     log(f"report: {out_dir / 'report.md'}")
     return out_dir
 

@@ -28,15 +28,15 @@ import optuna
 import pandas as pd
 from pydantic import Field, PositiveFloat, PositiveInt
 
-from tgbench import stats
 from tgbench.cells import cell_hash, meta_train
 from tgbench.config import SamplerSettings, SearchSpace, SourceEntry, Strict, Suite, arm_with, check_space, sampler_key
 from tgbench.data import Dataset
 from tgbench.errors import BadInput
 from tgbench.kinds import RunContext, SuiteKind
-from tgbench.provenance import git_revision, machine
+from tgbench.provenance import git_revision, report_provenance
 from tgbench.records import Status, TuneTrial
-from tgbench.report import md_table
+from tgbench.reporting import tune as tune_report
+from tgbench.reporting.tune import TuneReportInputs
 from tgbench.store import Store, config_hash, trial_record, write_record
 from tgbench.tuning import FINISHED, describe_sampler, describe_space, open_study, optimize, suggest
 
@@ -139,7 +139,7 @@ def run_tune_suite(ctx: RunContext) -> Path:
     for entry in suite.sources:
         tune_arm(store, suite, profile, entry, dataset, ctx.opts.progress, log)
     log(f"tuned {len(suite.sources)} arms in {time.perf_counter() - start:.0f} s")
-    write_tune_report(suite, profile, store, out_dir, command=ctx.command)
+    build_report(suite, profile, store, out_dir, command=ctx.command)
     log(f"report: {out_dir / 'report.md'}")
     return out_dir
 
@@ -147,7 +147,7 @@ def run_tune_suite(ctx: RunContext) -> Path:
 def report_tune_suite(ctx: RunContext) -> Path:
     """``tgbench report`` of a tune suite: the report from its studies alone."""
     out_dir = ctx.out_dir()
-    write_tune_report(ctx.suite, ctx.profile, ctx.store(), out_dir, command=ctx.command)
+    build_report(ctx.suite, ctx.profile, ctx.store(), out_dir, command=ctx.command)
     ctx.log(f"report: {out_dir / 'report.md'}")
     return out_dir
 
@@ -200,98 +200,25 @@ def importances(store: Store, suite: Suite, profile: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["arm", "param", "importance"])
 
 
-def box_plot(trials: pd.DataFrame, cap: float):
-    """Fig. 2: final validation loss per arm, a box over all trials and every trial as a point; diverged trials
-    are red crosses (at their recorded value, capped at ``cap``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    arms = list(dict.fromkeys(trials["arm"]))
-    fig, ax = plt.subplots(figsize=(2.2 + 1.8 * len(arms), 4.5))
-    ax.boxplot([trials.loc[trials["arm"] == a, "value"].to_numpy(dtype=float) for a in arms],
-               showfliers=False, widths=0.5)
-    ax.set_xticks(range(1, len(arms) + 1), arms)
-    rng = np.random.default_rng(0)
-    for i, arm in enumerate(arms, start=1):
-        g = trials[trials["arm"] == arm]
-        xs = i + rng.uniform(-0.12, 0.12, len(g))
-        diverged = (g["status"] == Status.DIVERGED.value).to_numpy()
-        ax.scatter(xs[~diverged], g["value"].to_numpy(dtype=float)[~diverged], s=18, color="k", alpha=0.7,
-                   zorder=3, label="trial" if i == 1 else None)
-        if diverged.any():
-            ax.scatter(xs[diverged], g["value"].to_numpy(dtype=float)[diverged], s=40, marker="x", color="red",
-                       zorder=4, label="diverged")
-    ax.axhline(cap, color="red", linestyle=":", linewidth=1, label=f"divergence cap {cap:g}")
-    ax.set(ylabel="final validation loss (lower is better)", title="Hyperparameter sensitivity (all tuning trials)")
-    ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-    ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%.1f"))
-    ax.grid(alpha=0.3, axis="y")
-    handles, labels = ax.get_legend_handles_labels()
-    by_label = dict(zip(labels, handles))
-    ax.legend(by_label.values(), by_label.keys(), fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def write_tune_report(suite: Suite, profile: str, store: Store, out_dir: Path, command: str = "") -> Path:
-    import matplotlib.pyplot as plt
-
+def build_report(suite: Suite, profile: str, store: Store, out_dir: Path, command: str = "") -> Path:
+    """Compute the report's frames from the arm studies and hand them to ``tgbench.reporting.tune``."""
     trials = trials_frame(store, suite, profile)
     if trials.empty:
         raise BadInput(f"no finished tune trials for suite {suite.name!r} at profile {profile!r} in {store.url}")
-    summary = summary_frame(trials)
-    imp = importances(store, suite, profile)
-    trials.to_csv(out_dir / "trials.csv", index=False)
-    summary.to_csv(out_dir / "summary.csv", index=False)
-    imp.to_csv(out_dir / "importances.csv", index=False)
-    fig = box_plot(trials, suite.tune.divergence_cap)
-    fig.savefig(out_dir / "final_loss_boxplot.png", dpi=100)
-    plt.close(fig)
-
-    space = describe_space(suite.tune.space)
-    lines = [f"# tgbench tune report: {suite.name}", "",
-             f"- **profile**: {profile}",
-             f"- **revision**: {', '.join(sorted({str(r) for r in trials['revision'].dropna()}))}",
-             f"- **command**: `{command or f'tgbench run {suite.name} --profile {profile}'}`",
-             *([f"- **overrides**: `{' '.join(f'--set {o}' for o in suite.overrides)}`"] if suite.overrides else []),
-             f"- **machine**: {machine()}",
-             f"- **dataset**: {', '.join(sorted({str(d) for d in trials['dataset_resolved'].dropna()}))}",
-             f"- **created**: {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}",
-             f"- **protocol**: {suite.inner.steps} inner steps x batch {suite.inner.batch_size}, "
-             f"{suite.outer.iterations} outer iterations per trial, {suite.tune.trials} TPE trials per arm "
-             f"({suite.tune.startup_trials} random start-up; {describe_sampler(suite.tune.sampler)}), pruning "
-             f"{'on' if suite.tune.pruning else 'off'}",
-             f"- **search space**: {space}",
-             f"- **store**: {store.url} (studies `{suite.name}@{profile}/<arm>`; `optuna-dashboard {store.url}`)",
-             "",
-             "## Final validation loss over all tuning trials (paper Fig. 2)", "",
-             "Objective: validation loss of fresh learners after the last inner step, trained on the trial's "
-             f"final teacher. Diverged trials count at min(last finite validation loss, {suite.tune.divergence_cap:g}).",
-             ""]
-    rows = [[r.arm, r.trials, r.diverged, f"{r.median:.4f}", f"{r.q1:.4f} – {r.q3:.4f} ({r.iqr:.4f})",
-             f"{r.best:.4f}", "–" if math.isnan(r.median_non_diverged) else f"{r.median_non_diverged:.4f}"]
-            for r in summary.itertuples()]
-    lines += md_table(["arm", "trials", "diverged", "median", "IQR (q1 – q3)", "best", "median (non-diverged)"],
-                       rows) + [""]
-    if len(summary) == 2:
-        a, b = summary["arm"]
-        va = trials.loc[trials["arm"] == a, "value"]
-        vb = trials.loc[trials["arm"] == b, "value"]
-        lines += [f"Mann-Whitney U (two-sided) on the final losses of `{a}` vs `{b}`: "
-                  f"p = {stats.mann_whitney_p(va, vb):.3g}.", ""]
-    lines += ["## Parameter importances (Optuna fANOVA, per arm)", ""]
-    if imp.empty:
-        lines += ["Too few finished trials to estimate importances.", ""]
-    else:
-        table = imp.pivot(index="param", columns="arm", values="importance").fillna(0.0)
-        lines += md_table(["param", *table.columns], [[p, *[f"{v:.3f}" for v in row]]
-                                                        for p, row in zip(table.index, table.to_numpy())]) + [""]
-    lines += ["## Figures", "", "![final_loss_boxplot](final_loss_boxplot.png)", ""]
-    (out_dir / "report.md").write_text("\n".join(lines), encoding="utf-8")
+    tune = suite.tune
+    provenance = report_provenance(suite=suite.name, profile=profile, command=command, overrides=suite.overrides,
+                                   revisions=[str(r) for r in trials["revision"].dropna()])
+    meta = {**provenance.as_meta(),
+            "dataset": ", ".join(sorted({str(d) for d in trials["dataset_resolved"].dropna()})),
+            "protocol": f"{suite.inner.steps} inner steps x batch {suite.inner.batch_size}, "
+                        f"{suite.outer.iterations} outer iterations per trial, {tune.trials} TPE trials per arm "
+                        f"({tune.startup_trials} random start-up; {describe_sampler(tune.sampler)}), pruning "
+                        f"{'on' if tune.pruning else 'off'}",
+            "search space": describe_space(tune.space),
+            "store": f"{store.url} (studies `{suite.name}@{profile}/<arm>`; `optuna-dashboard {store.url}`)"}
+    inputs = TuneReportInputs(trials, summary_frame(trials), importances(store, suite, profile), tune.divergence_cap,
+                              meta)
+    tune_report.write_report(out_dir, inputs)
     return out_dir
 
 
