@@ -15,14 +15,16 @@ MAX_PARAMETERS = 8
 def _imports() -> dict[str, list[tuple[str, list[str]]]]:
     """module -> [(imported tgbench module, names imported from it)], every import statement anywhere."""
     graph = {}
-    for path in sorted(PACKAGE.glob("*.py")):
-        module = f"tgbench.{path.stem}" if path.stem != "__init__" else "tgbench"
+    for path in sorted(PACKAGE.rglob("*.py")):   # subpackages too (kinds/, reporting/)
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
         found = []
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "tgbench":
                 for alias in node.names:  # `from tgbench import runner` imports the module tgbench.runner
                     sub = f"{node.module}.{alias.name}"
-                    if (PACKAGE / f"{alias.name}.py").is_file() and node.module == "tgbench":
+                    folder = ROOT.joinpath(*node.module.split("."))
+                    if (folder / f"{alias.name}.py").is_file() or (folder / alias.name / "__init__.py").is_file():
                         found.append((sub, []))
                     else:
                         found.append((node.module, [alias.name]))

@@ -46,6 +46,7 @@ import torch
 
 from tgbench.errors import BadInput, DataNotFound
 from tgbench.problem import Problem
+from tgbench.registry import datasets
 
 TGBENCH_DATA_ENV = "TGBENCH_DATA"
 DEFAULT_ROOT = "~/.cache/tgbench"
@@ -686,8 +687,6 @@ def load_dataset(
     ``.name == name``, ``.resolved == fallback`` and ``.fallback_reason`` the original error message. What a
     loader returns is checked first (:func:`check_dataset`). Unknown names (``name`` or ``fallback``, checked up front) raise
     ``UnknownName``; ``where`` prefixes their message (e.g. the config file and key)."""
-    from tgbench.registry import datasets
-
     loader = datasets.get(name, where)
     fallback_loader = datasets.get(fallback, where) if fallback is not None else None
     try:

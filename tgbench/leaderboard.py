@@ -30,6 +30,7 @@ import pandas as pd
 
 from tgbench import stats
 from tgbench.compute import meta_train_flops, protocol_of
+from tgbench.config import suite_from_dict
 from tgbench.errors import BadInput
 from tgbench.device import label as device_label
 from tgbench.provenance import report_provenance
@@ -133,8 +134,6 @@ class _ProtocolResolver:
         return self._measure(saved, record)
 
     def _measure(self, saved: dict, record: FewstepCell) -> float:
-        from tgbench.config import suite_from_dict
-
         try:
             suite = suite_from_dict(saved["suite"])
             entry = next(e for e in suite.sources if e.name == record.source)
