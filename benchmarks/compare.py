@@ -348,7 +348,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--pop-batch", type=int, help="section 4: B (default 32; --quick 16)")
     ap.add_argument("--eval-steps", type=int, help="section 5: T (default 32; --quick 8)")
     ap.add_argument("--eval-images", type=int, help=f"section 5: test and val images each (default "
-                                                    f"{FULL_SIZE_SPLIT}, a full-size split; --quick 2000)")
+                                                    f"{FULL_SIZE_SPLIT}, a full-size split; --quick 500)")
     ap.add_argument("--sections", default="1,2,3,4,5", help="comma-separated subset to run (2 needs 1)")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)")
     ap.add_argument("--device", help="sections 1, 2 and 5: auto (default), cpu, cuda or cuda:N (tgbench's "
@@ -358,7 +358,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     quick = args.quick
     defaults = {"steps": (32, 8), "batch": (128, 16), "iters": (2, 1), "ckpt_steps": (128, 8),
                 "ckpt_batch": (32, 16), "ckpt_rounds": (2, 1), "pop_batch": (32, 16), "eval_steps": (32, 8),
-                "eval_images": (FULL_SIZE_SPLIT, 2000)}
+                "eval_images": (FULL_SIZE_SPLIT, 500)}
     for name, (full, small) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, small if quick else full)
