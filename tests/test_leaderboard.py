@@ -31,7 +31,7 @@ dataset: {name: mnist-5k}
 learner: {conv_channels: [[4, 8]], fc_hidden: [[16]]}
 inner: {steps: STEPS, batch_size: 20}
 outer: {iterations: 2, lr: 0.01, meta_batch_size: 32}
-evaluation: {seeds: 1, eval_every: 2, eval_learners: 1, final_learners: 1}
+evaluation: {seeds: 1, eval_every: 2, eval_learners: 1, final_learners: 1, held_out: {}}
 profiles: {smoke: {}}
 """
 SUITES = {
