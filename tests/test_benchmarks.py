@@ -149,6 +149,7 @@ def test_asv_conf_is_valid_json():
 
 
 @pytest.mark.slow
+@pytest.mark.system   # compare.py and its child processes
 def test_compare_quick_prints_every_section():
     # every section at its smallest sizes: T=2 in sections 1, 4 and 5 and T=4 in section 3 run the same code as
     # the full sizes; --quick scores 500 test + 500 val images in section 5

@@ -20,6 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 WHEEL_VERSION = "0.1.0+wheeltest"
 TIMEOUT = 300
+pytestmark = pytest.mark.system   # builds a wheel and installs it with pip (`pytest -m system` runs it)
 
 
 def _run(args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:

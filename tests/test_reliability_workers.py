@@ -22,7 +22,8 @@ from optuna.trial import TrialState
 from tgbench.records import Status, cell_key
 from tgbench.store import Store
 
-pytestmark = pytest.mark.slow  # each test starts tgbench processes and waits for them (seconds to a minute)
+# each test starts tgbench processes and waits for them (seconds to a minute): `pytest -m system` runs them
+pytestmark = [pytest.mark.slow, pytest.mark.system]
 
 TINY = """\
 name: {name}

@@ -218,6 +218,7 @@ def test_a_changed_protocol_refuses_to_mix_with_old_trials(tmp_path, single_thre
 
 
 @pytest.mark.slow
+@pytest.mark.system   # a tgbench process, SIGKILLed, then run again
 def test_killed_study_continues_where_it_stopped(tmp_path):
     """SIGKILL a tune run after its first trial finished; the same command completes the rest: the finished
     trial is untouched, the interrupted one is marked failed, and exactly `trials` trials finish."""
