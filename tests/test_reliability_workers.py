@@ -202,8 +202,10 @@ def test_jobs_stop_on_sigterm_to_the_parent_or_ctrl_c_to_the_group(tmp_path, sig
 
 # ------------------------------------------------------------------------------------------ concurrent workers
 def test_jobs_run_cells_in_parallel_processes_once_each(tmp_path):
-    # two cells: each --jobs worker is a freshly spawned process that imports torch, the costly part here
-    suite, db = _suite(tmp_path, seeds=2), tmp_path / "t.db"
+    # two cells: each --jobs worker is a freshly spawned process that imports torch, the costly part here; cells
+    # of ~5 s, so that they overlap even when the two workers finish importing seconds apart on a loaded machine
+    # (10 iterations, ~1 s, did not always overlap)
+    suite, db = _suite(tmp_path, seeds=2, iterations=100), tmp_path / "t.db"
     res = subprocess.run([sys.executable, "-m", "tgbench.cli", *_argv(suite, f"sqlite:///{db}", tmp_path / "out",
                                                                        "--jobs", "2")],
                          cwd=tmp_path, env=ENV, text=True, capture_output=True, timeout=240)

@@ -97,15 +97,32 @@ def run_in_workers(tasks: list[CellTask], slots: list[str], progress: bool, on_f
             interrupt.check()
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
-        workers = multiprocessing.active_children()
-        for worker in workers:
-            worker.terminate()
-        deadline = time.monotonic() + STOP_GRACE_SECONDS
-        for worker in workers:
-            worker.join(timeout=max(0.0, deadline - time.monotonic()))
+        stop_workers(free_devices)
         raise
     pool.shutdown()
     return ran
+
+
+def stop_workers(free_devices) -> None:
+    """SIGTERM every worker process (its handler marks its cell failed), wait for them up to
+    ``STOP_GRACE_SECONDS``, then SIGKILL whatever is still there, including a worker the pool started after the
+    first look (it replaces one that exited). Why the kill: at exit the interpreter joins every non-daemon child
+    without a timeout, so one worker left alive (seen once in CI under load, and once by a helper) made a stopped
+    ``tgbench run --jobs`` print "interrupted" and then never exit. A killed worker's cell stays RUNNING in the
+    store; the next run on this machine finds its process dead and re-runs it at once."""
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for worker in multiprocessing.active_children():
+        worker.terminate()
+    for worker in multiprocessing.active_children():
+        worker.join(timeout=max(0.0, deadline - time.monotonic()))
+    for _ in range(3):   # (each look may find a replacement started meanwhile)
+        left = multiprocessing.active_children()
+        if not left:
+            break
+        for worker in left:
+            worker.kill()
+            worker.join(timeout=5)
+    free_devices.cancel_join_thread()   # never block exit on flushing the slot queue to workers that are gone
 
 
 _free_devices = None   # in a worker process: the queue of free slot devices (set by the pool's initializer)
