@@ -111,17 +111,15 @@ def stop_workers(free_devices) -> None:
     ``tgbench run --jobs`` print "interrupted" and then never exit. A killed worker's cell stays RUNNING in the
     store; the next run on this machine finds its process dead and re-runs it at once."""
     deadline = time.monotonic() + STOP_GRACE_SECONDS
-    for worker in multiprocessing.active_children():
-        worker.terminate()
-    for worker in multiprocessing.active_children():
-        worker.join(timeout=max(0.0, deadline - time.monotonic()))
-    for _ in range(3):   # (each look may find a replacement started meanwhile)
-        left = multiprocessing.active_children()
-        if not left:
-            break
+    while (left := multiprocessing.active_children()) and time.monotonic() < deadline:
+        # SIGTERM again at every look: a replacement the pool started meanwhile has no cell and dies of it at
+        # once; a worker already marking its cell failed ignores it (tgbench.interrupt acts on the first signal)
         for worker in left:
-            worker.kill()
-            worker.join(timeout=5)
+            worker.terminate()
+        left[0].join(timeout=0.2)
+    for worker in multiprocessing.active_children():
+        worker.kill()
+        worker.join(timeout=5)
     free_devices.cancel_join_thread()   # never block exit on flushing the slot queue to workers that are gone
 
 
