@@ -184,21 +184,19 @@ def meta_train(suite: Suite, entry: SourceEntry, dataset: Dataset, seed: int, pr
             "test_loss_final": final.test_loss[-1], "val_loss_final": final.val_loss[-1],
             "eval_architectures": [s.describe() for s in specs],
         })
-        if not report_extras:
-            record["phase_seconds"] = {"meta_training": train_seconds, **phases}
-            return teacher, record
-        grid, rows = sample_grid(teacher, dataset, seed)
-        tracker.images("samples", grid, trainer.iteration)
-        phases["samples"] = time.perf_counter() - start - phases["final_evaluation"]
-        record.update({
-            "steps_test_acc": final.test_acc, "steps_val_acc": final.val_acc,
-            "eval_seconds": time.perf_counter() - start,
-            "samples": encode_array(grid), "sample_steps": rows,
-        })
-        start = time.perf_counter()
-        held_out = ev.held_out_specs(suite.learner, teacher.source.learner_weight_norm)
-        record["held_out"] = held_out_scores(trainer, dataset, held_out, ev.final_learners, EVAL_SEED_OFFSET + seed)
-        record["held_out_seconds"] = phases["held_out"] = time.perf_counter() - start
+        if report_extras:
+            grid, rows = sample_grid(teacher, dataset, seed)
+            tracker.images("samples", grid, trainer.iteration)
+            phases["samples"] = time.perf_counter() - start - phases["final_evaluation"]
+            record.update({
+                "steps_test_acc": final.test_acc, "steps_val_acc": final.val_acc,
+                "eval_seconds": time.perf_counter() - start,
+                "samples": encode_array(grid), "sample_steps": rows,
+            })
+            start = time.perf_counter()
+            held_out = ev.held_out_specs(suite.learner, teacher.source.learner_weight_norm)
+            record["held_out"] = held_out_scores(trainer, dataset, held_out, ev.final_learners, EVAL_SEED_OFFSET + seed)
+            record["held_out_seconds"] = phases["held_out"] = time.perf_counter() - start
     else:  # diverged: the last finite evaluation stands for the cell, flagged by its status
         last = curve[-1]
         record.update({"test_acc_final": last["test_acc"], "val_acc_final": last["val_acc"],
