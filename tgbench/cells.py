@@ -50,6 +50,7 @@ def cell_hash(suite: Suite, entry: SourceEntry, dataset_resolved: str) -> str:
     protocol = suite.model_dump(mode="json", exclude={"profiles", "sources", "description", kind_section})
     protocol["evaluation"].pop("seeds")
     protocol["evaluation"].pop("count_flops", None)  # (what the cell measures, not what it computes)
+    protocol["outer"].pop("save_every", None)  # (how often the run is saved, not what it computes)
     if protocol.get("tuning"):  # the sampler's settings count once they differ from every earlier study's
         sampler = protocol["tuning"].pop("sampler")
         if sampler != SamplerSettings().model_dump(mode="json"):
@@ -61,6 +62,7 @@ def cell_hash(suite: Suite, entry: SourceEntry, dataset_resolved: str) -> str:
     if protocol["evaluation"].get("held_out") is None:  # the default held-out set is versioned with the code
         protocol["evaluation"].pop("held_out", None)
     source = entry.model_dump(mode="json")
+    source["outer"].pop("save_every", None)
     for key, unset in (("inner", {}), ("learner", {}), ("tune_space", None), ("arm", None), ("sweep_value", None)):
         if source.get(key) == unset:
             source.pop(key)

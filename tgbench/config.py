@@ -127,6 +127,9 @@ class OuterLoop(Strict):
     es_pairs: Count = 4                               # antithetic pairs per ES / hybrid estimate
     es_sigma: PositiveFloat = 0.01
     grad_clip: PositiveFloat | None = None            # clip the meta-gradient's global norm
+    # a cell saves its whole meta-training state every K outer iterations (0: never) and a rerun resumes from
+    # the last one; how often a run is saved changes no number, so it is part of no hash
+    save_every: int = Field(50, ge=0)
 
     @model_validator(mode="after")
     def _compatible(self) -> "OuterLoop":
