@@ -17,7 +17,8 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, PrivateAttr,
-                      ValidationError, create_model, ValidationInfo, field_validator, model_validator, with_config)
+                      ValidationError, create_model, ValidationInfo, field_validator, model_serializer,
+                      model_validator, with_config)
 from typing_extensions import TypedDict  # (pydantic needs typing_extensions' TypedDict before Python 3.12)
 
 from tgbench.errors import BadInput, ConfigError
@@ -318,15 +319,55 @@ def sampler_key(settings: "SamplerSettings") -> dict | None:
     return None if dumped == SamplerSettings().model_dump(mode="json") else dumped
 
 
-class TuningStage(Strict):
+class StudySettings(Strict):
+    """What every Optuna study of tgbench is, the one model behind a fewstep suite's ``tuning:`` stage and a tune
+    suite's ``tune:`` section (``tgbench.tuning.run_study`` runs both): TPE over ``space`` up to ``trials`` finished
+    trials, the first ``startup_trials`` of them random, sampler seed ``seed``, with ``sampler``'s settings."""
+
+    trials: PositiveInt
+    seed: int = 0
+    startup_trials: PositiveInt
+    space: SearchSpace = Field(default_factory=dict)
+    sampler: SamplerSettings = Field(default_factory=SamplerSettings)
+
+
+class PrunerSettings(Strict):
+    """Optuna's ``SuccessiveHalvingPruner`` (asynchronous successive halving) for a full-horizon tuning stage. A
+    trial reports its validation error at every checkpoint; at rung r (``min_resource`` x ``reduction_factor`` **
+    (``min_early_stopping_rate`` + r) outer iterations) it goes on only while it is in the best 1/``reduction_factor``
+    of the trials that reached that rung. Chosen over ``HyperbandPruner`` because a stage runs few trials one after
+    another (~5-10 per arm): Hyperband splits them into brackets of 1-3 trials each, and Optuna's TPE then models
+    only the trials of a trial's own bracket, so neither the pruner nor the sampler would have enough to compare."""
+
+    min_resource: PositiveInt | None = None   # outer iterations to the first rung (None: the first checkpoint)
+    reduction_factor: int = Field(3, ge=2)
+    min_early_stopping_rate: int = Field(0, ge=0)
+    bootstrap_count: int = Field(0, ge=0)     # trials that must reach a rung before it prunes anyone
+
+
+# settings added to `tuning:` after studies were stored: left at their default they are left out of every dump, so
+# no stored stage or cell hash changes (`stage_hash` and `cell_hash` hash the section's dump)
+FULL_HORIZON_SETTINGS = ("horizon", "budget_runs", "eval_every", "pruner")
+
+
+class TuningStage(StudySettings):
     """``tuning:`` of a fewstep suite: every arm is tuned before it is compared (the fair protocol).
 
-    Each arm gets its own Optuna TPE study with the same budget — ``trials`` trials, each meta-training one
-    teacher for ``outer_iterations`` outer iterations (the arm's own count if smaller, e.g. 1 for an arm that
-    meta-learns nothing; the cosine schedule then spans the trial) — over ``space`` (or the arm's own
-    ``tune_space``). A trial's objective is the **validation** error (1 - accuracy) of ``learners`` fresh
-    reference learners after the last inner step; test is never looked at. The final cells then meta-train
-    with each arm's best values at the full budget and are reported on test. Part of every cell's hash.
+    Each arm gets its own Optuna TPE study with the same budget over ``space`` (or the arm's own ``tune_space``).
+    A trial's objective is the **validation** error (1 - accuracy) of ``learners`` fresh reference learners after
+    the last inner step; test is never looked at. The final cells then meta-train with each arm's best values at
+    the full budget and are reported on test. Part of every cell's hash.
+
+    ``horizon: short`` (the default): ``trials`` trials, each meta-training one teacher for ``outer_iterations``
+    outer iterations (the arm's own count if smaller, e.g. 1 for an arm that meta-learns nothing; the cosine
+    schedule then spans the trial).
+
+    ``horizon: full``: every trial meta-trains at the arm's own ``outer.iterations`` (its cosine spans the final
+    budget), reports its validation error every ``eval_every`` outer iterations (default
+    ``evaluation.eval_every``) and is stopped early by ``pruner`` (None: never). The arm's settings as written are
+    its first trial. Each arm may spend ``budget_runs`` x its own outer iterations, summed over its trials (a pruned
+    or diverged trial counts what it ran), and launches at most ``trials`` trials; an arm with a single outer
+    iteration (nothing meta-learned: it can never be pruned and a run costs one iteration) runs ``trials`` trials.
     """
 
     trials: PositiveInt = 8
@@ -334,11 +375,29 @@ class TuningStage(Strict):
     seed: int = 0                       # TPE sampler seed; trial k meta-trains with seed 1000 + k
     outer_iterations: PositiveInt = Field(30, le=MAX_OUTER_ITERATIONS)
     learners: PositiveInt = Field(2, le=MAX_COUNT)
-    space: SearchSpace = Field(default_factory=dict)
-    sampler: SamplerSettings = Field(default_factory=SamplerSettings)
+    horizon: Literal["short", "full"] = "short"
+    budget_runs: PositiveFloat = 3.0    # full horizon: tuning compute per arm, in runs of the arm's full horizon
+    eval_every: PositiveInt | None = None   # full horizon: outer iterations between checkpoints
+    pruner: PrunerSettings | None = Field(default_factory=PrunerSettings)
 
     def space_for(self, entry: "SourceEntry") -> dict[str, SearchDimension]:
         return self.space if entry.tune_space is None else entry.tune_space
+
+    @model_validator(mode="after")
+    def _full_horizon_settings_need_full_horizon(self) -> "TuningStage":
+        stray = sorted(set(FULL_HORIZON_SETTINGS[1:]) & self.model_fields_set)
+        if self.horizon == "short" and stray:
+            raise ValueError(f"{', '.join(stray)} apply to `horizon: full` only")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _new_settings_only_when_set(self, handler) -> dict[str, Any]:
+        dumped = handler(self)
+        for key in FULL_HORIZON_SETTINGS:
+            if key in dumped and getattr(self, key) == type(self).model_fields[key].get_default(
+                    call_default_factory=True):
+                del dumped[key]
+        return dumped
 
 
 class GroundTruthSchedule(Strict):

@@ -268,3 +268,15 @@ def still_rising(iterations: Sequence[float], values: Sequence[float], tail: flo
     if before.size == 0 or before[-1] == it.size - 1:
         return False
     return bool(v[-1] - v[before[-1]] > tolerance)
+
+
+def share_near_best(values: Sequence[float], margin: float) -> float:
+    """How flat an optimum is: the share of ``values`` (higher is better, e.g. the validation accuracy of every
+    tuning trial run to its full horizon) within ``margin`` of the best of them. A non-finite value (a diverged
+    trial) counts, as not near; NaN for no finite value at all. 1.0: every trial is as good as the pick, so the
+    pick hardly matters; 1/n: only the pick itself is."""
+    v = np.asarray(values, dtype=float)
+    finite = v[np.isfinite(v)]
+    if finite.size == 0:
+        return _NAN
+    return float(np.sum(v >= finite.max() - margin - 1e-12) / v.size)  # (1e-12: 0.72 - 0.01 is 0.7099999...)

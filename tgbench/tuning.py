@@ -1,32 +1,47 @@
-"""Optuna studies in the experiment store, and a fewstep suite's tuning stage.
+"""The one study runner of tgbench: Optuna studies in the experiment store, the one trial objective, and a
+fewstep suite's tuning stage.
 
-``open_study`` / ``optimize`` run a TPE study to a trial budget, resuming what the store holds; both the ``tune``
-suite kind (``tgbench.kinds.tune``) and the tuning stage below use them. The tuning stage (a fewstep suite's
-``tuning:`` section) tunes every arm on validation with the same budget before its final seeds run: a trial
-meta-trains with the sampled values (seed ``TUNING_SEED_OFFSET + k``, never a final cell's seed) and scores the
-validation error of fresh reference learners; the best values become per-arm overrides of the final cells.
+A study is described by a :class:`StudySpec` (what ``config.StudySettings`` says — trials, seed, start-up trials,
+sampler, space — plus its name, configuration hash, pruner, first trial and compute budget) and run by
+:func:`run_study`; every trial meta-trains through :func:`study_objective`, which calls the one meta-training
+loop ``tgbench.cells.meta_train(..., report_extras=False)`` and reports each checkpoint to the trial (pruning).
+What a trial's number *is* is the objective's :class:`Scoring` parameter: the tuning stage below scores the
+validation error, the ``tune`` suite kind (``tgbench.kinds.tune``) its final validation loss with a divergence cap.
+
+The tuning stage (a fewstep suite's ``tuning:`` section, ``config.TuningStage``) is a study per arm whose best
+values feed the final cells: a trial meta-trains with the sampled values (seed ``TUNING_SEED_OFFSET + k``, never
+a final cell's seed) on a dataset whose test split *is* the validation split, so no test example is ever scored.
+``horizon: short`` trials meta-train a short budget of their own; ``horizon: full`` trials run at the arm's final
+horizon, start from the arm's settings as written, are pruned by successive halving on the validation error of
+their checkpoints, and stop launching once the arm's budget (``budget_runs`` runs of its horizon) is spent.
 """
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+import json
 import math
-import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from tgbench import interrupt
-from tgbench.builders import build_trainer
-from tgbench.cells import EVAL_SEED_OFFSET, cell_hash
-from tgbench.config import SearchDimension, SourceEntry, Suite, arm_with, sampler_key
+from tgbench import stats
+from tgbench.cells import cell_hash, meta_train
+from tgbench.config import SearchDimension, SourceEntry, StudySettings, Suite, arm_with, sampler_key
 from tgbench.data import Dataset
-from tgbench.errors import BadInput, Diverged
+from tgbench.errors import BadInput
+from tgbench.provenance import git_revision
 from tgbench.records import Status, TuneTrial
+from tgbench.registry import methods
 from tgbench.store import Store, config_hash, trial_record, write_record
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-
+AS_WRITTEN = "as_written"   # user attribute of the trial that runs an arm's settings as written (its clipped keys)
+RETRY_OF = "retry_of"       # user attribute of a trial that re-runs a killed one: the number it re-runs
 
 
 def suggest(trial: optuna.Trial, name: str, dim: SearchDimension) -> Any:
@@ -39,8 +54,8 @@ def suggest(trial: optuna.Trial, name: str, dim: SearchDimension) -> Any:
 
 def open_study(store: Store, name: str, chash: str) -> optuna.Study:
     """The study ``name`` in the store, created if new; refused (``BadInput``) when it was run under another
-    configuration hash. Trials left RUNNING by a killed run are marked failed so they are re-sampled (one
-    process per study)."""
+    configuration hash. Trials left RUNNING by a killed run are marked failed (one process per study);
+    :func:`run_study` runs each of them again with the same values."""
     study = optuna.create_study(study_name=name, storage=store.storage, direction="minimize", load_if_exists=True)
     if study.user_attrs.get("config_hash", chash) != chash:
         raise BadInput(f"study {name!r} in {store.url} was run under a different configuration of this arm; "
@@ -51,29 +66,185 @@ def open_study(store: Store, name: str, chash: str) -> optuna.Study:
     return study
 
 
-def optimize(study: optuna.Study, objective, budget, log=print) -> None:
-    """Run ``study`` up to ``budget.trials`` finished trials with TPE (``budget``: a ``TuneConfig`` or a
-    ``TuningStage``: trials, seed, startup_trials, and ``pruning`` where it has one)."""
-    done = len(study.get_trials(deepcopy=False, states=FINISHED))
-    todo = max(0, budget.trials - done)
-    log(f"{study.study_name}: {done} trials done, {todo} to run")
-    if not todo:
-        return
-    pruning = getattr(budget, "pruning", False)
+# ------------------------------------------------------------------------------------------ the one study
+@dataclass(frozen=True)
+class StudySpec:
+    """One study, all :func:`run_study` needs: ``settings`` (trials, seed, start-up trials, sampler), the
+    study's name and configuration hash, its pruner, the values of its first trial (None: sampled), and its
+    compute budget in outer iterations summed over its finished trials (None: ``settings.trials`` trials)."""
+
+    name: str
+    config_hash: str
+    settings: StudySettings
+    pruner: optuna.pruners.BasePruner = dataclasses.field(default_factory=optuna.pruners.NopPruner)
+    first_trial: dict[str, Any] | None = None
+    first_trial_note: list[str] = dataclasses.field(default_factory=list)   # keys clipped into the space
+    budget: int | None = None
+    min_trial_cost: int = 1   # outer iterations a trial runs before it can first be stopped
+
+
+def trial_cost(trial: optuna.trial.FrozenTrial) -> int:
+    """Outer iterations a finished trial meta-trained (a pruned or diverged trial: what it ran until it stopped)."""
+    return int(trial.user_attrs.get("outer_iterations") or 0)
+
+
+def spent(study: optuna.Study) -> int:
+    """Outer iterations the study's finished trials meta-trained. A killed trial counts nothing: it is run again
+    (``run_study``), and its re-run counts what it runs."""
+    return sum(trial_cost(t) for t in study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def trial_slot(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
+    """The number that names a trial's meta-training (its seed, and where a resumable trial saves its state): its
+    own, or for a re-run of a killed trial the number of the trial it re-runs, so the re-run is the same run."""
+    return int(trial.user_attrs.get(RETRY_OF, trial.number))
+
+
+def _rerun_killed(study: optuna.Study) -> None:
+    """Enqueue, with the same values, every failed trial that no later trial re-runs: a killed run is finished,
+    not replaced by a fresh sample (so no point of the search is drawn and then lost, and a trial that saved its
+    state could resume it under its own seed)."""
+    trials = study.get_trials(deepcopy=False)
+    rerun = {trial_slot(t) for t in trials if RETRY_OF in t.user_attrs}
+    for t in trials:
+        if t.state == TrialState.FAIL and trial_slot(t) not in rerun and t.params:
+            attrs = {RETRY_OF: trial_slot(t), **({AS_WRITTEN: t.user_attrs[AS_WRITTEN]} if AS_WRITTEN in t.user_attrs
+                                                 else {})}
+            study.enqueue_trial(t.params, user_attrs=attrs)
+            rerun.add(trial_slot(t))
+
+
+def run_study(store: Store, spec: StudySpec, objective: Callable[[optuna.Trial], float], log=print) -> optuna.Study:
+    """Run (or resume) ``spec``'s study: launch trials until ``settings.trials`` have finished or, with a
+    budget, until less than ``min_trial_cost`` outer iterations of it are left. Finished trials are kept; killed
+    ones run again with their values; a new study's first trial is ``spec.first_trial`` when given."""
+    study = open_study(store, spec.name, spec.config_hash)
+    settings = spec.settings
     # a fresh sampler seed per resumption, so a resumed study does not replay its random start-up trials
-    settings = budget.sampler
-    study.sampler = optuna.samplers.TPESampler(seed=budget.seed + len(study.trials),
-                                               n_startup_trials=budget.startup_trials,
-                                               multivariate=settings.multivariate,
-                                               constant_liar=settings.constant_liar,
-                                               n_ei_candidates=settings.n_ei_candidates)
-    study.set_user_attr("sampler", {"name": "TPESampler", "n_startup_trials": budget.startup_trials,
-                                    "optuna": optuna.__version__, **settings.model_dump(mode="json")})
-    study.pruner = optuna.pruners.MedianPruner() if pruning else optuna.pruners.NopPruner()
-    study.optimize(objective, n_trials=todo, show_progress_bar=False,
-                   callbacks=[lambda s, t: log(f"  trial {t.number}: {trial_record(t, s.study_name).status} "
-                                               f"objective {t.value if t.value is not None else float('nan'):.4f} "
-                                               f"{t.params}")])
+    study.sampler = optuna.samplers.TPESampler(seed=settings.seed + len(study.trials),
+                                               n_startup_trials=settings.startup_trials,
+                                               multivariate=settings.sampler.multivariate,
+                                               constant_liar=settings.sampler.constant_liar,
+                                               n_ei_candidates=settings.sampler.n_ei_candidates)
+    study.set_user_attr("sampler", {"name": "TPESampler", "n_startup_trials": settings.startup_trials,
+                                    "optuna": optuna.__version__, **settings.sampler.model_dump(mode="json")})
+    study.pruner = spec.pruner
+    if spec.budget is not None:
+        study.set_user_attr("budget_outer_iterations", spec.budget)
+    if spec.first_trial is not None and not study.trials:
+        study.enqueue_trial(spec.first_trial, user_attrs={AS_WRITTEN: spec.first_trial_note})
+    _rerun_killed(study)
+
+    def finished() -> int:
+        return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+    def affordable() -> bool:
+        return spec.budget is None or spec.budget - spent(study) >= spec.min_trial_cost
+
+    budget = "" if spec.budget is None else f", {spent(study)} of {spec.budget} outer iterations spent"
+    log(f"{study.study_name}: {finished()} trials done, {max(0, settings.trials - finished())} to run{budget}")
+    while finished() < settings.trials and affordable():
+        study.optimize(objective, n_trials=1, show_progress_bar=False,
+                       callbacks=[lambda s, t: log(f"  trial {t.number}: {trial_record(t, s.study_name).status} "
+                                                   f"objective {t.value if t.value is not None else math.nan:.4f} "
+                                                   f"after {trial_cost(t)} outer iterations {t.params}")])
+    return study
+
+
+# ------------------------------------------------------------------------------------------ the one objective
+@dataclass(frozen=True)
+class Scoring:
+    """What a trial's number is (a parameter of the one objective, not a second loop): ``checkpoint`` maps a
+    curve point of ``meta_train`` to the value reported to the trial (None: nothing to report), ``final`` maps
+    ``meta_train``'s record to (objective, status). ``validation_only``: the trial never sees the test split (it
+    meta-trains on a dataset whose test split is the validation split, and records no test score)."""
+
+    checkpoint: Callable[[dict], float | None]
+    final: Callable[[dict], tuple[float, Status]]
+    validation_only: bool = False
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """How every trial of one study meta-trains: ``suite`` (its evaluation settings are the trial's checks),
+    the arm, the space it samples, the seed of trial k (``seed_offset + k``), the scoring, the outer iterations
+    of every trial (None: the arm's own), and the study's budget in outer iterations (None: none) with the
+    distance between checkpoints, so a trial stops at the last checkpoint the budget pays for."""
+
+    suite: Suite
+    entry: SourceEntry
+    space: dict[str, SearchDimension]
+    scoring: Scoring
+    seed_offset: int = 0
+    iterations: int | None = None
+    budget: int | None = None
+    progress: bool = False
+
+
+def study_objective(plan: TrialPlan, dataset: Dataset) -> Callable[[optuna.Trial], float]:
+    """The objective of every tgbench study: sample ``plan.space``, meta-train the arm with those values through
+    ``meta_train(report_extras=False)``, report each checkpoint's value to the trial (``trial.should_prune()``
+    there: a pruned trial stops), and return ``plan.scoring``'s final value. Every finished trial writes a
+    ``TuneTrial`` record (status last): complete, diverged (counted, never dropped) or pruned with the outer
+    iterations it ran; a Ctrl-C leaves it failed, saying why."""
+    if plan.scoring.validation_only:  # the test split is never given to the trial, so it cannot be scored
+        dataset = dataclasses.replace(dataset, test=dataset.val)
+    every = plan.suite.evaluation.eval_every
+
+    def objective(trial: optuna.Trial) -> float:
+        values = {key: suggest(trial, key, dim) for key, dim in plan.space.items()}
+        arm = arm_with(plan.suite, plan.entry, values)
+        if plan.iterations is not None:
+            arm = arm.model_copy(update={"outer": {**arm.outer, "iterations": plan.iterations}})
+        horizon = plan.suite.outer_for(arm).iterations
+        left = None if plan.budget is None else plan.budget - spent(trial.study)
+        curve: list[dict] = []
+
+        def on_eval(point: dict) -> None:
+            curve.append(_kept(point, plan.scoring))
+            it = point["outer_iter"]
+            value = plan.scoring.checkpoint(point)
+            if it > 0 and value is not None and math.isfinite(value):
+                trial.report(value, it)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at outer iteration {it} of {horizon}")
+            if left is not None and it < horizon and min(it + every, horizon) > left:
+                raise optuna.TrialPruned(f"the study's budget ends before its next checkpoint (iteration {it})")
+
+        try:
+            # TODO(issue 24, mid-cell resume): pass meta_train's state location once it has one (the resume
+            # helper's `outer.save_every` state), named by `trial_slot(trial)`: a killed trial is re-run with its
+            # values and seed by `run_study`, and would then resume from its last save instead of iteration 0
+            _, record = meta_train(plan.suite, arm, dataset, seed=plan.seed_offset + trial_slot(trial),
+                                   progress=plan.progress, on_eval=on_eval, report_extras=False)
+        except optuna.TrialPruned as exc:  # Optuna closes the trial PRUNED; its record says how far it ran
+            reached = curve[-1]["outer_iter"] if curve else 0
+            write_record(trial, TuneTrial(status=Status.PRUNED, error=str(exc), outer_iterations=reached,
+                                          curve=curve, **_provenance(dataset)))
+            raise
+        except KeyboardInterrupt:  # Optuna marks the trial FAIL and re-raises; say why, as fewstep cells do
+            write_record(trial, TuneTrial(status=Status.FAILED, error="KeyboardInterrupt: "))
+            raise
+        value, status = plan.scoring.final(record)
+        fields = {key: record.get(key) for key in ("val_acc_final", "test_acc_final", "val_loss_final",
+                                                   "meta_train_seconds", "outer_iterations", "error")}
+        if plan.scoring.validation_only:
+            fields["test_acc_final"] = None
+        write_record(trial, TuneTrial(**fields, status=status, curve=[_kept(p, plan.scoring) for p in record["curve"]],
+                                      **_provenance(dataset)))
+        return value
+
+    return objective
+
+
+def _kept(point: dict, scoring: Scoring) -> dict:
+    """A curve point as a trial records it (a validation-only trial keeps no test column: it scored none)."""
+    return {k: v for k, v in point.items() if not (scoring.validation_only and k.startswith("test_"))}
+
+
+def _provenance(dataset: Dataset) -> dict:
+    return {"dataset_resolved": dataset.resolved, "revision": git_revision(), "device": str(dataset.train.x.device),
+            "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
 
 
 # ------------------------------------------------------------------------ a fewstep suite's tuning stage
@@ -84,51 +255,108 @@ def tuning_study_name(suite: Suite, profile: str, entry: SourceEntry) -> str:
     return f"{suite.name}@{profile}/tuning/{entry.name}"
 
 
-def trial_arm(suite: Suite, entry: SourceEntry, values: dict[str, Any]) -> SourceEntry:
-    """The arm a tuning trial meta-trains: ``values`` applied, at the stage's per-trial outer budget."""
-    arm = arm_with(suite, entry, values)
-    iterations = min(suite.outer_for(arm).iterations, suite.tuning.outer_iterations)
-    return arm.model_copy(update={"outer": {**arm.outer, "iterations": iterations}})
+def validation_error(point: dict) -> float | None:
+    """The stage's checkpoint value: validation error (1 - accuracy) of the check's fresh learners."""
+    acc = point.get("val_acc")
+    return None if acc is None else 1.0 - acc
 
 
-def tuning_objective(suite: Suite, entry: SourceEntry, dataset: Dataset, space: dict[str, SearchDimension]):
-    """Objective of one arm's tuning study: meta-train with the sampled values, then the validation error of
-    fresh reference learners after the last inner step (test is never scored). A diverged run scores 1.0. The
-    trial's record (a ``TuneTrial``: meta-training seconds, validation scores) is written when the trial is
-    scored, its status last."""
+def stage_final(record: dict) -> tuple[float, Status]:
+    """The stage's objective: validation error after the last inner step; a diverged run scores 1.0 (the worst
+    possible), counted as diverged."""
+    acc = record.get("val_acc_final")
+    if record["status"] == Status.COMPLETE and acc is not None and math.isfinite(acc):
+        return 1.0 - acc, Status.COMPLETE
+    return 1.0, Status.DIVERGED
+
+
+STAGE_SCORING = Scoring(checkpoint=validation_error, final=stage_final, validation_only=True)
+
+
+def trial_horizon(suite: Suite, entry: SourceEntry) -> int:
+    """Outer iterations of one tuning trial of ``entry``: the arm's own at the full horizon, else the stage's
+    per-trial budget (the arm's own count if smaller)."""
+    own = suite.outer_for(entry).iterations
+    return own if suite.tuning.horizon == "full" else min(own, suite.tuning.outer_iterations)
+
+
+def checkpoint_every(suite: Suite, entry: SourceEntry) -> int:
+    """Outer iterations between a trial's checkpoints: at the full horizon the stage's ``eval_every`` (default
+    ``evaluation.eval_every``); a short trial is scored once, at its end."""
     stage = suite.tuning
+    if stage.horizon != "full":
+        return trial_horizon(suite, entry)
+    return min(stage.eval_every or suite.evaluation.eval_every, trial_horizon(suite, entry))
 
-    def objective(trial: optuna.Trial) -> float:
-        values = {key: suggest(trial, key, dim) for key, dim in space.items()}
-        arm = trial_arm(suite, entry, values)
-        seed = TUNING_SEED_OFFSET + trial.number
-        trainer = build_trainer(suite, arm, dataset, seed)
-        start = time.perf_counter()
-        try:
-            for _ in range(suite.outer_for(arm).iterations):
-                interrupt.check()
-                trainer.step()
-        except Diverged as exc:
-            write_record(trial, TuneTrial(status=Status.DIVERGED, error=str(exc),
-                                          meta_train_seconds=time.perf_counter() - start))
-            return 1.0
-        seconds = time.perf_counter() - start
-        specs = suite.evaluation.learner_specs(suite.learner, trainer.teacher.source.learner_weight_norm)[:1]
-        # val in both of evaluate's slots: the stage must never score the test split
-        result = trainer.evaluate(dataset.val, dataset.val, specs, stage.learners, seed=EVAL_SEED_OFFSET + seed,
-                                  per_step=False).final
-        write_record(trial, TuneTrial(status=Status.COMPLETE, meta_train_seconds=seconds,
-                                      val_acc_final=result["val_acc"], val_loss_final=result["val_loss"]))
-        value = 1.0 - result["val_acc"]
-        return value if math.isfinite(value) else 1.0
 
-    return objective
+def trial_suite(suite: Suite, entry: SourceEntry) -> Suite:
+    """The suite a tuning trial meta-trains under: checks every ``checkpoint_every`` outer iterations, each and
+    the final score by ``tuning.learners`` fresh learners of the first evaluation architecture."""
+    ev = suite.evaluation
+    learners = suite.tuning.learners
+    evaluation = ev.model_copy(update={"eval_every": checkpoint_every(suite, entry), "eval_learners": learners,
+                                       "final_learners": learners,
+                                       "architectures": ev.architectures[:1] if ev.architectures else None})
+    return suite.model_copy(update={"evaluation": evaluation})
+
+
+def values_as_written(suite: Suite, entry: SourceEntry, space: dict[str, SearchDimension]) -> tuple[dict, list[str]]:
+    """(values, notes): the arm's settings as the suite writes them for every key of ``space`` — its published
+    or official defaults, the first trial of a full-horizon study. A value outside its range is clipped to the
+    nearest end (the study can only model values inside its space; rounded for an integer dimension); a value
+    not among a dimension's choices is left to the sampler. ``notes`` says which keys were clipped or left."""
+    settings = {"inner": suite.inner_for(entry), "outer": suite.outer_for(entry),
+                "params": methods.get(entry.method).Params.model_validate(entry.params)}
+    values, notes = {}, []
+    for key, dim in space.items():
+        section, _, leaf = key.partition(".")
+        value = getattr(settings[section], leaf)
+        if dim.choices is not None:
+            if value in dim.choices:
+                values[key] = value
+            else:
+                notes.append(f"{key}={value!r} is not among the choices: sampled")
+            continue
+        inside = min(max(value, dim.low), dim.high)
+        inside = int(round(inside)) if dim.integer else float(inside)
+        if inside != value:
+            notes.append(f"{key}={value!r} clipped to {inside!r}")
+        values[key] = inside
+    return values, notes
+
+
+def stage_spec(suite: Suite, profile: str, entry: SourceEntry, dataset_resolved: str) -> StudySpec:
+    """The study of ``entry`` in the suite's tuning stage."""
+    stage = suite.tuning
+    spec = StudySpec(name=tuning_study_name(suite, profile, entry),
+                     config_hash=stage_hash(suite, entry, dataset_resolved), settings=stage)
+    if stage.horizon != "full":
+        return spec
+    horizon, every = trial_horizon(suite, entry), checkpoint_every(suite, entry)
+    first, notes = values_as_written(suite, entry, stage.space_for(entry))
+    pruner = optuna.pruners.NopPruner()
+    if stage.pruner is not None:
+        pruner = optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=stage.pruner.min_resource or every, reduction_factor=stage.pruner.reduction_factor,
+            min_early_stopping_rate=stage.pruner.min_early_stopping_rate,
+            bootstrap_count=stage.pruner.bootstrap_count)
+    # an arm with one outer iteration (nothing meta-learned) is never pruned and a run costs one iteration: it
+    # gets `trials` trials, as many as any arm may launch, rather than `budget_runs` of them
+    budget = None if horizon == 1 else int(stage.budget_runs * horizon)
+    return dataclasses.replace(spec, pruner=pruner, first_trial=first or None, first_trial_note=notes,
+                               budget=budget, min_trial_cost=every)
+
+
+def stage_plan(suite: Suite, entry: SourceEntry, space: dict[str, SearchDimension], budget: int | None) -> TrialPlan:
+    return TrialPlan(suite=trial_suite(suite, entry), entry=entry, space=space, scoring=STAGE_SCORING,
+                     seed_offset=TUNING_SEED_OFFSET, iterations=trial_horizon(suite, entry), budget=budget)
 
 
 def stage_hash(suite: Suite, entry: SourceEntry, dataset_resolved: str) -> str:
     """What makes two tuning trials of an arm comparable: the arm and protocol as written (before tuning) and
     the stage's settings except the number of trials (raising it adds trials)."""
-    stage = suite.tuning.model_dump(mode="json", exclude={"trials", "space", "sampler"})
+    # (`budget_runs`, like `trials`, only says how far the study goes: raising it adds trials to the same study)
+    stage = suite.tuning.model_dump(mode="json", exclude={"trials", "space", "sampler", "budget_runs"})
     if sampler_key(suite.tuning.sampler) is not None:
         stage["sampler"] = sampler_key(suite.tuning.sampler)
     space = {k: v.model_dump(mode="json") for k, v in suite.tuning.space_for(entry).items()}
@@ -145,9 +373,8 @@ def tune_stage(store: Store, suite: Suite, profile: str, dataset: Dataset, log=p
         if not space:
             chosen[entry.name] = {}
             continue
-        study = open_study(store, tuning_study_name(suite, profile, entry),
-                           stage_hash(suite, entry, dataset.resolved))
-        optimize(study, tuning_objective(suite, entry, dataset, space), suite.tuning, log)
+        spec = stage_spec(suite, profile, entry, dataset.resolved)
+        study = run_study(store, spec, study_objective(stage_plan(suite, entry, space, spec.budget), dataset), log)
         chosen[entry.name] = best_values(study)
         log(f"  {entry.name}: chose {chosen[entry.name]} (validation error {study.best_value:.4f})")
     return chosen
@@ -159,6 +386,12 @@ def best_values(study: optuna.Study) -> dict[str, Any]:
     return {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in study.best_params.items()}
 
 
+def study_done(spec: StudySpec, study: optuna.Study) -> bool:
+    """Whether ``run_study`` would launch no further trial: ``settings.trials`` finished, or the budget spent."""
+    return (len(study.get_trials(deepcopy=False, states=FINISHED)) >= spec.settings.trials
+            or (spec.budget is not None and spec.budget - spent(study) < spec.min_trial_cost))
+
+
 def tuned_values(store: Store, suite: Suite, profile: str, dataset_resolved: str) -> dict[str, dict] | None:
     """Each arm's chosen values read from finished tuning studies (no training), or None when some arm's study
     is missing, unfinished or was run under another configuration (then the stage has to run first)."""
@@ -167,27 +400,39 @@ def tuned_values(store: Store, suite: Suite, profile: str, dataset_resolved: str
         if not suite.tuning.space_for(entry):
             chosen[entry.name] = {}
             continue
+        spec = stage_spec(suite, profile, entry, dataset_resolved)
         try:
-            study = optuna.load_study(study_name=tuning_study_name(suite, profile, entry), storage=store.storage)
+            study = optuna.load_study(study_name=spec.name, storage=store.storage)
         except KeyError:
             return None
-        finished = study.get_trials(deepcopy=False, states=FINISHED)
-        if (study.user_attrs.get("config_hash") != stage_hash(suite, entry, dataset_resolved)
-                or len(finished) < suite.tuning.trials):
+        if study.user_attrs.get("config_hash") != spec.config_hash or not study_done(spec, study):
             return None
         chosen[entry.name] = best_values(study)
     return chosen
 
 
+NEAR_BEST = 0.01   # "within 1 point of the best" (validation accuracy, as a fraction): how flat an optimum is
+
+
 def tuning_frame(store: Store, suite: Suite, profile: str) -> pd.DataFrame:
     """One row per arm for the report: the tuned space, the budget, the chosen values and their validation
-    accuracy, and the stage's meta-training seconds."""
+    accuracy, the stage's meta-training seconds, and how the study went — the budget it used in runs of the
+    arm's horizon (outer iterations summed over its trials / the trial horizon), its diverged and pruned
+    trials, the share of its full-horizon trials within 1 point of the best, and every trial's validation
+    accuracy, outer iterations reached and status (JSON lists, in trial order)."""
     stage, rows = suite.tuning, []
+    columns = ["arm", "space", "trials", "outer_iterations_per_trial", "chosen", "best_val_acc", "tuning_seconds",
+               "budget_runs_used", "budget_runs", "diverged", "pruned", "near_best_share", "trial_val_acc",
+               "trial_outer_iterations", "trial_status"]
     for entry in suite.sources:
         space = stage.space_for(entry)
+        horizon = trial_horizon(suite, entry)
         row = {"arm": entry.name, "space": describe_space(space) or "(nothing to tune)", "trials": 0,
-               "outer_iterations_per_trial": min(suite.outer_for(entry).iterations, stage.outer_iterations),
-               "chosen": "as written", "best_val_acc": math.nan, "tuning_seconds": 0.0}
+               "outer_iterations_per_trial": horizon, "chosen": "as written", "best_val_acc": math.nan,
+               "tuning_seconds": 0.0, "budget_runs_used": 0.0, "diverged": 0, "pruned": 0,
+               "near_best_share": math.nan, "trial_val_acc": "[]", "trial_outer_iterations": "[]",
+               "trial_status": "[]",
+               "budget_runs": stage.budget_runs if stage.horizon == "full" and horizon > 1 else math.nan}
         if space:
             try:
                 study = optuna.load_study(study_name=tuning_study_name(suite, profile, entry), storage=store.storage)
@@ -196,13 +441,38 @@ def tuning_frame(store: Store, suite: Suite, profile: str) -> pd.DataFrame:
             finished = study.get_trials(deepcopy=False, states=FINISHED)
             if not finished:
                 continue
+            records = [trial_record(t, study.study_name) for t in finished]
+            accuracy = [1.0 - t.value if t.value is not None else math.nan for t in finished]
+            full = [a for a, r in zip(accuracy, records) if r.status != Status.PRUNED]
             row.update(trials=len(finished), chosen=", ".join(f"{k}={v}" for k, v in best_values(study).items()),
                        best_val_acc=1.0 - study.best_value,
-                       tuning_seconds=sum(trial_record(t, study.study_name).meta_train_seconds or 0.0
-                                          for t in finished))
+                       tuning_seconds=sum(r.meta_train_seconds or 0.0 for r in records),
+                       budget_runs_used=sum(trial_cost(t) for t in finished) / horizon,
+                       diverged=sum(r.status == Status.DIVERGED for r in records),
+                       pruned=sum(r.status == Status.PRUNED for r in records),
+                       near_best_share=stats.share_near_best(full, NEAR_BEST),
+                       trial_val_acc=json.dumps([round(a, 4) for a in accuracy]),
+                       trial_outer_iterations=json.dumps([trial_cost(t) for t in finished]),
+                       trial_status=json.dumps([r.status.value for r in records]))
         rows.append(row)
-    return pd.DataFrame(rows, columns=["arm", "space", "trials", "outer_iterations_per_trial", "chosen",
-                                       "best_val_acc", "tuning_seconds"])
+    return pd.DataFrame(rows, columns=columns)
+
+
+def describe_stage(stage) -> str:
+    """One line on what the tuning stage ran (the run log and the report's header)."""
+    if stage.horizon != "full":
+        return (f"{stage.trials} TPE trials ({stage.startup_trials} random start-up) x {stage.outer_iterations} "
+                f"outer iterations each, objective = validation error of {stage.learners} fresh learners "
+                f"({describe_sampler(stage.sampler)})")
+    pruner = "no pruning" if stage.pruner is None else (
+        f"successive-halving pruning (reduction factor {stage.pruner.reduction_factor}, first rung "
+        + (f"{stage.pruner.min_resource} outer iterations" if stage.pruner.min_resource else "the first checkpoint")
+        + ")")
+    return (f"full horizon: every trial meta-trains the arm's own outer iterations, the arm's settings as written "
+            f"first; at most {stage.budget_runs:g} runs of the arm's horizon (outer iterations summed over its "
+            f"trials) and {stage.trials} trials per arm ({stage.startup_trials} random start-up), {pruner} on the "
+            f"validation error of {stage.learners} fresh learners at every checkpoint "
+            f"({describe_sampler(stage.sampler)})")
 
 
 def describe_sampler(settings) -> str:

@@ -30,7 +30,7 @@ from tgbench.results import results_document, write_results
 from tgbench.runner import CELL_FAILURES, note_failure, run_in_workers
 from tgbench.store import Store
 from tgbench.data import Dataset
-from tgbench.tuning import describe_sampler, tune_stage, tuned_values, tuning_frame
+from tgbench.tuning import describe_stage, tune_stage, tuned_values, tuning_frame
 
 WAIT_SECONDS = 5       # how often a worker with nothing left to claim looks at the cells other workers run
 
@@ -40,8 +40,7 @@ def final_arms(store: Store, suite: Suite, profile: str, dataset: Dataset, log=p
     stage first), or nothing for a suite without one."""
     if suite.tuning is None:
         return {e.name: {} for e in suite.sources}
-    log(f"tuning stage: {suite.tuning.trials} TPE trials per arm x {suite.tuning.outer_iterations} outer "
-        "iterations each, scored on validation")
+    log(f"tuning stage: {describe_stage(suite.tuning)}")
     return tune_stage(store, suite, profile, dataset, log)
 
 
@@ -158,10 +157,7 @@ def build_report(suite: Suite, profile: str, store: Store, out_dir: Path, accept
     tuning = pd.DataFrame()
     if suite.tuning is not None:
         tuning = tuning_frame(store, suite, profile)
-        meta["tuning"] = (f"every arm tuned on validation before the final seeds: {suite.tuning.trials} TPE trials "
-                          f"({suite.tuning.startup_trials} random start-up) x {suite.tuning.outer_iterations} outer "
-                          f"iterations each, objective = validation error of {suite.tuning.learners} fresh learners "
-                          f"({describe_sampler(suite.tuning.sampler)})")
+        meta["tuning"] = f"every arm tuned on validation before the final seeds: {describe_stage(suite.tuning)}"
     written = write_report(out_dir, ReportInputs(summary, curves, steps, samples, sample_steps, meta,
                                                  held_out_frame(records), tuning, phase_frame(records)))
     document = results_document(suite.model_dump(mode="json"), profile, records, meta, provenance.versions)

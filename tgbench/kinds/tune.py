@@ -5,8 +5,10 @@ box-plot the final validation loss of *every* run made during tuning; the spread
 arm (source entry) gets its own Optuna study ``<suite>@<profile>/<arm>`` in the experiment store:
 
 * a trial samples ``tune.space`` (dotted keys ``inner.lr``, ``outer.lr``, ``params.noise_dim`` ...), applies the
-  values as per-arm overrides and meta-trains one teacher with ``tgbench.cells.meta_train`` (the same meta-step as
-  every suite), meta-training seed = trial number;
+  values as per-arm overrides and meta-trains one teacher through the one study objective
+  (``tgbench.tuning.study_objective`` over ``tgbench.cells.meta_train``, the same meta-step as every suite, and the
+  same objective as a fewstep suite's tuning stage, with this kind's :data:`TUNE_SCORING`), meta-training seed =
+  trial number;
 * objective = validation loss of fresh learners after the last inner step on the final teacher (minimised),
   reported per evaluation so that ``tune.pruning: true`` can prune (off by default: pruning would stop exactly
   the unstable runs whose final loss is being measured);
@@ -14,11 +16,11 @@ arm (source entry) gets its own Optuna study ``<suite>@<profile>/<arm>`` in the 
   error: it completes with value min(last finite validation loss, ``tune.divergence_cap``) and user attribute
   ``status=diverged``, and counts towards ``tune.trials``;
 * resume: a study counts its finished (complete or pruned) trials and runs only the rest. A trial left
-  ``RUNNING`` by a killed process is marked failed when the arm starts again (one process per tune study).
+  ``RUNNING`` by a killed process is marked failed when the arm starts again (one process per tune study) and
+  run again with the same values (``tgbench.tuning.run_study``).
 """
 from __future__ import annotations
 
-import datetime as dt
 import math
 import time
 from pathlib import Path
@@ -28,22 +30,23 @@ import optuna
 import pandas as pd
 from pydantic import Field, PositiveFloat, PositiveInt
 
-from tgbench.cells import cell_hash, meta_train
-from tgbench.config import SamplerSettings, SearchSpace, SourceEntry, Strict, Suite, arm_with, check_space, sampler_key
+from tgbench.cells import cell_hash
+from tgbench.config import SearchSpace, SourceEntry, StudySettings, Suite, check_space, sampler_key
 from tgbench.data import Dataset
 from tgbench.errors import BadInput
 from tgbench.kinds import RunContext, SuiteKind
-from tgbench.provenance import git_revision, report_provenance
-from tgbench.records import Status, TuneTrial
+from tgbench.provenance import report_provenance
+from tgbench.records import Status
 from tgbench.reporting import tune as tune_report
 from tgbench.reporting.tune import TuneReportInputs
-from tgbench.store import Store, config_hash, trial_record, write_record
-from tgbench.tuning import FINISHED, describe_sampler, describe_space, open_study, optimize, suggest
+from tgbench.store import Store, config_hash, trial_record
+from tgbench.tuning import (FINISHED, Scoring, StudySpec, TrialPlan, describe_sampler, describe_space, run_study,
+                            study_objective)
 
 
-class TuneConfig(Strict):
-    """The ``tune:`` section of a tune suite: an Optuna study per arm, TPE over ``space``; objective = final
-    validation loss (minimised)."""
+class TuneConfig(StudySettings):
+    """The ``tune:`` section of a tune suite (a ``StudySettings``, as a fewstep suite's tuning stage): an Optuna
+    study per arm, TPE over ``space``; objective = final validation loss (minimised)."""
 
     trials: PositiveInt = 20
     seed: int = 0                        # TPE sampler seed; trial k meta-trains with seed k
@@ -51,7 +54,6 @@ class TuneConfig(Strict):
     pruning: bool = False                # off by default: pruning would hide the instability being measured
     divergence_cap: PositiveFloat = 5.0  # a diverged trial scores min(last finite val loss, cap); ln 10 = 2.30
     space: SearchSpace = Field(min_length=1)
-    sampler: SamplerSettings = Field(default_factory=SamplerSettings)
 
 
 def check_tune(path: Path, suite: Suite, where: str) -> None:
@@ -82,49 +84,38 @@ def objective_value(record: dict, cap: float) -> tuple[float, Status]:
     return (min(finite[-1], cap) if finite else cap), Status.DIVERGED
 
 
-def make_objective(suite: Suite, entry: SourceEntry, dataset: Dataset, progress: bool):
+def validation_loss(point: dict) -> float | None:
+    """What a tune trial reports at each check (for ``tune.pruning``): the validation loss."""
+    return point["val_loss"]
+
+
+def tune_scoring(cap: float) -> Scoring:
+    """This kind's objective, a parameter of the one study objective: final validation loss, a diverged run its
+    last finite one capped at ``cap`` (``objective_value``); the trial scores test too (for the report only)."""
+    return Scoring(checkpoint=validation_loss, final=lambda record: objective_value(record, cap))
+
+
+def arm_spec(suite: Suite, profile: str, entry: SourceEntry, dataset_resolved: str) -> StudySpec:
+    """The arm's study: ``tune.trials`` trials, median pruning of the validation loss when ``tune.pruning``."""
     tune = suite.tune
+    return StudySpec(name=arm_study_name(suite, profile, entry),
+                     config_hash=tune_hash(suite, entry, dataset_resolved), settings=tune,
+                     pruner=optuna.pruners.MedianPruner() if tune.pruning else optuna.pruners.NopPruner())
 
-    def objective(trial: optuna.Trial) -> float:
-        values = {key: suggest(trial, key, dim) for key, dim in tune.space.items()}
-        arm = arm_with(suite, entry, values)
 
-        def on_eval(point: dict) -> None:
-            loss = point["val_loss"]
-            if loss is not None and math.isfinite(loss) and point["outer_iter"] > 0:
-                trial.report(loss, point["outer_iter"])
-                if tune.pruning and trial.should_prune():
-                    raise optuna.TrialPruned()
-
-        try:
-            _, record = meta_train(suite, arm, dataset, seed=trial.number, progress=progress, on_eval=on_eval,
-                                   report_extras=False)   # a trial keeps only the endpoints
-        except optuna.TrialPruned:  # Optuna closes the trial PRUNED; its record says so
-            write_record(trial, TuneTrial(status=Status.PRUNED))
-            raise
-        except KeyboardInterrupt:  # Optuna marks the trial FAIL and re-raises; say why, as fewstep cells do
-            write_record(trial, TuneTrial(status=Status.FAILED, error="KeyboardInterrupt: "))
-            raise
-        value, status = objective_value(record, tune.divergence_cap)
-        write_record(trial, TuneTrial(
-            **{key: record.get(key) for key in ("val_acc_final", "test_acc_final", "val_loss_final",
-                                                "meta_train_seconds", "outer_iterations", "error")},
-            status=status, curve=record["curve"], dataset_resolved=dataset.resolved, revision=git_revision(),
-            device=str(dataset.train.x.device),
-            finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")))
-        return value
-
-    return objective
+def make_objective(suite: Suite, entry: SourceEntry, dataset: Dataset, progress: bool):
+    """The one study objective (``tgbench.tuning.study_objective``) with this kind's scoring: trial k
+    meta-trains the arm at the suite's own horizon with seed k."""
+    plan = TrialPlan(suite=suite, entry=entry, space=suite.tune.space, scoring=tune_scoring(suite.tune.divergence_cap),
+                     progress=progress)
+    return study_objective(plan, dataset)
 
 
 def tune_arm(store: Store, suite: Suite, profile: str, entry: SourceEntry, dataset: Dataset, progress: bool,
              log=print) -> optuna.Study:
     """Run the arm's study up to ``tune.trials`` finished trials (resuming what is in the store)."""
-    tune = suite.tune
-    name = arm_study_name(suite, profile, entry)
-    study = open_study(store, name, tune_hash(suite, entry, dataset.resolved))
-    optimize(study, make_objective(suite, entry, dataset, progress), tune, log)
-    return study
+    return run_study(store, arm_spec(suite, profile, entry, dataset.resolved),
+                     make_objective(suite, entry, dataset, progress), log)
 
 
 def run_tune_suite(ctx: RunContext) -> Path:
