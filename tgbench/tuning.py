@@ -42,6 +42,7 @@ from tgbench.store import Store, config_hash, trial_record, write_record
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 AS_WRITTEN = "as_written"   # user attribute of the trial that runs an arm's settings as written (its clipped keys)
 RETRY_OF = "retry_of"       # user attribute of a trial that re-runs a killed one: the number it re-runs
+BUDGET_STOP = "stopped: the study's budget ends before its next checkpoint"   # a pruned trial's error, then
 
 
 def suggest(trial: optuna.Trial, name: str, dim: SearchDimension) -> Any:
@@ -206,10 +207,11 @@ def study_objective(plan: TrialPlan, dataset: Dataset) -> Callable[[optuna.Trial
             value = plan.scoring.checkpoint(point)
             if it > 0 and value is not None and math.isfinite(value):
                 trial.report(value, it)
-                if trial.should_prune():
+                # (at the last checkpoint the run is done: nothing left to save by stopping it)
+                if it < horizon and trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at outer iteration {it} of {horizon}")
             if left is not None and it < horizon and min(it + every, horizon) > left:
-                raise optuna.TrialPruned(f"the study's budget ends before its next checkpoint (iteration {it})")
+                raise optuna.TrialPruned(f"{BUDGET_STOP} (outer iteration {it} of {horizon})")
 
         try:
             # TODO(issue 24, mid-cell resume): pass meta_train's state location once it has one (the resume
@@ -335,7 +337,7 @@ def stage_spec(suite: Suite, profile: str, entry: SourceEntry, dataset_resolved:
     horizon, every = trial_horizon(suite, entry), checkpoint_every(suite, entry)
     first, notes = values_as_written(suite, entry, stage.space_for(entry))
     pruner = optuna.pruners.NopPruner()
-    if stage.pruner is not None:
+    if stage.pruner is not None and horizon > 1:  # (a one-iteration trial has no checkpoint before its end)
         pruner = optuna.pruners.SuccessiveHalvingPruner(
             min_resource=stage.pruner.min_resource or every, reduction_factor=stage.pruner.reduction_factor,
             min_early_stopping_rate=stage.pruner.min_early_stopping_rate,
@@ -411,6 +413,7 @@ def tuned_values(store: Store, suite: Suite, profile: str, dataset_resolved: str
     return chosen
 
 
+STOPPED_BY_BUDGET = "stopped by the budget"   # a pruned trial's status in the report when the budget stopped it
 NEAR_BEST = 0.01   # "within 1 point of the best" (validation accuracy, as a fraction): how flat an optimum is
 
 
@@ -418,8 +421,9 @@ def tuning_frame(store: Store, suite: Suite, profile: str) -> pd.DataFrame:
     """One row per arm for the report: the tuned space, the budget, the chosen values and their validation
     accuracy, the stage's meta-training seconds, and how the study went — the budget it used in runs of the
     arm's horizon (outer iterations summed over its trials / the trial horizon), its diverged and pruned
-    trials, the share of its full-horizon trials within 1 point of the best, and every trial's validation
-    accuracy, outer iterations reached and status (JSON lists, in trial order)."""
+    trials (those the budget stopped among them), the share of its trials run to the end within 1 point of the
+    best, and every trial's validation accuracy, outer iterations reached and status (JSON lists, in trial order;
+    a pruned trial the budget stopped says so)."""
     stage, rows = suite.tuning, []
     columns = ["arm", "space", "trials", "outer_iterations_per_trial", "chosen", "best_val_acc", "tuning_seconds",
                "budget_runs_used", "budget_runs", "diverged", "pruned", "near_best_share", "trial_val_acc",
@@ -453,7 +457,8 @@ def tuning_frame(store: Store, suite: Suite, profile: str) -> pd.DataFrame:
                        near_best_share=stats.share_near_best(full, NEAR_BEST),
                        trial_val_acc=json.dumps([round(a, 4) for a in accuracy]),
                        trial_outer_iterations=json.dumps([trial_cost(t) for t in finished]),
-                       trial_status=json.dumps([r.status.value for r in records]))
+                       trial_status=json.dumps([STOPPED_BY_BUDGET if (r.error or "").startswith(BUDGET_STOP)
+                                                else r.status.value for r in records]))
         rows.append(row)
     return pd.DataFrame(rows, columns=columns)
 

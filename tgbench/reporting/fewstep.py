@@ -11,6 +11,7 @@ resolved datasets are never put in the same table, p-value matrix or figure pane
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,8 @@ import pandas as pd
 
 from tgbench import stats
 from tgbench.records import Status
-from tgbench.reporting.figures import band_plot, sample_file_names, samples_figure, save_figure, sweep_figure
+from tgbench.reporting.figures import (band_plot, sample_file_names, samples_figure, save_figure, sweep_figure,
+                                      tuning_trials_figure)
 from tgbench.reporting.files import write_atomically
 from tgbench.reporting.frames import complete_only, dataset_labels
 from tgbench.reporting.markdown import (PERCENT_POINTS_DIFFERENCE, code, document, figure_links, fmt_ci, fmt_p,
@@ -224,19 +226,41 @@ def phase_section(phases: pd.DataFrame) -> list[str]:
 
 
 def tuning_section(tuning: pd.DataFrame) -> list[str]:
-    """The tuning stage's table: what each arm tuned, with what budget, and what it chose (validation only)."""
+    """The tuning stage's table: what each arm tuned, with what budget, what it chose (validation only), and how
+    its study went — the budget used in runs of the arm's trial horizon, diverged and pruned trials (counted,
+    never dropped), how flat the optimum is, and every trial's validation accuracy at the outer iteration where
+    it stopped."""
     if tuning.empty:
         return []
+
+    def optional(value, text: str) -> str:
+        return "–" if value is None or pd.isna(value) else text
+
     rows = [[r.arm, r.space, r.trials, r.outer_iterations_per_trial, r.chosen,
-             "–" if pd.isna(r.best_val_acc) else f"{100 * r.best_val_acc:.2f}", f"{r.tuning_seconds:.0f}"]
+             optional(r.best_val_acc, f"{100 * r.best_val_acc:.2f}"), f"{r.tuning_seconds:.0f}",
+             f"{r.budget_runs_used:.2f}" + ("" if pd.isna(r.budget_runs) else f" / {r.budget_runs:g}"), r.diverged,
+             r.pruned,
+             optional(r.near_best_share, f"{100 * r.near_best_share:.0f} %")]
             for r in tuning.itertuples()]
-    return (["## Tuning stage (validation split)", "",
-             "Every arm was tuned with the same budget before the comparison below: Optuna TPE, the same number of "
-             "trials per arm, each trial meta-training one teacher for the same number of outer iterations "
-             "(fewer only where the arm's own budget is smaller). The chosen values are applied to the final "
-             "seeds, which are reported on test.", ""]
-            + md_table(["arm", "tuned space", "trials", "outer iterations / trial", "chosen values",
-                         "best val acc %", "tuning meta-train s"], rows) + [""])
+    lines = ["## Tuning stage (validation split)", "",
+             "Every arm was tuned with the same budget before the comparison below (Optuna TPE; the protocol line "
+             "above says how). The chosen values are applied to the final seeds, which are reported on test. "
+             "Budget used = outer iterations meta-trained over the arm's trials (a pruned or diverged trial counts "
+             "what it ran) / the outer iterations of one trial, out of the stage's budget where it has one "
+             "(pruned counts the trials the budget stopped too). Near "
+             "best = share of the trials run to the end (diverged ones included) within 1 point of the best "
+             "validation accuracy: near 100 % the optimum is flat and the pick hardly matters.", ""]
+    lines += md_table(["arm", "tuned space", "trials", "outer iterations / trial", "chosen values", "best val acc %",
+                       "tuning meta-train s", "budget used (runs)", "diverged", "pruned", "near best"], rows) + [""]
+    traces = [f"- {r.arm}: " + ", ".join(
+        f"{100 * acc:.1f} % @ {it}{'' if status == Status.COMPLETE.value else f' ({status})'}"
+        for acc, it, status in zip(json.loads(r.trial_val_acc), json.loads(r.trial_outer_iterations),
+                                   json.loads(r.trial_status)))
+        for r in tuning.itertuples() if r.trials > 0]
+    if traces:
+        lines += ["Every trial, in order: validation accuracy @ the outer iteration it stopped at (status if not "
+                  "complete; at the full horizon trial 0 is the arm's settings as written).", ""] + traces + [""]
+    return lines
 
 
 def held_out_section(held_out: pd.DataFrame, cells: pd.DataFrame, dataset: str) -> list[str]:
@@ -363,6 +387,8 @@ def _write_figures(out_dir: Path, inputs: ReportInputs) -> list[Path]:
     sweep = sweep_frame(inputs.summary)
     if not sweep.empty:
         written.append(save_figure(sweep_figure(sweep, inputs.meta.get("sweep", "sweep")), out_dir / "sweep.png"))
+    if not inputs.tuning.empty and (inputs.tuning["trials"] > 0).any():  # (the tuning stage's trials)
+        written.append(save_figure(tuning_trials_figure(inputs.tuning), out_dir / "tuning.png"))
     names = sample_file_names(inputs.samples)
     for source in sorted(inputs.samples):
         path = out_dir / names[str(source)]

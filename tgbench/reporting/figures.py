@@ -339,3 +339,37 @@ def pareto_figure(rows: pd.DataFrame, title: str) -> plt.Figure | None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------------------------- tuning stage
+TUNING_MARKERS = {"complete": ("o", "tab:blue"), "pruned": ("x", "tab:gray"), "diverged": ("v", "tab:red"),
+                  "stopped by the budget": ("s", "tab:orange")}
+
+
+def tuning_trials_figure(tuning: pd.DataFrame) -> plt.Figure:
+    """A fewstep suite's tuning stage, one panel per tuned arm: every trial's validation accuracy (at the
+    checkpoint where it stopped) against the share of the arm's trial horizon it reached, marked by status
+    (complete, pruned, diverged, stopped by the budget); the line is the best accuracy within 1 point. ``tuning``: the stage's per-arm
+    frame (``tgbench.tuning.tuning_frame``: ``trial_val_acc``, ``trial_outer_iterations``, ``trial_status`` JSON
+    lists, ``outer_iterations_per_trial``, ``best_val_acc``)."""
+    import json
+
+    arms = [r for r in tuning.itertuples() if r.trials > 0]
+    fig, axes = plt.subplots(1, max(1, len(arms)), figsize=(3.2 * max(1, len(arms)), 3.2), squeeze=False,
+                             sharey=True)
+    for ax, row in zip(axes[0], arms):
+        acc = 100 * np.asarray(json.loads(row.trial_val_acc), dtype=float)
+        reached = np.asarray(json.loads(row.trial_outer_iterations), dtype=float) / row.outer_iterations_per_trial
+        status = json.loads(row.trial_status)
+        for name, (marker, colour) in TUNING_MARKERS.items():
+            picked = [i for i, s in enumerate(status) if s == name]
+            if picked:
+                ax.scatter(reached[picked], acc[picked], marker=marker, color=colour, label=name)
+        if not math.isnan(row.best_val_acc):
+            ax.axhline(100 * row.best_val_acc - 1, color="tab:green", lw=0.8, ls="--", label="best − 1 pt")
+        ax.set(title=str(row.arm), xlabel="share of the trial horizon reached", xlim=(-0.05, 1.05))
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("validation accuracy (%)")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
