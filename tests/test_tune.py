@@ -339,11 +339,12 @@ def test_the_tpe_settings_are_explicit_recorded_and_hashed_only_when_changed(tmp
     suite that changes them gets new hashes while every existing one keeps its own."""
     from tgbench.cells import cell_hash
     from tgbench.config import SamplerSettings, TuningStage
-    from tgbench.tuning import optimize
+    from tgbench.store import Store
+    from tgbench.tuning import StudySpec, run_study
 
-    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/s.db", study_name="x")
     budget = TuningStage(trials=1, startup_trials=1, sampler=SamplerSettings(multivariate=False))
-    optimize(study, lambda trial: trial.suggest_float("a", 0, 1), budget, log=lambda *a, **k: None)
+    study = run_study(Store(f"sqlite:///{tmp_path}/s.db"), StudySpec("x", "h", budget),
+                      lambda trial: trial.suggest_float("a", 0, 1), log=lambda *a, **k: None)
     assert study.sampler._multivariate is False and study.sampler._constant_liar is True
     assert study.user_attrs["sampler"]["multivariate"] is False and study.user_attrs["sampler"]["optuna"]
     suite = load_suite(Path(__file__).parents[1] / "suites" / "mnist_fewstep.yaml", "cpu")
