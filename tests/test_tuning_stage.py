@@ -11,7 +11,6 @@ import math
 from pathlib import Path
 
 import optuna
-import pandas as pd
 import pytest
 import yaml
 from optuna.trial import TrialState
@@ -122,7 +121,7 @@ def test_full_horizon_settings_are_hashed_only_when_set(tmp_path):
 
 def test_full_horizon_settings_without_full_horizon_are_a_config_error(tmp_path):
     path = _suite(tmp_path, {"horizon": "short"})
-    with pytest.raises(ConfigError, match=r"tiny_full.yaml: tuning: budget_runs apply to `horizon: full` only"):
+    with pytest.raises(ConfigError, match=r"tiny_full.yaml: tuning: budget_runs: only used with `horizon: full`"):
         load_suite(path)
 
 

@@ -376,7 +376,8 @@ class TuningStage(StudySettings):
     outer_iterations: PositiveInt = Field(30, le=MAX_OUTER_ITERATIONS)
     learners: PositiveInt = Field(2, le=MAX_COUNT)
     horizon: Literal["short", "full"] = "short"
-    budget_runs: PositiveFloat = 3.0    # full horizon: tuning compute per arm, in runs of the arm's full horizon
+    # full horizon: tuning compute per arm, in runs of its horizon (>= 1: its settings as written always finish)
+    budget_runs: float = Field(3.0, ge=1.0)
     eval_every: PositiveInt | None = None   # full horizon: outer iterations between checkpoints
     pruner: PrunerSettings | None = Field(default_factory=PrunerSettings)
 
@@ -387,7 +388,7 @@ class TuningStage(StudySettings):
     def _full_horizon_settings_need_full_horizon(self) -> "TuningStage":
         stray = sorted(set(FULL_HORIZON_SETTINGS[1:]) & self.model_fields_set)
         if self.horizon == "short" and stray:
-            raise ValueError(f"{', '.join(stray)} apply to `horizon: full` only")
+            raise ValueError(f"{', '.join(stray)}: only used with `horizon: full`")
         return self
 
     @model_serializer(mode="wrap")

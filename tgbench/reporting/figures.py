@@ -349,9 +349,9 @@ TUNING_MARKERS = {"complete": ("o", "tab:blue"), "pruned": ("x", "tab:gray"), "d
 def tuning_trials_figure(tuning: pd.DataFrame) -> plt.Figure:
     """A fewstep suite's tuning stage, one panel per tuned arm: every trial's validation accuracy (at the
     checkpoint where it stopped) against the share of the arm's trial horizon it reached, marked by status
-    (complete, pruned, diverged, stopped by the budget); the line is the best accuracy within 1 point. ``tuning``: the stage's per-arm
-    frame (``tgbench.tuning.tuning_frame``: ``trial_val_acc``, ``trial_outer_iterations``, ``trial_status`` JSON
-    lists, ``outer_iterations_per_trial``, ``best_val_acc``)."""
+    (complete, pruned, diverged, stopped by the budget); the dashed line is 1 point below the best. ``tuning``:
+    the stage's per-arm frame (``tgbench.tuning.tuning_frame``: ``trial_val_acc``, ``trial_outer_iterations``,
+    ``trial_status`` JSON lists, ``outer_iterations_per_trial``, ``best_val_acc``)."""
     import json
 
     arms = [r for r in tuning.itertuples() if r.trials > 0]
