@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 import yaml
 from optuna.trial import TrialState
@@ -277,3 +278,26 @@ def test_share_near_best():
     assert stats.share_near_best([0.72, 0.71, 0.70, float("nan")], 0.01) == 0.5
     assert stats.share_near_best([0.5], 0.01) == 1.0 and math.isnan(stats.share_near_best([], 0.01))
     assert math.isnan(stats.share_near_best([float("nan")], 0.01))
+
+
+@pytest.mark.slow
+def test_a_full_horizon_suite_runs_reports_and_rereports_from_the_store(tmp_path, single_thread):
+    """`tgbench run` end to end at the full horizon: the stage, then the final cells with the chosen values, the
+    tuning section and figure; `tgbench report` then finds the stage finished (by its budget, before `trials`)."""
+    path = _suite(tmp_path, {"trials": 20}, sources=[
+        {"method": "real"}, {"method": "real", "label": "sgd", "inner": {"learn_lr": False, "learn_momentum": False},
+                             "outer": {"iterations": 1}, "tune_space": {"inner.lr": {"low": 0.01, "high": 0.3}}}])
+    storage = f"sqlite:///{tmp_path}/t.db"
+    assert main(["run", str(path), "--profile", "smoke", "--no-progress", "--storage", storage,
+                 "--out", str(tmp_path / "out")]) == 0
+    frame = pd.read_csv(tmp_path / "out" / "tuning.csv")
+    real, sgd = frame.itertuples()
+    assert real.trials < 20 and real.budget_runs_used <= 3 and sgd.trials == 20   # the budget, the trial cap
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "full horizon: every trial meta-trains the arm's own outer iterations" in report
+    assert "budget used (runs)" in report and (tmp_path / "out" / "tuning.png").stat().st_size > 0
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert f"inner.lr={real.chosen.split('inner.lr=')[1].split(',')[0]}" in summary.loc[
+        summary["source"] == "real", "variant"].iloc[0]
+    assert main(["report", str(path), "--profile", "smoke", "--storage", storage, "--out", str(tmp_path / "r")]) == 0
+    assert pd.read_csv(tmp_path / "r" / "summary.csv")["variant"].tolist() == summary["variant"].tolist()
