@@ -147,7 +147,10 @@ def _print_registry(registry, tag=lambda cls: "") -> None:
             print(f"{'':26s}{field} = {'(required)' if info.is_required() else repr(info.default)}")
 
 
-def _list(what: str) -> None:
+def _list(what: str) -> int:
+    """Print the registered ``what``; exit code 1 when a suite tgbench ships does not load (a broken install:
+    e.g. a wheel missing a subpackage), after listing them all. A broken suite of the current directory's
+    suites/ is the user's own file: flagged INVALID in the listing, exit 0."""
     from tgbench.registry import datasets, methods, proxies, suite_kinds
 
     if what == "kinds":
@@ -170,12 +173,20 @@ def _list(what: str) -> None:
         installed = installed_suites()
         shipped = {p.resolve() for p in installed.values()}
         local = [(str(p), p) for p in sorted(SUITES_DIR.glob("*.yaml")) if p.resolve() not in shipped]
+        broken_installed = []
         for label, path in [*installed.items(), *local]:
             try:
                 suite = load_suite(path)
                 print(f"{label:36s} {suite.kind:9s} {suite.description}")
             except BadInput as exc:
                 print(f"{label:36s} INVALID: {exc}")
+                if label in installed:
+                    broken_installed.append(label)
+        if broken_installed:
+            print(f"tgbench: error: {len(broken_installed)} of the {len(installed)} suites tgbench ships do not load "
+                  f"({', '.join(broken_installed)}): a broken install; reinstall tgbench", file=sys.stderr)
+            return 1
+    return 0
 
 
 def _check_method(name: str) -> int:
@@ -235,7 +246,9 @@ def _dispatch(args: argparse.Namespace) -> int:
                   f"{', '.join(p for p in PROFILES if p in suite.profiles) or 'none'}"
                   f"{f', {len(suite.overrides)} --set override(s)' if suite.overrides else ''})")
         elif args.command == "list":
-            _list(args.what)
+            code = _list(args.what)
+            if code:
+                return code
         elif args.command in ("run", "report"):
             from tgbench.runner import RunOptions, report_suite, run_suite
 
