@@ -95,6 +95,54 @@ def test_pyproject_lists_every_package_of_the_source_tree():
     assert setuptools["package-dir"] == {"tgbench": "tgbench", "tgbench.methods": "methods"}
 
 
+def _distribution_name(requirement: str) -> str:
+    """``"SQLAlchemy>=1.4.2"`` -> ``"sqlalchemy"`` (PEP 503 normalised)."""
+    return re.sub(r"[-_.]+", "-", re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement).group(1)).lower()
+
+
+def _imported_top_level_modules() -> dict[str, list[str]]:
+    """Every top-level module that tgbench/ and methods/ import (any ``import``/``from`` statement, at any depth),
+    less the standard library and tgbench itself -> the files importing it."""
+    import ast
+
+    found: dict[str, list[str]] = {}
+    for path in sorted([*(REPO / "tgbench").rglob("*.py"), *(REPO / "methods").rglob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top not in sys.stdlib_module_names and top not in ("tgbench", "__future__"):
+                    found.setdefault(top, []).append(str(path.relative_to(REPO)))
+    return found
+
+
+def test_every_imported_third_party_module_is_declared():
+    import importlib.metadata
+
+    project = _pyproject()["project"]
+    core = {_distribution_name(r) for r in project["dependencies"]}
+    optional = {_distribution_name(r) for extra in project["optional-dependencies"].values() for r in extra}
+    by_module = importlib.metadata.packages_distributions()
+    imported = _imported_top_level_modules()
+    assert {"torch", "numpy", "scipy", "sqlalchemy", "optuna"} <= set(imported)   # (the scan sees imports)
+    undeclared = {}
+    for module, files in imported.items():
+        # a module not installed here (wandb: optional) is looked up under its own name
+        dists = {_distribution_name(d) for d in by_module.get(module, [module])}
+        if not dists & (core | optional):
+            undeclared[module] = files
+    assert undeclared == {}, f"imported but declared in no dependency or extra: {undeclared}"
+    # used only through another library, so no import shows them: Optuna's fANOVA (the tune report) needs
+    # scikit-learn; `--log tensorboard` needs tensorboard (torch.utils.tensorboard); postgresql:// needs a driver
+    assert "scikit-learn" in core and "mlxtend" not in core | optional
+    assert {"tensorboard", "wandb", "psycopg2-binary", "optuna-dashboard", "asv"} <= optional
+
+
 # ------------------------------------------------------------------------------------------ the wheel
 def _setuptools_builds_wheels() -> bool:
     import importlib.util
@@ -252,3 +300,14 @@ def test_stats_pass_at_the_scipy_floor(tmp_path):
     res = subprocess.run([str(python), "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider",
                           "tests/test_stats.py"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, f"tests/test_stats.py at scipy {floor}:\n{res.stdout[-3000:]}\n{res.stderr[-2000:]}"
+
+
+@pytest.mark.system
+def test_this_environment_satisfies_what_the_wheel_declares(venv, tmp_path):
+    # `pip check` in the fresh venv: the wheel's own requirements (its floors included) against what it runs on;
+    # other distributions reached through the .pth are not this test's business
+    bin_dir, env = venv
+    res = subprocess.run([str(bin_dir / "python"), "-m", "pip", "check"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=TIMEOUT)
+    ours = [line for line in res.stdout.splitlines() if line.startswith(f"tgbench {WHEEL_VERSION} ")]
+    assert ours == [], ours
