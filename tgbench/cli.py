@@ -99,7 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--storage", action="append", help="Optuna storage URL, repeatable to merge stores "
                                                           "(default: sqlite:///results/tgbench.db or $TGBENCH_STORAGE)")
     board.add_argument("--artifacts", help="directory of the teacher artifact store (default: next to each SQLite)")
-    board.add_argument("--out", help="Markdown file; CSV and figures go next to it (default: results/LEADERBOARD.md)")
+    board.add_argument("--out", help="Markdown file; CSV, figures and the web page <stem>_site/index.html go next "
+                                     "to it (default: results/LEADERBOARD.md)")
+    board.add_argument("--from-csv", metavar="CSV", help="only (re)write the web page, from the CSV of a leaderboard "
+                                                         "written before, beside its Markdown --out (no store read)")
 
     export = sub.add_parser("export", help="save one cell's trained teacher (weights, curriculum, lr/momentum)")
     export.add_argument("--suite", required=True, help="suite YAML file, installed suite name or stored suite name")
@@ -270,10 +273,15 @@ def _dispatch(args: argparse.Namespace) -> int:
                                                "--storage it used")
                 report_suite(args.suite, opts)
         elif args.command == "leaderboard":
-            from tgbench.leaderboard import build_leaderboard
+            from tgbench.leaderboard import build_leaderboard, build_page_from_csv
             from tgbench.provenance import command_line
 
-            build_leaderboard(args.storage, args.out, args.artifacts, command=command_line())
+            if args.from_csv and (args.storage or args.artifacts):
+                raise BadInput("--from-csv reads no store: drop --storage and --artifacts")
+            if args.from_csv:
+                build_page_from_csv(args.from_csv, args.out, command=command_line())
+            else:
+                build_leaderboard(args.storage, args.out, args.artifacts, command=command_line())
         elif args.command == "export":
             from tgbench.config import installed_suites, load_suite, resolve_suite
             from tgbench.teach import export_teacher
