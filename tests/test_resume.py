@@ -207,6 +207,7 @@ def assert_same_cell(task_a, a, task_b, b) -> None:
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+@pytest.mark.slow
 def test_a_cell_stopped_mid_way_resumes_from_its_last_save_with_the_same_numbers(tmp_path, monkeypatch, capsys):
     suite = tmp_path / "resume.yaml"
     suite.write_text(yaml.safe_dump(SUITE))
@@ -243,6 +244,7 @@ def test_a_cell_stopped_mid_way_resumes_from_its_last_save_with_the_same_numbers
     assert [r.resumed_from for r in stored if r.status == Status.COMPLETE] == [[6]]
 
 
+@pytest.mark.slow
 def test_save_every_0_saves_nothing_and_a_diverged_cell_leaves_no_state(tmp_path, monkeypatch):
     suite = tmp_path / "resume.yaml"
     suite.write_text(yaml.safe_dump({**SUITE, "outer": {**SUITE["outer"], "save_every": 0}}))
