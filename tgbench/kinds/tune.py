@@ -31,6 +31,7 @@ from pydantic import Field, PositiveFloat, PositiveInt
 from tgbench.cells import cell_hash, meta_train
 from tgbench.config import SamplerSettings, SearchSpace, SourceEntry, Strict, Suite, arm_with, check_space, sampler_key
 from tgbench.data import Dataset
+from tgbench.cells import Watch
 from tgbench.errors import BadInput
 from tgbench.kinds import RunContext, SuiteKind
 from tgbench.provenance import git_revision, report_provenance
@@ -97,8 +98,8 @@ def make_objective(suite: Suite, entry: SourceEntry, dataset: Dataset, progress:
                     raise optuna.TrialPruned()
 
         try:
-            _, record = meta_train(suite, arm, dataset, seed=trial.number, progress=progress, on_eval=on_eval,
-                                   report_extras=False)   # a trial keeps only the endpoints
+            _, record = meta_train(suite, arm, dataset, seed=trial.number, progress=progress,
+                                   watch=Watch(on_eval=on_eval), report_extras=False)  # a trial keeps the endpoints
         except optuna.TrialPruned:  # Optuna closes the trial PRUNED; its record says so
             write_record(trial, TuneTrial(status=Status.PRUNED))
             raise
