@@ -114,6 +114,22 @@ def test_list_suites_flags_an_invalid_suite_after_the_installed_ones(capsys, mon
     assert [line.split()[0] for line in out.splitlines()][-1] == "suites/mine.yaml"
 
 
+def test_list_suites_exits_1_when_a_shipped_suite_does_not_load(capsys, monkeypatch, tmp_path):
+    # what a wheel missing a subpackage looked like: every shipped suite INVALID, and `tgbench list` still exit 0
+    import tgbench.config
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: broken\nsources: [{method: gtm}]\n")
+    shipped = tgbench.config.installed_suites()
+    monkeypatch.setattr(tgbench.config, "installed_suites", lambda: {**shipped, "broken": broken})
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _cli(["list", "suites"], capsys)
+    assert code == 1
+    assert "broken" in out and "INVALID" in out and "mnist_fewstep" in out  # every suite is still listed
+    assert _one_error_line(err).startswith("tgbench: error: 1 of the ")
+    assert "(broken)" in err
+
+
 # ------------------------------------------------------------------------------------------ suite names
 def test_a_suite_name_works_from_any_directory(capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)

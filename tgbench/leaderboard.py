@@ -2,7 +2,8 @@
 
 ``tgbench leaderboard`` reads every study of a store, ranks its arms into tables and hands them over as one frame
 (:func:`leaderboard_frame`) to ``tgbench.reporting.leaderboard``, which writes ``LEADERBOARD.md`` +
-``LEADERBOARD.csv`` (and one accuracy-vs-compute PNG per table). Conventions:
+``LEADERBOARD.csv`` (and one accuracy-vs-compute PNG per table) and the static web page
+``LEADERBOARD_site/index.html`` (``tgbench.reporting.site``). Conventions:
 
 * **Only comparable runs share a table.** A table is one (protocol hash, profile); the protocol
   (:func:`tgbench.compute.protocol_of`) is the resolved dataset, the inner loop (steps, batch size, optimiser), the learner space
@@ -19,10 +20,14 @@
   and double-backward, *not* element-wise work or evaluation. New records store it (``meta_train_flops``); for
   older records the leaderboard measures it from the config in the teacher artifact (n/a when unavailable).
 * The **Pareto front** of a table: rows no other row beats on both accuracy (higher) and compute (lower).
+* **A row's report** is the run report of its suite and profile where ``tgbench run`` writes it by default
+  (``results/<suite>/<profile>/report.md`` under the working directory, ``tgbench.locations.out_location``) and
+  it exists; a run written elsewhere with ``--out`` has no link (the store does not record where it went).
 """
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +46,10 @@ from tgbench.reporting.leaderboard import COLUMNS
 from tgbench.store import Store, config_hash
 
 DEFAULT_OUT = Path("results") / "LEADERBOARD.md"
+# columns of the leaderboard CSV read back as text: a hash or revision of digits only must stay what it was
+TEXT_COLUMNS = ("table", "dataset", "profile", "suite", "source", "method", "variant", "config_hash", "finished",
+                "revision", "device", "protocol", "report")
+RUN_REPORTS = Path("results")   # where `tgbench run` puts <suite>/<profile>/ by default (tgbench.locations)
 
 
 # ------------------------------------------------------------------------------------------ the protocol
@@ -229,6 +238,18 @@ def leaderboard_frame(tables: list[Table]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def with_report_links(frame: pd.DataFrame, out: Path) -> pd.DataFrame:
+    """``frame`` with its ``report`` column: each row's default run report (module docstring) relative to the
+    folder of the leaderboard's Markdown ``out``, "" where there is none."""
+    folder = Path(out).parent.resolve()
+
+    def link(suite, profile) -> str:
+        report = RUN_REPORTS / str(suite) / str(profile) / "report.md"
+        return os.path.relpath(report.resolve(), folder) if report.is_file() else ""
+
+    return frame.assign(report=[link(s, p) for s, p in zip(frame["suite"], frame["profile"])])
+
+
 def portable(arg: str) -> str:
     """A path or SQLite URL of the provenance as a reader elsewhere can use it: relative to the working directory
     when it lies under it, else only its file name (a scratch folder of one machine names nothing a reader has)."""
@@ -254,6 +275,28 @@ def build_leaderboard(storages: list[str] | None, out: str | None, artifacts_dir
     out_path = Path(out) if out else DEFAULT_OUT
     command = " ".join(portable(arg) for arg in (command or "tgbench leaderboard").split(" "))
     meta = {**report_provenance(command=command).as_meta(), "store": ", ".join(portable(s.url) for s in stores)}
-    leaderboard_report.write_report(out_path, leaderboard_frame(tables), meta)
-    log(f"leaderboard: {len(tables)} table(s), {sum(len(t.rows) for t in tables)} row(s) -> {out_path}")
+    leaderboard_report.write_report(out_path, with_report_links(leaderboard_frame(tables), out_path), meta)
+    log(f"leaderboard: {len(tables)} table(s), {sum(len(t.rows) for t in tables)} row(s) -> {out_path} "
+        f"(web page: {leaderboard_report.site_dir(out_path) / 'index.html'})")
     return out_path
+
+
+def build_page_from_csv(csv: str, out: str | None, command: str = "", log=print) -> Path:
+    """``tgbench leaderboard --from-csv``: the web page of a leaderboard an earlier ``tgbench leaderboard`` wrote,
+    from its CSV (the frame itself) when its stores are gone, beside the Markdown ``out``, whose provenance lines
+    the page lists (plus the command that rendered it). The Markdown, CSV and figures are left as they are;
+    columns an older tgbench did not write show as n/a."""
+    out_path = Path(out) if out else DEFAULT_OUT
+    try:
+        frame = pd.read_csv(csv, keep_default_na=False, na_values=[""], dtype=dict.fromkeys(TEXT_COLUMNS, str))
+        meta = leaderboard_report.provenance_of_markdown(out_path.read_text(encoding="utf-8"))
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise BadInput(f"--from-csv: cannot read {csv} and its Markdown {out_path}: {exc}") from None
+    missing = [c for c in COLUMNS if c not in frame and c not in ("device", "report")]  # (newer than the CSVs)
+    if missing:
+        raise BadInput(f"--from-csv: {csv} is not a leaderboard CSV (no column {', '.join(missing)})")
+    frame = with_report_links(frame.reindex(columns=COLUMNS), out_path)
+    command = " ".join(portable(arg) for arg in (command or f"tgbench leaderboard --from-csv {csv}").split(" "))
+    page = leaderboard_report.write_site_only(out_path, frame, {**meta, "page": command})
+    log(f"leaderboard: web page of {len(frame)} row(s) from {csv} -> {page}")
+    return page

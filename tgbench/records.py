@@ -192,6 +192,7 @@ class FewstepCell(CellRecord):
     sample_steps: list[int] | None = None
     teacher_artifact: str | None = None
     phase_seconds: dict[str, float] | None = None  # wall seconds per phase of the cell
+    resumed_from: list[int] | None = None          # outer iterations it resumed from after stops (None: none)
     # provenance
     peak_rss_mb: float | None = None
     torch: str | None = None

@@ -37,6 +37,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 import sqlite3
 import socket
 import tempfile
@@ -330,6 +331,13 @@ class Store:
             study.tell(trial, state=TrialState.FAIL)
 
     # ------------------------------------------------------------------ teacher artifacts
+    def saved_state_path(self, study: optuna.Study, cell: str, chash: str) -> Path:
+        """Where a cell's meta-training state is saved while it runs (``tgbench.resume``): beside the teacher
+        artifacts, keyed by the study, the cell and its config hash — not by the trial, since a rerun claims a
+        new one and must find it."""
+        safe = [re.sub(r"[^A-Za-z0-9._-]", "_", part) for part in (study.study_name, cell)]
+        return self.artifacts_dir / "saved_states" / safe[0] / f"{safe[1]}-{chash}.pt"
+
     def save_teacher(self, study: optuna.Study, trial: optuna.Trial, payload: dict) -> str:
         import torch
 

@@ -30,13 +30,14 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from tgbench import stats
-from tgbench.cells import cell_hash, meta_train
+from tgbench.cells import Watch, cell_hash, meta_train
 from tgbench.config import SearchDimension, SourceEntry, StudySettings, Suite, arm_with, sampler_key
 from tgbench.data import Dataset
 from tgbench.errors import BadInput
 from tgbench.provenance import git_revision
 from tgbench.records import Status, TuneTrial
 from tgbench.registry import methods
+from tgbench.resume import SavedState
 from tgbench.store import Store, config_hash, trial_record, write_record
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -182,12 +183,17 @@ class TrialPlan:
     progress: bool = False
 
 
-def study_objective(plan: TrialPlan, dataset: Dataset) -> Callable[[optuna.Trial], float]:
+def study_objective(plan: TrialPlan, dataset: Dataset, store: Store | None = None) -> Callable[[optuna.Trial], float]:
     """The objective of every tgbench study: sample ``plan.space``, meta-train the arm with those values through
     ``meta_train(report_extras=False)``, report each checkpoint's value to the trial (``trial.should_prune()``
     there: a pruned trial stops), and return ``plan.scoring``'s final value. Every finished trial writes a
     ``TuneTrial`` record (status last): complete, diverged (counted, never dropped) or pruned with the outer
-    iterations it ran; a Ctrl-C leaves it failed, saying why."""
+    iterations it ran; a Ctrl-C leaves it failed, saying why.
+
+    With a ``store``, a trial saves its meta-training state every ``outer.save_every`` outer iterations
+    (``tgbench.resume``, beside the store's artifacts, named by the study and ``trial_slot``): a killed trial is
+    run again with its values and seed by ``run_study`` and continues from its last save, the checkpoints the
+    killed run reported replayed to the new trial for the pruner. The state is removed once the trial finished."""
     if plan.scoring.validation_only:  # the test split is never given to the trial, so it cannot be scored
         dataset = dataclasses.replace(dataset, test=dataset.val)
     every = plan.suite.evaluation.eval_every
@@ -198,14 +204,17 @@ def study_objective(plan: TrialPlan, dataset: Dataset) -> Callable[[optuna.Trial
         if plan.iterations is not None:
             arm = arm.model_copy(update={"outer": {**arm.outer, "iterations": plan.iterations}})
         horizon = plan.suite.outer_for(arm).iterations
+        seed = plan.seed_offset + trial_slot(trial)
         left = None if plan.budget is None else plan.budget - spent(trial.study)
+        saved = None if store is None else _saved_state(store, trial, values, seed, dataset)
+        reported = _replay_killed_run(trial)
         curve: list[dict] = []
 
         def on_eval(point: dict) -> None:
             curve.append(_kept(point, plan.scoring))
             it = point["outer_iter"]
             value = plan.scoring.checkpoint(point)
-            if it > 0 and value is not None and math.isfinite(value):
+            if it > 0 and it not in reported and value is not None and math.isfinite(value):
                 trial.report(value, it)
                 # (at the last checkpoint the run is done: nothing left to save by stopping it)
                 if it < horizon and trial.should_prune():
@@ -214,15 +223,14 @@ def study_objective(plan: TrialPlan, dataset: Dataset) -> Callable[[optuna.Trial
                 raise optuna.TrialPruned(f"{BUDGET_STOP} (outer iteration {it} of {horizon})")
 
         try:
-            # TODO(issue 24, mid-cell resume): pass meta_train's state location once it has one (the resume
-            # helper's `outer.save_every` state), named by `trial_slot(trial)`: a killed trial is re-run with its
-            # values and seed by `run_study`, and would then resume from its last save instead of iteration 0
-            _, record = meta_train(plan.suite, arm, dataset, seed=plan.seed_offset + trial_slot(trial),
-                                   progress=plan.progress, on_eval=on_eval, report_extras=False)
+            _, record = meta_train(plan.suite, arm, dataset, seed=seed, progress=plan.progress,
+                                   watch=Watch(on_eval=on_eval), report_extras=False, saved=saved)
         except optuna.TrialPruned as exc:  # Optuna closes the trial PRUNED; its record says how far it ran
             reached = curve[-1]["outer_iter"] if curve else 0
             write_record(trial, TuneTrial(status=Status.PRUNED, error=str(exc), outer_iterations=reached,
                                           curve=curve, **_provenance(dataset)))
+            if saved is not None:
+                saved.remove()
             raise
         except KeyboardInterrupt:  # Optuna marks the trial FAIL and re-raises; say why, as fewstep cells do
             write_record(trial, TuneTrial(status=Status.FAILED, error="KeyboardInterrupt: "))
@@ -234,9 +242,35 @@ def study_objective(plan: TrialPlan, dataset: Dataset) -> Callable[[optuna.Trial
             fields["test_acc_final"] = None
         write_record(trial, TuneTrial(**fields, status=status, curve=[_kept(p, plan.scoring) for p in record["curve"]],
                                       **_provenance(dataset)))
+        if saved is not None:
+            saved.remove()  # (after the record: a kill before it leaves the state to resume)
         return value
 
     return objective
+
+
+def _saved_state(store: Store, trial: optuna.Trial, values: dict, seed: int, dataset: Dataset) -> SavedState:
+    """Where the trial's meta-training state is saved: named by its study and slot, valid only for the same
+    study configuration, values and seed (a re-run with anything else starts from iteration 0)."""
+    identity = config_hash({"study": trial.study.user_attrs.get("config_hash"), "values": values, "seed": seed})
+    label = f"{trial.study.study_name} trial {trial_slot(trial)}"
+    return SavedState(store.saved_state_path(trial.study, f"trial-{trial_slot(trial)}", identity), identity,
+                      dataset.train.x.device, label)
+
+
+def _replay_killed_run(trial: optuna.Trial) -> set[int]:
+    """For a re-run of a killed trial: report the checkpoints the killed run reported (its resumed run reproduces
+    them bit for bit, and never calls back for them), so the pruner compares it at the rungs it passed; returns
+    those outer iterations."""
+    if RETRY_OF not in trial.user_attrs:
+        return set()
+    killed = [t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+              if trial_slot(t) == trial_slot(trial)]
+    if not killed:
+        return set()
+    for step, value in sorted(killed[-1].intermediate_values.items()):
+        trial.report(value, step)
+    return set(killed[-1].intermediate_values)
 
 
 def _kept(point: dict, scoring: Scoring) -> dict:
@@ -376,7 +410,8 @@ def tune_stage(store: Store, suite: Suite, profile: str, dataset: Dataset, log=p
             chosen[entry.name] = {}
             continue
         spec = stage_spec(suite, profile, entry, dataset.resolved)
-        study = run_study(store, spec, study_objective(stage_plan(suite, entry, space, spec.budget), dataset), log)
+        plan = stage_plan(suite, entry, space, spec.budget)
+        study = run_study(store, spec, study_objective(plan, dataset, store), log)
         chosen[entry.name] = best_values(study)
         log(f"  {entry.name}: chose {chosen[entry.name]} (validation error {study.best_value:.4f})")
     return chosen

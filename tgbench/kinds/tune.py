@@ -103,19 +103,19 @@ def arm_spec(suite: Suite, profile: str, entry: SourceEntry, dataset_resolved: s
                      pruner=optuna.pruners.MedianPruner() if tune.pruning else optuna.pruners.NopPruner())
 
 
-def make_objective(suite: Suite, entry: SourceEntry, dataset: Dataset, progress: bool):
+def make_objective(suite: Suite, entry: SourceEntry, dataset: Dataset, progress: bool, store: Store | None = None):
     """The one study objective (``tgbench.tuning.study_objective``) with this kind's scoring: trial k
-    meta-trains the arm at the suite's own horizon with seed k."""
+    meta-trains the arm at the suite's own horizon with seed k (saving its state in ``store``'s artifacts)."""
     plan = TrialPlan(suite=suite, entry=entry, space=suite.tune.space, scoring=tune_scoring(suite.tune.divergence_cap),
                      progress=progress)
-    return study_objective(plan, dataset)
+    return study_objective(plan, dataset, store)
 
 
 def tune_arm(store: Store, suite: Suite, profile: str, entry: SourceEntry, dataset: Dataset, progress: bool,
              log=print) -> optuna.Study:
     """Run the arm's study up to ``tune.trials`` finished trials (resuming what is in the store)."""
     return run_study(store, arm_spec(suite, profile, entry, dataset.resolved),
-                     make_objective(suite, entry, dataset, progress), log)
+                     make_objective(suite, entry, dataset, progress, store), log)
 
 
 def run_tune_suite(ctx: RunContext) -> Path:

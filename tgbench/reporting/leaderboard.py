@@ -1,5 +1,6 @@
-"""The leaderboard's files: ``LEADERBOARD.md``, ``LEADERBOARD.csv`` and one accuracy-vs-compute PNG per table, from
-the frame ``tgbench.leaderboard`` computes (one row per arm, ranked within its table of comparable runs)."""
+"""The leaderboard's files: ``LEADERBOARD.md``, ``LEADERBOARD.csv``, one accuracy-vs-compute PNG per table and the
+web page ``LEADERBOARD_site/index.html`` (``tgbench.reporting.site``), from the frame ``tgbench.leaderboard``
+computes (one row per arm, ranked within its table of comparable runs)."""
 from __future__ import annotations
 
 import math
@@ -12,11 +13,13 @@ from tgbench.errors import BadInput
 from tgbench.reporting.figures import pareto_figure, save_figure
 from tgbench.reporting.files import write_atomically
 from tgbench.reporting.markdown import PERCENT, document, fmt_ci, fmt_gflops, md_table
+from tgbench.reporting.site import write_page
 
 # the leaderboard frame (and CSV): rows of one table are consecutive, in rank order
 COLUMNS = ["table", "dataset", "profile", "rank", "suite", "source", "method", "variant", "config_hash",
            "test_acc_mean", "test_acc_ci_low", "test_acc_ci_high", "seeds_complete", "diverged", "meta_train_seconds",
-           "meta_train_flops", "pareto", "finished", "revision", "device", "protocol"]
+           "meta_train_flops", "pareto", "finished", "revision", "device", "protocol", "report"]
+# ``report``: the arm's run report (report.md) relative to the leaderboard's folder; empty where none was found
 
 HEADER = ["rank", "source", "suite", "variant", "test acc, last inner step (mean % [95 % CI])", "seeds",
           "meta-train time (s/seed)", "meta-train compute (GFLOP/seed)", "Pareto", "measured", "revision", "device"]
@@ -30,6 +33,8 @@ INTRO = ("Few-step teaching: a freshly initialised learner trains for the protoc
 # (label in the list, key of the provenance mapping), in the order the leaderboard has always listed them
 PROVENANCE_LINES = (("command", "command"), ("store", "store"), ("machine", "machine"), ("torch", "torch"),
                     ("leaderboard revision", "revision"), ("created", "created"))
+# the page lists them too, and (a page rendered from a CSV, tgbench leaderboard --from-csv) the command that did
+PAGE_PROVENANCE = (*PROVENANCE_LINES, ("page rendered by", "page"))
 
 
 def tables(frame: pd.DataFrame) -> list[pd.DataFrame]:
@@ -86,10 +91,16 @@ def render_markdown(frame: pd.DataFrame, meta: Mapping[str, Any], figures: list[
     return document(lines)
 
 
+def site_dir(out: Path) -> Path:
+    """The web page's folder of the leaderboard whose Markdown is ``out``: ``<stem>_site`` beside it."""
+    return Path(out).parent / f"{Path(out).stem}_site"
+
+
 def write_report(out: Path, frame: pd.DataFrame, meta: Mapping[str, Any]) -> list[Path]:
-    """``out`` (Markdown), ``out`` with ``.csv`` (the frame) and ``<stem>_figures/pareto_<table>.png``, written
-    atomically (``tgbench.reporting.files``; staged inside ``out``'s folder, which holds other reports). ``meta``:
-    the provenance (``Provenance.as_meta()``) and ``store``. Returns the figures, the CSV, then the Markdown."""
+    """``out`` (Markdown), ``out`` with ``.csv`` (the frame), ``<stem>_figures/pareto_<table>.png`` and the page
+    ``<stem>_site/index.html`` with its copies of the figures, written atomically (``tgbench.reporting.files``;
+    staged inside ``out``'s folder, which holds other reports). ``meta``: the provenance
+    (``Provenance.as_meta()``) and ``store``. Returns the figures, the CSV, the page's files, then the Markdown."""
     out = Path(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -103,16 +114,49 @@ def write_report(out: Path, frame: pd.DataFrame, meta: Mapping[str, Any]) -> lis
 def _write_files(md: Path, frame: pd.DataFrame, meta: Mapping[str, Any]) -> list[Path]:
     fig_dir = md.parent / f"{md.stem}_figures"
     fig_dir.mkdir()
-    written, links = [], []
-    for rows in tables(frame):
-        fig = pareto_figure(rows, table_title(rows))
-        if fig is None:
-            links.append(None)
-            continue
-        path = save_figure(fig, fig_dir / f"pareto_{rows.iloc[0]['table']}.png")
-        written.append(path)
-        links.append(f"{fig_dir.name}/{path.name}")
+    figures = draw_figures(frame, fig_dir)
     csv = md.with_suffix(".csv")
     frame.to_csv(csv, index=False)
+    page = write_site(site_dir(md), frame, figures, meta)
+    links = [None if f is None else f"{fig_dir.name}/{f.name}" for f in figures]
     md.write_text(render_markdown(frame, meta, links), encoding="utf-8")
-    return [*written, csv, md]
+    return [*(f for f in figures if f is not None), csv, *page, md]
+
+
+def draw_figures(frame: pd.DataFrame, folder: Path) -> list[Path | None]:
+    """Each table's Pareto figure as ``folder/pareto_<table>.png``; None for a table with none to draw."""
+    figures: list[Path | None] = []
+    for rows in tables(frame):
+        fig = pareto_figure(rows, table_title(rows))
+        figures.append(None if fig is None else save_figure(fig, folder / f"pareto_{rows.iloc[0]['table']}.png"))
+    return figures
+
+
+def write_site(folder: Path, frame: pd.DataFrame, figures: list[Path | None], meta: Mapping[str, Any]) -> list[Path]:
+    """The web page of the frame into ``folder`` (``tgbench.reporting.site``), ``figures`` each table's Pareto
+    PNG (None: none), with the Markdown's intro and provenance lines."""
+    return write_page(folder, frame, tables(frame), figures, meta, (INTRO, PAGE_PROVENANCE))
+
+
+def write_site_only(out: Path, frame: pd.DataFrame, meta: Mapping[str, Any]) -> Path:
+    """Only the page (``site_dir(out)``: index.html and its figures, drawn again from the frame), atomically, for a
+    leaderboard whose Markdown ``out`` is already written. Returns the page."""
+    folder = site_dir(out)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadInput(f"--out: cannot write to {folder}: {exc.strerror}") from None
+
+    return write_atomically(folder, lambda staging: write_site(staging, frame, draw_figures(frame, staging), meta))[-1]
+
+
+def provenance_of_markdown(text: str) -> dict[str, str]:
+    """The provenance mapping back from a ``LEADERBOARD.md`` (its ``- label: `value``` lines,
+    :data:`PROVENANCE_LINES`); a line it lacks is left out."""
+    keys = dict(PROVENANCE_LINES)
+    meta = {}
+    for line in text.splitlines():
+        label, sep, value = line.removeprefix("- ").partition(": ")
+        if line.startswith("- ") and sep and label in keys and value.startswith("`") and value.endswith("`"):
+            meta.setdefault(keys[label], value[1:-1])
+    return meta
