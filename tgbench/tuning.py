@@ -104,8 +104,8 @@ def trial_slot(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
 
 def _rerun_killed(study: optuna.Study) -> None:
     """Enqueue, with the same values, every failed trial that no later trial re-runs: a killed run is finished,
-    not replaced by a fresh sample (so no point of the search is drawn and then lost, and a trial that saved its
-    state could resume it under its own seed)."""
+    not replaced by a fresh sample (so no point of the search is drawn and then lost), and continues from the
+    state it saved, under its own seed (``study_objective``)."""
     trials = study.get_trials(deepcopy=False)
     rerun = {trial_slot(t) for t in trials if RETRY_OF in t.user_attrs}
     for t in trials:
