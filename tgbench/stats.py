@@ -282,7 +282,7 @@ def _sorted_curve(curve: Curve) -> tuple[np.ndarray, np.ndarray]:
     xs, ys = xs[keep], ys[keep]
     order = np.argsort(xs, kind="stable")
     xs, ys = xs[order], ys[order]
-    last = np.append(xs[1:] != xs[:-1], True)
+    last = np.append(xs[1:] != xs[:-1], True) if xs.size else np.zeros(0, bool)
     return xs[last], ys[last]
 
 
