@@ -334,7 +334,7 @@ def test_status_is_a_str_enum_with_the_stored_words():
     assert Status.COMPLETE == "complete" and "diverged" in DONE and set(DONE) == {"complete", "diverged"}
     assert f"{Status.FAILED}" == str(Status.FAILED) == "failed" and json.dumps(Status.PRUNED) == '"pruned"'
     assert set(records.MODELS) == {records.FEWSTEP_CELL, records.TUNE_TRIAL, records.NAS_GROUND_TRUTH,
-                                   records.NAS_PROXY_SCORES}
+                                   records.NAS_PROXY_SCORES, records.DATA_CEILING}
 
 
 def test_a_record_with_a_bad_status_is_refused_with_a_clear_error(tmp_path, capsys):
@@ -361,7 +361,8 @@ def test_a_record_with_a_bad_status_is_refused_with_a_clear_error(tmp_path, caps
     ({"kind": "fewstep_cell", "schema_version": 2, "cell": "a|seed=0", "status": "complete"},
      "schema_version: 2 is not a version this tgbench reads (0 to 1)"),
     ({"kind": "audit_unit", "schema_version": 1, "cell": "a", "status": "complete"},
-     "kind 'audit_unit' is not one of fewstep_cell, tune_trial, nas_ground_truth, nas_proxy_scores"),
+     "kind 'audit_unit' is not one of fewstep_cell, tune_trial, nas_ground_truth, nas_proxy_scores, "
+     "data_ceiling"),
     ({"kind": "fewstep_cell", "schema_version": 1, "cell": "a|seed=0", "status": "complete", "seed": "zero"},
      "seed: Input should be a valid integer"),
 ])

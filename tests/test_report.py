@@ -7,6 +7,7 @@ it were (wrongly) included. Insertion order is a, b, c but the mean order is b >
 from __future__ import annotations
 
 import math
+import re
 
 import matplotlib.image as mpimg
 import numpy as np
@@ -109,6 +110,14 @@ def _tables(section: str) -> list[list[dict[str, str]]]:
     return tables
 
 
+CEILING_ROW = "*data ceiling* (real data, Adam to convergence)"   # the results table's last row (issue 24)
+
+
+def _arm_rows(section: str) -> list[dict[str, str]]:
+    """The results table's rows of arms: every row but the data ceiling's."""
+    return [r for r in _tables(section)[0] if r["source"] != CEILING_ROW]
+
+
 def _fmt(ci: stats.MeanCI) -> str:
     return f"{100 * ci.mean:.2f} % [{100 * ci.low:.2f}, {100 * ci.high:.2f}]"
 
@@ -126,6 +135,7 @@ def test_writes_all_files_and_returns_them(written):
     expected = {
         "summary.csv", "steps.csv", "curves.csv", "report.md",
         "curves.png", "inner_steps.png", "samples_b_gtn.png", "samples_d_gtn.png",
+        "compute_curves.png", "compute_curves.csv", "equal_compute.csv",   # the equal-compute verdict
     }
     assert names == expected
     assert {p.name for p in out.iterdir()} == expected
@@ -178,15 +188,18 @@ def test_one_table_per_resolved_dataset(written):
     _, _, md = written
     sections = _sections(md)
     assert sorted(sections) == ["cifar10", "mnist"]
-    mnist = _tables(sections["mnist"])[0]
-    cifar = _tables(sections["cifar10"])[0]
+    mnist = _arm_rows(sections["mnist"])
+    cifar = _arm_rows(sections["cifar10"])
     assert {r["source"] for r in mnist} == {"a_real", "b_gtn", "c_dd"}
+    # the data-ceiling row closes every results table; these inputs have no ceiling stored
+    assert _tables(sections["mnist"])[0][-1]["source"] == CEILING_ROW
+    assert _tables(sections["mnist"])[0][-1]["variant"] == "not computed"
     assert [r["source"] for r in cifar] == ["d_gtn"]
 
 
 def test_rows_ordered_by_mean_test_accuracy(written):
     _, _, md = written
-    rows = _tables(_sections(md)["mnist"])[0]
+    rows = _arm_rows(_sections(md)["mnist"])
     assert [r["source"] for r in rows] == ["b_gtn", "c_dd", "a_real"]
     assert [r["variant"] for r in rows] == ["wide", "default", "default"]
 
@@ -205,7 +218,7 @@ def test_ci_numbers_match_stats_mean_ci(written):
     _, _, md = written
     summary = _summary()
     for ds, section in _sections(md).items():
-        for row in _tables(section)[0]:
+        for row in _arm_rows(section):
             cells = summary[(summary.source == row["source"]) & (summary.status == "complete")]
             assert row[TEST_COL] == _fmt(stats.mean_ci(cells.test_acc_final))
             assert row[VAL_COL] == _fmt(stats.mean_ci(cells.val_acc_final))
@@ -218,7 +231,7 @@ def test_p_value_matrix_present_and_consistent(written):
     section = _sections(md)["mnist"]
     assert "Pairwise Welch p-values" in section
     tables = _tables(section)
-    assert len(tables) == 3   # results, p-value matrix, pairwise comparisons
+    assert len(tables) == 4   # results, p-value matrix, pairwise comparisons, equal compute
     matrix = {r["source"]: r for r in tables[1]}
     order = ["b_gtn", "c_dd", "a_real"]
     assert list(matrix) == order and list(tables[1][0])[1:] == order
@@ -278,10 +291,14 @@ def test_empty_figure_inputs_skip_figures(tmp_path, written):
     again = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert "## Figures" not in again and not list(tmp_path.glob("*.png"))
     assert {p.name for p in paths} == {"summary.csv", "steps.csv", "curves.csv", "report.md"}
-    # without curves there is nothing to judge convergence by: the flag lines are the only other difference
+    # without curves there is nothing to judge convergence or equal compute by: the flag lines and the
+    # equal-compute sections are the only other differences
     flags = ("**Still rising**", "No arm's validation curve")
     without_flags = "\n".join(line for line in md.split("## Figures")[0].splitlines() if not line.startswith(flags))
-    assert again.rstrip() == without_flags.replace("\n\n\n", "\n\n").rstrip()
+    equal_compute = re.compile(r"### Equal compute \((.*?)\)\n.*?(?=\n##|\Z)", re.S)
+    assert "No complete cell has a curve" in again
+    assert (equal_compute.sub("", again).rstrip()
+            == equal_compute.sub("", without_flags.replace("\n\n\n", "\n\n")).rstrip())
 
 
 def test_convergence_flag_follows_the_seed_mean_validation_curves(written):

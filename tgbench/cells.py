@@ -321,6 +321,7 @@ def _run_claimed_cell(task: CellTask, suite: Suite, entry: SourceEntry, dataset:
                                          watch=Watch(tracker=tracker), saved=saved)
         finally:
             tracker.close()
+        fields.update({"diagnostics": d} if (d := teacher.source.diagnostics()) else {})  # Source.diagnostics (issue 24)
         fields["protocol"] = protocol_of(suite.model_dump(mode="json"), dataset.resolved, entry.model_dump(mode="json"))
         if suite.evaluation.count_flops:
             start = time.perf_counter()

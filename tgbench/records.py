@@ -1,6 +1,6 @@
 """Store records: what one trial of the experiment store holds, as typed models.
 
-A *record* is the JSON in an Optuna trial's user attributes (``tgbench.store``): one key per field. There are four
+A *record* is the JSON in an Optuna trial's user attributes (``tgbench.store``): one key per field. There are five
 kinds, one model each, and every record says which it is (``kind``) and under which version of these models it was
 written (``schema_version``):
 
@@ -13,6 +13,9 @@ written (``schema_version``):
   study ``nas_ground_truth`` that every ``nas_proxy`` suite shares; key ``<arch id>|seed=<n>``.
 * :class:`NasProxyScores` (``nas_proxy_scores``): every architecture's score and cost under one proxy of a
   ``nas_proxy`` suite; study ``<suite>@<profile>``, key ``proxy:<label>``.
+* :class:`DataCeiling` (``data_ceiling``): a fewstep suite's evaluation learner trained to convergence on the whole
+  training split at one seed (``tgbench.ceiling``), in the study ``data_ceiling`` every suite shares; key
+  ``ceiling|seed=<n>``, config hash = what it depends on (learner, data, schedule).
 
 Lifecycle of a record (its :class:`Status`):
 
@@ -193,6 +196,7 @@ class FewstepCell(CellRecord):
     teacher_artifact: str | None = None
     phase_seconds: dict[str, float] | None = None  # wall seconds per phase of the cell
     resumed_from: list[int] | None = None          # outer iterations it resumed from after stops (None: none)
+    diagnostics: dict[str, float] | None = None    # the trained source's own numbers (Source.diagnostics)
     # provenance
     peak_rss_mb: float | None = None
     torch: str | None = None
@@ -253,6 +257,31 @@ class NasProxyScores(CellRecord):
         return sum(self.seconds.values())          # the trial's value: total scoring seconds
 
 
+class DataCeiling(CellRecord):
+    """The evaluation learner trained on the whole real training split with Adam and early stopping on validation
+    (``tgbench.ceiling``): the headroom a fewstep report shows above its arms. Computed once per (learner, data,
+    schedule) — its ``config_hash`` — and shared by every suite with the same three."""
+
+    kind: Literal["data_ceiling"] = "data_ceiling"
+    seed: int | None = None
+    description: str | None = None                 # the learner (LearnerSpec.describe)
+    spec: dict[str, Any] | None = None
+    dataset_resolved: str | None = None
+    schedule: dict[str, Any] | None = None         # the Adam schedule (GroundTruthSchedule, seeds excluded)
+    seconds: float | None = None
+    test_acc_final: float | None = None            # test accuracy at the best-validation epoch
+    val_acc: float | None = None
+    test_acc: float | None = None
+    best_epoch: float | None = None
+    val_acc_last: float | None = None
+    test_acc_last: float | None = None
+    epochs_run: float | None = None
+    curve: list[dict[str, Any]] = []
+
+    def trial_value(self) -> float:
+        return self.test_acc_final
+
+
 class TuneTrial(Record):
     """One Optuna trial of a tune suite's arm, or of a fewstep suite's tuning stage (which writes only the
     meta-training seconds and the validation scores). Its sampled values and objective are the trial's own."""
@@ -271,9 +300,9 @@ class TuneTrial(Record):
 
 
 MODELS: dict[str, type[Record]] = {m.model_fields["kind"].default: m
-                                   for m in (FewstepCell, TuneTrial, NasGroundTruth, NasProxyScores)}
-FEWSTEP_CELL, TUNE_TRIAL, NAS_GROUND_TRUTH, NAS_PROXY_SCORES = (
-    "fewstep_cell", "tune_trial", "nas_ground_truth", "nas_proxy_scores")
+                                   for m in (FewstepCell, TuneTrial, NasGroundTruth, NasProxyScores, DataCeiling)}
+FEWSTEP_CELL, TUNE_TRIAL, NAS_GROUND_TRUTH, NAS_PROXY_SCORES, DATA_CEILING = (
+    "fewstep_cell", "tune_trial", "nas_ground_truth", "nas_proxy_scores", "data_ceiling")
 
 
 # ------------------------------------------------------------------------------------------ loading

@@ -100,6 +100,11 @@ class Source(nn.Module):
         (e.g. a distilled set's own learned schedule); ``None``: the suite's."""
         return None
 
+    def diagnostics(self) -> dict[str, float]:
+        """Numbers a trained source reports about itself, stored with its cell and shown in the report (e.g.
+        how far dataset distillation's pixels moved from their init). Default: none."""
+        return {}
+
 
 def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
     """``arange(n) % classes`` — fixed, balanced labels as in the official code."""

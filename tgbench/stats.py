@@ -280,3 +280,92 @@ def share_near_best(values: Sequence[float], margin: float) -> float:
     if finite.size == 0:
         return _NAN
     return float(np.sum(v >= finite.max() - margin - 1e-12) / v.size)  # (1e-12: 0.72 - 0.01 is 0.7099999...)
+
+
+# ------------------------------------------------------------------------------------------ curves on a compute axis
+# A curve is (xs, ys): a metric (accuracy) at increasing amounts of compute, piecewise linear between its points.
+Curve = tuple[Sequence[float], Sequence[float]]
+
+
+def _sorted_curve(curve: Curve) -> tuple[np.ndarray, np.ndarray]:
+    """The curve's finite points, by x (a repeated x keeps its last value: what was reached with that compute)."""
+    xs, ys = np.asarray(curve[0], dtype=float), np.asarray(curve[1], dtype=float)
+    keep = np.isfinite(xs) & np.isfinite(ys)
+    xs, ys = xs[keep], ys[keep]
+    order = np.argsort(xs, kind="stable")
+    xs, ys = xs[order], ys[order]
+    last = np.append(xs[1:] != xs[:-1], True) if xs.size else np.zeros(0, bool)
+    return xs[last], ys[last]
+
+
+def interpolate_at(curve: Curve, x: float) -> tuple[float, bool]:
+    """``(value, reached)``: the curve's value at ``x``, linear between its points (``numpy.interp``); a curve
+    that ends before ``x`` gives its last value and ``reached = False``; ``x`` before its first point gives the
+    first value. ``(nan, False)`` for a curve without a finite point."""
+    xs, ys = _sorted_curve(curve)
+    if xs.size == 0:
+        return _NAN, False
+    return float(np.interp(x, xs, ys)), bool(x <= xs[-1])
+
+
+def curves_on_grid(curves: Sequence[Curve], grid: Sequence[float]) -> np.ndarray:
+    """``(curves, points)`` matrix: each curve interpolated at the grid points inside its own range, NaN outside
+    it (no extrapolation)."""
+    grid = np.asarray(grid, dtype=float)
+    out = np.full((len(curves), grid.size), np.nan)
+    for i, curve in enumerate(curves):
+        xs, ys = _sorted_curve(curve)
+        if xs.size:
+            inside = (grid >= xs[0]) & (grid <= xs[-1])
+            out[i, inside] = np.interp(grid[inside], xs, ys)
+    return out
+
+
+def common_grid(curves: Sequence[Curve]) -> np.ndarray:
+    """Every x of every curve inside the range all of them cover (the latest start to the earliest end), sorted:
+    the points where a mean over curves is a mean over all of them."""
+    sorted_curves = [_sorted_curve(c) for c in curves]
+    sorted_curves = [(xs, ys) for xs, ys in sorted_curves if xs.size]
+    if not sorted_curves:
+        return np.array([])
+    start, end = max(xs[0] for xs, _ in sorted_curves), min(xs[-1] for xs, _ in sorted_curves)
+    grid = np.unique(np.concatenate([xs for xs, _ in sorted_curves]))
+    return grid[(grid >= start) & (grid <= end)]
+
+
+def mean_curve(curves: Sequence[Curve]) -> tuple[np.ndarray, np.ndarray]:
+    """``(grid, mean)``: the pointwise mean of the curves (e.g. one per seed) on :func:`common_grid`."""
+    grid = common_grid(curves)
+    if grid.size == 0:
+        return grid, grid
+    return grid, curves_on_grid(curves, grid).mean(axis=0)
+
+
+def value_at_budget(curves: Sequence[Curve], budget: float) -> tuple[MeanCI, bool]:
+    """``(mean_ci of the curves' values at budget, reached)``: each curve (one per seed) read at ``budget`` by
+    :func:`interpolate_at` (a curve that ended earlier contributes its last value), the mean over them with its
+    bootstrap CI; ``reached`` is False when any curve ended before ``budget``."""
+    read = [interpolate_at(c, budget) for c in curves]
+    return mean_ci([v for v, _ in read]), bool(read) and all(r for _, r in read)
+
+
+def crossings(a: Curve, b: Curve) -> list[float]:
+    """The x positions where curve ``a`` and curve ``b`` cross (``a - b`` changes sign), inside the range both
+    cover, both linear between the union of their points; a crossing between two points is the root of the
+    linear difference, one where the difference touches 0 and changes sign is that point (a touch without a
+    change of sign is no crossing). Sorted; [] when one curve stays above the other."""
+    grid = common_grid([a, b])
+    if grid.size < 2:
+        return []
+    diff = curves_on_grid([a], grid)[0] - curves_on_grid([b], grid)[0]
+    sign = np.sign(diff)
+    nonzero = np.flatnonzero(sign)
+    found = []
+    for i, j in zip(nonzero[:-1], nonzero[1:]):   # consecutive points where one curve is strictly above
+        if sign[i] == sign[j]:
+            continue
+        if j == i + 1:   # between two grid points: the root of the linear difference
+            found.append(float(grid[i] + (grid[j] - grid[i]) * diff[i] / (diff[i] - diff[j])))
+        else:            # equal from grid[i+1] to grid[j-1], opposite orders on either side: where they meet
+            found.append(float(grid[i + 1]))
+    return found

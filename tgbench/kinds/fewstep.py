@@ -8,6 +8,7 @@ each record's peak memory is its own). The report is rebuilt from the store at t
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -18,6 +19,7 @@ from tqdm import tqdm
 
 from tgbench import device as devices
 from tgbench import interrupt
+from tgbench.ceiling import ceiling_records, ceiling_schedule, describe_schedule, ensure_ceiling
 from tgbench.cells import CellTask, cell_hash, decode_array, run_cell, study_name, tuned_arm
 from tgbench.config import Suite, check_data_sizes
 from tgbench.errors import BadInput, CellsFailed
@@ -104,6 +106,8 @@ def run_fewstep(ctx: RunContext) -> Path:
             ran += run_in_workers(tasks, slots, opts.progress, lambda t, e: note_failure(failures, t, e, log))
         tasks, held = unfinished()
     log(f"ran {ran} cells in {time.perf_counter() - start:.0f} s")
+    # the data ceiling of the report's ceiling row: once per (learner, data, schedule), skipped when stored
+    ensure_ceiling(store, suite, profile, dataset, log)
     build_report(suite, profile, store, out_dir, {k: {h} for k, h in hashes.items()}, command=ctx.command)
     log(f"report: {out_dir / 'report.md'}")
     if failures:
@@ -158,8 +162,11 @@ def build_report(suite: Suite, profile: str, store: Store, out_dir: Path, accept
     if suite.tuning is not None:
         tuning = tuning_frame(store, suite, profile)
         meta["tuning"] = f"every arm tuned on validation before the final seeds: {describe_stage(suite.tuning)}"
-    written = write_report(out_dir, ReportInputs(summary, curves, steps, samples, sample_steps, meta,
-                                                 held_out_frame(records), tuning, phase_frame(records)))
+    written = write_report(out_dir, ReportInputs(
+        summary, curves, steps, samples, sample_steps, meta, held_out_frame(records), tuning, phase_frame(records),
+        compute=compute_frame(records), diagnostics=diagnostics_frame(records),
+        ceiling=ceiling_frame(store, suite, profile, sorted({r.dataset_resolved for r in records
+                                                             if r.dataset_resolved is not None}))))
     document = results_document(suite.model_dump(mode="json"), profile, records, meta, provenance.versions)
     return [*written, write_results(out_dir, document)]
 
@@ -192,6 +199,35 @@ def _phases_of(record: FewstepCell) -> dict[str, float]:
     old = {"meta_training": record.meta_train_seconds, "final_evaluation": record.eval_seconds,
            "held_out": record.held_out_seconds}
     return {k: v for k, v in old.items() if v is not None} if record.status == Status.COMPLETE else {}
+
+
+def compute_frame(records: list[FewstepCell]) -> pd.DataFrame:
+    """Long ``source, seed, meta_train_flops``: each cell's meta-training FLOPs (NaN where the record has none:
+    ``evaluation.count_flops`` off, or written before FLOPs were counted)."""
+    rows = [{"source": r.source, "seed": r.seed,
+             "meta_train_flops": math.nan if r.meta_train_flops is None else float(r.meta_train_flops)}
+            for r in records]
+    return pd.DataFrame(rows, columns=["source", "seed", "meta_train_flops"])
+
+
+def diagnostics_frame(records: list[FewstepCell]) -> pd.DataFrame:
+    """Long ``source, seed, name, value``: the numbers complete cells' sources reported about themselves
+    (``Source.diagnostics``, e.g. dataset distillation's pixel movement); records without them contribute nothing."""
+    rows = [{"source": r.source, "seed": r.seed, "name": name, "value": value}
+            for r in records if r.status == Status.COMPLETE for name, value in (r.diagnostics or {}).items()]
+    return pd.DataFrame(rows, columns=["source", "seed", "name", "value"])
+
+
+def ceiling_frame(store: Store, suite: Suite, profile: str, datasets: list[str]) -> pd.DataFrame:
+    """Long ``dataset_resolved, seed, test_acc, val_acc, best_epoch, epochs_run, seconds, learner, schedule``: the
+    stored data-ceiling seeds (``tgbench.ceiling``) of each resolved dataset; empty when none is stored."""
+    schedule = describe_schedule(ceiling_schedule(profile))
+    rows = [{"dataset_resolved": ds, "seed": r.seed, "test_acc": r.test_acc, "val_acc": r.val_acc,
+             "best_epoch": r.best_epoch, "epochs_run": r.epochs_run, "seconds": r.seconds,
+             "learner": r.description, "schedule": schedule}
+            for ds in datasets for r in ceiling_records(store, suite, profile, ds)]
+    return pd.DataFrame(rows, columns=["dataset_resolved", "seed", "test_acc", "val_acc", "best_epoch", "epochs_run",
+                                       "seconds", "learner", "schedule"])
 
 
 def held_out_frame(records: list[FewstepCell]) -> pd.DataFrame:

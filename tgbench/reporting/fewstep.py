@@ -22,12 +22,12 @@ import pandas as pd
 
 from tgbench import stats
 from tgbench.records import Status
-from tgbench.reporting.figures import (band_plot, sample_file_names, samples_figure, save_figure, sweep_figure,
-                                      tuning_trials_figure)
+from tgbench.reporting.figures import (band_plot, compute_curves_figure, sample_file_names, samples_figure,
+                                       save_figure, sweep_figure, tuning_trials_figure)
 from tgbench.reporting.files import write_atomically
 from tgbench.reporting.frames import complete_only, dataset_labels
 from tgbench.reporting.markdown import (PERCENT_POINTS_DIFFERENCE, code, document, figure_links, fmt_ci, fmt_p,
-                                        fmt_pct_ci, header_lines, md_table)
+                                        fmt_pct_ci, fmt_seconds, header_lines, md_table)
 
 
 @dataclass
@@ -55,6 +55,13 @@ class ReportInputs:
     tuning: pd.DataFrame = field(default_factory=pd.DataFrame)
     # long ``source, seed, phase, seconds`` (``runner.phase_frame``): where each cell's wall time went
     phases: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # long ``source, seed, meta_train_flops`` (NaN: not counted): the compute axis of the equal-compute verdict
+    compute: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # long ``source, seed, name, value``: what each trained source said about itself (``Source.diagnostics``)
+    diagnostics: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # long ``dataset_resolved, seed, test_acc, val_acc, best_epoch, epochs_run, seconds, learner, schedule``: the
+    # data ceiling's seeds (``tgbench.ceiling``); empty = not computed
+    ceiling: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 # --------------------------------------------------------------------------------------------- tables
@@ -286,12 +293,14 @@ def held_out_section(held_out: pd.DataFrame, cells: pd.DataFrame, dataset: str) 
 
 
 def dataset_section(summary: pd.DataFrame, dataset: str, meta: dict[str, Any],
-                    curves: pd.DataFrame | None = None) -> list[str]:
-    """Results table, provenance note, convergence flags, pairwise comparisons and p-value matrix of one
-    resolved dataset."""
+                    curves: pd.DataFrame | None = None, ceiling: pd.DataFrame | None = None) -> list[str]:
+    """Results table (with the data-ceiling row), provenance note, ceiling note, convergence flags, pairwise
+    comparisons and p-value matrix of one resolved dataset."""
     cells = _by_dataset(summary, dataset)
     rows = source_rows(cells)
-    lines = [f"## Dataset: {dataset}", ""] + results_table(rows) + ["", _method_note(meta), ""]
+    ceiling_rows = _ceiling_of(ceiling, dataset)
+    lines = ([f"## Dataset: {dataset}", ""] + results_table(rows) + ceiling_table_row(ceiling_rows)
+             + ["", _method_note(meta), "", ceiling_note(ceiling_rows, rows), ""])
     flags = convergence_flags(curves, cells) if curves is not None and not curves.empty else {}
     rising = [r.source for r in rows if flags.get(r.source)]
     if flags:
@@ -313,6 +322,206 @@ def dataset_section(summary: pd.DataFrame, dataset: str, meta: dict[str, Any],
               "adjusted over every pair of this table.", ""]
     lines += comparison_table(comparison_frame(cells, [r.source for r in rows])) + [""]
     return lines
+
+
+# --------------------------------------------------------------------------------------------- data ceiling
+CEILING_LABEL = "*data ceiling* (real data, Adam to convergence)"
+
+
+def _ceiling_of(ceiling: pd.DataFrame | None, dataset: str) -> pd.DataFrame:
+    if ceiling is None or ceiling.empty:
+        return pd.DataFrame(columns=["dataset_resolved", "seed", "test_acc", "val_acc"])
+    return ceiling[dataset_labels(ceiling) == dataset]
+
+
+def ceiling_table_row(ceiling: pd.DataFrame) -> list[str]:
+    """The results table's last row: the data ceiling's test and validation accuracy over its seeds (a line
+    that says it was not computed when the store has none)."""
+    if ceiling.empty:
+        return [f"| {CEILING_LABEL} | not computed | — | — | — | — | — | — |"]
+    return [f"| {CEILING_LABEL} | {ceiling['learner'].iloc[0]} | {len(ceiling)}/{len(ceiling)} | "
+            f"{fmt_pct_ci(stats.mean_ci(ceiling['test_acc']))} | {fmt_pct_ci(stats.mean_ci(ceiling['val_acc']))} | "
+            "— | 0 | 0 |"]
+
+
+def ceiling_note(ceiling: pd.DataFrame, rows: list[SourceRow]) -> str:
+    """What the ceiling row is, and the headroom it leaves above the best arm."""
+    if ceiling.empty:
+        return ("**Data ceiling: not computed** (no ceiling stored for this learner, data and schedule; "
+                "`tgbench run` of the suite computes it once and stores it).")
+    ci = stats.mean_ci(ceiling["test_acc"])
+    best = next((r for r in rows if not math.isnan(r.test.mean)), None)
+    headroom = (f" The best arm, {best.source}, is {100 * (ci.mean - best.test.mean):.2f} pp below it (the "
+                "headroom left to any teaching method)." if best is not None else "")
+    return (f"**Data ceiling**: the evaluation learner trained on the whole training split "
+            f"({ceiling['schedule'].iloc[0]}; test accuracy at the best-validation epoch, "
+            f"{len(ceiling)} seed(s), mean {ceiling['epochs_run'].mean():.1f} epochs run, "
+            f"{fmt_seconds(float(ceiling['seconds'].mean()))} s each): {fmt_pct_ci(ci)}.{headroom}")
+
+
+# --------------------------------------------------------------------------------------------- equal compute
+AXES = {"flops": "meta-training FLOPs", "seconds": "meta-training wall seconds"}
+BUDGET_FRACTIONS = (0.1, 0.3, 1.0)   # of the largest arm's total compute
+NOT_REACHED = "‡"
+
+
+def compute_long(inputs: ReportInputs) -> pd.DataFrame:
+    """Long ``dataset_resolved, source, seed, outer_iter, val_acc, test_acc, flops, seconds`` of complete cells:
+    each curve check with the cell's cumulative meta-training compute at it, its total scaled by the share of its
+    outer iterations done (every outer iteration of one architecture costs the same FLOPs; wall time per
+    iteration is roughly constant). ``flops`` is NaN where the record has no FLOP count."""
+    cols = ["dataset_resolved", "source", "seed", "outer_iter", "val_acc", "test_acc", "flops", "seconds"]
+    long = complete_only(inputs.curves, inputs.summary)
+    if long.empty:
+        return pd.DataFrame(columns=cols)
+    cells = inputs.summary[["source", "seed", "dataset_resolved", "meta_train_seconds", "outer_iterations"]].copy()
+    cells["dataset_resolved"] = dataset_labels(cells)
+    flops = (inputs.compute if not inputs.compute.empty
+             else pd.DataFrame(columns=["source", "seed", "meta_train_flops"]))
+    cells = cells.merge(flops, on=["source", "seed"], how="left")
+    long = long.merge(cells, on=["source", "seed"], how="inner")
+    share = long["outer_iter"].astype(float) / long["outer_iterations"].astype(float).where(
+        long["outer_iterations"] > 0)
+    long["flops"] = share * long["meta_train_flops"].astype(float)
+    long["seconds"] = share * long["meta_train_seconds"].astype(float)
+    return long[cols].reset_index(drop=True)
+
+
+def compute_axis(long: pd.DataFrame) -> str:
+    """``flops`` when every check of these cells has a FLOP count, else ``seconds`` (smoke profiles and other
+    suites with ``evaluation.count_flops: false``, older records)."""
+    return "flops" if len(long) and long["flops"].notna().all() else "seconds"
+
+
+def fmt_compute(value: float, axis: str) -> str:
+    if math.isnan(value):
+        return "n/a"
+    if axis == "seconds":
+        return f"{fmt_seconds(value)} s"
+    for unit, size in (("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6)):
+        if value >= size:
+            return f"{value / size:.3g} {unit}"
+    return f"{value:.3g} FLOP"
+
+
+def _seed_curves(part: pd.DataFrame, axis: str, metric: str) -> list[stats.Curve]:
+    return [(g[axis].to_numpy(float), g[metric].to_numpy(float)) for _, g in part.groupby("seed", sort=True)]
+
+
+def equal_compute_frame(long: pd.DataFrame, axis: str) -> pd.DataFrame:
+    """One row per (source, budget): the budgets are :data:`BUDGET_FRACTIONS` of the largest arm's total compute
+    (an arm's total = the least any of its seeds reached, so each of its seeds reached it); the test accuracy of
+    each arm's seeds read there from their curves (``stats.value_at_budget``), mean with its bootstrap CI, and
+    whether every seed's curve reached the budget (else its last value stands)."""
+    cols = ["source", "total", "fraction", "budget", "mean", "low", "high", "n", "reached"]
+    if long.empty:
+        return pd.DataFrame(columns=cols)
+    totals = long.groupby(["source", "seed"])[axis].max().groupby("source").min()
+    largest = float(totals.max())
+    rows = []
+    for source, part in long.groupby("source", sort=True):
+        curves = _seed_curves(part, axis, "test_acc")
+        for fraction in BUDGET_FRACTIONS:
+            ci, reached = stats.value_at_budget(curves, fraction * largest)
+            rows.append([source, float(totals[source]), fraction, fraction * largest, ci.mean, ci.low, ci.high,
+                         ci.n, reached])
+    return pd.DataFrame(rows, columns=cols)
+
+
+def crossing_frame(long: pd.DataFrame, axis: str) -> pd.DataFrame:
+    """Every pair of arms whose seed-mean test curves cross on the compute axis (``stats.crossings``): where."""
+    means = {str(s): stats.mean_curve(_seed_curves(part, axis, "test_acc"))
+             for s, part in long.groupby("source", sort=True)}
+    rows = []
+    names = sorted(means)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            for x in stats.crossings(means[a], means[b]):
+                rows.append({"a": a, "b": b, "at": x})
+    return pd.DataFrame(rows, columns=["a", "b", "at"])
+
+
+def equal_compute_section(long: pd.DataFrame, dataset: str) -> list[str]:
+    """The equal-compute table of one dataset, where the arms' mean curves cross, and the verdict at equal
+    compute."""
+    part = long[long["dataset_resolved"] == dataset]
+    axis = compute_axis(part)
+    frame = equal_compute_frame(part, axis)
+    lines = [f"### Equal compute ({dataset})", ""]
+    if frame.empty:
+        return lines + ["No complete cell has a curve: no equal-compute table.", ""]
+    budgets = frame.drop_duplicates("fraction")[["fraction", "budget"]].itertuples()
+    header = ["source", f"total ({AXES[axis]}, per seed)"] + [
+        f"test acc at {100 * b.fraction:.0f} % ({fmt_compute(b.budget, axis)})" for b in budgets]
+    order = frame[frame["fraction"] == BUDGET_FRACTIONS[-1]].sort_values(["mean", "source"], ascending=[False, True])
+    body = []
+    for source in order["source"]:
+        rows = frame[frame["source"] == source]
+        body.append([source, fmt_compute(rows["total"].iloc[0], axis)] + [
+            fmt_pct_ci(stats.MeanCI(r.mean, r.low, r.high, r.n)) + ("" if r.reached else f" {NOT_REACHED}")
+            for r in rows.itertuples()])
+    fallback = ("" if axis == "flops" else
+                " **The axis is wall seconds of meta-training**, not FLOPs: these records have no FLOP count "
+                "(`evaluation.count_flops: false`, e.g. the smoke profile, or older records), so the budgets "
+                "depend on the machine and its load.")
+    lines += [f"Test accuracy of each arm at the same meta-training compute ({AXES[axis]}: each check's "
+              "compute is its cell's total times the share of its outer iterations done). The budgets are 10, "
+              "30 and 100 % of the largest arm's total (an arm's total is the least any of its seeds reached). "
+              "Read from the meta-training curves: the checks every `evaluation.eval_every` outer iterations, "
+              "each scored by `evaluation.eval_learners` fresh learners (fewer than the final evaluation's, so "
+              "the 100 % column can differ from the results table), linear between checks; mean % [95 % "
+              f"bootstrap CI over seeds]. {NOT_REACHED} = the arm's curve ended before this budget: its final "
+              f"value is shown.{fallback}", ""]
+    lines += md_table(header, body) + [""]
+    lines += [equal_compute_verdict(frame), ""]
+    crossings = crossing_frame(part, axis)
+    if crossings.empty:
+        lines += ["No two arms' seed-mean test curves cross within the compute range both cover.", ""]
+    else:
+        where = "; ".join(f"{a} × {b} at {', '.join(fmt_compute(x, axis) for x in g['at'])}"
+                          for (a, b), g in crossings.groupby(["a", "b"], sort=True))
+        lines += [f"Where the seed-mean test curves cross ({AXES[axis]}, within the range both arms cover): "
+                  f"{where}.", ""]
+    return lines
+
+
+def equal_compute_verdict(frame: pd.DataFrame) -> str:
+    """One sentence: which arm leads at each budget, and by how much over the runner-up."""
+    parts = []
+    for fraction, g in frame.groupby("fraction", sort=True):
+        g = g.dropna(subset=["mean"]).sort_values(["mean", "source"], ascending=[False, True])
+        if g.empty:
+            continue
+        lead = g.iloc[0]
+        text = f"at {100 * fraction:.0f} % {lead.source} leads ({100 * lead['mean']:.2f} %"
+        if len(g) > 1:
+            text += f", {100 * (lead['mean'] - g.iloc[1]['mean']):.2f} pp above {g.iloc[1].source}"
+        parts.append(text + ")")
+    return "**At equal compute**: " + "; ".join(parts) + "." if parts else "**At equal compute**: no data."
+
+
+# --------------------------------------------------------------------------------------------- diagnostics
+def diagnostics_section(diagnostics: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
+    """Per source: the mean over its complete seeds of each number its trained teachers reported about themselves
+    (``Source.diagnostics``), e.g. how far dataset distillation's pixels moved from their initialisation."""
+    if diagnostics.empty:
+        return []
+    frame = complete_only(diagnostics, summary)
+    rows = []
+    for (source, name), g in frame.groupby(["source", "name"], sort=True):
+        ci = stats.mean_ci(g["value"])
+        rows.append([source, name, f"{ci.mean:.4g}" + ("" if math.isnan(ci.low) else f" [{ci.low:.4g}, {ci.high:.4g}]"),
+                     ci.n])
+    lines = ["## Teacher diagnostics", "",
+             "Numbers each trained teacher reports about itself (mean [95 % bootstrap CI] over complete seeds). "
+             "`pixel_movement` (dataset distillation) = mean |pixels − their initialisation| / the init's standard "
+             "deviation: near 0, the images it teaches with are still mostly its initial noise.", ""]
+    lines += md_table(["source", "diagnostic", "value", "seeds"], rows) + [""]
+    moved = frame[frame["name"] == "pixel_movement"]
+    for source, g in moved.groupby("source", sort=True):
+        lines += [f"- **{source}**: its pixels moved {100 * g['value'].mean():.1f} % of their initial standard "
+                  "deviation from their initialisation (mean |Δ| / init std, mean over seeds)."]
+    return lines + ([""] if len(moved) else [])
 
 
 # --------------------------------------------------------------------------------------------- sweeps
@@ -356,9 +565,12 @@ def render_markdown(inputs: ReportInputs, figures: list[str]) -> str:
     if summary.empty:
         lines += ["No cells in the summary.", ""]
     lines += tuning_section(inputs.tuning)
+    long = compute_long(inputs)
     for ds in datasets(summary) if not summary.empty else []:
-        lines += dataset_section(summary, ds, inputs.meta, inputs.curves)
+        lines += dataset_section(summary, ds, inputs.meta, inputs.curves, inputs.ceiling)
+        lines += equal_compute_section(long, ds)
         lines += held_out_section(inputs.held_out, _by_dataset(summary, ds), ds)
+    lines += diagnostics_section(inputs.diagnostics, summary)
     sweep = sweep_frame(summary)
     if not sweep.empty:
         lines += sweep_section(sweep, inputs.meta.get("sweep", "sweep"))
@@ -381,6 +593,11 @@ def _write_figures(out_dir: Path, inputs: ReportInputs) -> list[Path]:
     if not inputs.curves.empty:
         fig = band_plot(inputs.curves, inputs.summary, "outer_iter", CURVES_XLABEL, CURVES_TITLE)
         written.append(save_figure(fig, out_dir / "curves.png"))
+    long = compute_long(inputs)
+    if not long.empty:
+        axes = {ds: compute_axis(g) for ds, g in long.groupby("dataset_resolved", sort=True)}
+        fig = compute_curves_figure(long, axes, AXES)
+        written.append(save_figure(fig, out_dir / "compute_curves.png"))
     if not inputs.steps.empty:
         fig = band_plot(inputs.steps, inputs.summary, "inner_step", STEPS_XLABEL, STEPS_TITLE)
         written.append(save_figure(fig, out_dir / "inner_steps.png"))
@@ -421,6 +638,16 @@ def _write_report_files(out_dir: Path, inputs: ReportInputs) -> list[Path]:
         frames.append(("tuning", inputs.tuning))
     if not inputs.phases.empty:
         frames.append(("phases", inputs.phases))
+    long = compute_long(inputs)
+    if not long.empty:
+        frames.append(("compute_curves", long))
+        frames.append(("equal_compute", pd.concat(
+            [equal_compute_frame(g, compute_axis(g)).assign(dataset_resolved=ds, axis=compute_axis(g))
+             for ds, g in long.groupby("dataset_resolved", sort=True)], ignore_index=True)))
+    if not inputs.ceiling.empty:
+        frames.append(("ceiling", inputs.ceiling))
+    if not inputs.diagnostics.empty:
+        frames.append(("diagnostics", inputs.diagnostics))
     for name, frame in frames:
         path = out_dir / f"{name}.csv"
         frame.to_csv(path, index=False)

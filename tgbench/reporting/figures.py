@@ -373,3 +373,46 @@ def tuning_trials_figure(tuning: pd.DataFrame) -> plt.Figure:
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------------------------- few-step: compute
+def _compute_band(ax, part: pd.DataFrame, x: str, y: str, label: str) -> None:
+    """Mean line and 95 % CI band over seeds of ``y`` against cumulative compute ``x``: the seeds' curves are
+    read on the points they all cover (``stats.common_grid``), since their compute differs (wall seconds)."""
+    curves = [(g[x].to_numpy(float), g[y].to_numpy(float)) for _, g in part.groupby("seed", sort=True)]
+    grid = stats.common_grid(curves)
+    grid = grid[grid > 0]   # a log axis: the check before any meta-training (compute 0) is not drawn
+    if grid.size == 0:
+        return
+    mean, low, high = stats.mean_ci_columns(stats.curves_on_grid(curves, grid))
+    (line,) = ax.plot(grid, 100 * mean, marker="o" if grid.size < 3 else None, markersize=4,
+                      label=f"{label} (n={len(curves)})")
+    ax.fill_between(grid, 100 * low, 100 * high, color=line.get_color(), alpha=0.2, linewidth=0)
+
+
+def compute_curves_figure(long: pd.DataFrame, axes: dict[str, str], labels: dict[str, str]) -> plt.Figure:
+    """Validation and test accuracy against cumulative meta-training compute: one row per resolved dataset;
+    panels against FLOPs where the dataset's records have them (``axes[dataset] == "flops"``), and always against
+    wall seconds. ``long``: ``dataset_resolved, source, seed, val_acc, test_acc, flops, seconds`` of complete
+    cells; ``labels``: axis -> its name."""
+    panels = {ds: ([("flops", m) for m in ("val_acc", "test_acc")] if axis == "flops" else [])
+              + [("seconds", m) for m in ("val_acc", "test_acc")] for ds, axis in axes.items()}
+    ncols = max(len(p) for p in panels.values())
+    fig, grid = plt.subplots(len(panels), ncols, figsize=(5 * ncols, 4 * len(panels)), squeeze=False)
+    for row, (ds, wanted) in zip(grid, sorted(panels.items())):
+        data = long[long["dataset_resolved"] == ds]
+        for ax, (x, metric) in zip(row, wanted):
+            for source, part in data.groupby("source", sort=True):
+                _compute_band(ax, part, x, metric, str(source))
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # (labelled minor ticks overlap)
+            ax.set(title=f"{ds}: {'validation' if metric == 'val_acc' else 'test'}",
+                   xlabel=f"cumulative {labels[x]} (log)", ylabel=f"{metric.split('_')[0]} accuracy (%)")
+            ax.grid(alpha=0.3)
+            if ax.get_lines():
+                ax.legend(title="source (seeds)", fontsize="small")
+        for ax in row[len(wanted):]:
+            ax.axis("off")
+    fig.suptitle("Accuracy during meta-training against its compute\nmean over seeds, band = 95 % bootstrap CI")
+    fig.tight_layout()
+    return fig
