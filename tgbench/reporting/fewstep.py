@@ -625,6 +625,10 @@ def write_report(out_dir: Path, inputs: ReportInputs) -> list[Path]:
     return write_atomically(Path(out_dir), lambda staging: _write_report_files(staging, inputs))
 
 
+TUNING_CSV_COLUMNS = ["arm", "space", "trials", "outer_iterations_per_trial", "chosen", "best_val_acc",
+                      "tuning_seconds"]
+
+
 def _write_report_files(out_dir: Path, inputs: ReportInputs) -> list[Path]:
     """The body of :func:`write_report`: every file of the report, written straight into ``out_dir``."""
     written = []
@@ -635,7 +639,11 @@ def _write_report_files(out_dir: Path, inputs: ReportInputs) -> list[Path]:
     if not inputs.held_out.empty:
         frames.append(("held_out", inputs.held_out))
     if not inputs.tuning.empty:
-        frames.append(("tuning", inputs.tuning))
+        # tuning.csv keeps the columns it had before the full-horizon stage (reports of older stores re-render
+        # byte-identically); the budget, pruning and per-trial columns go to tuning_budget.csv
+        frames.append(("tuning", inputs.tuning[[c for c in TUNING_CSV_COLUMNS if c in inputs.tuning]]))
+        frames.append(("tuning_budget", inputs.tuning.drop(columns=[c for c in TUNING_CSV_COLUMNS if c != "arm"],
+                                                           errors="ignore")))
     if not inputs.phases.empty:
         frames.append(("phases", inputs.phases))
     long = compute_long(inputs)

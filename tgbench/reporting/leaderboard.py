@@ -116,7 +116,9 @@ def _write_files(md: Path, frame: pd.DataFrame, meta: Mapping[str, Any]) -> list
     fig_dir.mkdir()
     figures = draw_figures(frame, fig_dir)
     csv = md.with_suffix(".csv")
-    frame.to_csv(csv, index=False)
+    # (the report links are derived from the files beside the leaderboard, not data: the page shows them, the CSV
+    # keeps the columns it had, so leaderboards of older stores re-render byte-identically)
+    frame.drop(columns=["report"], errors="ignore").to_csv(csv, index=False)
     page = write_site(site_dir(md), frame, figures, meta)
     links = [None if f is None else f"{fig_dir.name}/{f.name}" for f in figures]
     md.write_text(render_markdown(frame, meta, links), encoding="utf-8")
