@@ -3,8 +3,9 @@
 ``open_study`` / ``optimize`` run a TPE study to a trial budget, resuming what the store holds; both the ``tune``
 suite kind (``tgbench.kinds.tune``) and the tuning stage below use them. The tuning stage (a fewstep suite's
 ``tuning:`` section) tunes every arm on validation with the same budget before its final seeds run: a trial
-meta-trains with the sampled values (seed ``TUNING_SEED_OFFSET + k``, never a final cell's seed) and scores the
-validation error of fresh reference learners; the best values become per-arm overrides of the final cells.
+meta-trains with the sampled values (seed ``TUNING_SEED_OFFSET + k``, never a final cell's seed; the seed streams
+are in ``tgbench.identity``) and scores the validation error of fresh reference learners; the best values become
+per-arm overrides of the final cells.
 """
 from __future__ import annotations
 
@@ -18,12 +19,12 @@ from optuna.trial import TrialState
 
 from tgbench import interrupt
 from tgbench.builders import build_trainer
-from tgbench.cells import EVAL_SEED_OFFSET, cell_hash
-from tgbench.config import SearchDimension, SourceEntry, Suite, arm_with, sampler_key
+from tgbench.config import SearchDimension, SourceEntry, Suite, arm_with
 from tgbench.data import Dataset
 from tgbench.errors import BadInput, Diverged
+from tgbench.identity import EVAL_SEED_OFFSET, TUNING_SEED_OFFSET, stage_hash
 from tgbench.records import Status, TuneTrial
-from tgbench.store import Store, config_hash, trial_record, write_record
+from tgbench.store import Store, trial_record, write_record
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -77,9 +78,6 @@ def optimize(study: optuna.Study, objective, budget, log=print) -> None:
 
 
 # ------------------------------------------------------------------------ a fewstep suite's tuning stage
-TUNING_SEED_OFFSET = 1000  # tuning trial k meta-trains with seed 1000 + k: never one of the final cells' seeds
-
-
 def tuning_study_name(suite: Suite, profile: str, entry: SourceEntry) -> str:
     return f"{suite.name}@{profile}/tuning/{entry.name}"
 
@@ -123,17 +121,6 @@ def tuning_objective(suite: Suite, entry: SourceEntry, dataset: Dataset, space: 
         return value if math.isfinite(value) else 1.0
 
     return objective
-
-
-def stage_hash(suite: Suite, entry: SourceEntry, dataset_resolved: str) -> str:
-    """What makes two tuning trials of an arm comparable: the arm and protocol as written (before tuning) and
-    the stage's settings except the number of trials (raising it adds trials)."""
-    stage = suite.tuning.model_dump(mode="json", exclude={"trials", "space", "sampler"})
-    if sampler_key(suite.tuning.sampler) is not None:
-        stage["sampler"] = sampler_key(suite.tuning.sampler)
-    space = {k: v.model_dump(mode="json") for k, v in suite.tuning.space_for(entry).items()}
-    return config_hash({"cell": cell_hash(suite.model_copy(update={"tuning": None}), entry, dataset_resolved),
-                        "stage": stage, "space": space})
 
 
 def tune_stage(store: Store, suite: Suite, profile: str, dataset: Dataset, log=print) -> dict[str, dict]:

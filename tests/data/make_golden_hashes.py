@@ -15,8 +15,8 @@ few ``--set`` variants of each (:data:`OVERRIDES`; a variant the suite refuses i
   when the suite has a ``tuning:`` stage);
 * ``tuning``: each arm's tuning-stage hash (suites with a stage);
 * ``tune``: each arm's tune-study hash (``kind: tune``);
-* ``nas``: the ground-truth protocol hash, the scored architectures' ids (their count and a digest) and each proxy's hash (without and with
-  a teacher record);
+* ``nas``: the ground-truth protocol hash, the scored architectures' ids (their count and a digest) and each
+  proxy's hash (without and with a teacher record);
 * ``leaderboard``: the hash of each arm's leaderboard protocol, the suite-level one, and the protocols the
   leaderboard rebuilds for a record without one (from a saved suite, and the partial one with no artifact).
 """
@@ -68,8 +68,10 @@ def _load_api():
             ground_truth_protocol=identity.ground_truth_protocol, arch_id=identity.arch_id,
             proxy_hash=lambda suite, entry, ids, teacher_hash: identity.proxy_hash(suite, entry, ids, DATASET,
                                                                                    teacher_hash),
-            protocol_of=identity.protocol_of, config_hash=identity.config_hash,
-            saved_protocol=lambda record, saved_suite: identity.recorded_protocol(record, saved_suite))
+            protocol_of=identity.protocol_of, config_hash=identity.protocol_hash,
+            # the leaderboard has a record's saved suite when it has a teacher artifact
+            saved_protocol=lambda record, saved_suite: identity.recorded_protocol(
+                record, saved_suite if record.teacher_artifact else None))
     from tgbench import compute, leaderboard, tuning
     from tgbench.cells import cell_hash
     from tgbench.kinds import nas_proxy, tune
