@@ -39,3 +39,29 @@ def test_the_golden_file_covers_every_kind_of_hash():
     seen = {key for suite in golden.values() for profile in suite.values() for variant in profile.values()
             for key in variant}
     assert seen == {"cells", "cells_tuned", "tuning", "tune", "nas", "leaderboard"}
+
+
+def test_identity_sits_below_what_it_identifies():
+    """identity is imported by cells, tuning, the kinds and the leaderboard; it reads only the config models, the
+    learner spec and the store's hash function (no registry: a kind's section comes from the suite's model)."""
+    import ast
+    from tgbench import identity
+    tree = ast.parse(Path(identity.__file__).read_text(encoding="utf-8"))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                and (node.module or "").startswith("tgbench")}
+    imported |= {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names
+                 if a.name.startswith("tgbench")}
+    assert imported == {"tgbench.config", "tgbench.nn", "tgbench.store"}
+
+
+def test_a_suites_kind_sections_are_its_registered_kinds_section():
+    """cell_hash leaves a kind's own section out; identity reads it from the suite's model, the registry names it."""
+    from tgbench.config import load_suite
+    from tgbench.identity import kind_sections
+    from tgbench.registry import suite_kinds
+    kinds = set()
+    for path in _generator().SUITES:
+        suite = load_suite(path)
+        kinds.add(suite.kind)
+        assert kind_sections(suite) == {suite_kinds.get(suite.kind).section} - {None}, path.name
+    assert kinds == {"fewstep", "tune", "nas_proxy"}

@@ -5,12 +5,13 @@
 ``LEADERBOARD.csv`` (and one accuracy-vs-compute PNG per table). Conventions:
 
 * **Only comparable runs share a table.** A table is one (protocol hash, profile); the protocol
-  (:func:`tgbench.identity.protocol_of`) is the resolved dataset, the inner loop (steps, batch size, optimiser), the learner space
-  and the final-evaluation settings (learners per architecture, held-out architectures). Everything else — the
-  method, its params, the outer loop (iterations, meta-batch, lr) — is what a method is free to choose, and its
-  cost shows in the compute column. Records written since this module exist carry their ``protocol``; older
-  ones get it from the suite saved inside their teacher artifact, and when that is unavailable from the few
-  fields every record holds plus the suite name — so an unknown protocol never shares a table with another suite.
+  (:func:`tgbench.identity.protocol_of`) is the resolved dataset, the inner loop (steps, batch size, optimiser),
+  the learner space and the final-evaluation settings (learners per architecture, held-out architectures).
+  Everything else — the method, its params, the outer loop (iterations, meta-batch, lr) — is what a method is
+  free to choose, and its cost shows in the compute column. Records written since this module exist carry their
+  ``protocol``; older ones get it from the suite saved inside their teacher artifact, and when that is unavailable
+  from the few fields every record holds plus the suite name (:func:`tgbench.identity.recorded_protocol`) — so an
+  unknown protocol never shares a table with another suite.
 * **A row** is one arm of one study under one config hash: its seeds are the same experiment. Accuracy is the
   test accuracy after the last inner step (the report's headline), mean over *complete* seeds with a 95 %
   percentile bootstrap CI (:func:`tgbench.stats.mean_ci`); diverged seeds are counted, not averaged.
