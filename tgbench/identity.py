@@ -40,7 +40,7 @@ TUNING_SEED_OFFSET = 1000     # fewstep tuning stage: trial k meta-trains with s
 EVAL_SEED_OFFSET = 10_000     # cell / trial with seed s: its evaluation learners use 10_000 + s, never the
                               # meta-training stream (also tgbench.teach's replay of a stored cell)
 PROXY_SEED_OFFSET = 1_000_000  # nas_proxy: proxies score with arch_seed(id, 1_000_000 + nas.scoring_seed)
-# (a ``kind: tune`` trial k meta-trains with seed k: its studies predate the offsets and are keyed by them)
+# (a ``kind: tune`` trial k meta-trains with seed k, no offset: ``tgbench.kinds.tune``)
 
 
 def arch_seed(aid: str, offset: int = 0) -> int:
