@@ -35,9 +35,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from tgbench import device as devices
     from tgbench.builders import build_trainer
-    from tgbench.cells import EVAL_SEED_OFFSET
     from tgbench.config import load_suite
     from tgbench.data import load_dataset
+    from tgbench.identity import EVAL_SEED_OFFSET
 
     device = devices.resolve(args.device)
     devices.prepare(device, args.tf32)

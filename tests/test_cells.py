@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tgbench import cells, runner
+from tgbench import identity, runner
 from tgbench.kinds import fewstep
 from tgbench.config import Suite, load_suite
 from tgbench.kinds import RunOptions
@@ -55,4 +55,4 @@ def test_a_resolved_suite_round_trips_to_the_same_cell_hashes():
     suite = load_suite(Path(__file__).parents[1] / "suites" / "mnist_fewstep.yaml", "cpu")
     again = Suite.model_validate(suite.model_dump(mode="json"))
     for entry, copy in zip(suite.sources, again.sources):
-        assert cells.cell_hash(suite, entry, "mnist-5k") == cells.cell_hash(again, copy, "mnist-5k")
+        assert identity.cell_hash(suite, entry, "mnist-5k") == identity.cell_hash(again, copy, "mnist-5k")

@@ -168,7 +168,7 @@ def test_a_name_and_its_path_give_the_same_pinned_cell_hashes():
     """Moving the suites into the package changed no experiment: these are the hashes of mnist_fewstep's cpu
     cells before the move (computed at revision f6cb88d), by name and by path alike. (The smoke profile itself
     was made cheaper in this round, so its hashes changed on purpose.)"""
-    from tgbench.cells import cell_hash
+    from tgbench.identity import cell_hash
     from tgbench.config import load_suite, resolve_suite
 
     pinned = ["931a714f52b41950", "abccf9987a559962", "cbe346051a3a22e8"]

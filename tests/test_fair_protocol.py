@@ -20,7 +20,7 @@ from tgbench.errors import ConfigError
 from tgbench.nn import Learner, LearnerSpec
 from tgbench.problem import Problem
 from tgbench.builders import build_teacher, build_trainer
-from tgbench.cells import cell_hash
+from tgbench.identity import cell_hash
 from tgbench.store import Store
 from tgbench.tuning import tune_stage, tuned_values, tuning_study_name
 

@@ -18,7 +18,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from tgbench import stats
 from tgbench.cli import main
 from tgbench.config import load_suite
-from tgbench.compute import meta_train_flops, protocol_of, synthetic_dataset
+from tgbench.compute import meta_train_flops, synthetic_dataset
+from tgbench.identity import protocol_of
 from tgbench.leaderboard import Row, collect, mark_pareto
 from tgbench.problem import Problem
 from tgbench.builders import build_trainer

@@ -16,6 +16,7 @@ from tgbench.kinds import nas_proxy as nas
 from tgbench.cli import main
 from tgbench.config import load_suite
 from tgbench.data import load_dataset
+from tgbench.identity import arch_id
 from tgbench.nn import LearnerSpec
 from tgbench.proxies import ProxyContext, train_real
 from tgbench.registry import proxies
@@ -90,12 +91,12 @@ def test_random_search():
 def test_search_space_has_200_distinct_stable_ids():
     suite = load_suite(SUITE)
     space = nas.enumerate_space(suite.learner)
-    ids = [nas.arch_id(s) for s in space]
+    ids = [arch_id(s) for s in space]
     assert len(space) >= 200 and len(set(ids)) == len(space) == len(set(space))
     assert len({s.describe() for s in space}) == len(space)
     assert any(not s.conv_channels for s in space) and any(len(s.conv_channels) == 3 for s in space)
     # stable across processes and machines: a content hash, pinned here
-    assert nas.arch_id(LearnerSpec((16, 32), (64,), 3, "relu", True, True)) == "6c943b172b7a776d"
+    assert arch_id(LearnerSpec((16, 32), (64,), 3, "relu", True, True)) == "6c943b172b7a776d"
     assert nas.enumerate_space(suite.learner) == space
     scored = nas.scored_architectures(suite)
     assert len(scored) == suite.nas.n_architectures == len(set(scored))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tgbench.cells import cell_hash
+from tgbench.identity import cell_hash
 from tgbench.config import load_suite
 from tgbench.errors import BadInput, ConfigError
 from tgbench.reporting.markdown import header_lines

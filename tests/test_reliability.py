@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from optuna.trial import TrialState
 
-from tgbench import cells, engine, interrupt
+from tgbench import cells, engine, identity, interrupt
 from tgbench.kinds import fewstep
 from tgbench.cli import main
 from tgbench.config import Evaluation, InnerLoop, LearnerSpace, OuterLoop, Suite, load_suite
@@ -446,7 +446,7 @@ def test_a_waiting_worker_takes_over_the_cell_of_a_worker_that_went_silent(tmp_p
     url = f"sqlite:///{tmp_path}/t.db"
     store = Store(url)
     study = store.study("take@smoke")
-    chash = cells.cell_hash(load_suite(suite, "smoke"), load_suite(suite, "smoke").sources[0], "mnist-5k")
+    chash = identity.cell_hash(load_suite(suite, "smoke"), load_suite(suite, "smoke").sources[0], "mnist-5k")
     _foreign_claim(store, study, cell_key("real", 0), chash)
 
     assert main(["run", str(suite), "--profile", "smoke", "--no-progress", "--storage", url,

@@ -277,7 +277,7 @@ def test_report_of_a_store_left_by_a_killed_run_lists_the_interrupted_cell(tmp_p
     """A cell whose claim was marked failed before its record was written (Ctrl-C, SIGTERM, a crash) has only
     its cell key: ``tgbench report`` still works (it was a KeyError 'source', exit 1) and counts it failed."""
     from tgbench.config import load_suite
-    from tgbench.cells import cell_hash
+    from tgbench.identity import cell_hash
     from tgbench.records import FewstepCell, Status, cell_key
     from tgbench.store import Store
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from tgbench import cells, engine
+from tgbench import cells, engine, identity
 from tgbench.kinds import fewstep
 from tgbench.cli import main
 from tgbench.config import load_suite
@@ -139,7 +139,7 @@ def test_shipped_smoke_records_hold_the_required_fields(shipped):
         r = by_source[entry.name]
         assert r.status == "complete"
         assert r.cell == cell_key(entry.name, 0)
-        assert r.config_hash == cells.cell_hash(smoke, cells.tuned_arm(smoke, entry, chosen[entry.name]),
+        assert r.config_hash == identity.cell_hash(smoke, cells.tuned_arm(smoke, entry, chosen[entry.name]),
                                                     "mnist-5k")
         assert r.dataset_resolved == "mnist-5k"
         assert r.dataset == "mnist-5k"

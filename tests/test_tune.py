@@ -23,7 +23,7 @@ from tgbench.cli import main
 from tgbench.config import load_suite
 from tgbench.errors import ConfigError
 from tgbench.reporting.fewstep import sweep_frame
-from tgbench.cells import cell_hash
+from tgbench.identity import cell_hash
 from tgbench.kinds.tune import arm_study_name, objective_value, summary_frame
 
 REPO = Path(__file__).resolve().parents[1]
@@ -337,7 +337,7 @@ def test_shipped_metagrad_stability_smoke(tmp_path, single_thread):
 def test_the_tpe_settings_are_explicit_recorded_and_hashed_only_when_changed(tmp_path):
     """Optuna 5 changed TPE's defaults; tgbench passes its own (SamplerSettings), records them on the study, and a
     suite that changes them gets new hashes while every existing one keeps its own."""
-    from tgbench.cells import cell_hash
+    from tgbench.identity import cell_hash
     from tgbench.config import SamplerSettings, TuningStage
     from tgbench.store import Store
     from tgbench.tuning import StudySpec, run_study

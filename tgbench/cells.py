@@ -1,6 +1,6 @@
-"""One cell of a fewstep suite (an arm at one seed): its config hash, its meta-training and evaluation, and the
-claim-run-record cycle that writes it to the store. Below every suite kind: the fewstep runner, the NAS proxy
-suite's teachers and the tuning stage all meta-train through :func:`meta_train`."""
+"""One cell of a fewstep suite (an arm at one seed): its meta-training and evaluation, and the claim-run-record
+cycle that writes it to the store under its config hash (``tgbench.identity.cell_hash``). Below every suite kind:
+the fewstep runner, the NAS proxy suite's teachers and the tuning stage all meta-train through :func:`meta_train`."""
 from __future__ import annotations
 
 import base64
@@ -20,55 +20,27 @@ from tqdm import tqdm
 from tgbench import device as devices
 from tgbench import interrupt
 from tgbench.builders import build_trainer
-from tgbench.compute import meta_train_flops, protocol_of
-from tgbench.config import SamplerSettings, SourceEntry, Suite, arm_with, load_suite, suite_from_dict
+from tgbench.compute import meta_train_flops
+from tgbench.config import SourceEntry, Suite, arm_with, load_suite, suite_from_dict
 from tgbench.data import Dataset, load_dataset
 from tgbench.engine import MetaTrainer
 from tgbench.errors import Diverged
+from tgbench.identity import EVAL_SEED_OFFSET, cell_hash, protocol_of
 from tgbench.nn import LearnerSpec
 from tgbench.provenance import git_revision, reproducibility
 from tgbench.records import FewstepCell, Status, cell_key
-from tgbench.registry import load_plugin_dir, suite_kinds
+from tgbench.registry import load_plugin_dir
 from tgbench.resume import SavedState
 from tgbench.source import Teacher
-from tgbench.store import Store, config_hash
+from tgbench.store import Store
 from tgbench.trackers import Tracker, Trackers, open_trackers
 
 
 SAMPLE_ROWS = 6        # rows of the generated-samples figure, evenly spaced over the inner steps
 
 
-EVAL_SEED_OFFSET = 10_000  # evaluation learners use their own random stream, never the meta-training one
-
-
 def study_name(suite: Suite, profile: str) -> str:
     return f"{suite.name}@{profile}"
-
-
-def cell_hash(suite: Suite, entry: SourceEntry, dataset_resolved: str) -> str:
-    """What makes two runs of a cell the same experiment: everything but the seed count and the other arms."""
-    # a kind's own section (tune:, nas:) is hashed by the kind with what it runs, not into every cell
-    kind_section = suite_kinds.get(suite.kind).section
-    protocol = suite.model_dump(mode="json", exclude={"profiles", "sources", "description", kind_section})
-    protocol["evaluation"].pop("seeds")
-    protocol["evaluation"].pop("count_flops", None)  # (what the cell measures, not what it computes)
-    protocol["outer"].pop("save_every", None)  # (how often the run is saved, not what it computes)
-    if protocol.get("tuning"):  # the sampler's settings count once they differ from every earlier study's
-        sampler = protocol["tuning"].pop("sampler")
-        if sampler != SamplerSettings().model_dump(mode="json"):
-            protocol["tuning"]["sampler"] = sampler
-    # settings added after results were stored must not change old cells' hashes while left unset
-    protocol = {k: v for k, v in protocol.items() if v is not None}
-    if protocol["learner"]["bn_statistics"] == "scored_batch":  # the protocol before the option existed
-        protocol["learner"].pop("bn_statistics")
-    if protocol["evaluation"].get("held_out") is None:  # the default held-out set is versioned with the code
-        protocol["evaluation"].pop("held_out", None)
-    source = entry.model_dump(mode="json")
-    source["outer"].pop("save_every", None)
-    for key, unset in (("inner", {}), ("learner", {}), ("tune_space", None), ("arm", None), ("sweep_value", None)):
-        if source.get(key) == unset:
-            source.pop(key)
-    return config_hash({"protocol": protocol, "source": source, "data": dataset_resolved})
 
 
 @dataclass

@@ -1,5 +1,5 @@
-"""What makes two cells comparable (their protocol) and what meta-training one cost (matmul/conv FLOPs), both
-recorded with every cell and read by the leaderboard."""
+"""What meta-training one cell cost (matmul/conv FLOPs), recorded with every cell and read by the leaderboard
+(what makes two cells comparable, their protocol, is ``tgbench.identity.protocol_of``)."""
 from __future__ import annotations
 
 import math
@@ -13,17 +13,6 @@ from tgbench.config import LearnerSpace
 from tgbench.data import Dataset, Split
 from tgbench.errors import Diverged
 from tgbench.problem import Problem
-
-
-def protocol_of(suite: dict, dataset_resolved: str, entry: dict | None = None) -> dict:
-    """What must be equal for two runs to share a table, from a suite's JSON dump (``Suite.model_dump``) and the
-    arm's (``SourceEntry.model_dump``): an arm's own ``inner`` overrides, where a suite has them, count."""
-    inner = {**suite["inner"], **((entry or {}).get("inner") or {})}
-    ev = suite["evaluation"]
-    return {"dataset": dataset_resolved,
-            "inner": {k: inner[k] for k in ("steps", "batch_size", "optimizer")},
-            "learner": suite["learner"],
-            "evaluation": {"final_learners": ev["final_learners"], "architectures": ev.get("architectures")}}
 
 
 def synthetic_dataset(problem: Problem, batch_size: int, meta_batch: int) -> Dataset:

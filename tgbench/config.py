@@ -345,8 +345,8 @@ class PrunerSettings(Strict):
     bootstrap_count: int = Field(0, ge=0)     # trials that must reach a rung before it prunes anyone
 
 
-# settings added to `tuning:` after studies were stored: left at their default they are left out of every dump, so
-# no stored stage or cell hash changes (`stage_hash` and `cell_hash` hash the section's dump)
+# settings added to `tuning:` after studies were stored, used only by `horizon: full` (left out of every hash at
+# their defaults: tgbench.identity's omission tables)
 FULL_HORIZON_SETTINGS = ("horizon", "budget_runs", "eval_every", "pruner")
 
 
@@ -386,19 +386,13 @@ class TuningStage(StudySettings):
 
     @model_validator(mode="after")
     def _full_horizon_settings_need_full_horizon(self) -> "TuningStage":
-        stray = sorted(set(FULL_HORIZON_SETTINGS[1:]) & self.model_fields_set)
+        # (a value equal to its default is no stray setting: a resolved suite's dump holds every field)
+        stray = sorted(key for key in set(FULL_HORIZON_SETTINGS[1:]) & self.model_fields_set
+                       if getattr(self, key) != type(self).model_fields[key].get_default(call_default_factory=True))
         if self.horizon == "short" and stray:
             raise ValueError(f"{', '.join(stray)}: only used with `horizon: full`")
         return self
 
-    @model_serializer(mode="wrap")
-    def _new_settings_only_when_set(self, handler) -> dict[str, Any]:
-        dumped = handler(self)
-        for key in FULL_HORIZON_SETTINGS:
-            if key in dumped and getattr(self, key) == type(self).model_fields[key].get_default(
-                    call_default_factory=True):
-                del dumped[key]
-        return dumped
 
 
 class GroundTruthSchedule(Strict):

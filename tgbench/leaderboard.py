@@ -6,12 +6,13 @@
 ``LEADERBOARD_site/index.html`` (``tgbench.reporting.site``). Conventions:
 
 * **Only comparable runs share a table.** A table is one (protocol hash, profile); the protocol
-  (:func:`tgbench.compute.protocol_of`) is the resolved dataset, the inner loop (steps, batch size, optimiser), the learner space
-  and the final-evaluation settings (learners per architecture, held-out architectures). Everything else — the
-  method, its params, the outer loop (iterations, meta-batch, lr) — is what a method is free to choose, and its
-  cost shows in the compute column. Records written since this module exist carry their ``protocol``; older
-  ones get it from the suite saved inside their teacher artifact, and when that is unavailable from the few
-  fields every record holds plus the suite name — so an unknown protocol never shares a table with another suite.
+  (:func:`tgbench.identity.protocol_of`) is the resolved dataset, the inner loop (steps, batch size, optimiser),
+  the learner space and the final-evaluation settings (learners per architecture, held-out architectures).
+  Everything else — the method, its params, the outer loop (iterations, meta-batch, lr) — is what a method is
+  free to choose, and its cost shows in the compute column. Records written since this module exist carry their
+  ``protocol``; older ones get it from the suite saved inside their teacher artifact, and when that is unavailable
+  from the few fields every record holds plus the suite name (:func:`tgbench.identity.recorded_protocol`) — so an
+  unknown protocol never shares a table with another suite.
 * **A row** is one arm of one study under one config hash: its seeds are the same experiment. Accuracy is the
   test accuracy after the last inner step (the report's headline), mean over *complete* seeds with a 95 %
   percentile bootstrap CI (:func:`tgbench.stats.mean_ci`); diverged seeds are counted, not averaged.
@@ -34,16 +35,17 @@ from pathlib import Path
 import pandas as pd
 
 from tgbench import stats
-from tgbench.compute import meta_train_flops, protocol_of
+from tgbench.compute import meta_train_flops
 from tgbench.config import suite_from_dict
 from tgbench.errors import BadInput
 from tgbench.device import label as device_label
+from tgbench.identity import protocol_hash, recorded_protocol
 from tgbench.provenance import report_provenance
 from tgbench.records import FewstepCell, Status
 from tgbench.problem import Problem
 from tgbench.reporting import leaderboard as leaderboard_report
 from tgbench.reporting.leaderboard import COLUMNS
-from tgbench.store import Store, config_hash
+from tgbench.store import Store
 
 DEFAULT_OUT = Path("results") / "LEADERBOARD.md"
 # columns of the leaderboard CSV read back as text: a hash or revision of digits only must stay what it was
@@ -125,14 +127,9 @@ class _ProtocolResolver:
     def protocol(self, record: FewstepCell, siblings: list[FewstepCell]) -> dict:
         if record.protocol:
             return record.protocol
-        for r in [record, *siblings]:  # any seed of the same config saved the same suite
-            saved = self._artifact(r)
-            if saved is not None:
-                entry = next((e for e in saved["suite"]["sources"]
-                              if (e.get("label") or e["method"]) == record.source), None)
-                return protocol_of(saved["suite"], record.dataset_resolved, entry)
-        return {"partial": True, "suite": record.suite, "dataset": record.dataset_resolved,
-                "inner_steps": record.inner_steps, "batch_size": record.batch_size}
+        # any seed of the same config saved the same suite
+        saved = next((s for s in (self._artifact(r) for r in [record, *siblings]) if s is not None), None)
+        return recorded_protocol(record, saved["suite"] if saved is not None else None)
 
     def flops(self, record: FewstepCell, siblings: list[FewstepCell]) -> float:
         if record.meta_train_flops is not None:
@@ -180,7 +177,7 @@ def _collect_store(store: Store, tables: dict[tuple[str, str], Table], log) -> N
             first = cells[0]
             protocol = resolver.protocol(first, cells[1:])
             profile = _or_missing(first.profile, "?")
-            pkey = (config_hash(protocol), profile)
+            pkey = (protocol_hash(protocol), profile)
             table = tables.setdefault(pkey, Table(f"{pkey[0][:8]}-{profile}", profile, protocol))
             complete = [r for r in cells if r.status == Status.COMPLETE]
             flops = [resolver.flops(r, cells) for r in complete]

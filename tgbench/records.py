@@ -173,7 +173,7 @@ class FewstepCell(CellRecord):
     fallback_reason: str | None = None
     inner_steps: int | None = None
     batch_size: int | None = None
-    protocol: dict[str, Any] | None = None         # what makes cells comparable (tgbench.compute.protocol_of)
+    protocol: dict[str, Any] | None = None         # what makes cells comparable (tgbench.identity.protocol_of)
     # meta-training
     outer_iterations: int | None = None
     meta_train_seconds: float | None = None

@@ -43,11 +43,11 @@ from torch import nn
 
 from tgbench import device as devices
 from tgbench.builders import build_teacher
-from tgbench.cells import EVAL_SEED_OFFSET
 from tgbench.config import SourceEntry, load_suite, suite_from_dict
 from tgbench.data import load_dataset
 from tgbench.engine import EvalPlan, evaluate
 from tgbench.errors import BadInput
+from tgbench.identity import EVAL_SEED_OFFSET
 from tgbench.nn import Learner
 from tgbench.problem import Problem
 from tgbench.provenance import default_profile

@@ -10,7 +10,7 @@ validation error, the ``tune`` suite kind (``tgbench.kinds.tune``) its final val
 
 The tuning stage (a fewstep suite's ``tuning:`` section, ``config.TuningStage``) is a study per arm whose best
 values feed the final cells: a trial meta-trains with the sampled values (seed ``TUNING_SEED_OFFSET + k``, never
-a final cell's seed) on a dataset whose test split *is* the validation split, so no test example is ever scored.
+a final cell's seed; the seed streams are in ``tgbench.identity``) on a dataset whose test split *is* the validation split, so no test example is ever scored.
 ``horizon: short`` trials meta-train a short budget of their own; ``horizon: full`` trials run at the arm's final
 horizon, start from the arm's settings as written, are pruned by successive halving on the validation error of
 their checkpoints, and stop launching once the arm's budget (``budget_runs`` runs of its horizon) is spent.
@@ -30,10 +30,11 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from tgbench import stats
-from tgbench.cells import Watch, cell_hash, meta_train
-from tgbench.config import SearchDimension, SourceEntry, StudySettings, Suite, arm_with, sampler_key
+from tgbench.cells import Watch, meta_train
+from tgbench.config import SearchDimension, SourceEntry, StudySettings, Suite, arm_with
 from tgbench.data import Dataset
 from tgbench.errors import BadInput
+from tgbench.identity import TUNING_SEED_OFFSET, stage_hash
 from tgbench.provenance import git_revision
 from tgbench.records import Status, TuneTrial
 from tgbench.registry import methods
@@ -284,9 +285,6 @@ def _provenance(dataset: Dataset) -> dict:
 
 
 # ------------------------------------------------------------------------ a fewstep suite's tuning stage
-TUNING_SEED_OFFSET = 1000  # tuning trial k meta-trains with seed 1000 + k: never one of the final cells' seeds
-
-
 def tuning_study_name(suite: Suite, profile: str, entry: SourceEntry) -> str:
     return f"{suite.name}@{profile}/tuning/{entry.name}"
 
@@ -386,18 +384,6 @@ def stage_spec(suite: Suite, profile: str, entry: SourceEntry, dataset_resolved:
 def stage_plan(suite: Suite, entry: SourceEntry, space: dict[str, SearchDimension], budget: int | None) -> TrialPlan:
     return TrialPlan(suite=trial_suite(suite, entry), entry=entry, space=space, scoring=STAGE_SCORING,
                      seed_offset=TUNING_SEED_OFFSET, iterations=trial_horizon(suite, entry), budget=budget)
-
-
-def stage_hash(suite: Suite, entry: SourceEntry, dataset_resolved: str) -> str:
-    """What makes two tuning trials of an arm comparable: the arm and protocol as written (before tuning) and
-    the stage's settings except the number of trials (raising it adds trials)."""
-    # (`budget_runs`, like `trials`, only says how far the study goes: raising it adds trials to the same study)
-    stage = suite.tuning.model_dump(mode="json", exclude={"trials", "space", "sampler", "budget_runs"})
-    if sampler_key(suite.tuning.sampler) is not None:
-        stage["sampler"] = sampler_key(suite.tuning.sampler)
-    space = {k: v.model_dump(mode="json") for k, v in suite.tuning.space_for(entry).items()}
-    return config_hash({"cell": cell_hash(suite.model_copy(update={"tuning": None}), entry, dataset_resolved),
-                        "stage": stage, "space": space})
 
 
 def tune_stage(store: Store, suite: Suite, profile: str, dataset: Dataset, log=print) -> dict[str, dict]:

@@ -20,9 +20,10 @@ from tqdm import tqdm
 from tgbench import device as devices
 from tgbench import interrupt
 from tgbench.ceiling import ceiling_records, ceiling_schedule, describe_schedule, ensure_ceiling
-from tgbench.cells import CellTask, cell_hash, decode_array, run_cell, study_name, tuned_arm
+from tgbench.cells import CellTask, decode_array, run_cell, study_name, tuned_arm
 from tgbench.config import Suite, check_data_sizes
 from tgbench.errors import BadInput, CellsFailed
+from tgbench.identity import cell_hash
 from tgbench.kinds import RunContext, SuiteKind
 from tgbench.locations import check_writable_dir, out_location
 from tgbench.provenance import report_provenance

@@ -40,11 +40,13 @@ from tgbench import interrupt, stats
 from tgbench.config import GroundTruthSchedule, LearnerSpace, SourceEntry, Strict, Suite, format_error, suite_from_dict
 from tgbench.data import Dataset
 from tgbench.errors import BadInput, ConfigError
+from tgbench.identity import (PROXY_SEED_OFFSET, TEACHER_SEED, arch_id, arch_seed, cell_hash, ground_truth_protocol,
+                              proxy_hash)
 from tgbench.nn import LearnerSpec
 from tgbench.proxies import Proxy, ProxyContext, train_real
 from tgbench.registry import proxies
 from tgbench.builders import build_teacher
-from tgbench.cells import CellTask, cell_hash, run_cell, study_name
+from tgbench.cells import CellTask, run_cell, study_name
 from tgbench.kinds import RunContext, SuiteKind
 from tgbench.provenance import report_provenance
 from tgbench.records import GROUND_TRUTH_STUDY, FewstepCell, NasGroundTruth, NasProxyScores, Status, cell_key, proxy_key
@@ -52,9 +54,7 @@ from tgbench.reporting import nas as nas_report
 from tgbench.reporting.frames import ORACLE, RANDOM, TOP_FRACTION
 from tgbench.reporting.nas import NasReportInputs
 from tgbench.source import Teacher
-from tgbench.store import Store, config_hash
-
-TEACHER_SEED = 0           # one teacher per teaching source (seed 0 of its cell)
+from tgbench.store import Store
 
 
 # ---------------------------------------------------------------------------------------------- search space
@@ -94,17 +94,6 @@ class NasConfig(Strict):
         return proxies
 
 
-def arch_id(spec: LearnerSpec) -> str:
-    """Stable 16-hex id of an architecture: a hash of its full spec (same spec, same id, on any machine).
-
-    The scoring protocol (``bn_statistics``) is not part of the network: it keys the ground truth instead."""
-    fields = spec.as_dict()
-    fields.pop("bn_statistics")
-    if not fields["residual"]:   # (a field added later: plain CNNs keep their ids)
-        fields.pop("residual")
-    return config_hash(fields)
-
-
 def enumerate_space(space: LearnerSpace) -> list[LearnerSpec]:
     """Every distinct architecture of a learner space: the product of its option lists, sorted by id.
 
@@ -127,16 +116,6 @@ def scored_architectures(suite: Suite) -> list[LearnerSpec]:
     space, independent of the meta-training's architecture sampling."""
     space = enumerate_space(suite.learner)
     return random.Random(suite.nas.scoring_seed).sample(space, suite.nas.n_architectures)
-
-
-PROXY_SEED_OFFSET = 1_000_000   # proxies draw inits / batches from their own stream, never a ground-truth seed's
-
-
-def arch_seed(aid: str, offset: int = 0) -> int:
-    """Per-architecture seed: the same architecture gets the same init wherever it is scored. Ground-truth seed s
-    uses offset s; proxies use ``PROXY_SEED_OFFSET + scoring_seed``, so that e.g. a 1-epoch proxy is not the
-    first epoch of a ground-truth run (shared noise would inflate its correlation)."""
-    return int(aid[:8], 16) + offset
 
 
 def check_nas(path: Path, suite: Suite, where: str) -> None:
@@ -166,15 +145,6 @@ def check_nas(path: Path, suite: Suite, where: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- ground truth
-def ground_truth_protocol(suite: Suite, dataset_resolved: str) -> str:
-    """Hash of what a ground-truth accuracy depends on besides the architecture and seed."""
-    schedule = suite.nas.ground_truth.model_dump(mode="json", exclude={"seeds"})
-    protocol = {"schedule": schedule, "data": dataset_resolved, "trainer": "adam/train_real/v1"}
-    if suite.learner.bn_statistics != "scored_batch":  # (left out for the old protocol: its stores still match)
-        protocol["bn_statistics"] = suite.learner.bn_statistics
-    return config_hash(protocol)
-
-
 def truth_frame(store: Store, suite: Suite, dataset_resolved: str, specs: list[LearnerSpec]) -> pd.DataFrame:
     """Stored ground truth of ``specs`` under the suite's protocol: one row per (architecture, seed)."""
     study = store.study(GROUND_TRUTH_STUDY, create=False)
@@ -295,13 +265,6 @@ def _stored_teacher(suite_path: str, ref: str, dataset: Dataset, store: Store) -
 
 
 # ---------------------------------------------------------------------------------------------- proxies
-def _proxy_hash(suite: Suite, entry, ids: list[str], dataset: Dataset, teacher_record: FewstepCell | None) -> str:
-    return config_hash({"proxy": entry.model_dump(mode="json"), "architectures": ids, "data": dataset.resolved,
-                        "inner": suite.inner.model_dump(mode="json"),
-                        "ground_truth": suite.nas.ground_truth.model_dump(mode="json"),
-                        "teacher": teacher_record.config_hash if teacher_record else None})
-
-
 def run_proxies(ctx: RunContext, dataset: Dataset, store: Store, specs: list[LearnerSpec],
                 teachers: Teachers) -> list[NasProxyScores]:
     """Score every architecture with every proxy not yet in the store under the same hash; return the records."""
@@ -315,7 +278,8 @@ def run_proxies(ctx: RunContext, dataset: Dataset, store: Store, specs: list[Lea
         params = cls.Params.model_validate(entry.params)
         source = cls.teacher_source(params)
         teacher_record = teachers.records.get(source) if source else None
-        key, chash = proxy_key(entry.name), _proxy_hash(suite, entry, ids, dataset, teacher_record)
+        key, chash = proxy_key(entry.name), proxy_hash(suite, entry, ids, dataset.resolved,
+                                                        teacher_record.config_hash if teacher_record else None)
         accept[key] = {chash}
         if (key, chash) in store.done_cells(study):
             continue

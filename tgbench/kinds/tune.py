@@ -30,16 +30,16 @@ import optuna
 import pandas as pd
 from pydantic import Field, PositiveFloat, PositiveInt
 
-from tgbench.cells import cell_hash
-from tgbench.config import SearchSpace, SourceEntry, StudySettings, Suite, check_space, sampler_key
+from tgbench.config import SearchSpace, SourceEntry, StudySettings, Suite, check_space
 from tgbench.data import Dataset
 from tgbench.errors import BadInput
+from tgbench.identity import tune_hash
 from tgbench.kinds import RunContext, SuiteKind
 from tgbench.provenance import report_provenance
 from tgbench.records import Status
 from tgbench.reporting import tune as tune_report
 from tgbench.reporting.tune import TuneReportInputs
-from tgbench.store import Store, config_hash, trial_record
+from tgbench.store import Store, trial_record
 from tgbench.tuning import (FINISHED, Scoring, StudySpec, TrialPlan, describe_sampler, describe_space, run_study,
                             study_objective)
 
@@ -64,13 +64,6 @@ def check_tune(path: Path, suite: Suite, where: str) -> None:
 
 def arm_study_name(suite: Suite, profile: str, entry: SourceEntry) -> str:
     return f"{suite.name}@{profile}/{entry.name}"
-
-
-def tune_hash(suite: Suite, entry: SourceEntry, dataset_resolved: str) -> str:
-    """What makes two tune trials comparable: everything but the number of trials (raising it adds trials)."""
-    return config_hash({"cell": cell_hash(suite.model_copy(update={"tune": None}), entry, dataset_resolved),
-                        "tune": {**suite.tune.model_dump(mode="json", exclude={"trials", "sampler"}),
-                                 **({"sampler": key} if (key := sampler_key(suite.tune.sampler)) else {})}})
 
 
 def objective_value(record: dict, cap: float) -> tuple[float, Status]:
