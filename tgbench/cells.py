@@ -20,7 +20,8 @@ from tgbench import device as devices
 from tgbench import interrupt
 from tgbench.builders import build_trainer
 from tgbench.compute import meta_train_flops, protocol_of
-from tgbench.config import SamplerSettings, SourceEntry, Suite, arm_with, load_suite, suite_from_dict
+from tgbench.config import (HASHED_WHEN_SET, SamplerSettings, SourceEntry, Suite, arm_with, load_suite,
+                            suite_from_dict)
 from tgbench.data import Dataset, load_dataset
 from tgbench.engine import MetaTrainer
 from tgbench.errors import Diverged
@@ -51,6 +52,8 @@ def cell_hash(suite: Suite, entry: SourceEntry, dataset_resolved: str) -> str:
     protocol["evaluation"].pop("seeds")
     protocol["evaluation"].pop("count_flops", None)  # (what the cell measures, not what it computes)
     protocol["outer"].pop("save_every", None)  # (how often the run is saved, not what it computes)
+    for section, key, default in HASHED_WHEN_SET:  # issue 24's settings count only when set (old hashes stay)
+        protocol[section] = {k: v for k, v in protocol[section].items() if (k, v) != (key, default)}
     if protocol.get("tuning"):  # the sampler's settings count once they differ from every earlier study's
         sampler = protocol["tuning"].pop("sampler")
         if sampler != SamplerSettings().model_dump(mode="json"):

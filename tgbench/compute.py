@@ -22,7 +22,8 @@ def protocol_of(suite: dict, dataset_resolved: str, entry: dict | None = None) -
     ev = suite["evaluation"]
     return {"dataset": dataset_resolved,
             "inner": {k: inner[k] for k in ("steps", "batch_size", "optimizer")},
-            "learner": suite["learner"],
+            # (issue 24's learner setting counts only when set, so the protocols stored before it stay as they were)
+            "learner": {k: v for k, v in suite["learner"].items() if (k, v) != ("bn_shift", False)},
             "evaluation": {"final_learners": ev["final_learners"], "architectures": ev.get("architectures")}}
 
 

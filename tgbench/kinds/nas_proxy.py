@@ -102,6 +102,8 @@ def arch_id(spec: LearnerSpec) -> str:
     fields.pop("bn_statistics")
     if not fields["residual"]:   # (a field added later: plain CNNs keep their ids)
         fields.pop("residual")
+    if not fields["bn_shift"]:   # (likewise: learners without a BN shift keep their ids)
+        fields.pop("bn_shift")
     return config_hash(fields)
 
 
