@@ -135,8 +135,8 @@ def train_learner(teacher_at: Callable[[int], Lesson], u: Unroll, *, differentia
 
     The meta-loss is the real-data loss after the last step, or (``intermediate_losses``) the mean or sum of
     the losses after every step (on ``u.loss_batch(t)``), each scored with the BN statistics of the lesson just
-    trained on. ``after_step(t, params,
-    lesson_x)`` observes the learner (evaluation curves) and gets that lesson's images as the BN reference.
+    trained on. ``after_step(t, params, lesson_x)`` observes the learner (evaluation curves) and gets that
+    lesson's images as the BN reference.
     """
     init, _ = OPTIMIZERS[u.optimizer]
     params = list(u.params if params is None else params)
