@@ -20,7 +20,8 @@ def build_teacher(suite: Suite, entry: SourceEntry, dataset: Dataset, seed: int)
     cls = methods.get(entry.method)
     with devices.constructing_on(dataset.train.x.device):  # a teacher lives where its data is
         source = cls(cls.Params.model_validate(entry.params), ctx)
-        hyper = InnerHyperparameters(inner.steps, inner.lr, inner.momentum, inner.learn_lr, inner.learn_momentum)
+        hyper = InnerHyperparameters(inner.steps, inner.lr, inner.momentum, inner.learn_lr, inner.learn_momentum,
+                                     inner.momentum_form)
     schedule = source.initial_schedule()
     if schedule is not None:
         hyper.start_from(*schedule)

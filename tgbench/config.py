@@ -23,6 +23,7 @@ from typing_extensions import TypedDict  # (pydantic needs typing_extensions' Ty
 
 from tgbench.errors import BadInput, ConfigError
 from tgbench.registry import datasets, methods, suite_kinds
+from tgbench.inner import MOMENTUM_FORMS
 from tgbench.nn import ACTIVATIONS, BN_STATISTICS, LearnerSpec, held_out_variants
 
 PROFILES = ("smoke", "cpu", "paper")
@@ -83,6 +84,9 @@ class LearnerSpace(Strict):
     # with each scored batch's own mean (transductive: a prediction depends on the other examples of its batch;
     # the protocol of tgbench <= 0.1, kept so old stores resume). Part of every cell's config hash.
     bn_statistics: Literal[BN_STATISTICS] = "lesson"  # type: ignore[valid-type]
+    # a learnable per-channel/unit shift after every mean-only BN (the official learner's BatchNormMeanOnly.bias,
+    # zero at init, trained by the inner loop); part of a cell's hash only when on
+    bn_shift: bool = False
 
     @model_validator(mode="after")
     def _non_empty(self) -> "LearnerSpace":
@@ -101,7 +105,8 @@ class LearnerSpace(Strict):
 
     def _spec(self, conv, fc, kernel, activation, weight_norm) -> LearnerSpec:
         return LearnerSpec(tuple(conv), tuple(fc), kernel, activation, self.batch_norm,
-                           self.weight_norm if weight_norm is None else weight_norm, self.bn_statistics)
+                           self.weight_norm if weight_norm is None else weight_norm, self.bn_statistics,
+                           bn_shift=self.bn_shift)
 
 
 class InnerLoop(Strict):
@@ -112,6 +117,9 @@ class InnerLoop(Strict):
     momentum: float = Field(0.5, gt=0.0, lt=1.0)      # initial value of the learned per-step momentum
     learn_lr: bool = True
     learn_momentum: bool = True
+    # how the learned momentum is stored: "logit" (m = sigmoid, bounded in (0, 1): tgbench's default) or "exp"
+    # (m = exp(log m), unbounded: the official GTN code); part of a cell's hash only when "exp"
+    momentum_form: Literal[MOMENTUM_FORMS] = "logit"  # type: ignore[valid-type]
 
 
 class OuterLoop(Strict):
@@ -121,7 +129,13 @@ class OuterLoop(Strict):
     schedule: Literal["cosine", "constant"] = "cosine"
     final_lr_fraction: float = Field(0.1, ge=0.0, le=1.0)   # cosine decays to this fraction of lr
     meta_batch_size: int = Field(128, gt=0, le=MAX_BATCH)   # real training examples in the meta-loss
-    intermediate_losses: bool = False                 # average the meta-loss over every inner step
+    intermediate_losses: bool = False                 # a meta-loss after every inner step, not only the last
+    # the real batches of those losses: "shared" = the one meta-batch for all T (tgbench <= 0.2), "fresh" = a
+    # new meta_batch_size batch of real training data for each (the official code); and how the T losses make
+    # the meta-loss: "mean" (tgbench <= 0.2) or "sum" (official). Both matter only with intermediate_losses and
+    # are part of a cell's hash only when not at these defaults.
+    intermediate_batches: Literal["shared", "fresh"] = "shared"
+    intermediate_reduction: Literal["mean", "sum"] = "mean"
     checkpoint_every: int = Field(0, ge=0)            # k > 0: gradient checkpoint every k inner steps
     population: Count = 1                             # P learners of one sampled architecture, via vmap
     meta_gradient: Literal["backprop", "es", "hybrid"] = "backprop"
@@ -138,6 +152,9 @@ class OuterLoop(Strict):
             raise ValueError("population > 1 works with meta_gradient=backprop and no checkpointing")
         if self.checkpoint_every and self.meta_gradient != "backprop":
             raise ValueError("checkpoint_every applies to meta_gradient=backprop only")
+        if not self.intermediate_losses and (self.intermediate_batches, self.intermediate_reduction) != (
+                "shared", "mean"):
+            raise ValueError("intermediate_batches / intermediate_reduction apply with intermediate_losses: true only")
         return self
 
 
@@ -155,6 +172,7 @@ class Architecture(TypedDict, total=False):
     weight_norm: bool
     bn_statistics: Literal[BN_STATISTICS]  # type: ignore[valid-type]
     residual: bool
+    bn_shift: bool
 
 
 class Evaluation(Strict):

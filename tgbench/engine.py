@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 import torch
@@ -53,7 +53,14 @@ def lesson_loss(log_probs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 class Unroll:
     """The pieces of one learner training run, shared by every estimator: the learner module with the names of
     its parameters (which ``functional_call`` substitutes), its initial weights, the teacher's episode, the
-    meta-loss batch, and how it trains (``steps`` of ``optimizer``, a key of ``tgbench.inner.OPTIMIZERS``)."""
+    meta-loss batch, and how it trains (``steps`` of ``optimizer``, a key of ``tgbench.inner.OPTIMIZERS``).
+
+    The meta-loss: the real-data loss after the last step, or with ``intermediate_losses`` one after every step
+    (``loss_batch(t)`` is the real batch scored after step t: ``meta_batch`` for all of them, or, with
+    ``intermediate_batches``, a fresh batch for each step before the last, as the official code does), reduced
+    by ``intermediate_reduction`` ("mean" or the official "sum"). The batches are drawn once per unroll, so
+    every estimator (plain, checkpointed, population, ES / hybrid at each perturbed point) scores the same ones.
+    """
 
     learner: Learner
     names: list[str]
@@ -63,6 +70,18 @@ class Unroll:
     steps: int
     optimizer: str = "sgd_momentum"
     intermediate_losses: bool = False
+    intermediate_batches: list[Split] | None = None   # steps - 1 fresh batches (losses after steps 1..T-1)
+    intermediate_reduction: str = "mean"
+
+    def loss_batch(self, t: int) -> Split:
+        """The real batch of the meta-loss after inner step t (0-based; t = steps - 1 is the final loss)."""
+        if self.intermediate_batches is None or t == self.steps - 1:
+            return self.meta_batch
+        return self.intermediate_batches[t]
+
+    def reduce_summed(self, total: torch.Tensor) -> torch.Tensor:
+        """The meta-loss from the sum of all T losses (intermediate and final)."""
+        return total if self.intermediate_reduction == "sum" else total / self.steps
 
 
 def inner_step(u: Unroll, params: Tensors, state: tuple, lesson: Lesson, t: int, *, create_graph: bool,
@@ -114,9 +133,10 @@ def train_learner(teacher_at: Callable[[int], Lesson], u: Unroll, *, differentia
                   ) -> tuple[Tensors, torch.Tensor]:
     """Train ``u.learner`` for ``u.steps`` steps on ``teacher_at(t)``; return (final params, meta-loss or None).
 
-    The meta-loss is the real-data loss after the last step, or (``intermediate_losses``) its average over
-    every step, each scored with the BN statistics of the lesson just trained on. ``after_step(t, params,
-    lesson_x)`` observes the learner (evaluation curves) and gets that lesson's images as the BN reference.
+    The meta-loss is the real-data loss after the last step, or (``intermediate_losses``) the mean or sum of
+    the losses after every step (on ``u.loss_batch(t)``), each scored with the BN statistics of the lesson just
+    trained on. ``after_step(t, params, lesson_x)`` observes the learner (evaluation curves) and gets that
+    lesson's images as the BN reference.
     """
     init, _ = OPTIMIZERS[u.optimizer]
     params = list(u.params if params is None else params)
@@ -127,13 +147,16 @@ def train_learner(teacher_at: Callable[[int], Lesson], u: Unroll, *, differentia
         lesson = teacher_at(t)
         params, state = inner_step(u, params, state, lesson, t, create_graph=differentiable, grad_impl=grad_impl)
         if u.intermediate_losses and t < u.steps - 1:
-            intermediate.append(real_loss(u.learner, u.names, params, u.meta_batch, lesson.x))
+            intermediate.append(real_loss(u.learner, u.names, params, u.loss_batch(t), lesson.x))
         if after_step is not None:
             after_step(t, params, lesson.x)
     if u.meta_batch is None:
         return params, None
     final = real_loss(u.learner, u.names, params, u.meta_batch, lesson.x)
-    return params, torch.stack(intermediate + [final]).mean() if intermediate else final
+    if not intermediate:
+        return params, final
+    losses = torch.stack(intermediate + [final])
+    return params, losses.sum() if u.intermediate_reduction == "sum" else losses.mean()
 
 
 # ------------------------------------------------------------------------------------ backprop meta-gradient
@@ -155,7 +178,7 @@ def backprop_meta_loss(teacher: Teacher, u: Unroll, checkpoint_every: int = 0) -
     meta_names, meta_tensors = [n for n, _ in named], [p for _, p in named]
     params, state = list(u.params), init(u.params)
     n_params, n_groups = len(params), len(state)
-    intermediate = torch.zeros((), device=params[0].device)
+    intermediate = torch.zeros((), dtype=params[0].dtype, device=params[0].device)
 
     for t0 in range(0, u.steps, checkpoint_every):
         t1 = min(t0 + checkpoint_every, u.steps)
@@ -170,7 +193,7 @@ def backprop_meta_loss(teacher: Teacher, u: Unroll, checkpoint_every: int = 0) -
                     lesson = functional_call(teacher, meta, (t, u.episode))
                     p, s = inner_step(u, p, s, lesson, t, create_graph=True)
                     if u.intermediate_losses and t < u.steps - 1:
-                        acc = acc + real_loss(u.learner, u.names, p, u.meta_batch, lesson.x)
+                        acc = acc + real_loss(u.learner, u.names, p, u.loss_batch(t), lesson.x)
             return (*p, *[x for group in s for x in group], acc)
 
         out = checkpoint(segment, *params, *[x for group in state for x in group], *meta_tensors, intermediate,
@@ -182,20 +205,19 @@ def backprop_meta_loss(teacher: Teacher, u: Unroll, checkpoint_every: int = 0) -
     # meta-parameters, so the meta-gradient flows through the statistics as in the unsegmented unroll)
     last_lesson = teacher(u.steps - 1, u.episode)
     final = real_loss(u.learner, u.names, params, u.meta_batch, last_lesson.x)
-    return (intermediate + final) / u.steps if u.intermediate_losses else final
+    return u.reduce_summed(intermediate + final) if u.intermediate_losses else final
 
 
 def population_meta_loss(teacher: Teacher, u: Unroll, stacked: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean meta-loss of P learners (one architecture, P inits stacked on dim 0) trained in parallel by vmap.
 
-    All members see the same lessons (computed once, outside vmap), so the gradient of the mean is the mean
-    of the P individual meta-gradients.
+    All members see the same lessons (computed once, outside vmap) and the same meta-loss batches, so the
+    gradient of the mean is the mean of the P individual meta-gradients.
     """
     lessons = [teacher(t, u.episode) for t in range(u.steps)]
 
     def member(params: dict[str, torch.Tensor]) -> torch.Tensor:
-        member_unroll = Unroll(u.learner, u.names, [params[n] for n in u.names], None, u.meta_batch, u.steps,
-                               u.optimizer, u.intermediate_losses)
+        member_unroll = replace(u, params=[params[n] for n in u.names], episode=None)
         return train_learner(lessons.__getitem__, member_unroll, differentiable=True, grad_impl="func")[1]
 
     return vmap(member, randomness="different")(stacked).mean()
@@ -539,8 +561,13 @@ class MetaTrainer:
         learner = self._learner(spec)
         learner.reset_parameters(self.generator)
         names, params = detached_params(learner)
+        # with fresh intermediate batches, steps - 1 more meta-batches, drawn after the final loss's (so a run
+        # without them keeps its random stream)
+        fresh = self.outer.intermediate_losses and self.outer.intermediate_batches == "fresh"
         u = Unroll(learner, names, params, self.teacher.new_episode(self.generator), self._meta_batch(),
-                   self.inner.steps, self.inner.optimizer, self.outer.intermediate_losses)
+                   self.inner.steps, self.inner.optimizer, self.outer.intermediate_losses,
+                   [self._meta_batch() for _ in range(self.inner.steps - 1)] if fresh else None,
+                   self.outer.intermediate_reduction)
         for p in self.meta_params:
             p.grad = None
         extras: dict[str, float] = {}

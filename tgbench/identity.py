@@ -80,6 +80,14 @@ FULL_HORIZON_OMISSIONS: tuple[Omission, ...] = (
     Omission(("pruner",), PrunerSettings().model_dump(mode="json"), "a full-horizon setting at its default"),
 )
 
+# the options of the official GTN configuration (issue 24), at the values of tgbench's code before them
+OFFICIAL_CONFIGURATION_OMISSIONS: tuple[Omission, ...] = (
+    Omission(("learner", "bn_shift"), False, "the mean-only BN without a learnable shift, before the option"),
+    Omission(("inner", "momentum_form"), "logit", "the bounded momentum, before the official exp form"),
+    Omission(("outer", "intermediate_batches"), "shared", "one meta-batch for every intermediate loss"),
+    Omission(("outer", "intermediate_reduction"), "mean", "intermediate losses averaged, before the official sum"),
+)
+
 # The whole list, in one table: a new setting that must not re-key old stores gets one line here.
 SUITE_OMISSIONS: tuple[Omission, ...] = (
     Omission(("evaluation", "seeds"), ALWAYS, "how many seeds run, not what one seed computes"),
@@ -91,6 +99,7 @@ SUITE_OMISSIONS: tuple[Omission, ...] = (
     Omission(("learner", "bn_statistics"), "scored_batch", "the protocol before the option existed"),
     Omission(("evaluation", "held_out"), None, "the default held-out set, versioned with the code"),
     *(Omission(("tuning", *o.path), o.when, o.why) for o in FULL_HORIZON_OMISSIONS),
+    *OFFICIAL_CONFIGURATION_OMISSIONS,
 )
 ARM_OMISSIONS: tuple[Omission, ...] = (   # an arm (a source entry) in a cell's hash
     Omission(("outer", "save_every"), ALWAYS, "how often the run is saved, not what it computes"),
@@ -110,7 +119,16 @@ STUDY_OMISSIONS: tuple[Omission, ...] = (  # a tuning stage or a tune suite's se
 ARCHITECTURE_OMISSIONS: tuple[Omission, ...] = (  # a LearnerSpec in its architecture id
     Omission(("bn_statistics",), ALWAYS, "the scoring protocol keys the ground truth, it is not the network"),
     Omission(("residual",), False, "plain CNNs keep the ids they had before residual blocks"),
+    Omission(("bn_shift",), False, "learners without a BN shift keep the ids they had before the option"),
 )
+
+
+# the inner loop's section on its own (a NAS proxy's hash): the new inner options at their old values
+INNER_OMISSIONS: tuple[Omission, ...] = tuple(
+    Omission(o.path[1:], o.when, o.why) for o in OFFICIAL_CONFIGURATION_OMISSIONS if o.path[0] == "inner")
+# the learner section in a leaderboard protocol (``protocol_of``): the new learner options at their old values
+LEARNER_PROTOCOL_OMISSIONS: tuple[Omission, ...] = tuple(
+    Omission(o.path[1:], o.when, o.why) for o in OFFICIAL_CONFIGURATION_OMISSIONS if o.path[0] == "learner")
 
 
 def omit(dumped: dict, omissions: tuple[Omission, ...]) -> dict:
@@ -188,7 +206,7 @@ def proxy_hash(suite: Suite, proxy_entry, ids: list[str], dataset_resolved: str,
     """What one proxy's scores of a suite depend on: the proxy and its params, the architectures (``ids``), the
     data, the inner loop, the ground-truth schedule, and the config hash of the teacher it uses (None: none)."""
     return config_hash({"proxy": proxy_entry.model_dump(mode="json"), "architectures": ids, "data": dataset_resolved,
-                        "inner": suite.inner.model_dump(mode="json"),
+                        "inner": omit(suite.inner.model_dump(mode="json"), INNER_OMISSIONS),
                         "ground_truth": suite.nas.ground_truth.model_dump(mode="json"),
                         "teacher": teacher_hash})
 
@@ -201,7 +219,7 @@ def protocol_of(suite: dict, dataset_resolved: str, entry: dict | None = None) -
     ev = suite["evaluation"]
     return {"dataset": dataset_resolved,
             "inner": {k: inner[k] for k in ("steps", "batch_size", "optimizer")},
-            "learner": suite["learner"],
+            "learner": omit(dict(suite["learner"]), LEARNER_PROTOCOL_OMISSIONS),
             "evaluation": {"final_learners": ev["final_learners"], "architectures": ev.get("architectures")}}
 
 

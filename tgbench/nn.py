@@ -118,13 +118,15 @@ class LearnerSpec:
     weight_norm: bool = True
     bn_statistics: str = "lesson"                # scoring: the last lesson's means, or "scored_batch" (transductive)
     residual: bool = False                       # conv blocks become residual blocks (another family of CNN)
+    bn_shift: bool = False                       # a learnable per-channel/unit shift after every mean-only BN
 
     def describe(self) -> str:
         conv = "-".join(map(str, self.conv_channels)) or "none"
         fc = "-".join(map(str, self.fc_hidden)) or "none"
         return (f"{'res' if self.residual else ''}conv[{conv}] k{self.kernel_size} fc[{fc}] {self.activation}"
                 f"{' bn' if self.batch_norm else ''}{' wn' if self.weight_norm else ''}"
-                f"{' scored-batch-bn' if self.batch_norm and self.bn_statistics == 'scored_batch' else ''}")
+                f"{' scored-batch-bn' if self.batch_norm and self.bn_statistics == 'scored_batch' else ''}"
+                f"{' bn-shift' if self.batch_norm and self.bn_shift else ''}")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -166,6 +168,11 @@ class Learner(nn.Module):
     without one (a training step, where the lesson *is* the batch) or under ``"scored_batch"`` it subtracts the
     mean of ``x`` itself.
 
+    ``bn_shift``: every mean-only BN adds a learnable per-channel (conv) / per-unit (FC) shift after subtracting
+    the mean, initialised at 0 and trained by the inner loop like any learner weight — the official learner's
+    ``BatchNormMeanOnly.bias`` (models.py: ``x + (beta - mean)``; 64 + 128 + 256 shifts for the paper learner).
+    Off (the default) the layer has no parameter at all, so older learners keep their parameter lists.
+
     ``residual``: each conv block is ``h = act(bn(conv_a(x))); out = pool(act(bn(conv_b(h)) + h))`` instead —
     a residual CNN, the "other family" of the held-out learners.
     """
@@ -192,36 +199,50 @@ class Learner(nn.Module):
         if spec.bn_statistics not in BN_STATISTICS:
             raise ValueError(f"bn_statistics must be one of {BN_STATISTICS}, got {spec.bn_statistics!r}")
         self.act = _activation(spec.activation)
+        # one shift per BN layer, in the order the layers run (a residual block has two); none without bn_shift
+        bn_widths = [w for w in spec.conv_channels for _ in range(2 if spec.residual else 1)] + list(spec.fc_hidden)
+        self.bn_shifts = nn.ParameterList([nn.Parameter(torch.zeros(w)) for w in bn_widths]
+                                          if spec.batch_norm and spec.bn_shift else [])
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         for layer in [*self.convs, *self.residual_convs, *self.fcs, self.classifier]:
             layer.reset_parameters(generator)
+        with torch.no_grad():
+            for shift in self.bn_shifts:  # (no random draw: the init streams stay those of a learner without them)
+                shift.zero_()
 
     def logits(self, x: torch.Tensor, bn_reference: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, C, H, W) -> (B, classes) pre-softmax outputs."""
         use_reference = bn_reference is not None and self.spec.batch_norm and self.spec.bn_statistics == "lesson"
         # the scored batch and (when used) the reference travel together; the last entry supplies the BN means
         stream = [x, bn_reference] if use_reference else [x]
+        bn_layers = iter(range(len(self.convs) * (2 if self.spec.residual else 1) + len(self.fcs)))
         for i, conv in enumerate(self.convs):
             if self.spec.residual:
-                inner = self._normalise_and_activate([_scoring_layout(conv(h)) for h in stream])
-                outer = self._normalise([self.residual_convs[i](h) for h in inner])
+                inner = self._normalise_and_activate([_scoring_layout(conv(h)) for h in stream], next(bn_layers))
+                outer = self._normalise([self.residual_convs[i](h) for h in inner], next(bn_layers))
                 stream = [F.max_pool2d(self.act(a + b), 3, 2, 1) for a, b in zip(outer, inner)]
                 continue
-            stream = self._normalise_and_activate([F.max_pool2d(_scoring_layout(conv(h)), 3, 2, 1) for h in stream])
+            stream = self._normalise_and_activate([F.max_pool2d(_scoring_layout(conv(h)), 3, 2, 1) for h in stream],
+                                                  next(bn_layers))
         stream = [h.flatten(1) for h in stream]
         for fc in self.fcs:
-            stream = self._normalise_and_activate([fc(h) for h in stream])
+            stream = self._normalise_and_activate([fc(h) for h in stream], next(bn_layers))
         return self.classifier(stream[0])
 
-    def _normalise(self, stream: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _normalise(self, stream: list[torch.Tensor], layer: int) -> list[torch.Tensor]:
+        """Mean-only BN number ``layer``: subtract the means of the stream's last entry (see ``logits``), then
+        add the layer's learned shift when the spec has them."""
         if not self.spec.batch_norm:
             return stream
         mean = channel_mean(stream[-1])
-        return [h - mean for h in stream]
+        if not len(self.bn_shifts):
+            return [h - mean for h in stream]
+        shift = self.bn_shifts[layer].view(-1, *([1] * (mean.dim() - 2)))  # broadcast over the spatial dims
+        return [h - mean + shift for h in stream]
 
-    def _normalise_and_activate(self, stream: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [self.act(h) for h in self._normalise(stream)]
+    def _normalise_and_activate(self, stream: list[torch.Tensor], layer: int) -> list[torch.Tensor]:
+        return [self.act(h) for h in self._normalise(stream, layer)]
 
     def forward(self, x: torch.Tensor, bn_reference: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, C, H, W) -> (B, classes) log-probs; ``bn_reference``: see the class docstring."""

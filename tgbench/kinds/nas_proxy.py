@@ -107,7 +107,7 @@ def enumerate_space(space: LearnerSpace) -> list[LearnerSpec]:
         if not conv and not fc:
             continue
         specs.add(LearnerSpec(tuple(conv), tuple(fc), kernel if conv else space.kernel_size[0], act,
-                              space.batch_norm, space.weight_norm, space.bn_statistics))
+                              space.batch_norm, space.weight_norm, space.bn_statistics, bn_shift=space.bn_shift))
     return sorted(specs, key=arch_id)
 
 
