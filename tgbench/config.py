@@ -17,12 +17,14 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, PrivateAttr,
-                      ValidationError, create_model, ValidationInfo, field_validator, model_validator, with_config)
+                      ValidationError, create_model, field_validator, model_validator, with_config)
 from typing_extensions import TypedDict  # (pydantic needs typing_extensions' TypedDict before Python 3.12)
 
 from tgbench.errors import BadInput, ConfigError
+from tgbench.locations import label_problem, read_text_capped
 from tgbench.registry import datasets, methods, suite_kinds
 from tgbench.nn import ACTIVATIONS, BN_STATISTICS, LearnerSpec, held_out_variants
+from tgbench.strict import Strict  # the one strict base of every settings model (also methods' and proxies' Params)
 
 PROFILES = ("smoke", "cpu", "paper")
 # The shipped suites, installed with the package (pyproject.toml's package data), so a suite is also a name that
@@ -38,23 +40,11 @@ MAX_WIDTH = 8192              # conv channels / hidden units of a learner layer
 MAX_BATCH = 1_000_000         # examples per inner step / meta-batch (run_suite also checks them against the data)
 MAX_COUNT = 100_000           # population members, ES pairs, learners per evaluation
 MAX_SEEDS = 1000              # as `--seeds` (tgbench.cli.MAX_SEEDS)
+MAX_SWEEP_VALUES = 1000       # values of one `sweep:` (each is an arm of every source)
 
 Width = Annotated[int, Field(gt=0, le=MAX_WIDTH)]
 Count = Annotated[int, Field(gt=0, le=MAX_COUNT)]
 Beta = Annotated[float, Field(ge=0.0, lt=1.0)]   # Adam's betas: torch refuses anything outside [0, 1)
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_bool_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
-        # YAML's `yes`/`true` would otherwise be taken as 1 by an int or float setting (steps: true -> 1 step)
-        annotation = cls.model_fields[info.field_name].annotation
-        if isinstance(value, bool) and annotation in (int, float, int | None, float | None):
-            raise ValueError(f"expected a number, got the boolean {value}")
-        return value
 
 
 class DatasetConfig(Strict):
@@ -243,6 +233,15 @@ class SourceEntry(Strict):
     arm: str | None = None
     sweep_value: Any = None
 
+    @field_validator("label")
+    @classmethod
+    def _usable_label(cls, label: str | None) -> str | None:
+        # a label names the arm in tables and the store, and (made safe by tgbench.locations) files
+        problem = None if label is None else label_problem(label)
+        if problem:
+            raise ValueError(problem)
+        return label
+
     @property
     def name(self) -> str:
         return self.label or self.method
@@ -273,7 +272,7 @@ class Sweep(Strict):
     """
 
     key: str
-    values: list[Any] = Field(min_length=1)
+    values: list[Any] = Field(min_length=1, max_length=MAX_SWEEP_VALUES)
 
     @field_validator("key")
     @classmethod
@@ -497,12 +496,36 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+# Values a suite's YAML may expand to, counting every alias as the copy it stands for: a real suite has a few
+# hundred; an alias bomb (`a1: [*a0, *a0, ...]`, nine levels: 9**9 items) is refused before anything walks it.
+MAX_YAML_VALUES = 100_000
+
+
+def _check_expanded_size(path: Path, raw: Any) -> None:
+    """``ConfigError`` if ``raw`` expands to more than ``MAX_YAML_VALUES`` values (shared alias targets counted
+    once per use): walked with a budget, so the check itself stays cheap on a bomb."""
+    budget = MAX_YAML_VALUES
+    stack = [raw]
+    while stack:
+        value = stack.pop()
+        budget -= 1
+        if budget < 0:
+            raise ConfigError(f"{path}: the YAML expands to more than {MAX_YAML_VALUES} values (an alias bomb?); "
+                              "refusing it")
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, (list, tuple, set)):
+            stack.extend(value)
+
+
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     """Read a suite file, resolving ``include: other.yaml`` (relative to the file) by deep merge."""
     if path in seen:
         raise ConfigError(f"{path}: include: circular include")
     try:
-        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+        # a regular file of at most a few MB (a FIFO or /dev/zero is refused at once, not read forever)
+        raw = yaml.load(read_text_capped(path, "suite file"), Loader=_UniqueKeyLoader)  # noqa: S506 (SafeLoader)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such suite file") from None
     except UnicodeDecodeError:
@@ -520,6 +543,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of keys, got {type(raw).__name__}")
+    _check_expanded_size(path, raw)
     include = raw.pop("include", None)
     if include is not None:
         if not isinstance(include, str):

@@ -22,10 +22,11 @@ from tgbench.cells import CellTask, run_cell
 from tgbench.config import load_suite
 from tgbench.errors import BadInput
 from tgbench.kinds import RunContext, RunOptions, SuiteKind
-from tgbench.locations import check_output_locations
+from tgbench.locations import check_writable_dir
 from tgbench.provenance import default_profile
 from tgbench.registry import suite_kinds
 from tgbench.records import cell_key
+from tgbench.store import artifacts_location, resolve_url, sqlite_path
 
 __all__ = ["RunOptions", "run_suite", "report_suite", "run_in_workers", "run_cell_in_a_slot"]
 
@@ -43,6 +44,21 @@ def run_suite(suite_path: str, opts: RunOptions, log=print) -> Path:
     check_output_locations(opts.storage, opts.artifacts_dir)  # a bad --storage/--artifacts must not strand a cell
     kind: SuiteKind = suite_kinds.get(ctx.suite.kind)
     return kind.run(ctx)
+
+
+def check_output_locations(storage: str | None, artifacts_dir: str | None) -> None:
+    """Before any work starts: the SQLite store's file and the teacher artifact directory must be writable or
+    creatable (the report directory is checked by ``writable_out_dir``). A cell that trains and then cannot
+    save its teacher would be lost, its claim left running. Nothing is created here."""
+    db = sqlite_path(resolve_url(storage))
+    if db is not None:
+        if db.is_dir():
+            raise BadInput(f"--storage: cannot use {db}: it is a directory, not an SQLite file")
+        if db.exists() and not os.access(db, os.R_OK | os.W_OK):
+            raise BadInput(f"--storage: cannot write to {db}: the file is read-only")
+        check_writable_dir(db.parent, "--storage")
+    artifacts, flag = artifacts_location(storage, artifacts_dir)
+    check_writable_dir(artifacts, flag)
 
 
 def report_suite(suite_path: str, opts: RunOptions, log=print) -> Path:

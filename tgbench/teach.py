@@ -44,15 +44,17 @@ from torch import nn
 from tgbench import device as devices
 from tgbench.builders import build_teacher
 from tgbench.cells import EVAL_SEED_OFFSET
-from tgbench.config import SourceEntry, load_suite, suite_from_dict
+from tgbench.config import MAX_INNER_STEPS, SourceEntry, load_suite, suite_from_dict
 from tgbench.data import load_dataset
 from tgbench.engine import EvalPlan, evaluate
 from tgbench.errors import BadInput
+from tgbench.locations import check_regular_file
 from tgbench.nn import Learner
 from tgbench.problem import Problem
 from tgbench.provenance import default_profile
 from tgbench.records import FewstepCell, Status, cell_key
 from tgbench.registry import datasets
+from tgbench.source import Lesson
 from tgbench.store import Store, load_weights_only, require_existing
 
 FORMAT = "tgbench-teacher/1"
@@ -117,7 +119,10 @@ def load_exported(path: str | Path) -> dict:
     (``weights_only=True``) and checked to have every field ``teach`` uses, of the right type; anything else
     is :class:`BadInput` naming the file."""
     try:
+        check_regular_file(path, "teacher file")   # a FIFO would block torch.load forever, a device never end
         payload = load_weights_only(path)
+    except BadInput:
+        raise
     except FileNotFoundError:
         raise BadInput(f"{path}: no such teacher file") from None
     except Exception as exc:
@@ -164,6 +169,39 @@ def _one_line(exc: BaseException, limit: int = 300) -> str:
 
 
 # ------------------------------------------------------------------------------------------ teach
+# `teach --steps` beyond this is refused (as a suite's `inner.steps` is): a teacher teaches T lessons and repeats
+# them beyond its horizon, so more steps only train longer on the same data.
+MAX_TEACH_STEPS = MAX_INNER_STEPS
+
+
+class RepeatsShared:
+    """A teacher whose lessons beyond its horizon ``T`` share the image and label tensors of the lesson they
+    repeat (step t's of step ``t % T``, when equal): the engine holds every lesson of an unroll at once, so
+    ``teach --steps 8000`` on a T = 2 teacher grew ~55 KB per step (1.3 GB); now memory does not grow with
+    the steps of a teacher that cycles its lessons (every built-in source does). The lessons are the teacher's
+    own, bit for bit; only their storage is shared. ``problem``, ``optimizer`` and ``new_episode`` are the
+    teacher's."""
+
+    def __init__(self, teacher, horizon: int):
+        self.teacher, self.horizon = teacher, horizon
+        self.problem, self.optimizer = teacher.problem, teacher.optimizer
+        self._first: dict[int, Lesson] = {}   # this episode's lessons 0..T-1
+
+    def new_episode(self, generator: torch.Generator):
+        self._first = {}
+        return self.teacher.new_episode(generator)
+
+    def __call__(self, t: int, episode) -> Lesson:
+        lesson = self.teacher(t, episode)
+        if t < self.horizon:
+            self._first[t] = lesson
+            return lesson
+        seen = self._first.get(t % self.horizon)
+        if seen is not None and torch.equal(seen.x, lesson.x) and torch.equal(seen.y, lesson.y):
+            return lesson._replace(x=seen.x, y=seen.y)
+        return lesson
+
+
 def construct(cls: type[nn.Module], problem: Problem) -> nn.Module:
     """``cls(image_shape, num_classes)``: how a ``--model`` class is built (the one constructor ``teach``'s
     documentation asks of it, a subclass of ``tgbench.nn.Learner`` included)."""
@@ -253,6 +291,10 @@ def teach(path: str | Path, model: str | None = None, steps: int | None = None, 
         what = model
     trained_steps = teacher.hyper.log_lr.shape[0]  # T the teacher was meta-trained for (its schedule's length)
     steps = steps or trained_steps
+    if steps > MAX_TEACH_STEPS:
+        raise BadInput(f"--steps: at most {MAX_TEACH_STEPS} inner steps (got {steps}; this teacher was meta-trained "
+                       f"for {trained_steps}, and repeats its lessons beyond that)")
+    teacher = RepeatsShared(teacher, trained_steps)
     learners = learners or suite.evaluation.final_learners
     result = evaluate(teacher, specs, dataset.test, dataset.val,
                       EvalPlan(steps, learners, teacher.optimizer, per_step=False),

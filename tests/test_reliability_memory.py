@@ -1,0 +1,117 @@
+"""Inputs that exhaust memory or block (issue 27).
+
+``tgbench validate /dev/zero`` read until MemoryError; ``validate`` and ``teach`` on a FIFO blocked forever; a
+YAML alias bomb used as ``sweep: {values: *a8}`` expanded 9**9 items while building arm labels (54 s,
+MemoryError); ``tgbench teach teacher.pt --steps 1000000`` on a T = 2 teacher grew ~55 KB per step. Now text
+inputs are read only from regular files, at most ``MAX_TEXT_BYTES``; a suite's YAML may expand to at most
+``MAX_YAML_VALUES`` values; ``teach --steps`` is bounded and its memory does not grow with the steps. The tests
+that could hang run in a subprocess with a timeout; the memory tests under ``resource.setrlimit``.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tgbench.cli import main
+from tgbench.config import MAX_YAML_VALUES
+from tgbench.locations import MAX_TEXT_BYTES
+
+from helpers import cli
+
+TINY = {"kind": "fewstep", "dataset": {"name": "mnist-5k"}, "learner": {"conv_channels": [[2]], "fc_hidden": [[4]]},
+        "inner": {"steps": 2, "batch_size": 64}, "outer": {"iterations": 1, "meta_batch_size": 8},
+        "evaluation": {"seeds": 1, "eval_every": 1, "eval_learners": 1, "final_learners": 1},
+        "profiles": {"smoke": {}}, "sources": [{"method": "real"}]}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _tgbench(argv: list[str], cwd: Path, timeout: float = 60, limit_bytes: int | None = None):
+    """tgbench in a subprocess (a hang is a failed test, not a hung suite); ``limit_bytes``: RLIMIT_AS."""
+    def limit():
+        if limit_bytes:
+            import resource
+            resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "tgbench", *argv], cwd=cwd, env=ENV, capture_output=True,
+                          text=True, timeout=timeout, preexec_fn=limit)
+    return done.returncode, done.stderr, time.monotonic() - start
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
+def test_validate_on_a_device_is_exit_2_at_once(tmp_path):
+    code, err, seconds = _tgbench(["validate", "/dev/zero"], tmp_path, limit_bytes=4 * 1024 ** 3)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "/dev/zero" in err and "device" in err, err
+
+
+@pytest.mark.parametrize("command", [["validate"], ["teach"]])
+def test_a_fifo_is_exit_2_at_once_for_validate_and_teach(tmp_path, command):
+    fifo = tmp_path / "pipe.yaml"
+    os.mkfifo(fifo)
+    code, err, _ = _tgbench([*command, str(fifo)], tmp_path, timeout=60)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and str(fifo) in err and "FIFO" in err, err
+
+
+def test_a_suite_over_the_size_cap_is_exit_2_naming_the_file(tmp_path, capsys):
+    suite = tmp_path / "big.yaml"
+    suite.write_text(yaml.safe_dump({"name": "big", **TINY}) + "# padding\n" * (MAX_TEXT_BYTES // 10 + 1))
+    code, _, err = cli(["validate", str(suite)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and str(suite) in err and "larger than" in err
+
+
+def test_a_yaml_alias_bomb_is_refused_quickly_under_a_memory_limit(tmp_path):
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    body = yaml.safe_dump({"name": "bomb", **TINY})
+    suite = tmp_path / "bomb.yaml"
+    suite.write_text("x-anchors:\n" + "".join(f"  {line}\n" for line in levels) + body
+                     + "sweep: {key: inner.lr, values: *a8}\n")
+    code, err, seconds = _tgbench(["validate", str(suite)], tmp_path, timeout=60, limit_bytes=4 * 1024 ** 3)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and str(suite) in err, err
+    assert str(MAX_YAML_VALUES) in err and seconds < 30
+
+
+# ------------------------------------------------------------------------------------------ teach --steps
+@pytest.fixture(scope="module")
+def teacher_file(tmp_path_factory) -> Path:
+    """A T = 2 real-data teacher (batch 64: ~200 KB of lessons per inner step), exported."""
+    tmp = tmp_path_factory.mktemp("teach-memory")
+    suite = tmp / "tiny.yaml"
+    suite.write_text(yaml.safe_dump({"name": "tinymem", **TINY}))
+    url = f"sqlite:///{tmp}/s.db"
+    for argv in (["run", str(suite), "--profile", "smoke", "--no-progress", "--storage", url, "--out", str(tmp / "o")],
+                 ["export", "--suite", str(suite), "--profile", "smoke", "--source", "real", "--storage", url,
+                  "--out", str(tmp / "teacher.pt")]):
+        assert main(argv) == 0
+    return tmp / "teacher.pt"
+
+
+TEACH_UNDER_A_LIMIT = """
+import resource, sys
+from tgbench.teach import teach
+path, steps, headroom = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+teach(path, steps=2, log=lambda *a: None)            # everything imported and allocated once
+vm = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + headroom, vm + headroom))
+teach(path, steps=steps, log=lambda *a: None)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmSize from /proc")
+def test_teach_memory_does_not_grow_with_steps(teacher_file):
+    """2500 steps of 64 MNIST images held ~500 MB of lessons before; now they share the teacher's two."""
+    done = subprocess.run([sys.executable, "-c", TEACH_UNDER_A_LIMIT, str(teacher_file), "2500",
+                           str(150 * 1024 ** 2)], env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_teach_steps_beyond_the_bound_are_exit_2_before_any_work(teacher_file, capsys):
+    code, _, err = cli(["teach", str(teacher_file), "--steps", "1000000"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--steps" in err
