@@ -139,3 +139,10 @@ def test_markdown_cells_escape_pipes_newlines_and_markup():
         [_, _, row] = md_table(["source"], [[text]])
         unescaped = row.replace("\\\\", "").replace("\\|", "")   # what is left of the row's own pipes
         assert unescaped.count("|") == 2, row
+
+
+def test_a_suite_name_with_a_control_character_is_refused(tmp_path, capsys):
+    suite = tmp_path / "s.yaml"
+    suite.write_text(yaml.safe_dump({"name": "a\nb", **TINY, "sources": [{"method": "real"}]}))
+    code, _, err = cli(["validate", str(suite)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "name" in err and "control" in err

@@ -407,6 +407,9 @@ class Suite(Strict):
             raise ValueError("a suite needs a non-empty name")
         if len(name) > 200 or any(c in name for c in "/@|\0") or name != name.strip():
             raise ValueError("a suite name is at most 200 characters, without '/', '@', '|' or surrounding spaces")
+        problem = label_problem(name)   # (the label rules: no control characters either)
+        if problem:
+            raise ValueError(problem.replace("a label", "a suite name"))
         return name
 
     @field_validator("sources")
