@@ -82,6 +82,19 @@ def note_failure(failures: dict[str, str], task: CellTask, exc: BaseException, l
     log(f"cell {key} failed ({failures[key]}); the other cells go on")  # (stdout: stderr gets one summary line)
 
 
+class StoppablePool(ProcessPoolExecutor):
+    """A process pool that, once shut down, starts no replacement worker. With ``max_tasks_per_child`` every
+    finished cell's worker is replaced; after ``shutdown(wait=False)`` (how a stopped run leaves the pool)
+    CPython 3.11's manager thread still tried, on a process table the shutdown had set to None: every Ctrl-C or
+    SIGTERM of a ``--jobs 2`` run printed "Exception in thread ... TypeError: object of type 'NoneType' has no
+    len()" (6 of 6 runs, issue 27), and a replacement started meanwhile only had to be killed again."""
+
+    def _adjust_process_count(self):   # (the stdlib's hook for starting workers; see the class docstring)
+        if self._shutdown_thread or self._processes is None:
+            return
+        super()._adjust_process_count()
+
+
 STOP_GRACE_SECONDS = 60  # how long a stopped --jobs run waits for its workers to mark their cells failed
 
 
@@ -100,8 +113,8 @@ def run_in_workers(tasks: list[CellTask], slots: list[str], progress: bool, on_f
     free_devices = context.Queue()
     for slot in slots:
         free_devices.put(slot)
-    pool = ProcessPoolExecutor(max_workers=len(slots), mp_context=context, max_tasks_per_child=1,
-                               initializer=_adopt_slot_queue, initargs=(free_devices,))
+    pool = StoppablePool(max_workers=len(slots), mp_context=context, max_tasks_per_child=1,
+                         initializer=_adopt_slot_queue, initargs=(free_devices,))
     ran = 0
     try:
         futures = {pool.submit(run_cell_in_a_slot, task): task for task in tasks}
