@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from tgbench.cli import main
@@ -115,3 +116,21 @@ def test_teach_memory_does_not_grow_with_steps(teacher_file):
 def test_teach_steps_beyond_the_bound_are_exit_2_before_any_work(teacher_file, capsys):
     code, _, err = cli(["teach", str(teacher_file), "--steps", "1000000"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "--steps" in err
+
+
+# ------------------------------------------------------------------------------------------ teacher values
+@pytest.mark.parametrize("change, expected", [
+    (lambda t: t.round().to(torch.int64), "int64"),
+    (lambda t: torch.full_like(t, float("nan")), "NaN"),
+    (lambda t: torch.full_like(t, float("inf")), "NaN or infinite"),
+])
+def test_a_teacher_with_integer_or_non_finite_weights_is_exit_2(teacher_file, tmp_path, capsys, change, expected):
+    """load_state_dict casts what it copies: such a teacher 'taught' at chance level with exit 0."""
+    payload = torch.load(teacher_file, weights_only=True)
+    key = next(k for k, v in payload["state_dict"].items() if v.is_floating_point())
+    payload["state_dict"][key] = change(payload["state_dict"][key])
+    bad = tmp_path / "bad.pt"
+    torch.save(payload, bad)
+    code, _, err = cli(["teach", str(bad)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert str(bad) in err and f"state_dict.{key}" in err and expected in err

@@ -159,6 +159,14 @@ def _rebuild_teacher(path: str | Path, payload: dict, suite, entry, dataset):
     except Exception as exc:  # torch lists every missing / unexpected key and size mismatch over many lines
         raise BadInput(f"{path}: state_dict: does not fit the {payload['method']!r} teacher its suite builds "
                        f"({_one_line(exc)})") from None
+    # load_state_dict casts what it copies: int64 weights or NaN/inf ones "taught" at chance level, exit 0
+    expected = teacher.state_dict()
+    for key, tensor in payload["state_dict"].items():
+        if tensor.dtype != expected[key].dtype:
+            raise BadInput(f"{path}: state_dict.{key}: {tensor.dtype}, but the teacher its suite builds holds "
+                           f"{expected[key].dtype} there")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise BadInput(f"{path}: state_dict.{key}: holds NaN or infinite values; not a trained teacher")
     return teacher
 
 
