@@ -134,3 +134,13 @@ def test_a_teacher_with_integer_or_non_finite_weights_is_exit_2(teacher_file, tm
     code, _, err = cli(["teach", str(bad)], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert str(bad) in err and f"state_dict.{key}" in err and expected in err
+
+
+def test_an_external_lesson_file_that_is_a_fifo_is_exit_2_at_once(tmp_path):
+    fifo = tmp_path / "lessons.pt"
+    os.mkfifo(fifo)
+    suite = tmp_path / "ext.yaml"
+    suite.write_text(yaml.safe_dump({"name": "ext", **{**TINY, "sources": [
+        {"method": "external", "params": {"path": str(fifo)}}]}}))
+    code, err, _ = _tgbench(["validate", str(suite)], tmp_path, timeout=60)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and str(fifo) in err and "FIFO" in err, err

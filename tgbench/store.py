@@ -55,6 +55,7 @@ from optuna.trial import TrialState
 
 from tgbench import interrupt
 from tgbench.errors import BadInput
+from tgbench.locations import check_regular_file
 from tgbench.records import CellRecord, FewstepCell, Record, Status, record_from_attrs
 
 DEFAULT_STORAGE = "sqlite:///results/tgbench.db"
@@ -454,11 +455,16 @@ def load_weights_only(path: str | Path) -> Any:
     import torch
 
     try:
+        # only a regular file: a FIFO would block torch.load forever and a device never end (FileNotFoundError
+        # propagates; BadInput's line becomes the ValueError below)
+        check_regular_file(path, "tensor file")
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": one line on stderr is all we print
             warnings.simplefilter("ignore")
             return torch.load(path, weights_only=True, map_location="cpu")
     except FileNotFoundError:
         raise
+    except BadInput as exc:
+        raise ValueError(str(exc).removeprefix(f"{path}: ")) from None
     except pickle.UnpicklingError as exc:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
         what = f"a pickled {found.group(1)}" if found else "pickle data"
