@@ -144,3 +144,25 @@ def test_an_external_lesson_file_that_is_a_fifo_is_exit_2_at_once(tmp_path):
         {"method": "external", "params": {"path": str(fifo)}}]}}))
     code, err, _ = _tgbench(["validate", str(suite)], tmp_path, timeout=60)
     assert code == 2 and len(err.strip().splitlines()) == 1 and str(fifo) in err and "FIFO" in err, err
+
+
+def test_an_export_that_runs_out_of_disk_says_so_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    """torch.save on a full disk raised "RuntimeError: [enforce fail at inline_container.cc:672]" and left its
+    tmp*.tmp behind (simulated here: a torch.save that fails as torch's does, on a disk with 1 KB free)."""
+    import shutil
+    from collections import namedtuple
+
+    from tgbench import teach as teach_module
+    from tgbench.errors import BadInput
+
+    def full_disk_save(obj, target):
+        Path(target).write_bytes(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(teach_module.torch, "save", full_disk_save)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10 ** 9, 10 ** 9 - 1024, 1024))
+    out = tmp_path / "exports" / "teacher.pt"
+    with pytest.raises(BadInput, match="no space left on the device holding"):
+        teach_module.save_atomically({"x": 1}, out)
+    assert list(out.parent.iterdir()) == []

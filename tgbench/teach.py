@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -64,17 +65,27 @@ RECORD_KEYS = ("suite", "profile", "source", "method", "variant", "seed", "confi
 
 
 # ------------------------------------------------------------------------------------------ export
-def _save_atomically(obj: dict, out: str | Path) -> Path:
+def save_atomically(obj: dict, out: str | Path) -> Path:
     """``torch.save`` to a temporary file renamed into place: a failed export never leaves half a file."""
     path = Path(out)
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         os.close(fd)
         torch.save(obj, tmp)
         os.replace(tmp, path)
+        tmp = None
     except OSError as exc:
         raise BadInput(f"--out: cannot write {path}: {exc.strerror}") from None
+    except RuntimeError as exc:  # torch's zip writer words a failed write (a full disk) as "[enforce fail at ...]"
+        free = shutil.disk_usage(path.parent).free
+        why = (f"no space left on the device holding {path.parent} ({free // 1024} KB free)" if free < 64 * 1024 ** 2
+               else _one_line(exc))
+        raise BadInput(f"--out: cannot write {path}: {why}") from None
+    finally:
+        if tmp is not None:   # a failed export leaves no temporary file behind
+            Path(tmp).unlink(missing_ok=True)
     return path
 
 
@@ -102,7 +113,7 @@ def export_teacher(suite: str, profile: str | None, source: str, seed: int, out:
     payload = store.load_teacher(record.teacher_artifact)
     payload.update({"format": FORMAT, "study": name, "profile": profile, "source": source,
                     "schedule": record.schedule, "record": {k: getattr(record, k) for k in RECORD_KEYS}})
-    path = _save_atomically(payload, out)
+    path = save_atomically(payload, out)
     log(f"exported {name} {record.cell} (method {payload['method']}, {payload['dataset_resolved']}, recorded test "
         f"acc {record.test_acc_final:.4f}) -> {path}")
     return path
@@ -347,7 +358,7 @@ def export_lessons(teacher_file: str | Path, out: str | Path, data_root: str | N
         "method": payload["method"], "source": payload.get("source"), "study": payload.get("study"),
         "seed": payload["seed"],
     }
-    path = _save_atomically(tensors, out)
+    path = save_atomically(tensors, out)
     log(f"wrote {len(tensors['images'])} images ({steps} steps x {tensors['batch_size']}) of "
         f"{payload.get('study')} {payload.get('source')} seed {payload['seed']} -> {path}")
     return path
