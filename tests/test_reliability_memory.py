@@ -166,3 +166,11 @@ def test_an_export_that_runs_out_of_disk_says_so_and_leaves_no_temporary_file(tm
     with pytest.raises(BadInput, match="no space left on the device holding"):
         teach_module.save_atomically({"x": 1}, out)
     assert list(out.parent.iterdir()) == []
+
+
+def test_an_alias_bomb_in_one_set_value_is_refused(capsys):
+    levels = ["&a0 [x, x, x, x, x, x, x, x, x]"] + [f"&a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 7)]
+    bomb = "[" + ", ".join(levels) + ", *a6]"
+    code, _, err = cli(["validate", "mnist_fewstep", "--set", f"sweep.values={bomb}"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--set sweep.values" in err
+    assert str(MAX_YAML_VALUES) in err

@@ -504,7 +504,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 MAX_YAML_VALUES = 100_000
 
 
-def _check_expanded_size(path: Path, raw: Any) -> None:
+def _check_expanded_size(path: Path | str, raw: Any) -> None:
     """``ConfigError`` if ``raw`` expands to more than ``MAX_YAML_VALUES`` values (shared alias targets counted
     once per use): walked with a budget, so the check itself stays cheap on a bomb."""
     budget = MAX_YAML_VALUES
@@ -653,6 +653,7 @@ def _parse_setting(text: str) -> Setting:
     except (yaml.YAMLError, ValueError, TypeError) as exc:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise BadInput(f"--set {key}: the value {value!r} is not valid YAML: {problem}") from None
+    _check_expanded_size(f"--set {key}", parsed)   # (an alias bomb fits in one argument too)
     return Setting(text, key, parsed)
 
 
