@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -20,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tgbench.errors import BadInput
-from tgbench.locations import LABEL_LIMIT, check_under, child_path, label_problem, safe_name
+from tgbench.locations import LABEL_LIMIT, check_under, child_path, label_problem, out_location, safe_name
 from tgbench.reporting.markdown import escape_cell, md_table
 from tgbench.trackers import open_trackers
 
@@ -76,6 +77,8 @@ def test_any_text_as_names_gives_a_path_under_its_parent(tmp_path, suite, label,
     assert len(path.relative_to(parent).parts) == 3   # one component per text: no separator survives
     name = safe_name(label)
     assert name not in ("", ".", "..") and "/" not in name and "\0" not in name and len(name) <= 91
+    report_dir = out_location(None, SimpleNamespace(name=suite), "smoke")   # the default report folder
+    assert Path("results").resolve() in report_dir.resolve().parents
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
