@@ -2,8 +2,10 @@
 
 Every Ctrl-C or SIGTERM of a ``--jobs 2`` run printed ``Exception in thread ... TypeError: object of type
 'NoneType' has no len()``: after ``shutdown(wait=False)`` the pool's manager thread tried to replace a worker that
-had finished its one cell (``max_tasks_per_child=1``) in a process table the shutdown had cleared. The pool the
-runner uses (``tgbench.runner.StoppablePool``) starts no replacement once shut down.
+had finished its one cell (``max_tasks_per_child=1``) in a process table the shutdown had cleared, and died of
+it. The pool the runner uses (``tgbench.runner.StoppablePool``) ends that thread quietly instead (SystemExit,
+which the default ``threading.excepthook`` ignores); the signal tests in test_reliability_workers.py hold that
+a stopped run still exits.
 """
 from __future__ import annotations
 
@@ -26,5 +28,5 @@ def test_a_pool_shut_down_without_waiting_raises_nothing_in_its_thread_when_a_wo
     thread = next((t for t in threading.enumerate() if "ExecutorManagerThread" in type(t).__name__), None)
     if thread is not None:
         thread.join(timeout=30)               # ... and the manager thread handles that exit
-    assert seen == []
+    assert [e for e in seen if not isinstance(e, SystemExit)] == []   # (threads end on SystemExit silently)
     assert multiprocessing.active_children() == [] or all(not p.is_alive() for p in multiprocessing.active_children())

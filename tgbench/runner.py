@@ -84,15 +84,19 @@ def note_failure(failures: dict[str, str], task: CellTask, exc: BaseException, l
 
 
 class StoppablePool(ProcessPoolExecutor):
-    """A process pool that, once shut down, starts no replacement worker. With ``max_tasks_per_child`` every
-    finished cell's worker is replaced; after ``shutdown(wait=False)`` (how a stopped run leaves the pool)
-    CPython 3.11's manager thread still tried, on a process table the shutdown had set to None: every Ctrl-C or
-    SIGTERM of a ``--jobs 2`` run printed "Exception in thread ... TypeError: object of type 'NoneType' has no
-    len()" (6 of 6 runs, issue 27), and a replacement started meanwhile only had to be killed again."""
+    """A process pool whose manager thread ends quietly once the pool was shut down without waiting.
+
+    With ``max_tasks_per_child`` every finished cell's worker is replaced. After ``shutdown(wait=False)`` (how a
+    stopped run leaves the pool) CPython 3.11's manager thread still tries, on the process table the shutdown
+    set to None, and dies of a TypeError: every Ctrl-C or SIGTERM of a ``--jobs 2`` run printed "Exception in
+    thread ... TypeError: object of type 'NoneType' has no len()" (6 of 6 runs, issue 27). That thread must end
+    there (a cell it already handed to the call queue counts as running and would be waited for forever, and
+    the interpreter joins the thread at exit), so it still ends, by ``SystemExit``, which a thread ends on
+    without a word."""
 
     def _adjust_process_count(self):   # (the stdlib's hook for starting workers; see the class docstring)
-        if self._shutdown_thread or self._processes is None:
-            return
+        if self._processes is None:
+            raise SystemExit
         super()._adjust_process_count()
 
 
