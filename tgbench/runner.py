@@ -95,7 +95,9 @@ class StoppablePool(ProcessPoolExecutor):
     without a word."""
 
     def _adjust_process_count(self):   # (the stdlib's hook for starting workers; see the class docstring)
-        if self._processes is None:
+        if self._processes is None:   # (the stdlib's own steps, with SystemExit where len(None) failed)
+            if self._idle_worker_semaphore.acquire(blocking=False):
+                return
             raise SystemExit
         super()._adjust_process_count()
 
