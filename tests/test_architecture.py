@@ -113,7 +113,7 @@ def test_the_checks_can_fail():
 # ----------------------------------------------------------------------------------------- the reporting package
 REPORTING = PACKAGE / "reporting"
 # what a report may build on: numbers (stats), the stored status words (records), errors, and itself
-REPORTING_MAY_IMPORT = {"tgbench.stats", "tgbench.records", "tgbench.errors"}
+REPORTING_MAY_IMPORT = {"tgbench.stats", "tgbench.records", "tgbench.errors", "tgbench.locations"}
 NEVER_IN_REPORTING = {"torch", "torchvision", "optuna"}
 
 

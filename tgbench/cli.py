@@ -70,6 +70,18 @@ def _seed_count(text: str) -> int:
     return value
 
 
+def distinct_stores(urls: list[str] | None) -> list[str] | None:
+    """``--storage`` values with repeats of one store dropped (``--storage A --storage ./A`` named the same
+    SQLite file twice and doubled every leaderboard row); an SQLite file is the same store under any path."""
+    if not urls:
+        return urls
+    seen: dict[str, str] = {}
+    for url in urls:
+        path = url.removeprefix("sqlite:///").split("?", 1)[0] if url.startswith("sqlite:///") else None
+        seen.setdefault(os.path.realpath(path) if path else url, url)
+    return list(seen.values())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="tgbench", description="Benchmark teaching-data methods under one few-step protocol.")
     parser.add_argument("--version", action="version", version=f"tgbench {installed_version()}")
@@ -281,7 +293,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             if args.from_csv:
                 build_page_from_csv(args.from_csv, args.out, command=command_line())
             else:
-                build_leaderboard(args.storage, args.out, args.artifacts, command=command_line())
+                build_leaderboard(distinct_stores(args.storage), args.out, args.artifacts, command=command_line())
         elif args.command == "export":
             from tgbench.config import installed_suites, load_suite, resolve_suite
             from tgbench.teach import export_teacher

@@ -17,14 +17,15 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, PrivateAttr,
-                      ValidationError, create_model, ValidationInfo, field_validator, model_serializer,
-                      model_validator, with_config)
+                      ValidationError, create_model, field_validator, model_validator, with_config)
 from typing_extensions import TypedDict  # (pydantic needs typing_extensions' TypedDict before Python 3.12)
 
 from tgbench.errors import BadInput, ConfigError
+from tgbench.locations import label_problem, read_text_capped
 from tgbench.registry import datasets, methods, suite_kinds
 from tgbench.inner import MOMENTUM_FORMS
 from tgbench.nn import ACTIVATIONS, BN_STATISTICS, LearnerSpec, held_out_variants
+from tgbench.strict import Strict  # the one strict base of every settings model (also methods' and proxies' Params)
 
 PROFILES = ("smoke", "cpu", "paper")
 # The shipped suites, installed with the package (pyproject.toml's package data), so a suite is also a name that
@@ -40,23 +41,11 @@ MAX_WIDTH = 8192              # conv channels / hidden units of a learner layer
 MAX_BATCH = 1_000_000         # examples per inner step / meta-batch (run_suite also checks them against the data)
 MAX_COUNT = 100_000           # population members, ES pairs, learners per evaluation
 MAX_SEEDS = 1000              # as `--seeds` (tgbench.cli.MAX_SEEDS)
+MAX_SWEEP_VALUES = 1000       # values of one `sweep:` (each is an arm of every source)
 
 Width = Annotated[int, Field(gt=0, le=MAX_WIDTH)]
 Count = Annotated[int, Field(gt=0, le=MAX_COUNT)]
 Beta = Annotated[float, Field(ge=0.0, lt=1.0)]   # Adam's betas: torch refuses anything outside [0, 1)
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_bool_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
-        # YAML's `yes`/`true` would otherwise be taken as 1 by an int or float setting (steps: true -> 1 step)
-        annotation = cls.model_fields[info.field_name].annotation
-        if isinstance(value, bool) and annotation in (int, float, int | None, float | None):
-            raise ValueError(f"expected a number, got the boolean {value}")
-        return value
 
 
 class DatasetConfig(Strict):
@@ -262,6 +251,15 @@ class SourceEntry(Strict):
     arm: str | None = None
     sweep_value: Any = None
 
+    @field_validator("label")
+    @classmethod
+    def _usable_label(cls, label: str | None) -> str | None:
+        # a label names the arm in tables and the store, and (made safe by tgbench.locations) files
+        problem = None if label is None else label_problem(label)
+        if problem:
+            raise ValueError(problem)
+        return label
+
     @property
     def name(self) -> str:
         return self.label or self.method
@@ -292,7 +290,7 @@ class Sweep(Strict):
     """
 
     key: str
-    values: list[Any] = Field(min_length=1)
+    values: list[Any] = Field(min_length=1, max_length=MAX_SWEEP_VALUES)
 
     @field_validator("key")
     @classmethod
@@ -480,6 +478,9 @@ class Suite(Strict):
             raise ValueError("a suite needs a non-empty name")
         if len(name) > 200 or any(c in name for c in "/@|\0") or name != name.strip():
             raise ValueError("a suite name is at most 200 characters, without '/', '@', '|' or surrounding spaces")
+        problem = label_problem(name)   # (the label rules: no control characters either)
+        if problem:
+            raise ValueError(problem.replace("a label", "a suite name"))
         return name
 
     @field_validator("sources")
@@ -569,12 +570,36 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+# Values a suite's YAML may expand to, counting every alias as the copy it stands for: a real suite has a few
+# hundred; an alias bomb (`a1: [*a0, *a0, ...]`, nine levels: 9**9 items) is refused before anything walks it.
+MAX_YAML_VALUES = 100_000
+
+
+def _check_expanded_size(path: Path | str, raw: Any) -> None:
+    """``ConfigError`` if ``raw`` expands to more than ``MAX_YAML_VALUES`` values (shared alias targets counted
+    once per use): walked with a budget, so the check itself stays cheap on a bomb."""
+    budget = MAX_YAML_VALUES
+    stack = [raw]
+    while stack:
+        value = stack.pop()
+        budget -= 1
+        if budget < 0:
+            raise ConfigError(f"{path}: the YAML expands to more than {MAX_YAML_VALUES} values (an alias bomb?); "
+                              "refusing it")
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, (list, tuple, set)):
+            stack.extend(value)
+
+
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     """Read a suite file, resolving ``include: other.yaml`` (relative to the file) by deep merge."""
     if path in seen:
         raise ConfigError(f"{path}: include: circular include")
     try:
-        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+        # a regular file of at most a few MB (a FIFO or /dev/zero is refused at once, not read forever)
+        raw = yaml.load(read_text_capped(path, "suite file"), Loader=_UniqueKeyLoader)  # noqa: S506 (SafeLoader)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such suite file") from None
     except UnicodeDecodeError:
@@ -592,6 +617,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of keys, got {type(raw).__name__}")
+    _check_expanded_size(path, raw)
     include = raw.pop("include", None)
     if include is not None:
         if not isinstance(include, str):
@@ -698,6 +724,7 @@ def _parse_setting(text: str) -> Setting:
     except (yaml.YAMLError, ValueError, TypeError) as exc:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise BadInput(f"--set {key}: the value {value!r} is not valid YAML: {problem}") from None
+    _check_expanded_size(f"--set {key}", parsed)   # (an alias bomb fits in one argument too)
     return Setting(text, key, parsed)
 
 

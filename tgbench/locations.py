@@ -1,17 +1,87 @@
-"""Output locations (report folder, SQLite store, teacher artifacts), checked before any work starts: a run that
-trained for an hour must not then find it cannot write. Nothing is created by a check."""
+"""Output locations: the one function that turns user text into a file name, and the checks of the report
+folder before any work starts (a run that trained for an hour must not then find it cannot write).
+
+Every path tgbench derives from user text (a source label, a suite name, a cell key: report folders, figure
+files, tracker runs) goes through :func:`child_path`, which maps the text to a safe file name
+(:func:`safe_name`) and checks that the result stays under its parent: a suite someone shares cannot make a run
+write outside its output, artifact or log folder, whatever its labels say (``../../x``, ``/etc/x``). Labels
+themselves are checked when a suite loads (:func:`label_problem`). Nothing is created by a check.
+
+A low module: it imports nothing of tgbench but ``errors``, so the store, the configuration, the reports and
+the trackers can all use it.
+"""
 from __future__ import annotations
 
+import hashlib
 import os
+import re
+import stat
 import tempfile
+import unicodedata
 from pathlib import Path
+from typing import Any
 
-from tgbench.config import Suite
 from tgbench.errors import BadInput
-from tgbench.store import artifacts_location, resolve_url, sqlite_path
+
+NAME_LIMIT = 80          # characters of a safe name before it is cut and ends in a hash of the whole text
+LABEL_LIMIT = 200        # characters of a source label (a suite name has the same limit)
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def writable_out_dir(out: str | None, suite: Suite, profile: str) -> Path:
+def text_hash(text: Any) -> str:
+    """10 hex digits of the SHA-256 of ``text``: what keeps two cut or rewritten names distinct."""
+    return hashlib.sha256(str(text).encode("utf-8", "surrogatepass")).hexdigest()[:10]
+
+
+def safe_name(text: Any) -> str:
+    """A file-name-safe, bounded form of ``text``: runs of characters other than ASCII letters, digits, ``.``,
+    ``_`` and ``-`` become ``_``; a name that starts with a dot (``..``, a hidden file) gets a ``_`` in front;
+    one longer than ``NAME_LIMIT`` is cut there and ends in ``-<hash of the full text>``. Never empty, never
+    ``.`` or ``..``, never holding a path separator or a control character. Plain names (``mnist_fewstep``,
+    ``gtn``) stay as they are."""
+    name = _UNSAFE.sub("_", str(text)) or "_"
+    if name.startswith("."):
+        name = "_" + name
+    if len(name) > NAME_LIMIT:
+        name = f"{name[:NAME_LIMIT]}-{text_hash(text)}"
+    return name
+
+
+def child_path(parent: str | Path, *texts: Any) -> Path:
+    """``parent / safe_name(t1) / safe_name(t2) ...``, checked to stay under ``parent`` once both are resolved
+    (a symbolic link inside ``parent`` pointing elsewhere is refused too): ``BadInput`` otherwise."""
+    parent = Path(parent)
+    path = parent.joinpath(*(safe_name(t) for t in texts))
+    check_under(parent, path)
+    return path
+
+
+def check_under(parent: str | Path, path: str | Path) -> Path:
+    """``path`` if it resolves to ``parent`` or below it, else ``BadInput`` naming both."""
+    root = Path(os.path.abspath(parent)).resolve()
+    target = Path(os.path.abspath(path)).resolve()
+    if target != root and root not in target.parents:
+        raise BadInput(f"{path}: a path built from user text leaves its folder {parent}; refusing to write there")
+    return Path(path)
+
+
+def label_problem(label: str) -> str | None:
+    """What is wrong with a source label, or ``None``: a label names an arm in tables, the store's cell keys and
+    (through :func:`safe_name`) files, so it is 1 to ``LABEL_LIMIT`` characters without control characters
+    (newline, NUL, tab ...) or surrounding spaces."""
+    if not label.strip():
+        return "a label must not be empty"
+    if len(label) > LABEL_LIMIT:
+        return f"a label is at most {LABEL_LIMIT} characters (this one has {len(label)})"
+    bad = next((c for c in label if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp")), None)
+    if bad is not None:
+        return f"a label must not hold control characters (found {bad!r})"
+    if label != label.strip():
+        return "a label must not start or end with spaces"
+    return None
+
+
+def writable_out_dir(out: str | None, suite: Any, profile: str) -> Path:
     """The report directory, created, after a write test (``BadInput`` naming ``--out`` if it fails)."""
     out_dir = out_location(out, suite, profile)
     check_writable_dir(out_dir, "--out")
@@ -23,8 +93,9 @@ def writable_out_dir(out: str | None, suite: Suite, profile: str) -> Path:
     return out_dir
 
 
-def out_location(out: str | None, suite: Suite, profile: str) -> Path:
-    return Path(out) if out else Path("results") / suite.name / profile
+def out_location(out: str | None, suite: Any, profile: str) -> Path:
+    """``--out``, else ``results/<suite name>/<profile>`` (through :func:`child_path`)."""
+    return Path(out) if out else child_path("results", suite.name, profile)
 
 
 def probe_write(folder: Path) -> None:
@@ -55,16 +126,34 @@ def check_writable_dir(folder: Path, flag: str) -> None:
         raise BadInput(f"{flag}: cannot write to {folder} (cannot create it: {existing} is not writable)")
 
 
-def check_output_locations(storage: str | None, artifacts_dir: str | None) -> None:
-    """Before any work starts: the SQLite store's file and the teacher artifact directory must be writable or
-    creatable (the report directory is checked by ``writable_out_dir``). A cell that trains and then cannot
-    save its teacher would be lost, its claim left running. Nothing is created here."""
-    db = sqlite_path(resolve_url(storage))
-    if db is not None:
-        if db.is_dir():
-            raise BadInput(f"--storage: cannot use {db}: it is a directory, not an SQLite file")
-        if db.exists() and not os.access(db, os.R_OK | os.W_OK):
-            raise BadInput(f"--storage: cannot write to {db}: the file is read-only")
-        check_writable_dir(db.parent, "--storage")
-    artifacts, flag = artifacts_location(storage, artifacts_dir)
-    check_writable_dir(artifacts, flag)
+# ------------------------------------------------------------------------------------------ reading inputs
+MAX_TEXT_BYTES = 4 * 1024 * 1024     # a suite, an included file, a lesson file: real ones are a few KB
+
+
+def check_regular_file(path: str | Path, what: str = "file") -> Path:
+    """``path`` if it is a regular file (following links); a FIFO, a device, a socket or a directory is
+    ``BadInput`` at once: reading one would block forever (a FIFO nobody writes) or never end (``/dev/zero``).
+    A missing file raises ``FileNotFoundError`` for the caller to word."""
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+        raise BadInput(f"{path}: cannot read the {what}: it is {kind}, not a regular file")
+    return Path(path)
+
+
+def read_text_capped(path: str | Path, what: str = "file", limit: int = MAX_TEXT_BYTES) -> str:
+    """The UTF-8 text of a regular file of at most ``limit`` bytes (``BadInput`` naming the file otherwise).
+    Opened without blocking, so a FIFO swapped in after the check is refused rather than waited on; read in one
+    bounded call, so a file that grows while being read cannot exhaust memory. ``FileNotFoundError``,
+    ``UnicodeDecodeError`` and other ``OSError`` pass to the caller to word."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as handle:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            check_regular_file(path, what)   # (words the refusal)
+            raise BadInput(f"{path}: cannot read the {what}: not a regular file")
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise BadInput(f"{path}: the {what} is larger than {limit // (1024 * 1024)} MB; refusing to read it")
+    return data.decode("utf-8")

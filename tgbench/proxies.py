@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+from pydantic import Field, PositiveFloat, PositiveInt
 
 from tgbench import device as devices
 from tgbench.config import GroundTruthSchedule, Suite
@@ -43,14 +43,14 @@ from tgbench.engine import (EvalPlan, Tensors, Unroll, accuracy_and_loss, build_
 from tgbench.inner import OPTIMIZERS
 from tgbench.nn import Learner, LearnerSpec, count_params
 from tgbench.source import Lesson, Teacher
+from tgbench.strict import Strict
 
 ADAM_BETA1 = 0.9   # ground-truth / early-stopping training: standard Adam (beta2, eps as in tgbench.inner)
 
 
-class ProxyParams(BaseModel):
-    """Base of every proxy's ``Params``: unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid")
+class ProxyParams(Strict):
+    """Base of every proxy's ``Params``: the one strict base (``tgbench.strict``): unknown keys are errors,
+    booleans are not numbers, floats are finite."""
 
 
 @dataclass

@@ -11,8 +11,11 @@ every path ends in the same ``register`` call.
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import functools
 import hashlib
+import inspect
 import importlib
 import importlib.util
 import sys
@@ -21,6 +24,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tgbench.errors import BadInput, UnknownName
+
+
+class PluginExited(RuntimeError):
+    """A plug-in (dataset, proxy or suite kind) called ``sys.exit``: the CLI prints this one line, naming the
+    plug-in and where it came from, and exits 1 (as for a plug-in method's cell: ``tgbench.runner``)."""
 
 
 class Registry:
@@ -32,8 +40,11 @@ class Registry:
     """
 
     def __init__(self, kind: str, base: str | type | None = None, entry_point_group: str | None = None,
-                 callable_targets: bool = False, instances: bool = False):
+                 callable_targets: bool = False, instances: bool = False, contain: tuple[str, ...] = ()):
         self.kind = kind
+        # what of a plug-in (not a built-in) runs behind a guard that turns its sys.exit into PluginExited: the
+        # loader itself (callable targets), these methods of a class, or these callable fields of an instance
+        self._contain = contain
         self._base = base
         self._instances = instances  # entries are instances of ``base`` (suite kinds), not subclasses
         self._callable_targets = callable_targets
@@ -144,8 +155,44 @@ class Registry:
                 raise BadInput(f"{self.kind} {name!r}: {target!r} is not a subclass of {base.__name__}")
             if self._callable_targets and not callable(obj):
                 raise BadInput(f"{self.kind} {name!r}: {target!r} is not callable")
+            if self.origin(name) != "built-in":
+                obj = self._contained(name, obj)
             self._loaded[name] = obj
         return self._loaded[name]
+
+    def _guard(self, name: str, fn: Callable) -> Callable:
+        """``fn``, except that a ``sys.exit`` inside it is :class:`PluginExited` naming the plug-in (a plug-in
+        must not end tgbench with its own exit code and nothing on stderr). Exceptions pass as they are: the
+        callers already word them (bad input, a failed cell)."""
+        @functools.wraps(fn)
+        def contained(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except SystemExit as exc:
+                raise PluginExited(f"{self.kind} {name!r} ({self.origin(name)}) called sys.exit({exc.code!r}) in "
+                                   f"{getattr(fn, '__name__', 'its code')}") from None
+        return contained
+
+    def _contained(self, name: str, obj: Any) -> Any:
+        """A plug-in's ``obj`` behind :meth:`_guard`: a loader function wrapped; a class subclassed with its
+        ``contain`` methods wrapped (class and static methods too); an instance (a dataclass) copied with its
+        ``contain`` fields wrapped. Built-ins are used as they are."""
+        if self._callable_targets and not isinstance(obj, type):
+            return self._guard(name, obj)
+        if isinstance(obj, type) and self._contain:
+            attrs = {}
+            for attr in self._contain:
+                raw = inspect.getattr_static(obj, attr, None)
+                if isinstance(raw, (classmethod, staticmethod)):
+                    attrs[attr] = type(raw)(self._guard(name, raw.__func__))
+                elif callable(raw):
+                    attrs[attr] = self._guard(name, raw)
+            return type(obj.__name__, (obj,), {"__module__": obj.__module__, "__qualname__": obj.__qualname__,
+                                               "__doc__": obj.__doc__, **attrs})
+        if dataclasses.is_dataclass(obj) and not isinstance(obj, type) and self._contain:
+            fields = {f: self._guard(name, getattr(obj, f)) for f in self._contain if callable(getattr(obj, f, None))}
+            return dataclasses.replace(obj, **fields)
+        return obj
 
     def _resolve_base(self) -> type | None:
         if isinstance(self._base, str):
@@ -173,7 +220,8 @@ datasets.register("cifar100", "tgbench.data:load_cifar100")
 datasets.register("svhn", "tgbench.data:load_svhn")
 
 # NAS proxies: each scores an architecture (cheaply) for the nas_proxy suites; see tgbench/proxies.py.
-proxies = Registry("proxy", base="tgbench.proxies:Proxy", entry_point_group="tgbench.proxies")
+proxies = Registry("proxy", base="tgbench.proxies:Proxy", entry_point_group="tgbench.proxies",
+                   contain=("__init__", "teacher_source", "score"))
 proxies.register("param_count", "tgbench.proxies:ParamCount")
 proxies.register("synflow", "tgbench.proxies:SynFlow")
 proxies.register("grad_norm", "tgbench.proxies:GradNorm")
@@ -186,7 +234,7 @@ proxies.register("real_epochs", "tgbench.proxies:RealEpochs")
 # Suite kinds: each target is a tgbench.kinds.SuiteKind (its YAML section, and what `tgbench run` / `report` do
 # with the suite); see docs/adding_a_suite_kind.md.
 suite_kinds = Registry("suite kind", base="tgbench.kinds:SuiteKind", entry_point_group="tgbench.suite_kinds",
-                       instances=True)
+                       instances=True, contain=("run", "report", "validate"))
 suite_kinds.register("fewstep", "tgbench.kinds.fewstep:FEWSTEP")
 suite_kinds.register("tune", "tgbench.kinds.tune:TUNE")
 suite_kinds.register("nas_proxy", "tgbench.kinds.nas_proxy:NAS_PROXY")

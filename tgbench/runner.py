@@ -12,20 +12,22 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from tqdm import tqdm
 
 from tgbench import device as devices
 from tgbench import interrupt
-from tgbench.cells import CellTask, run_cell
-from tgbench.config import load_suite
+from tgbench.cells import CellTask, run_cell, study_name
+from tgbench.config import load_suite, suite_from_dict
 from tgbench.errors import BadInput
 from tgbench.kinds import RunContext, RunOptions, SuiteKind
-from tgbench.locations import check_output_locations
+from tgbench.locations import check_writable_dir
 from tgbench.provenance import default_profile
 from tgbench.registry import suite_kinds
 from tgbench.records import cell_key
+from tgbench.store import Store, artifacts_location, resolve_url, sqlite_path
 
 __all__ = ["RunOptions", "run_suite", "report_suite", "run_in_workers", "run_cell_in_a_slot"]
 
@@ -43,6 +45,21 @@ def run_suite(suite_path: str, opts: RunOptions, log=print) -> Path:
     check_output_locations(opts.storage, opts.artifacts_dir)  # a bad --storage/--artifacts must not strand a cell
     kind: SuiteKind = suite_kinds.get(ctx.suite.kind)
     return kind.run(ctx)
+
+
+def check_output_locations(storage: str | None, artifacts_dir: str | None) -> None:
+    """Before any work starts: the SQLite store's file and the teacher artifact directory must be writable or
+    creatable (the report directory is checked by ``writable_out_dir``). A cell that trains and then cannot
+    save its teacher would be lost, its claim left running. Nothing is created here."""
+    db = sqlite_path(resolve_url(storage))
+    if db is not None:
+        if db.is_dir():
+            raise BadInput(f"--storage: cannot use {db}: it is a directory, not an SQLite file")
+        if db.exists() and not os.access(db, os.R_OK | os.W_OK):
+            raise BadInput(f"--storage: cannot write to {db}: the file is read-only")
+        check_writable_dir(db.parent, "--storage")
+    artifacts, flag = artifacts_location(storage, artifacts_dir)
+    check_writable_dir(artifacts, flag)
 
 
 def report_suite(suite_path: str, opts: RunOptions, log=print) -> Path:
@@ -66,6 +83,25 @@ def note_failure(failures: dict[str, str], task: CellTask, exc: BaseException, l
     log(f"cell {key} failed ({failures[key]}); the other cells go on")  # (stdout: stderr gets one summary line)
 
 
+class StoppablePool(ProcessPoolExecutor):
+    """A process pool whose manager thread ends quietly once the pool was shut down without waiting.
+
+    With ``max_tasks_per_child`` every finished cell's worker is replaced. After ``shutdown(wait=False)`` (how a
+    stopped run leaves the pool) CPython 3.11's manager thread still tries, on the process table the shutdown
+    set to None, and dies of a TypeError: every Ctrl-C or SIGTERM of a ``--jobs 2`` run printed "Exception in
+    thread ... TypeError: object of type 'NoneType' has no len()" (6 of 6 runs, issue 27). That thread must end
+    there (a cell it already handed to the call queue counts as running and would be waited for forever, and
+    the interpreter joins the thread at exit), so it still ends, by ``SystemExit``, which a thread ends on
+    without a word."""
+
+    def _adjust_process_count(self):   # (the stdlib's hook for starting workers; see the class docstring)
+        if self._processes is None:   # (the stdlib's own steps, with SystemExit where len(None) failed)
+            if self._idle_worker_semaphore.acquire(blocking=False):
+                return
+            raise SystemExit
+        super()._adjust_process_count()
+
+
 STOP_GRACE_SECONDS = 60  # how long a stopped --jobs run waits for its workers to mark their cells failed
 
 
@@ -79,19 +115,41 @@ def run_in_workers(tasks: list[CellTask], slots: list[str], progress: bool, on_f
     Stop means stop: on Ctrl-C or SIGTERM (to the parent alone, or to the whole process group) the queued cells
     are cancelled, every running worker gets SIGTERM — its own handler marks its cell failed, as a single
     process does — and the interrupt is raised again once they have exited (``STOP_GRACE_SECONDS`` at most).
-    A cell that raised anything else is handed to ``on_failure(task, exception)`` and the others go on."""
+    A cell that raised anything else is handed to ``on_failure(task, exception)`` and the others go on.
+
+    A worker that dies hard (``os._exit`` in a plug-in, a segfault, the kernel's OOM killer) breaks the whole
+    pool: every cell it still had fails with ``BrokenProcessPool``, the dead worker's cell is left RUNNING.
+    Those cells are then run again one at a time, each in a pool of its own, so only the cell that kills its
+    worker again is handed to ``on_failure``, after the parent has marked its claim failed in the store
+    (:func:`fail_dead_claims`): nothing is left RUNNING, and the cells queued behind it still run."""
+    ran, broken = _run_pool(tasks, slots, progress, on_failure)
+    for task in broken:   # (alone: a worker that dies takes no other cell with it)
+        again_ran, again_broken = _run_pool([task], slots[:1], False, on_failure)
+        ran += again_ran
+        if again_broken:
+            fail_dead_claims(task)
+            on_failure(task, BrokenProcessPool(f"the worker process running cell {cell_key(task.source, task.seed)} "
+                                               "died without a word (os._exit, a crash or the OOM killer); its "
+                                               "claim is marked failed"))
+    return ran
+
+
+def _run_pool(tasks: list[CellTask], slots: list[str], progress: bool, on_failure) -> tuple[int, list[CellTask]]:
+    """(cells that ran, tasks lost to a broken pool) of one pool over ``tasks`` (see ``run_in_workers``)."""
     context = multiprocessing.get_context("spawn")  # (what max_tasks_per_child needs; the queue must match it)
     free_devices = context.Queue()
     for slot in slots:
         free_devices.put(slot)
-    pool = ProcessPoolExecutor(max_workers=len(slots), mp_context=context, max_tasks_per_child=1,
-                               initializer=_adopt_slot_queue, initargs=(free_devices,))
-    ran = 0
+    pool = StoppablePool(max_workers=len(slots), mp_context=context, max_tasks_per_child=1,
+                         initializer=_adopt_slot_queue, initargs=(free_devices,))
+    ran, broken = 0, []
     try:
         futures = {pool.submit(run_cell_in_a_slot, task): task for task in tasks}
         for future in tqdm(as_completed(futures), total=len(futures), desc="cells", disable=not progress):
             try:
                 ran += future.result() is not None
+            except BrokenProcessPool:
+                broken.append(futures[future])
             except CELL_FAILURES as exc:
                 on_failure(futures[future], exc)
             interrupt.check()
@@ -100,7 +158,16 @@ def run_in_workers(tasks: list[CellTask], slots: list[str], progress: bool, on_f
         stop_workers(free_devices)
         raise
     pool.shutdown()
-    return ran
+    return ran, broken
+
+
+def fail_dead_claims(task: CellTask) -> None:
+    """Mark failed the RUNNING cells of ``task``'s study whose worker process is gone (``Store.fail_stale``):
+    what a worker that died hard held."""
+    suite = (load_suite(task.suite_path, task.profile, task.overrides) if task.resolved_suite is None
+             else suite_from_dict(task.resolved_suite))
+    store = Store(task.storage, task.artifacts_dir)
+    store.fail_stale(store.study(study_name(suite, task.profile), create=False))
 
 
 def stop_workers(free_devices) -> None:

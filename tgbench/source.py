@@ -35,18 +35,17 @@ from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 import torch
-from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from tgbench.data import Split
 from tgbench.inner import InnerHyperparameters
 from tgbench.problem import Problem
+from tgbench.strict import Strict
 
 
-class SourceParams(BaseModel):
-    """Base of every source's ``Params``: unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid")
+class SourceParams(Strict):
+    """Base of every source's ``Params``: the one strict base (``tgbench.strict``): unknown keys are errors,
+    booleans are not numbers, floats are finite."""
 
 
 @dataclass

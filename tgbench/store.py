@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import json
 import os
@@ -54,6 +55,7 @@ from optuna.trial import TrialState
 
 from tgbench import interrupt
 from tgbench.errors import BadInput
+from tgbench.locations import check_regular_file
 from tgbench.records import CellRecord, FewstepCell, Record, Status, record_from_attrs
 
 DEFAULT_STORAGE = "sqlite:///results/tgbench.db"
@@ -126,25 +128,68 @@ def sqlite_path(url: str) -> Path | None:
     return Path(url.removeprefix("sqlite:///").split("?", 1)[0])
 
 
-OPTUNA_TABLES = {"studies", "trials", "version_info", "alembic_version"}
+@functools.cache
+def optuna_schema() -> tuple[dict[str, set[str]], set[str]]:
+    """The schema this Optuna gives a store: table -> column names (its SQLAlchemy models, plus Alembic's own
+    ``alembic_version``), and the Alembic revisions it knows (its migration scripts). Read from the installed
+    Optuna, so it follows the version in use; nothing is created."""
+    from optuna.storages._rdb import models   # (the table definitions RDBStorage creates: no public accessor)
+
+    tables = {name: {c.name for c in table.columns} for name, table in models.BaseModel.metadata.tables.items()}
+    tables["alembic_version"] = {"version_num"}
+    scripts = Path(models.__file__).parent / "alembic" / "versions"
+    revisions = {match.group(1) for path in scripts.glob("*.py")
+                 for match in [re.search(r'^revision\s*=\s*["\']([^"\']+)', path.read_text(), re.M)] if match}
+    return tables, revisions
+
+
+def store_problem(con: sqlite3.Connection) -> str | None:
+    """Why an SQLite database (opened read-only) is not a tgbench store, or ``None`` when it is one (or has no
+    tables yet): every table of Optuna's schema, each with exactly Optuna's columns, no table of another
+    application, and a version row Optuna wrote (``version_info.schema_version``, a known Alembic revision)."""
+    found = {row[0] for row in con.execute("select name from sqlite_master where type = 'table'")
+             if not row[0].startswith("sqlite_")}
+    if not found:
+        return None
+    tables, revisions = optuna_schema()
+    foreign = sorted(found - set(tables))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        return f"it holds another application's tables ({shown})"
+    missing = sorted(set(tables) - found)
+    if missing:
+        return f"it lacks tables of a tgbench (Optuna) store ({', '.join(missing[:5])})"
+    for table in sorted(tables):
+        columns = {row[1] for row in con.execute(f'pragma table_info("{table}")')}
+        if columns != tables[table]:
+            return f"its table {table!r} has columns {sorted(columns)}, not those of a tgbench (Optuna) store"
+    versions = list(con.execute("select schema_version from version_info"))
+    alembic = list(con.execute("select version_num from alembic_version"))
+    if len(versions) != 1 or not isinstance(versions[0][0], int) or len(alembic) != 1 or alembic[0][0] not in revisions:
+        return "its version tables do not hold one version Optuna wrote"
+    return None
 
 
 def refuse_foreign_sqlite(url: str) -> None:
-    """``BadInput`` when ``url`` names an existing SQLite file that holds another application's tables: tgbench
-    would add its own beside them (Optuna creates its schema on open). A file that is not SQLite at all is
-    refused the same way; an empty file, or one with Optuna's tables, is fine."""
+    """``BadInput`` when ``url`` names an existing SQLite file that is not a tgbench store (:func:`store_problem`):
+    Optuna creates whatever tables it misses on open, so a file of another application that merely has a table
+    called ``studies`` would get Optuna's beside its own. A file that is not SQLite at all is refused the same
+    way; an empty file, or an SQLite database without tables, is fine. Read-only: the file is left untouched."""
     path = sqlite_path(url)
-    if path is None or not path.is_file() or path.stat().st_size == 0:
+    if path is None or not path.exists():
+        return
+    if not path.is_file():
+        raise BadInput(f"--storage: {path} is not a regular file (an SQLite store is a file)")
+    if path.stat().st_size == 0:
         return
     try:
         with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as con:
-            tables = {row[0] for row in con.execute("select name from sqlite_master where type = 'table'")}
+            problem = store_problem(con)
     except sqlite3.DatabaseError as exc:
         raise BadInput(f"--storage: {path} is not an SQLite database tgbench can use: {exc}") from None
-    if tables and not tables & OPTUNA_TABLES:
-        shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
-        raise BadInput(f"--storage: {path} holds another application's tables ({shown}); tgbench will not add its "
-                       "own beside them: give a new file or an existing tgbench store")
+    if problem:
+        raise BadInput(f"--storage: {path} is not a tgbench store: {problem}; tgbench will not change it: give "
+                       "a new file or an existing tgbench store")
 
 
 def require_existing(url: str | None, hint: str = "run the suite first, or pass the --storage it used") -> str:
@@ -417,11 +462,16 @@ def load_weights_only(path: str | Path) -> Any:
     import torch
 
     try:
+        # only a regular file: a FIFO would block torch.load forever and a device never end (FileNotFoundError
+        # propagates; BadInput's line becomes the ValueError below)
+        check_regular_file(path, "tensor file")
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": one line on stderr is all we print
             warnings.simplefilter("ignore")
             return torch.load(path, weights_only=True, map_location="cpu")
     except FileNotFoundError:
         raise
+    except BadInput as exc:
+        raise ValueError(str(exc).removeprefix(f"{path}: ")) from None
     except pickle.UnpicklingError as exc:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
         what = f"a pickled {found.group(1)}" if found else "pickle data"

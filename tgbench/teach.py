@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -43,16 +44,18 @@ from torch import nn
 
 from tgbench import device as devices
 from tgbench.builders import build_teacher
-from tgbench.config import SourceEntry, load_suite, suite_from_dict
+from tgbench.config import MAX_INNER_STEPS, SourceEntry, load_suite, suite_from_dict
 from tgbench.data import load_dataset
 from tgbench.engine import EvalPlan, evaluate
 from tgbench.errors import BadInput
 from tgbench.identity import EVAL_SEED_OFFSET
+from tgbench.locations import check_regular_file
 from tgbench.nn import Learner
 from tgbench.problem import Problem
 from tgbench.provenance import default_profile
 from tgbench.records import FewstepCell, Status, cell_key
 from tgbench.registry import datasets
+from tgbench.source import Lesson
 from tgbench.store import Store, load_weights_only, require_existing
 
 FORMAT = "tgbench-teacher/1"
@@ -62,17 +65,27 @@ RECORD_KEYS = ("suite", "profile", "source", "method", "variant", "seed", "confi
 
 
 # ------------------------------------------------------------------------------------------ export
-def _save_atomically(obj: dict, out: str | Path) -> Path:
+def save_atomically(obj: dict, out: str | Path) -> Path:
     """``torch.save`` to a temporary file renamed into place: a failed export never leaves half a file."""
     path = Path(out)
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         os.close(fd)
         torch.save(obj, tmp)
         os.replace(tmp, path)
+        tmp = None
     except OSError as exc:
         raise BadInput(f"--out: cannot write {path}: {exc.strerror}") from None
+    except RuntimeError as exc:  # torch's zip writer words a failed write (a full disk) as "[enforce fail at ...]"
+        free = shutil.disk_usage(path.parent).free
+        why = (f"no space left on the device holding {path.parent} ({free // 1024} KB free)" if free < 64 * 1024 ** 2
+               else _one_line(exc))
+        raise BadInput(f"--out: cannot write {path}: {why}") from None
+    finally:
+        if tmp is not None:   # a failed export leaves no temporary file behind
+            Path(tmp).unlink(missing_ok=True)
     return path
 
 
@@ -100,7 +113,7 @@ def export_teacher(suite: str, profile: str | None, source: str, seed: int, out:
     payload = store.load_teacher(record.teacher_artifact)
     payload.update({"format": FORMAT, "study": name, "profile": profile, "source": source,
                     "schedule": record.schedule, "record": {k: getattr(record, k) for k in RECORD_KEYS}})
-    path = _save_atomically(payload, out)
+    path = save_atomically(payload, out)
     log(f"exported {name} {record.cell} (method {payload['method']}, {payload['dataset_resolved']}, recorded test "
         f"acc {record.test_acc_final:.4f}) -> {path}")
     return path
@@ -117,7 +130,10 @@ def load_exported(path: str | Path) -> dict:
     (``weights_only=True``) and checked to have every field ``teach`` uses, of the right type; anything else
     is :class:`BadInput` naming the file."""
     try:
+        check_regular_file(path, "teacher file")   # a FIFO would block torch.load forever, a device never end
         payload = load_weights_only(path)
+    except BadInput:
+        raise
     except FileNotFoundError:
         raise BadInput(f"{path}: no such teacher file") from None
     except Exception as exc:
@@ -154,6 +170,14 @@ def _rebuild_teacher(path: str | Path, payload: dict, suite, entry, dataset):
     except Exception as exc:  # torch lists every missing / unexpected key and size mismatch over many lines
         raise BadInput(f"{path}: state_dict: does not fit the {payload['method']!r} teacher its suite builds "
                        f"({_one_line(exc)})") from None
+    # load_state_dict casts what it copies: int64 weights or NaN/inf ones "taught" at chance level, exit 0
+    expected = teacher.state_dict()
+    for key, tensor in payload["state_dict"].items():
+        if tensor.dtype != expected[key].dtype:
+            raise BadInput(f"{path}: state_dict.{key}: {tensor.dtype}, but the teacher its suite builds holds "
+                           f"{expected[key].dtype} there")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise BadInput(f"{path}: state_dict.{key}: holds NaN or infinite values; not a trained teacher")
     return teacher
 
 
@@ -164,6 +188,39 @@ def _one_line(exc: BaseException, limit: int = 300) -> str:
 
 
 # ------------------------------------------------------------------------------------------ teach
+# `teach --steps` beyond this is refused (as a suite's `inner.steps` is): a teacher teaches T lessons and repeats
+# them beyond its horizon, so more steps only train longer on the same data.
+MAX_TEACH_STEPS = MAX_INNER_STEPS
+
+
+class RepeatsShared:
+    """A teacher whose lessons beyond its horizon ``T`` share the image and label tensors of the lesson they
+    repeat (step t's of step ``t % T``, when equal): the engine holds every lesson of an unroll at once, so
+    ``teach --steps 8000`` on a T = 2 teacher grew ~55 KB per step (1.3 GB); now memory does not grow with
+    the steps of a teacher that cycles its lessons (every built-in source does). The lessons are the teacher's
+    own, bit for bit; only their storage is shared. ``problem``, ``optimizer`` and ``new_episode`` are the
+    teacher's."""
+
+    def __init__(self, teacher, horizon: int):
+        self.teacher, self.horizon = teacher, horizon
+        self.problem, self.optimizer = teacher.problem, teacher.optimizer
+        self._first: dict[int, Lesson] = {}   # this episode's lessons 0..T-1
+
+    def new_episode(self, generator: torch.Generator):
+        self._first = {}
+        return self.teacher.new_episode(generator)
+
+    def __call__(self, t: int, episode) -> Lesson:
+        lesson = self.teacher(t, episode)
+        if t < self.horizon:
+            self._first[t] = lesson
+            return lesson
+        seen = self._first.get(t % self.horizon)
+        if seen is not None and torch.equal(seen.x, lesson.x) and torch.equal(seen.y, lesson.y):
+            return lesson._replace(x=seen.x, y=seen.y)
+        return lesson
+
+
 def construct(cls: type[nn.Module], problem: Problem) -> nn.Module:
     """``cls(image_shape, num_classes)``: how a ``--model`` class is built (the one constructor ``teach``'s
     documentation asks of it, a subclass of ``tgbench.nn.Learner`` included)."""
@@ -253,6 +310,10 @@ def teach(path: str | Path, model: str | None = None, steps: int | None = None, 
         what = model
     trained_steps = teacher.hyper.log_lr.shape[0]  # T the teacher was meta-trained for (its schedule's length)
     steps = steps or trained_steps
+    if steps > MAX_TEACH_STEPS:
+        raise BadInput(f"--steps: at most {MAX_TEACH_STEPS} inner steps (got {steps}; this teacher was meta-trained "
+                       f"for {trained_steps}, and repeats its lessons beyond that)")
+    teacher = RepeatsShared(teacher, trained_steps)
     learners = learners or suite.evaluation.final_learners
     result = evaluate(teacher, specs, dataset.test, dataset.val,
                       EvalPlan(steps, learners, teacher.optimizer, per_step=False),
@@ -297,7 +358,7 @@ def export_lessons(teacher_file: str | Path, out: str | Path, data_root: str | N
         "method": payload["method"], "source": payload.get("source"), "study": payload.get("study"),
         "seed": payload["seed"],
     }
-    path = _save_atomically(tensors, out)
+    path = save_atomically(tensors, out)
     log(f"wrote {len(tensors['images'])} images ({steps} steps x {tensors['batch_size']}) of "
         f"{payload.get('study')} {payload.get('source')} seed {payload['seed']} -> {path}")
     return path

@@ -18,6 +18,7 @@ from typing import Protocol
 import numpy as np
 
 from tgbench.errors import BadInput
+from tgbench.locations import child_path, safe_name
 
 KINDS = ("tensorboard", "wandb")
 
@@ -107,11 +108,13 @@ def open_trackers(kinds: tuple[str, ...], log_dir: str | None, suite: str, cell:
     if not kinds:
         return Trackers([])
     root = Path(log_dir)
-    folder = cell.replace("|", "_").replace("=", "")
+    # suite and cell are user text (a label may read "../../x" or "/etc/x"): one safe name each, checked to
+    # stay under the log folder; a plain cell "gtn|seed=0" keeps its folder "gtn_seed0"
+    folder = safe_name(cell.replace("|", "_").replace("=", ""))
     made = []
     for kind in kinds:
         if kind == "tensorboard":
-            made.append(TensorBoardTracker(root / "tensorboard" / suite / folder))
+            made.append(TensorBoardTracker(child_path(root / "tensorboard", suite, folder)))
         elif kind == "wandb":
             made.append(WandbTracker(root / "wandb", suite, folder, config))
     return Trackers(made)

@@ -11,9 +11,7 @@ thousands of outer iterations.
 """
 from __future__ import annotations
 
-import hashlib
 import math
-import re
 from pathlib import Path
 
 import matplotlib
@@ -25,6 +23,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from tgbench import stats  # noqa: E402
+from tgbench.locations import NAME_LIMIT, safe_name, text_hash  # noqa: E402
 from tgbench.records import Status  # noqa: E402
 from tgbench.reporting.frames import (ORACLE, RANDOM, TOP_FRACTION, UNKNOWN_DATASET, complete_only,  # noqa: E402
                                       dataset_of)
@@ -101,31 +100,17 @@ def sweep_figure(frame: pd.DataFrame, key: str) -> plt.Figure:
 
 
 # sample grids: one PNG per source, under a file name any label maps to safely and distinctly
-NAME_LIMIT = 80  # characters of a label kept in a file name; longer labels are cut and get a hash of the whole
-
-
-def _label_hash(source: str) -> str:
-    return hashlib.sha256(str(source).encode("utf-8")).hexdigest()[:10]
-
-
-def _safe_name(source: str) -> str:
-    """A file-name-safe, bounded form of a label: runs of other characters become ``_``; a result longer than
-    ``NAME_LIMIT`` is cut there and ends in ``-<hash of the full label>`` (so it stays distinct)."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(source)) or "_"
-    if len(name) > NAME_LIMIT:
-        name = f"{name[:NAME_LIMIT]}-{_label_hash(source)}"
-    return name
 
 
 def sample_file_names(sources) -> dict[str, str]:
     """Source label -> ``samples_<safe name>.png``, distinct even where two labels have the same safe name or
     differ only in case (``"a b"`` / ``"a_b"``, ``"A"`` / ``"a"``): those get ``-<hash of the label>`` too.
     A label with a unique safe name keeps its plain name."""
-    safe = {str(s): _safe_name(s) for s in sources}
+    safe = {str(s): safe_name(s) for s in sources}
     taken: dict[str, int] = {}
     for name in safe.values():
         taken[name.lower()] = taken.get(name.lower(), 0) + 1
-    names = {s: (n if taken[n.lower()] == 1 else f"{n[:NAME_LIMIT]}-{_label_hash(s)}") for s, n in safe.items()}
+    names = {s: (n if taken[n.lower()] == 1 else f"{n[:NAME_LIMIT]}-{text_hash(s)}") for s, n in safe.items()}
     seen: set[str] = set()
     for s in sorted(names):  # (a label that happens to equal another's disambiguated name)
         base, name, k = names[s], names[s], 1

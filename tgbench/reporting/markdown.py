@@ -7,6 +7,7 @@ missing value reads as) with a :class:`CIFormat`, so "97.31 % [96.90, 97.72]" in
 from __future__ import annotations
 
 import math
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -17,8 +18,10 @@ from tgbench.stats import MeanCI
 
 
 def escape_cell(text: Any) -> str:
-    """Markdown table cell: pipes escaped, newlines flattened (a label may hold either)."""
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    """Markdown table cell: backslashes and pipes escaped, line breaks and other control characters flattened
+    to spaces, so no text (a label read back from a store, a suite name) can end a cell or add a row."""
+    s = str(text).replace("\\", "\\\\").replace("|", "\\|")
+    return "".join(" " if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in s)
 
 
 def md_table(header: list[str], rows: list[list[Any]]) -> list[str]:

@@ -1,0 +1,99 @@
+"""Another application's SQLite file is never modified (issue 27).
+
+A database that merely had a table called ``studies`` (or ``trials``, ``version_info``, ``alembic_version``) passed
+the old check, got Optuna's tables added beside its own, and the run then died with exit 1. A store is now
+recognised by its full schema and version (``tgbench.store.store_problem``) before Optuna touches it; anything else
+is exit 2, one line, and the file's bytes are unchanged.
+"""
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tgbench.store import Store
+
+from helpers import cli
+
+TINY = {"kind": "fewstep", "dataset": {"name": "mnist-5k"}, "learner": {"conv_channels": [[2]], "fc_hidden": [[4]]},
+        "inner": {"steps": 2, "batch_size": 8}, "outer": {"iterations": 1, "meta_batch_size": 8},
+        "evaluation": {"seeds": 1, "eval_every": 1, "eval_learners": 1, "final_learners": 1},
+        "profiles": {"smoke": {}}, "sources": [{"method": "real"}]}
+
+
+def _suite(tmp_path: Path) -> Path:
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "st", **TINY}))
+    return path
+
+
+def _foreign(path: Path, table: str) -> bytes:
+    with sqlite3.connect(path) as con:
+        con.execute(f'create table "{table}" (id integer primary key, note text)')
+        con.execute(f'insert into "{table}" (note) values (?)', ("someone else's data " * 20,))
+    con.close()
+    return path.read_bytes()
+
+
+def _assert_refused_untouched(tmp_path, capsys, db: Path, before: bytes, argv: list[str]):
+    code, _, err = cli(argv, capsys)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and str(db) in err and "not a tgbench store" in err
+    assert db.read_bytes() == before
+    assert sorted(p.name for p in db.parent.iterdir() if p.name.startswith(db.name)) == [db.name]  # no journal
+
+
+@pytest.mark.parametrize("table", ["studies", "trials", "version_info", "alembic_version"])
+def test_a_database_with_one_optuna_table_name_is_refused_and_left_byte_for_byte(tmp_path, capsys, table):
+    db = tmp_path / "theirs.db"
+    before = _foreign(db, table)
+    _assert_refused_untouched(tmp_path, capsys, db, before,
+                              ["run", str(_suite(tmp_path)), "--profile", "smoke", "--no-progress",
+                               "--storage", f"sqlite:///{db}", "--out", str(tmp_path / "out")])
+
+
+def test_leaderboard_refuses_a_foreign_database_too(tmp_path, capsys):
+    db = tmp_path / "theirs.db"
+    before = _foreign(db, "studies")
+    _assert_refused_untouched(tmp_path, capsys, db, before,
+                              ["leaderboard", "--storage", f"sqlite:///{db}", "--out", str(tmp_path / "b.md")])
+
+
+def _real_store(path: Path) -> None:
+    store = Store(f"sqlite:///{path}")
+    store.study("x@smoke")
+    store.storage.engine.dispose()
+
+
+def test_optunas_schema_with_one_more_table_or_a_changed_column_is_refused(tmp_path, capsys):
+    extra = tmp_path / "extra.db"
+    _real_store(extra)
+    with sqlite3.connect(extra) as con:
+        con.execute("create table invoices (id integer primary key)")
+    con.close()
+    before = extra.read_bytes()
+    _assert_refused_untouched(tmp_path, capsys, extra, before,
+                              ["leaderboard", "--storage", f"sqlite:///{extra}", "--out", str(tmp_path / "b.md")])
+    changed = tmp_path / "changed.db"
+    _real_store(changed)
+    with sqlite3.connect(changed) as con:
+        con.execute("alter table studies add column owner text")
+    con.close()
+    before = changed.read_bytes()
+    _assert_refused_untouched(tmp_path, capsys, changed, before,
+                              ["leaderboard", "--storage", f"sqlite:///{changed}", "--out", str(tmp_path / "b.md")])
+
+
+def test_a_real_store_and_an_empty_database_are_accepted(tmp_path):
+    store = tmp_path / "ours.db"
+    _real_store(store)
+    Store(f"sqlite:///{store}").storage.engine.dispose()   # reopened without complaint
+    empty = tmp_path / "empty.db"
+    sqlite3.connect(empty).close()
+    Store(f"sqlite:///{empty}").storage.engine.dispose()
+    from tgbench.store import optuna_schema
+
+    tables, revisions = optuna_schema()
+    assert {"studies", "trials", "version_info", "alembic_version"} <= set(tables) and revisions
