@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Start, or resume, a long suite run in the background (issue 28's headline and generator-size runs): hours of
+# CPU carried across interruptions by the store's resume and the cells' saved states (`outer.save_every`).
+#
+#   scripts/long_run.sh SUITE [PROFILE] [REVISION] [JOBS]      e.g. scripts/long_run.sh fashion_generator_size
+#   scripts/long_run.sh --status SUITE [PROFILE]
+#
+# Everything lives OUTSIDE the checkout, under ${TGBENCH_RUNS:-~/runs}/SUITE-PROFILE/:
+#   code/     a clone of this repository at one revision (REVISION, default HEAD; fixed once the run exists),
+#   venv/     a virtual environment with that clone installed (pip takes torch from local disk where it can),
+#   store.db  the experiment store, artifacts/ the teachers and saved states, report/ the report, run.log.
+# Running the same command again (on this machine, after a stop, a kill or a reboot) resumes the run where its
+# store and saved states left it; while it is running, the command says so and starts nothing. JOBS (default 2)
+# worker processes at one torch thread each: two cells side by side on a 2-core machine.
+set -euo pipefail
+
+if [ "${1:-}" = "--status" ]; then
+    root="${TGBENCH_RUNS:-$HOME/runs}/$2-${3:-cpu}"
+    if [ -f "$root/pid" ] && kill -0 "$(cat "$root/pid")" 2>/dev/null; then echo "running (pid $(cat "$root/pid"))"
+    else echo "not running"; fi
+    [ -f "$root/run.log" ] && tail -n 5 "$root/run.log"
+    exit 0
+fi
+
+suite=${1:?usage: scripts/long_run.sh SUITE [PROFILE] [REVISION] [JOBS]}
+profile=${2:-cpu}
+revision=${3:-HEAD}
+jobs=${4:-2}
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+root="${TGBENCH_RUNS:-$HOME/runs}/$suite-$profile"
+mkdir -p "$root"
+
+if [ -f "$root/pid" ] && kill -0 "$(cat "$root/pid")" 2>/dev/null; then
+    echo "$suite @ $profile is running already (pid $(cat "$root/pid")); log: $root/run.log"
+    exit 0
+fi
+if [ ! -d "$root/code" ]; then
+    # a clone, not a worktree: the run must not depend on the checkout it was started from (laid anew each session)
+    sha="$(git -C "$repo" rev-parse "$revision")"
+    git clone -q --no-local "$repo" "$root/code"
+    git -C "$root/code" checkout -q --detach "$sha"
+fi
+if [ ! -x "$root/venv/bin/tgbench" ]; then
+    python3 -m venv "$root/venv"
+    "$root/venv/bin/pip" install -q --upgrade pip
+    "$root/venv/bin/pip" install -q -e "$root/code"
+fi
+echo "$suite @ $profile at revision $(git -C "$root/code" rev-parse --short HEAD), $jobs worker(s); log: $root/run.log"
+cd "$root"
+# setsid: the run outlives the shell that started it; one torch thread per worker process
+OMP_NUM_THREADS=1 setsid nohup "$root/venv/bin/tgbench" run "$root/code/tgbench/suites/$suite.yaml" \
+    --profile "$profile" --storage "sqlite:///$root/store.db" --artifacts "$root/artifacts" --out "$root/report" \
+    --jobs "$jobs" --no-progress >> "$root/run.log" 2>&1 < /dev/null &
+echo $! > "$root/pid"
