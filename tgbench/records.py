@@ -212,20 +212,16 @@ class FewstepCell(CellRecord):
         return self.test_acc_final
 
 
-class NasGroundTruth(CellRecord):
-    """One architecture trained on real data at one seed (``tgbench.proxies.train_real``), cached for every
-    ``nas_proxy`` suite under the same protocol (its ``config_hash``)."""
+class RealTraining(CellRecord):
+    """What ``tgbench.proxies.train_real`` reports of one learner trained on the real training split with Adam and
+    early stopping on validation: the fields the NAS ground truth and the data ceiling share."""
 
-    kind: Literal["nas_ground_truth"] = "nas_ground_truth"
-    arch_id: str | None = None
     seed: int | None = None
-    description: str | None = None
+    description: str | None = None                 # the learner (LearnerSpec.describe)
     spec: dict[str, Any] | None = None
     dataset_resolved: str | None = None
-    protocol: str | None = None                    # the protocol hash (= config_hash)
     seconds: float | None = None
-    cpu_seconds: float | None = None
-    test_acc_final: float | None = None
+    test_acc_final: float | None = None            # test accuracy at the best-validation epoch
     val_acc: float | None = None                   # at the best-validation epoch
     test_acc: float | None = None
     best_epoch: float | None = None
@@ -236,6 +232,16 @@ class NasGroundTruth(CellRecord):
 
     def trial_value(self) -> float:
         return self.test_acc_final
+
+
+class NasGroundTruth(RealTraining):
+    """One architecture trained on real data at one seed (``tgbench.proxies.train_real``), cached for every
+    ``nas_proxy`` suite under the same protocol (its ``config_hash``)."""
+
+    kind: Literal["nas_ground_truth"] = "nas_ground_truth"
+    arch_id: str | None = None
+    protocol: str | None = None                    # the protocol hash (= config_hash)
+    cpu_seconds: float | None = None
 
 
 class NasProxyScores(CellRecord):
@@ -257,29 +263,13 @@ class NasProxyScores(CellRecord):
         return sum(self.seconds.values())          # the trial's value: total scoring seconds
 
 
-class DataCeiling(CellRecord):
+class DataCeiling(RealTraining):
     """The evaluation learner trained on the whole real training split with Adam and early stopping on validation
     (``tgbench.ceiling``): the headroom a fewstep report shows above its arms. Computed once per (learner, data,
     schedule) — its ``config_hash`` — and shared by every suite with the same three."""
 
     kind: Literal["data_ceiling"] = "data_ceiling"
-    seed: int | None = None
-    description: str | None = None                 # the learner (LearnerSpec.describe)
-    spec: dict[str, Any] | None = None
-    dataset_resolved: str | None = None
     schedule: dict[str, Any] | None = None         # the Adam schedule (GroundTruthSchedule, seeds excluded)
-    seconds: float | None = None
-    test_acc_final: float | None = None            # test accuracy at the best-validation epoch
-    val_acc: float | None = None
-    test_acc: float | None = None
-    best_epoch: float | None = None
-    val_acc_last: float | None = None
-    test_acc_last: float | None = None
-    epochs_run: float | None = None
-    curve: list[dict[str, Any]] = []
-
-    def trial_value(self) -> float:
-        return self.test_acc_final
 
 
 class TuneTrial(Record):
