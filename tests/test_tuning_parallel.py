@@ -271,3 +271,41 @@ def test_two_processes_and_jobs_2_tune_different_arms_at_once_and_choose_what_on
     cells = [pd.read_csv(tmp_path / out / "summary.csv")[["source", "variant", "status"]].to_dict("records")
              for out in ("alone", "two0", "two1", "jobs")]
     assert all(c == cells[0] for c in cells) and all("inner.lr=" in c["variant"] for c in cells[0])
+
+
+@pytest.mark.slow
+@pytest.mark.system
+def test_kill_9_mid_stage_then_another_process_takes_the_arm_over_and_reruns_the_killed_trial(tmp_path):
+    """`kill -9` while a tuning trial runs: the claim and the trial stay RUNNING; the next `tgbench run` on this
+    machine finds the claimant dead (no grace period to wait: ``Store.fail_stale``), takes the arm over, fails the
+    killed trial and runs it again with its values, and finishes the stage and the cells."""
+    path = _suite(tmp_path, trials=3, iterations=20)
+    suite = load_suite(path, "smoke")
+    db = tmp_path / "t.db"
+    first = subprocess.Popen([sys.executable, "-m", "tgbench.cli", *_argv(path, db, tmp_path / "out")], cwd=tmp_path,
+                             env=_env(), text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while True:   # until a tuning trial of the first arm has run for a moment
+        assert first.poll() is None and time.monotonic() < deadline, first.stderr.read() if first.stderr else ""
+        try:
+            if any(t.state == TrialState.RUNNING and t.params for t in _study(Store(f"sqlite:///{db}"), suite,
+                                                                                 suite.sources[0]).trials):
+                break
+        except KeyError:   # the study does not exist yet
+            pass
+        time.sleep(0.1)
+    first.kill()
+    first.wait()
+    store = Store(f"sqlite:///{db}")
+    [killed] = [t for t in _study(store, suite, suite.sources[0]).trials if t.state == TrialState.RUNNING]
+    second = subprocess.run([sys.executable, "-m", "tgbench.cli", *_argv(path, db, tmp_path / "out")], cwd=tmp_path,
+                            env=_env(), text=True, capture_output=True, timeout=400)
+    assert second.returncode == 0, second.stderr
+    trials = _study(store, suite, suite.sources[0]).trials
+    assert trials[killed.number].state == TrialState.FAIL
+    [rerun] = [t for t in trials if t.user_attrs.get(tuning.RETRY_OF) == killed.number]
+    assert rerun.params == killed.params and rerun.state == TrialState.COMPLETE
+    assert len([t for t in trials if t.state in tuning.FINISHED]) == suite.tuning.trials
+    claims = [trial_record(t, "claims") for t in store.study(tuning.stage_claims_name(suite, "smoke")).trials]
+    assert claims[0].cell == "tuning/real" and claims[0].error == "interrupted: its worker stopped (no heartbeat)"
+    assert tuning.tuned_values(store, suite, "smoke", "mnist-5k") is not None
