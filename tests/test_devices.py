@@ -243,7 +243,7 @@ def test_run_suite_hands_each_worker_slot_its_gpu(monkeypatch, tmp_path):
     suite = Path(__file__).parents[1] / "suites" / "mnist_fewstep.yaml"
     opts = RunOptions(profile="smoke", storage=f"sqlite:///{tmp_path}/s.db", out=str(tmp_path / "out"), jobs=2,
                       progress=False, device="cuda")
-    monkeypatch.setattr(fewstep, "final_arms", lambda store, s, p, d, log=print: {e.name: {} for e in s.sources})
+    monkeypatch.setattr(fewstep, "final_arms", lambda store, s, p, d, log=print, *_: {e.name: {} for e in s.sources})
     with pytest.raises(KeyboardInterrupt):
         runner.run_suite(str(suite), opts, log=lambda *a, **k: None)
     assert handed["slots"] == ["cuda:0", "cuda:1"] and handed["devices"] == {"cuda:0"}

@@ -208,3 +208,42 @@ def run_cell_in_a_slot(task: CellTask, free_devices=None) -> dict | None:
         free_devices.put(slot)
 
 
+
+
+# ------------------------------------------------------------------------------------------ any top-level work
+def run_each_in_workers(work, tasks: list, slots: list[str], progress: bool, on_failure, desc: str = "tasks") -> int:
+    """``work(task)`` for each of ``tasks`` in one worker process per slot (a fresh one per task), each task on a
+    free slot's device (its ``device`` field; ``slots`` and stopping as in :func:`run_in_workers`); returns how
+    many returned a true value here. ``work`` is a top-level function and each task a picklable dataclass with a
+    ``device`` field: the tuning stage's arms (``tgbench.tuning.tune_arm_task``) run this way with ``--jobs``."""
+    context = multiprocessing.get_context("spawn")
+    free_devices = context.Queue()
+    for slot in slots:
+        free_devices.put(slot)
+    pool = ProcessPoolExecutor(max_workers=len(slots), mp_context=context, max_tasks_per_child=1,
+                               initializer=_adopt_slot_queue, initargs=(free_devices,))
+    ran = 0
+    try:
+        futures = {pool.submit(run_in_a_slot, work, task): task for task in tasks}
+        for future in tqdm(as_completed(futures), total=len(futures), desc=desc, disable=not progress):
+            try:
+                ran += bool(future.result())
+            except CELL_FAILURES as exc:
+                on_failure(futures[future], exc)
+            interrupt.check()
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        stop_workers(free_devices)
+        raise
+    pool.shutdown()
+    return ran
+
+
+def run_in_a_slot(work, task, free_devices=None):
+    """``work(task)`` on the device of a free worker slot, given back afterwards (even if it raised)."""
+    free_devices = _free_devices if free_devices is None else free_devices
+    slot = free_devices.get()
+    try:
+        return work(dataclasses.replace(task, device=slot))
+    finally:
+        free_devices.put(slot)

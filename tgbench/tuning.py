@@ -14,6 +14,18 @@ a final cell's seed; the seed streams are in ``tgbench.identity``) on a dataset 
 ``horizon: short`` trials meta-train a short budget of their own; ``horizon: full`` trials run at the arm's final
 horizon, start from the arm's settings as written, are pruned by successive halving on the validation error of
 their checkpoints, and stop launching once the arm's budget (``budget_runs`` runs of its horizon) is spent.
+
+The stage is shared by processes the way the final cells are (``tgbench.store``'s claim protocol): each arm's study
+is *claimed* before it runs — a RUNNING claim keyed ``tuning/<arm>`` (with the study's configuration hash) in the
+stage's own claims study ``<suite>@<profile>/tuning``, kept alive by a heartbeat — so one process at a time runs a
+given study, any number of ``tgbench run`` processes (and ``--jobs`` workers, :func:`tune_arm_task`) tune different
+arms at once, and a process that finds every unfinished arm held by a live other process waits until those finish
+or go stale, then takes them over. Only under a fresh claim are a study's RUNNING trials failed and re-run
+(:func:`open_study`): a trial another live process is running is never touched. A claim never becomes *done*:
+whether an arm is tuned is its study's own state (:func:`study_done`), so a claim is closed (``failed``, its error
+saying it was released) once its worker stops working on the study. Each study is run start to finish by one
+process at a time with its own seeds, so the chosen values do not depend on how many processes ran the stage or on
+the order they took the arms in.
 """
 from __future__ import annotations
 
@@ -21,6 +33,8 @@ import dataclasses
 import datetime as dt
 import json
 import math
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,15 +43,16 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from tgbench import stats
+from tgbench import device as devices
+from tgbench import interrupt, stats
 from tgbench.cells import Watch, meta_train
-from tgbench.config import SearchDimension, SourceEntry, StudySettings, Suite, arm_with
-from tgbench.data import Dataset
+from tgbench.config import SearchDimension, SourceEntry, StudySettings, Suite, arm_with, suite_from_dict
+from tgbench.data import Dataset, load_dataset
 from tgbench.errors import BadInput
 from tgbench.identity import TUNING_SEED_OFFSET, stage_hash
 from tgbench.provenance import git_revision
-from tgbench.records import Status, TuneTrial
-from tgbench.registry import methods
+from tgbench.records import FewstepCell, Status, TuneTrial
+from tgbench.registry import load_plugin_dir, methods
 from tgbench.resume import SavedState
 from tgbench.store import Store, config_hash, trial_record, write_record
 
@@ -57,8 +72,10 @@ def suggest(trial: optuna.Trial, name: str, dim: SearchDimension) -> Any:
 
 def open_study(store: Store, name: str, chash: str) -> optuna.Study:
     """The study ``name`` in the store, created if new; refused (``BadInput``) when it was run under another
-    configuration hash. Trials left RUNNING by a killed run are marked failed (one process per study);
-    :func:`run_study` runs each of them again with the same values."""
+    configuration hash. Trials left RUNNING by a killed run are marked failed; :func:`run_study` runs each of them
+    again with the same values. So the caller must hold the study: a tune suite's one process, or the claim of a
+    tuning stage's arm (:func:`tune_arm`) — never a process that merely found the study, or it would fail a trial
+    another process is running."""
     study = optuna.create_study(study_name=name, storage=store.storage, direction="minimize", load_if_exists=True)
     if study.user_attrs.get("config_hash", chash) != chash:
         raise BadInput(f"study {name!r} in {store.url} was run under a different configuration of this arm; "
@@ -117,10 +134,18 @@ def _rerun_killed(study: optuna.Study) -> None:
             rerun.add(trial_slot(t))
 
 
-def run_study(store: Store, spec: StudySpec, objective: Callable[[optuna.Trial], float], log=print) -> optuna.Study:
+class LostClaim(RuntimeError):
+    """This process's claim of a study was failed as stale by another process while it still ran (a long pause):
+    the study is that process's now, so this one launches no further trial."""
+
+
+def run_study(store: Store, spec: StudySpec, objective: Callable[[optuna.Trial], float], log=print,
+              still_held: Callable[[], bool] | None = None) -> optuna.Study:
     """Run (or resume) ``spec``'s study: launch trials until ``settings.trials`` have finished or, with a
     budget, until less than ``min_trial_cost`` outer iterations of it are left. Finished trials are kept; killed
-    ones run again with their values; a new study's first trial is ``spec.first_trial`` when given."""
+    ones run again with their values; a new study's first trial is ``spec.first_trial`` when given.
+    ``still_held()`` is asked before each trial (the stage's claim, :func:`tune_arm`): False raises
+    :class:`LostClaim`."""
     study = open_study(store, spec.name, spec.config_hash)
     settings = spec.settings
     # a fresh sampler seed per resumption, so a resumed study does not replay its random start-up trials
@@ -138,15 +163,10 @@ def run_study(store: Store, spec: StudySpec, objective: Callable[[optuna.Trial],
         study.enqueue_trial(spec.first_trial, user_attrs={AS_WRITTEN: spec.first_trial_note})
     _rerun_killed(study)
 
-    def finished() -> int:
-        return len(study.get_trials(deepcopy=False, states=FINISHED))
-
-    def affordable() -> bool:
-        return spec.budget is None or spec.budget - spent(study) >= spec.min_trial_cost
-
-    budget = "" if spec.budget is None else f", {spent(study)} of {spec.budget} outer iterations spent"
-    log(f"{study.study_name}: {finished()} trials done, {max(0, settings.trials - finished())} to run{budget}")
-    while finished() < settings.trials and affordable():
+    log(study_progress(spec, study))
+    while not study_done(spec, study):
+        if still_held is not None and not still_held():
+            raise LostClaim(f"{study.study_name}: another process took this study over")
         study.optimize(objective, n_trials=1, show_progress_bar=False,
                        callbacks=[lambda s, t: log(f"  trial {t.number}: {trial_record(t, s.study_name).status} "
                                                    f"objective {t.value if t.value is not None else math.nan:.4f} "
@@ -386,21 +406,163 @@ def stage_plan(suite: Suite, entry: SourceEntry, space: dict[str, SearchDimensio
                      seed_offset=TUNING_SEED_OFFSET, iterations=trial_horizon(suite, entry), budget=budget)
 
 
-def tune_stage(store: Store, suite: Suite, profile: str, dataset: Dataset, log=print) -> dict[str, dict]:
-    """Run (or resume) every arm's tuning study; returns arm name -> its best values (``{}`` for an arm with
-    nothing to tune). Arms are tuned one after another in this process."""
-    chosen = {}
+WAIT_SECONDS = 5   # how often a process whose unfinished arms are all held elsewhere looks at them again
+RELEASED = "released: its worker stopped working on the study"   # the error of a claim closed by its worker
+
+
+def stage_claims_name(suite: Suite, profile: str) -> str:
+    """The study holding the stage's claims (one per arm a process is tuning; ``tgbench.store``'s protocol). Not
+    the suite's cell study: a claim is no cell, and every reader of cell records (reports, export, teach) would
+    have to skip it; not the arm's study either, whose trials the sampler counts."""
+    return f"{suite.name}@{profile}/tuning"
+
+
+def arm_claim_key(entry: SourceEntry) -> str:
+    return f"tuning/{entry.name}"
+
+
+def tune_stage(store: Store, suite: Suite, profile: str, dataset: Dataset, log=print,
+               tune_arms: Callable[[list[SourceEntry]], Any] | None = None) -> dict[str, dict]:
+    """Run (or resume) every arm's tuning study, sharing the stage with any other process on the store (module
+    docstring); returns arm name -> its best values (``{}`` for an arm with nothing to tune).
+
+    Each round takes the arms that are neither finished nor claimed by a live process: ``tune_arms(entries)`` runs
+    them (the ``--jobs`` worker processes: ``tgbench.kinds.fewstep``), or, without it, :func:`tune_arm` runs them
+    one after another here. When every unfinished arm is held elsewhere the stage waits (``WAIT_SECONDS``) until
+    they are finished, or their claims go stale and are taken over here."""
+    claims = store.study(stage_claims_name(suite, profile))
+    todo, held, done = stage_arms(store, claims, suite, profile, dataset.resolved)
+    for spec in done.values():
+        log(study_progress(spec, optuna.load_study(study_name=spec.name, storage=store.storage)))
+    waiting: list[str] = []
+    while todo or held:
+        if not todo:  # only arms other processes are tuning: wait until they are done, or stale (then tune here)
+            if [e.name for e in held] != waiting:
+                waiting = [e.name for e in held]
+                log(f"tuning stage: waiting for {len(held)} arm(s) other workers are tuning ({', '.join(waiting)})",
+                    file=sys.stderr)
+            time.sleep(WAIT_SECONDS)
+        elif tune_arms is not None:
+            tune_arms(todo)
+        else:
+            for entry in todo:
+                interrupt.check()
+                tune_arm(store, suite, profile, entry, dataset, log)
+        todo, held, _ = stage_arms(store, claims, suite, profile, dataset.resolved)
+    chosen = tuned_values(store, suite, profile, dataset.resolved)
+    if chosen is None:  # (every arm's study was finished a moment ago, and no process un-finishes one)
+        raise RuntimeError(f"{suite.name}@{profile}: the tuning stage ended with an unfinished study")
     for entry in suite.sources:
-        space = suite.tuning.space_for(entry)
-        if not space:
-            chosen[entry.name] = {}
-            continue
-        spec = stage_spec(suite, profile, entry, dataset.resolved)
-        plan = stage_plan(suite, entry, space, spec.budget)
-        study = run_study(store, spec, study_objective(plan, dataset, store), log)
-        chosen[entry.name] = best_values(study)
-        log(f"  {entry.name}: chose {chosen[entry.name]} (validation error {study.best_value:.4f})")
+        if suite.tuning.space_for(entry):
+            best = optuna.load_study(study_name=tuning_study_name(suite, profile, entry), storage=store.storage)
+            log(f"  {entry.name}: chose {chosen[entry.name]} (validation error {best.best_value:.4f})")
     return chosen
+
+
+def stage_arms(store: Store, claims: optuna.Study, suite: Suite, profile: str, dataset_resolved: str) \
+        -> tuple[list[SourceEntry], list[SourceEntry], dict[str, StudySpec]]:
+    """(arms to tune here, arms a live process holds, finished arm name -> its study spec) among the arms with
+    something to tune. An arm whose study was run under another configuration is "to tune": its claimant is
+    refused by :func:`open_study`. Stale claims are failed first (``Store.busy_cells``)."""
+    busy = store.busy_cells(claims)
+    todo, held, done = [], [], {}
+    for entry in suite.sources:
+        if not suite.tuning.space_for(entry):
+            continue
+        spec = stage_spec(suite, profile, entry, dataset_resolved)
+        if finished_study(store, spec) is not None:
+            done[entry.name] = spec
+        elif (arm_claim_key(entry), spec.config_hash) in busy:
+            held.append(entry)
+        else:
+            todo.append(entry)
+    return todo, held, done
+
+
+def tune_arm(store: Store, suite: Suite, profile: str, entry: SourceEntry, dataset: Dataset,
+             log=print) -> optuna.Study | None:
+    """Claim ``entry``'s tuning study and run (or resume) it to its end under the claim's heartbeat; None when a
+    live process holds it, or took it over from this one while it was silent (this process then stops at once).
+    Whatever stops the study (Ctrl-C, SIGTERM, a bug) releases the claim, so the next run takes the arm over
+    without waiting."""
+    spec = stage_spec(suite, profile, entry, dataset.resolved)
+    claims = store.study(stage_claims_name(suite, profile))
+    key = arm_claim_key(entry)
+    claim = store.claim(claims, key, spec.config_hash)
+    if claim is None:
+        return None
+
+    def still_held() -> bool:
+        return store.storage.get_trial(claim._trial_id).state == TrialState.RUNNING
+
+    plan = stage_plan(suite, entry, suite.tuning.space_for(entry), spec.budget)
+    try:
+        with store.heartbeat(claim):
+            study = run_study(store, spec, study_objective(plan, dataset, store), log, still_held)
+    except BaseException as exc:
+        if still_held():
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            _release(store, claims, claim, FewstepCell(cell=key, config_hash=spec.config_hash, status=Status.FAILED,
+                                                       error=f"{RELEASED} ({reason})"))
+            raise
+        if not isinstance(exc, (LostClaim, optuna.exceptions.UpdateFinishedTrialError)):
+            raise
+        log(f"tgbench: warning: {spec.name}: this worker was silent for longer than {store.grace_period} s and lost "
+            "its claim; another worker tunes the arm", file=sys.stderr)
+        return None
+    _release(store, claims, claim, FewstepCell(cell=key, config_hash=spec.config_hash, status=Status.FAILED,
+                                               error=f"{RELEASED} (finished)"))
+    return study
+
+
+def _release(store: Store, claims: optuna.Study, claim: optuna.Trial, record: FewstepCell) -> None:
+    """Close a claim (its record, status last, then FAIL); nothing to do when another process failed it first."""
+    try:
+        store.finish(claims, claim, record)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass
+
+
+@dataclass(frozen=True)
+class ArmTask:
+    """Everything a ``--jobs`` worker process needs to tune one arm (top-level and picklable): the suite as the run
+    resolved it, the arm, the store, and the study's configuration hash as the run computed it (a worker that
+    resolves another — a different dataset, say — refuses rather than tune a study nobody waits for)."""
+
+    resolved_suite: dict
+    profile: str
+    arm: str
+    storage: str
+    config_hash: str
+    data_root: str | None = None
+    artifacts_dir: str | None = None
+    methods_dirs: tuple[str, ...] = ()
+    threads: int | None = None    # torch threads in this worker (None: torch's default)
+    device: str = "cpu"           # a worker slot's device (``tgbench.runner.run_each_in_workers`` sets it)
+    tf32: bool = False
+
+
+def tune_arm_task(task: ArmTask) -> bool:
+    """:func:`tune_arm` in a worker process (top-level): load the plug-ins, the suite, the dataset on the slot's
+    device and the store, then claim and tune the arm; True when this process tuned it, False when another held it."""
+    import torch
+
+    with interrupt.handled():  # (a worker process handles Ctrl-C/SIGTERM as `tgbench run` does: claim released)
+        if task.threads:
+            torch.set_num_threads(task.threads)
+        for folder in task.methods_dirs:
+            load_plugin_dir(folder)
+        device = torch.device(task.device)
+        devices.prepare(device, task.tf32)
+        suite = suite_from_dict(task.resolved_suite)
+        entry = next(e for e in suite.sources if e.name == task.arm)
+        data = suite.dataset
+        dataset = devices.on_device(load_dataset(data.name, data_root=task.data_root, download=data.download,
+                                                 fallback=data.fallback, seed=0), device)
+        if stage_hash(suite, entry, dataset.resolved) != task.config_hash:
+            raise RuntimeError(f"tuning worker for {task.arm!r}: the suite or dataset resolved differently here "
+                               f"({dataset.resolved!r}) than in the run that started it")
+        return tune_arm(Store(task.storage, task.artifacts_dir), suite, task.profile, entry, dataset) is not None
 
 
 def best_values(study: optuna.Study) -> dict[str, Any]:
@@ -409,10 +571,29 @@ def best_values(study: optuna.Study) -> dict[str, Any]:
     return {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in study.best_params.items()}
 
 
+def study_progress(spec: StudySpec, study: optuna.Study) -> str:
+    """One log line: trials finished and left to run (and the budget spent, with one)."""
+    finished = len(study.get_trials(deepcopy=False, states=FINISHED))
+    budget = "" if spec.budget is None else f", {spent(study)} of {spec.budget} outer iterations spent"
+    return f"{study.study_name}: {finished} trials done, {max(0, spec.settings.trials - finished)} to run{budget}"
+
+
 def study_done(spec: StudySpec, study: optuna.Study) -> bool:
     """Whether ``run_study`` would launch no further trial: ``settings.trials`` finished, or the budget spent."""
     return (len(study.get_trials(deepcopy=False, states=FINISHED)) >= spec.settings.trials
             or (spec.budget is not None and spec.budget - spent(study) < spec.min_trial_cost))
+
+
+def finished_study(store: Store, spec: StudySpec) -> optuna.Study | None:
+    """``spec``'s study when it is finished under its configuration hash; None when it is missing, unfinished or
+    was run under another configuration."""
+    try:
+        study = optuna.load_study(study_name=spec.name, storage=store.storage)
+    except KeyError:
+        return None
+    if study.user_attrs.get("config_hash") != spec.config_hash or not study_done(spec, study):
+        return None
+    return study
 
 
 def tuned_values(store: Store, suite: Suite, profile: str, dataset_resolved: str) -> dict[str, dict] | None:
@@ -423,12 +604,8 @@ def tuned_values(store: Store, suite: Suite, profile: str, dataset_resolved: str
         if not suite.tuning.space_for(entry):
             chosen[entry.name] = {}
             continue
-        spec = stage_spec(suite, profile, entry, dataset_resolved)
-        try:
-            study = optuna.load_study(study_name=spec.name, storage=store.storage)
-        except KeyError:
-            return None
-        if study.user_attrs.get("config_hash") != spec.config_hash or not study_done(spec, study):
+        study = finished_study(store, stage_spec(suite, profile, entry, dataset_resolved))
+        if study is None:
             return None
         chosen[entry.name] = best_values(study)
     return chosen

@@ -4,7 +4,8 @@ then scored by fresh learners on its teacher's lessons, one report per suite.
 ``run_fewstep`` runs the tuning stage when the suite has one (``tgbench.tuning``), then every unfinished cell
 (``tgbench.cells``): cells already finished in the store under the same config hash are skipped (resume); with
 ``--jobs N`` cells run in worker processes (``tgbench.runner.run_in_workers``: one fresh process per cell, so
-each record's peak memory is its own). The report is rebuilt from the store at the end (``build_report``).
+each record's peak memory is its own), and so do the tuning stage's arms before them (one study per worker process
+at a time: ``tgbench.tuning.tune_arm_task``). The report is rebuilt from the store at the end (``build_report``).
 """
 from __future__ import annotations
 
@@ -30,21 +31,44 @@ from tgbench.provenance import report_provenance
 from tgbench.records import FewstepCell, Status, cell_key
 from tgbench.reporting.fewstep import ReportInputs, write_report
 from tgbench.results import results_document, write_results
-from tgbench.runner import CELL_FAILURES, note_failure, run_in_workers
+from tgbench.runner import CELL_FAILURES, note_failure, run_each_in_workers, run_in_workers
 from tgbench.store import Store
 from tgbench.data import Dataset
-from tgbench.tuning import describe_stage, tune_stage, tuned_values, tuning_frame
+from tgbench.tuning import (ArmTask, describe_stage, stage_spec, tune_arm_task, tune_stage, tuned_values,
+                             tuning_frame)
 
 WAIT_SECONDS = 5       # how often a worker with nothing left to claim looks at the cells other workers run
 
 
-def final_arms(store: Store, suite: Suite, profile: str, dataset: Dataset, log=print) -> dict[str, dict]:
+def final_arms(store: Store, suite: Suite, profile: str, dataset: Dataset, log=print,
+               tune_arms=None) -> dict[str, dict]:
     """Arm name -> the values its final cells run with: the tuning stage's choices (running or resuming the
-    stage first), or nothing for a suite without one."""
+    stage first, shared with any other process on the store; ``tune_arms``: how this process runs the arms it
+    may take, see ``tune_stage``), or nothing for a suite without one."""
     if suite.tuning is None:
         return {e.name: {} for e in suite.sources}
     log(f"tuning stage: {describe_stage(suite.tuning)}")
-    return tune_stage(store, suite, profile, dataset, log)
+    return tune_stage(store, suite, profile, dataset, log, tune_arms)
+
+
+def stage_workers(ctx: RunContext, store: Store, dataset: Dataset, threads: int | None, slots: list[str]):
+    """How a ``--jobs N`` run tunes the arms it may take: each in a worker process of its own (N at once, one
+    study each, on a worker slot's device, ``threads`` torch threads), as the final cells run; None without
+    ``--jobs`` (one arm after another in this process). An arm whose tuning raises stops the run, as it does
+    without ``--jobs`` (its final cells could not run)."""
+    if ctx.opts.jobs <= 1:
+        return None
+    opts, resolved = ctx.opts, ctx.suite.model_dump(mode="json")
+
+    def stop(task: ArmTask, exc: BaseException) -> None:
+        raise exc
+
+    def tune_in_workers(entries) -> None:
+        tasks = [ArmTask(resolved, ctx.profile, e.name, store.url,
+                         stage_spec(ctx.suite, ctx.profile, e, dataset.resolved).config_hash, opts.data_root,
+                         opts.artifacts_dir, tuple(opts.methods_dirs), threads, tf32=opts.tf32) for e in entries]
+        run_each_in_workers(tune_arm_task, tasks, slots, opts.progress, stop, desc="tuning arms")
+    return tune_in_workers
 
 
 def run_fewstep(ctx: RunContext) -> Path:
@@ -58,22 +82,22 @@ def run_fewstep(ctx: RunContext) -> Path:
     check_data_sizes(suite_path, suite, len(dataset.train), dataset.resolved, profile)
     out_dir = ctx.out_dir()
     store = ctx.store()
-    tuned = final_arms(store, suite, profile, dataset, log)
+    # N workers share the cores: give each its slice so they don't oversubscribe (spinning OpenMP threads
+    # fighting over 2 cores slow small convolutions down many times over)
+    threads = max(1, (os.cpu_count() or 1) // opts.jobs) if opts.jobs > 1 else None
+    # --jobs on a multi-GPU machine: each worker slot has its own GPU, round-robin over the visible ones
+    slots = [str(d) for d in devices.worker_devices(device, opts.device, opts.jobs)]
+    tuned = final_arms(store, suite, profile, dataset, log, stage_workers(ctx, store, dataset, threads, slots))
     study = store.study(study_name(suite, profile))
     seeds = opts.seeds or suite.evaluation.seeds
     hashes = {cell_key(e.name, s): cell_hash(suite, tuned_arm(suite, e, tuned[e.name]), dataset.resolved)
               for e in suite.sources for s in range(seeds)}
-    # N workers share the cores: give each its slice so they don't oversubscribe (spinning OpenMP threads
-    # fighting over 2 cores slow small convolutions down many times over)
-    threads = max(1, (os.cpu_count() or 1) // opts.jobs) if opts.jobs > 1 else None
     resolved = suite.model_dump(mode="json")  # every cell runs this suite, whatever happens to its file meanwhile
     all_tasks = [CellTask(str(suite_path), profile, e.name, s, store.url, opts.data_root, opts.artifacts_dir,
                           opts.progress and opts.jobs == 1, threads, tuple(opts.methods_dirs), tuned[e.name],
                           str(device), opts.tf32, tuple(opts.loggers), str(out_dir), resolved,
                           suite.overrides)
                  for e in suite.sources for s in range(seeds)]
-    # --jobs on a multi-GPU machine: each worker slot has its own GPU, round-robin over the visible ones
-    slots = [str(d) for d in devices.worker_devices(device, opts.device, opts.jobs)]
 
     failures: dict[str, str] = {}  # cells that raised in this run: not retried until the next one
 
