@@ -122,9 +122,9 @@ def run_in_workers(tasks: list[CellTask], slots: list[str], progress: bool, on_f
     Those cells are then run again one at a time, each in a pool of its own, so only the cell that kills its
     worker again is handed to ``on_failure``, after the parent has marked its claim failed in the store
     (:func:`fail_dead_claims`): nothing is left RUNNING, and the cells queued behind it still run."""
-    ran, broken = _run_pool(tasks, slots, progress, on_failure)
+    ran, broken = _run_pool(run_cell, tasks, slots, progress, on_failure)
     for task in broken:   # (alone: a worker that dies takes no other cell with it)
-        again_ran, again_broken = _run_pool([task], slots[:1], False, on_failure)
+        again_ran, again_broken = _run_pool(run_cell, [task], slots[:1], False, on_failure)
         ran += again_ran
         if again_broken:
             fail_dead_claims(task)
@@ -134,8 +134,9 @@ def run_in_workers(tasks: list[CellTask], slots: list[str], progress: bool, on_f
     return ran
 
 
-def _run_pool(tasks: list[CellTask], slots: list[str], progress: bool, on_failure) -> tuple[int, list[CellTask]]:
-    """(cells that ran, tasks lost to a broken pool) of one pool over ``tasks`` (see ``run_in_workers``)."""
+def _run_pool(work, tasks: list, slots: list[str], progress: bool, on_failure, desc: str = "cells") -> tuple[int, list]:
+    """(tasks whose ``work`` returned something other than None, tasks lost to a broken pool) of one pool over
+    ``tasks`` (see ``run_in_workers``; ``work`` is a top-level function of one task)."""
     context = multiprocessing.get_context("spawn")  # (what max_tasks_per_child needs; the queue must match it)
     free_devices = context.Queue()
     for slot in slots:
@@ -144,8 +145,8 @@ def _run_pool(tasks: list[CellTask], slots: list[str], progress: bool, on_failur
                          initializer=_adopt_slot_queue, initargs=(free_devices,))
     ran, broken = 0, []
     try:
-        futures = {pool.submit(run_cell_in_a_slot, task): task for task in tasks}
-        for future in tqdm(as_completed(futures), total=len(futures), desc="cells", disable=not progress):
+        futures = {pool.submit(run_in_a_slot, work, task): task for task in tasks}
+        for future in tqdm(as_completed(futures), total=len(futures), desc=desc, disable=not progress):
             try:
                 ran += future.result() is not None
             except BrokenProcessPool:
@@ -200,42 +201,21 @@ def _adopt_slot_queue(queue) -> None:
 
 def run_cell_in_a_slot(task: CellTask, free_devices=None) -> dict | None:
     """``run_cell`` on the device of a free worker slot, given back afterwards (even if the cell raised)."""
-    free_devices = _free_devices if free_devices is None else free_devices
-    slot = free_devices.get()
-    try:
-        return run_cell(dataclasses.replace(task, device=slot))
-    finally:
-        free_devices.put(slot)
-
-
+    return run_in_a_slot(run_cell, task, free_devices)
 
 
 # ------------------------------------------------------------------------------------------ any top-level work
 def run_each_in_workers(work, tasks: list, slots: list[str], progress: bool, on_failure, desc: str = "tasks") -> int:
     """``work(task)`` for each of ``tasks`` in one worker process per slot (a fresh one per task), each task on a
-    free slot's device (its ``device`` field; ``slots`` and stopping as in :func:`run_in_workers`); returns how
-    many returned a true value here. ``work`` is a top-level function and each task a picklable dataclass with a
-    ``device`` field: the tuning stage's arms (``tgbench.tuning.tune_arm_task``) run this way with ``--jobs``."""
-    context = multiprocessing.get_context("spawn")
-    free_devices = context.Queue()
-    for slot in slots:
-        free_devices.put(slot)
-    pool = ProcessPoolExecutor(max_workers=len(slots), mp_context=context, max_tasks_per_child=1,
-                               initializer=_adopt_slot_queue, initargs=(free_devices,))
-    ran = 0
-    try:
-        futures = {pool.submit(run_in_a_slot, work, task): task for task in tasks}
-        for future in tqdm(as_completed(futures), total=len(futures), desc=desc, disable=not progress):
-            try:
-                ran += bool(future.result())
-            except CELL_FAILURES as exc:
-                on_failure(futures[future], exc)
-            interrupt.check()
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        stop_workers(free_devices)
-        raise
-    pool.shutdown()
+    free slot's device (its ``device`` field; ``slots`` and stopping as in :func:`run_in_workers`, the same pool);
+    returns how many returned something other than None here. ``work`` is a top-level function and each task a
+    picklable dataclass with a ``device`` field: the tuning stage's arms (``tgbench.tuning.tune_arm_task``) run
+    this way with ``--jobs``. A worker that dies hard stops the whole run here (``BrokenProcessPool``): the next
+    run takes over what it held."""
+    ran, broken = _run_pool(work, tasks, slots, progress, on_failure, desc)
+    if broken:
+        raise BrokenProcessPool(f"a worker process died without a word (os._exit, a crash or the OOM killer) while "
+                                f"running {len(broken)} of the {desc}")
     return ran
 
 

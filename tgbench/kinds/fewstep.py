@@ -64,9 +64,10 @@ def stage_workers(ctx: RunContext, store: Store, dataset: Dataset, threads: int 
         raise exc
 
     def tune_in_workers(entries) -> None:
-        tasks = [ArmTask(resolved, ctx.profile, e.name, store.url,
-                         stage_spec(ctx.suite, ctx.profile, e, dataset.resolved).config_hash, opts.data_root,
-                         opts.artifacts_dir, tuple(opts.methods_dirs), threads, tf32=opts.tf32) for e in entries]
+        tasks = [ArmTask(resolved_suite=resolved, profile=ctx.profile, arm=e.name, storage=store.url,
+                         config_hash=stage_spec(ctx.suite, ctx.profile, e, dataset.resolved).config_hash,
+                         data_root=opts.data_root, artifacts_dir=opts.artifacts_dir,
+                         methods_dirs=tuple(opts.methods_dirs), threads=threads, tf32=opts.tf32) for e in entries]
         run_each_in_workers(tune_arm_task, tasks, slots, opts.progress, stop, desc="tuning arms")
     return tune_in_workers
 
