@@ -168,12 +168,12 @@ def max_pool(h: torch.Tensor) -> torch.Tensor:
     elements (both kernels take the first maximum of a window, so the indices are equal), gather's backward
     scatter-adds into zeros in the same order as ``max_pool2d_with_indices_backward`` and its double backward is
     the same gather (``tests/test_engine_api.py`` pins the exact numbers; ``benchmarks/compare.py`` section 6
-    times it against the NCHW pool). The gather works under ``vmap`` and ``torch.func.grad`` too."""
+    times it against the NCHW pool). The gather works under ``vmap`` and ``torch.func.grad`` too (a population)."""
     if not torch.is_grad_enabled() or h.dim() != 4:
         return F.max_pool2d(_scoring_layout(h), 3, 2, 1)
-    with torch.no_grad():
-        _, winners = F.max_pool2d(h.detach().contiguous(memory_format=torch.channels_last), 3, 2, 1,
-                                  return_indices=True)
+    with torch.no_grad():  # (channels-last by permutes: ``contiguous(memory_format=...)`` fails under vmap)
+        nhwc = h.detach().permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+        _, winners = F.max_pool2d(nhwc, 3, 2, 1, return_indices=True)
     winners = winners.contiguous()
     return h.flatten(2).gather(2, winners.flatten(2)).view(winners.shape)
 
