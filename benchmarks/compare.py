@@ -341,14 +341,15 @@ OFFICIAL_LOSSES = ("outer.intermediate_losses=true", "outer.intermediate_batches
                    "outer.intermediate_reduction=sum", "learner.bn_shift=true", "inner.momentum_form=exp")
 
 
-def cpu_size_trainer(method: str, official: bool, data):
+def cpu_size_trainer(method: str, official: bool, data, steps: int = 32):
     """The ``fashion_fewstep`` cpu profile's trainer for its first ``method`` source (optionally with the official
-    intermediate losses), built on ``data`` (only the images' shape matters for time)."""
+    intermediate losses; ``steps``: T, the profile's 32 unless a smoke run shrinks it), built on ``data`` (only the
+    images' shape matters for time)."""
     from tgbench import builders
     from tgbench.config import load_suite
 
     suite = load_suite(ROOT / "tgbench" / "suites" / "fashion_fewstep.yaml", "cpu",
-                       OFFICIAL_LOSSES if official else ())
+                       (*(OFFICIAL_LOSSES if official else ()), f"inner.steps={steps}"))
     entry = next(e for e in suite.sources if e.method == method)
     return builders.build_trainer(suite, entry, data, 0)
 
@@ -359,9 +360,11 @@ def section_cpu_step(args) -> list[tuple[str, bool]]:
     from benchmarks.benchmarks import dataset
     from benchmarks.reference import nchw_pooling
 
-    print("\n== 6. cpu-size meta-iteration (fashion_fewstep, profile cpu): MetaTrainer.step() now vs before issue 24 ==")
+    print("\n== 6. cpu-size meta-iteration (fashion_fewstep, profile cpu): MetaTrainer.step() now vs before "
+          "issue 24 ==")
     print(f"config: learner conv [16, 32] -> fc [64], WN, mean-only BN; gtn generator noise 32, fc 256, channels "
-          f"[32, 16]; T=32, B=128, meta-batch 128; {torch.get_num_threads()} thread(s); data {args.cpu_data} "
+          f"[32, 16]; T={args.cpu_steps}, B=128, meta-batch 128; {torch.get_num_threads()} thread(s); "
+          f"data {args.cpu_data} "
           f"(28x28x1, only the shape matters); each side steps from the same saved trainer state; one warm-up, then "
           f"{args.iters} interleaved round(s); intermediate losses 'on' = {' '.join(OFFICIAL_LOSSES)}")
     data = dataset(args.cpu_data)
@@ -369,7 +372,7 @@ def section_cpu_step(args) -> list[tuple[str, bool]]:
     identical = True
     for method in ("real", "dataset_distillation", "gtn"):
         for official in (False, True):
-            trainer = cpu_size_trainer(method, official, data)
+            trainer = cpu_size_trainer(method, official, data, args.cpu_steps)
             state = trainer.state_dict()
 
             def one_step(old: bool):
@@ -422,6 +425,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--eval-steps", type=int, help="section 5: T (default 32; --quick 8)")
     ap.add_argument("--eval-images", type=int, help=f"section 5: test and val images each (default "
                                                     f"{FULL_SIZE_SPLIT}, a full-size split; --quick 500)")
+    ap.add_argument("--cpu-steps", type=int, help="section 6: T (default 32, the cpu profile's; --quick 8)")
     ap.add_argument("--cpu-data", default="mnist-5k", help="section 6: dataset (default mnist-5k, offline)")
     ap.add_argument("--sections", default="1,2,3,4,5,6", help="comma-separated subset to run (2 needs 1)")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)")
@@ -432,7 +436,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     quick = args.quick
     defaults = {"steps": (32, 8), "batch": (128, 16), "iters": (2, 1), "ckpt_steps": (128, 8),
                 "ckpt_batch": (32, 16), "ckpt_rounds": (2, 1), "pop_batch": (32, 16), "eval_steps": (32, 8),
-                "eval_images": (FULL_SIZE_SPLIT, 500)}
+                "eval_images": (FULL_SIZE_SPLIT, 500), "cpu_steps": (32, 8)}
     for name, (full, small) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, small if quick else full)
