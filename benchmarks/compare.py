@@ -354,6 +354,18 @@ def cpu_size_trainer(method: str, official: bool, data, steps: int = 32):
     return builders.build_trainer(suite, entry, data, 0)
 
 
+def print_profile(what: str, trainer, state: dict, rows: int = 15) -> None:
+    """torch.profiler's operator table (self CPU time, grouped by input shapes) of one meta-step from ``state``."""
+    from torch.profiler import profile
+
+    trainer.load_state_dict(state)
+    with profile(record_shapes=True) as prof:
+        trainer.step()
+    print(f"-- profile of one step now: {what} --")
+    print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=rows,
+                                                             max_name_column_width=34, max_shapes_column_width=70))
+
+
 def section_cpu_step(args) -> list[tuple[str, bool]]:
     import torch
 
@@ -385,6 +397,8 @@ def section_cpu_step(args) -> list[tuple[str, bool]]:
                 return seconds, [p.detach().clone() for p in trainer.meta_params]
 
             one_step(True), one_step(False)  # warm-up
+            if args.cpu_profile:
+                print_profile(f"{method}, intermediate losses {'on' if official else 'off'}", trainer, state)
             old_times, new_times = [], []
             for _ in range(args.iters):
                 seconds, old_params = one_step(True)
@@ -426,6 +440,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--eval-images", type=int, help=f"section 5: test and val images each (default "
                                                     f"{FULL_SIZE_SPLIT}, a full-size split; --quick 500)")
     ap.add_argument("--cpu-steps", type=int, help="section 6: T (default 32, the cpu profile's; --quick 8)")
+    ap.add_argument("--cpu-profile", action="store_true", help="section 6: print torch.profiler's operator table "
+                                                               "of one step of each configuration (new code path)")
     ap.add_argument("--cpu-data", default="mnist-5k", help="section 6: dataset (default mnist-5k, offline)")
     ap.add_argument("--sections", default="1,2,3,4,5,6", help="comma-separated subset to run (2 needs 1)")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)")
