@@ -20,6 +20,13 @@ Sections (every figure and ratio is printed, every target says ``met`` / ``NOT m
    ``evaluate`` vs the code path before issue 19 (``benchmarks/reference.py``: whole splits after every step,
    NCHW), same teacher and learners, interleaved; the accuracy after the last step must agree. Goal: >= 3x.
 
+6. The cpu-size meta-iteration of the long runs (``suites/fashion_fewstep.yaml`` at profile ``cpu``: learner conv
+   16 -> 32 -> FC 64, WN, mean-only BN; GTN generator noise 32, fc 256, channels [32, 16]; T=32, B=128, meta-batch
+   128) for real data, dataset distillation and GTN, with the official intermediate losses off and on:
+   ``MetaTrainer.step()`` now vs the code path before issue 24 (``benchmarks/reference.py``'s ``nchw_pooling``),
+   from the same saved trainer state, interleaved; meta-losses and meta-parameters must agree bit for bit.
+   Goal: >= 1.5x over the six. Run it at one thread (``--threads 1``), as the long runs are.
+
 Everything goes through the engine's ``MetaTrainer`` (built by ``benchmarks.benchmarks.build_trainer``); nothing
 here re-implements the meta-step. ``--_child SPEC`` is internal: section 3 re-invokes this file with it.
 """
@@ -329,6 +336,89 @@ def section_evaluation(args) -> list[tuple[str, bool]]:
             ("5. scores after the last step identical to the old code path", agree)]
 
 
+# ------------------------------------------------------------------------------------------- section 6
+OFFICIAL_LOSSES = ("outer.intermediate_losses=true", "outer.intermediate_batches=fresh",
+                   "outer.intermediate_reduction=sum", "learner.bn_shift=true", "inner.momentum_form=exp")
+
+
+def cpu_size_trainer(method: str, official: bool, data, steps: int = 32):
+    """The ``fashion_fewstep`` cpu profile's trainer for its first ``method`` source (optionally with the official
+    intermediate losses; ``steps``: T, the profile's 32 unless a smoke run shrinks it), built on ``data`` (only the
+    images' shape matters for time)."""
+    from tgbench import builders
+    from tgbench.config import load_suite
+
+    suite = load_suite(ROOT / "tgbench" / "suites" / "fashion_fewstep.yaml", "cpu",
+                       (*(OFFICIAL_LOSSES if official else ()), f"inner.steps={steps}"))
+    entry = next(e for e in suite.sources if e.method == method)
+    return builders.build_trainer(suite, entry, data, 0)
+
+
+def print_profile(what: str, trainer, state: dict, rows: int = 15) -> None:
+    """torch.profiler's operator table (self CPU time, grouped by input shapes) of one meta-step from ``state``."""
+    from torch.profiler import profile
+
+    trainer.load_state_dict(state)
+    with profile(record_shapes=True) as prof:
+        trainer.step()
+    print(f"-- profile of one step now: {what} --")
+    print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=rows,
+                                                             max_name_column_width=34, max_shapes_column_width=70))
+
+
+def section_cpu_step(args) -> list[tuple[str, bool]]:
+    import torch
+
+    from benchmarks.benchmarks import dataset
+    from benchmarks.reference import nchw_pooling
+
+    print("\n== 6. cpu-size meta-iteration (fashion_fewstep, profile cpu): MetaTrainer.step() now vs before "
+          "issue 24 ==")
+    print(f"config: learner conv [16, 32] -> fc [64], WN, mean-only BN; gtn generator noise 32, fc 256, channels "
+          f"[32, 16]; T={args.cpu_steps}, B=128, meta-batch 128; {torch.get_num_threads()} thread(s); "
+          f"data {args.cpu_data} "
+          f"(28x28x1, only the shape matters); each side steps from the same saved trainer state; one warm-up, then "
+          f"{args.iters} interleaved round(s); intermediate losses 'on' = {' '.join(OFFICIAL_LOSSES)}")
+    data = dataset(args.cpu_data)
+    total_old = total_new = 0.0
+    identical = True
+    for method in ("real", "dataset_distillation", "gtn"):
+        for official in (False, True):
+            trainer = cpu_size_trainer(method, official, data, args.cpu_steps)
+            state = trainer.state_dict()
+
+            def one_step(old: bool):
+                trainer.load_state_dict(state)
+                if old:
+                    with nchw_pooling():
+                        seconds = timed(trainer.step)
+                else:
+                    seconds = timed(trainer.step)
+                return seconds, [p.detach().clone() for p in trainer.meta_params]
+
+            one_step(True), one_step(False)  # warm-up
+            if args.cpu_profile:
+                print_profile(f"{method}, intermediate losses {'on' if official else 'off'}", trainer, state)
+            old_times, new_times = [], []
+            for _ in range(args.iters):
+                seconds, old_params = one_step(True)
+                old_times.append(seconds)
+                seconds, new_params = one_step(False)
+                new_times.append(seconds)
+                identical &= all(torch.equal(a, b) for a, b in zip(old_params, new_params))
+            old_t, new_t = mean(old_times), mean(new_times)
+            total_old, total_new = total_old + old_t, total_new + new_t
+            print(f"{method:>20} intermediate losses {'on ' if official else 'off'}: before {old_t:.3f} s "
+                  f"(samples {fmt_times(old_times)}), now {new_t:.3f} s (samples {fmt_times(new_times)}): "
+                  f"{old_t / new_t:.2f}x")
+    ratio = total_old / total_new
+    print(f"meta-parameters after the step identical (bit for bit) in every round: {identical}")
+    print(f"all six: before {total_old:.2f} s, now {total_new:.2f} s; speed-up {ratio:.2f}x   goal >= 1.5x: "
+          f"{verdict(ratio >= 1.5)}")
+    return [(f"6. cpu-size meta-iteration speed-up = {ratio:.2f}x >= 1.5x", ratio >= 1.5),
+            ("6. meta-parameters identical to the code path before issue 24", identical)]
+
+
 # ------------------------------------------------------------------------------------------------- main
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -349,7 +439,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--eval-steps", type=int, help="section 5: T (default 32; --quick 8)")
     ap.add_argument("--eval-images", type=int, help=f"section 5: test and val images each (default "
                                                     f"{FULL_SIZE_SPLIT}, a full-size split; --quick 500)")
-    ap.add_argument("--sections", default="1,2,3,4,5", help="comma-separated subset to run (2 needs 1)")
+    ap.add_argument("--cpu-steps", type=int, help="section 6: T (default 32, the cpu profile's; --quick 8)")
+    ap.add_argument("--cpu-profile", action="store_true", help="section 6: print torch.profiler's operator table "
+                                                               "of one step of each configuration (new code path)")
+    ap.add_argument("--cpu-data", default="mnist-5k", help="section 6: dataset (default mnist-5k, offline)")
+    ap.add_argument("--sections", default="1,2,3,4,5,6", help="comma-separated subset to run (2 needs 1)")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)")
     ap.add_argument("--device", help="sections 1, 2 and 5: auto (default), cpu, cuda or cuda:N (tgbench's "
                                      "--device; sets $TGBENCH_DEVICE for the benchmark helpers)")
@@ -358,7 +452,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     quick = args.quick
     defaults = {"steps": (32, 8), "batch": (128, 16), "iters": (2, 1), "ckpt_steps": (128, 8),
                 "ckpt_batch": (32, 16), "ckpt_rounds": (2, 1), "pop_batch": (32, 16), "eval_steps": (32, 8),
-                "eval_images": (FULL_SIZE_SPLIT, 500)}
+                "eval_images": (FULL_SIZE_SPLIT, 500), "cpu_steps": (32, 8)}
     for name, (full, small) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, small if quick else full)
@@ -396,6 +490,8 @@ def main(argv=None) -> int:
         outcomes += section_population(args)
     if 5 in args.sections:
         outcomes += section_evaluation(args)
+    if 6 in args.sections:
+        outcomes += section_cpu_step(args)
     print(f"\n== summary ({time.perf_counter() - start:.0f} s; load average now "
           f"{os.getloadavg()[0]:.2f}) ==")
     for text, ok in outcomes:

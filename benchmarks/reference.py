@@ -7,10 +7,15 @@ behind ``tgbench.engine.evaluate``, with the same generator stream), so after th
 the same accuracies; only the scoring differs. ``benchmarks/compare.py`` (section 5) times the two side by side and
 ``tests/test_benchmarks.py`` checks that they agree.
 
+``nchw_pooling`` restores the learner's max-pool as it was before issue 24 (NCHW ``F.max_pool2d`` whenever a graph
+is recorded): ``benchmarks/compare.py`` (section 6) times the cpu-size meta-iteration with and without it, and
+``tests/test_benchmarks.py`` checks that both give the same numbers bit for bit.
+
 ``PlainGTN`` is a paper-scale GTN meta-iteration in plain PyTorch (section 1's reference; see its docstring).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -18,6 +23,7 @@ import torch.nn.functional as F
 
 from tgbench.data import Split
 from tgbench.engine import EvalPlan, build_learner, scored_log_probs, train_fresh_learners
+from tgbench import nn as tgnn
 from tgbench.nn import Learner, LearnerSpec
 from tgbench.source import Teacher
 
@@ -47,6 +53,25 @@ def reference_final_evaluation(teacher: Teacher, spec: LearnerSpec, test: Split,
 
     train_fresh_learners(teacher, learner, EvalPlan(steps, learners, teacher.optimizer), generator, record)
     return (sums / learners).tolist()
+
+
+# ------------------------------------------------------------------------------ the learner's old max-pool
+def nchw_max_pool(h: torch.Tensor) -> torch.Tensor:
+    """``tgbench.nn.max_pool`` before issue 24: scoring in channels-last, training with the NCHW kernel."""
+    if not torch.is_grad_enabled() or h.dim() != 4:
+        return F.max_pool2d(h.contiguous(memory_format=torch.channels_last) if h.dim() == 4 else h, 3, 2, 1)
+    return F.max_pool2d(h, 3, 2, 1)
+
+
+@contextlib.contextmanager
+def nchw_pooling():
+    """Learners pool as before issue 24 while the block runs (the module's function is swapped and restored)."""
+    fast = tgnn.max_pool
+    tgnn.max_pool = nchw_max_pool
+    try:
+        yield
+    finally:
+        tgnn.max_pool = fast
 
 
 # ------------------------------------------------------------------------------ the plain meta-iteration

@@ -154,7 +154,8 @@ def test_compare_quick_prints_every_section():
     # every section at its smallest sizes: T=2 in sections 1, 4 and 5 and T=4 in section 3 run the same code as
     # the full sizes; --quick scores 500 test + 500 val images in section 5
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--quick", "--threads", "1",
-                           "--steps", "2", "--pop-steps", "2", "--eval-steps", "2", "--ckpt-steps", "4"],
+                           "--steps", "2", "--pop-steps", "2", "--eval-steps", "2", "--ckpt-steps", "4",
+                           "--cpu-steps", "2"],
                           capture_output=True, text=True, cwd=str(ROOT), timeout=300)
     out = proc.stdout
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -171,10 +172,12 @@ def test_compare_quick_prints_every_section():
         r"^throughput ratio vmap/sequential = [\d.]+x +target >= 3x: (met|NOT met)$",
         r"^== 5\. final evaluation on 500-image \(not full-size\) splits", r"^after the last step: .*: identical$",
         r"^speed-up old/new = [\d.]+x +goal >= 3x: (met|NOT met)$",
+        r"^== 6\. cpu-size meta-iteration", r"^meta-parameters after the step identical .*: True$",
+        r"^all six: .*speed-up [\d.]+x +goal >= 1\.5x: (met|NOT met)$",
         r"^== summary",
     ]:
         assert re.search(pattern, out, re.M), f"missing /{pattern}/ in compare.py output:\n{out}"
-    assert len(re.findall(r"^ *(met|NOT met): ", out, re.M)) == 7
+    assert len(re.findall(r"^ *(met|NOT met): ", out, re.M)) == 9
 
 
 @pytest.mark.parametrize("steps, batch", [(2, 8), (3, 4)])

@@ -157,6 +157,27 @@ def _scoring_layout(h: torch.Tensor) -> torch.Tensor:
     return h.contiguous(memory_format=torch.channels_last)
 
 
+def max_pool(h: torch.Tensor) -> torch.Tensor:
+    """The learner's max-pool (3, stride 2, pad 1). Scoring (no graph): in channels-last layout (see
+    ``_scoring_layout``). Training (a graph is recorded): the winners are found by a no-grad channels-last pool
+    and the output is *gathered* from ``h`` at them. On CPU, PyTorch's NCHW ``max_pool2d_with_indices`` is ~10x
+    slower than its channels-last kernel (measured 13 ms vs 1.3 ms for 128 x 16 x 28 x 28 at one thread), and
+    the pooled maps of every inner step, meta-loss and intermediate loss went through it; a channels-last
+    autograd graph changes the low bits of the meta-gradient (other backward kernels, another summation order),
+    which a T-step unroll amplifies. The gather keeps every value bit for bit: the forward picks the same
+    elements (both kernels take the first maximum of a window, so the indices are equal), gather's backward
+    scatter-adds into zeros in the same order as ``max_pool2d_with_indices_backward`` and its double backward is
+    the same gather (``tests/test_engine_api.py`` pins the exact numbers; ``benchmarks/compare.py`` section 6
+    times it against the NCHW pool). The gather works under ``vmap`` and ``torch.func.grad`` too (a population)."""
+    if not torch.is_grad_enabled() or h.dim() != 4:
+        return F.max_pool2d(_scoring_layout(h), 3, 2, 1)
+    with torch.no_grad():  # (channels-last by permutes: ``contiguous(memory_format=...)`` fails under vmap)
+        nhwc = h.detach().permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+        _, winners = F.max_pool2d(nhwc, 3, 2, 1, return_indices=True)
+    winners = winners.contiguous()
+    return h.flatten(2).gather(2, winners.flatten(2)).view(winners.shape)
+
+
 class Learner(nn.Module):
     """A CNN/MLP classifier for a ``Problem``, built from a ``LearnerSpec``; returns log-probabilities.
 
@@ -221,9 +242,9 @@ class Learner(nn.Module):
             if self.spec.residual:
                 inner = self._normalise_and_activate([_scoring_layout(conv(h)) for h in stream], next(bn_layers))
                 outer = self._normalise([self.residual_convs[i](h) for h in inner], next(bn_layers))
-                stream = [F.max_pool2d(self.act(a + b), 3, 2, 1) for a, b in zip(outer, inner)]
+                stream = [max_pool(self.act(a + b)) for a, b in zip(outer, inner)]
                 continue
-            stream = self._normalise_and_activate([F.max_pool2d(_scoring_layout(conv(h)), 3, 2, 1) for h in stream],
+            stream = self._normalise_and_activate([max_pool(conv(h)) for h in stream],
                                                   next(bn_layers))
         stream = [h.flatten(1) for h in stream]
         for fc in self.fcs:
