@@ -97,3 +97,26 @@ def test_a_real_store_and_an_empty_database_are_accepted(tmp_path):
 
     tables, revisions = optuna_schema()
     assert {"studies", "trials", "version_info", "alembic_version"} <= set(tables) and revisions
+
+
+def test_a_store_being_created_is_waited_for_then_refused_if_it_stays_incomplete(tmp_path, monkeypatch):
+    """Two workers started together on a new file: one finds the tables the other is creating. Only Optuna's
+    tables with Optuna's columns, some missing: tgbench waits (``CREATION_WAIT_SECONDS``) instead of refusing at
+    once, and refuses a file that stays so."""
+    import sqlite3
+    import time
+
+    from tgbench import store as store_module
+    from tgbench.errors import BadInput
+
+    path = tmp_path / "partial.db"
+    con = sqlite3.connect(path)
+    con.execute("create table alembic_version (version_num varchar(32) not null primary key)")
+    con.commit()
+    con.close()
+    before = path.read_bytes()
+    monkeypatch.setattr(store_module, "CREATION_WAIT_SECONDS", 1.0)
+    start = time.monotonic()
+    with pytest.raises(BadInput, match="incomplete store"):
+        store_module.refuse_foreign_sqlite(f"sqlite:///{path}")
+    assert time.monotonic() - start >= 1.0 and path.read_bytes() == before

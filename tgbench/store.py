@@ -156,18 +156,24 @@ def store_problem(con: sqlite3.Connection) -> str | None:
     if foreign:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
         return f"it holds another application's tables ({shown})"
-    missing = sorted(set(tables) - found)
-    if missing:
-        return f"it lacks tables of a tgbench (Optuna) store ({', '.join(missing[:5])})"
-    for table in sorted(tables):
+    for table in sorted(found):
         columns = {row[1] for row in con.execute(f'pragma table_info("{table}")')}
         if columns != tables[table]:
             return f"its table {table!r} has columns {sorted(columns)}, not those of a tgbench (Optuna) store"
+    missing = sorted(set(tables) - found)
+    if missing:
+        return f"{IN_CREATION}: it lacks tables of a tgbench (Optuna) store ({', '.join(missing[:5])})"
     versions = list(con.execute("select schema_version from version_info"))
     alembic = list(con.execute("select version_num from alembic_version"))
     if len(versions) != 1 or not isinstance(versions[0][0], int) or len(alembic) != 1 or alembic[0][0] not in revisions:
-        return "its version tables do not hold one version Optuna wrote"
+        return f"{IN_CREATION}: its version tables do not hold one version Optuna wrote"
     return None
+
+
+# What a store another process is creating right now looks like for a moment (Optuna creates its tables, then
+# writes its version): only Optuna's tables, each with Optuna's columns, some missing or no version yet.
+IN_CREATION = "an incomplete store"
+CREATION_WAIT_SECONDS = 30   # how long such a file may stay incomplete before it is refused
 
 
 def refuse_foreign_sqlite(url: str) -> None:
@@ -182,11 +188,16 @@ def refuse_foreign_sqlite(url: str) -> None:
         raise BadInput(f"--storage: {path} is not a regular file (an SQLite store is a file)")
     if path.stat().st_size == 0:
         return
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as con:
-            problem = store_problem(con)
-    except sqlite3.DatabaseError as exc:
-        raise BadInput(f"--storage: {path} is not an SQLite database tgbench can use: {exc}") from None
+    deadline = time.monotonic() + CREATION_WAIT_SECONDS
+    while True:   # (two workers started together on a new file: one of them is creating the store's tables)
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as con:
+                problem = store_problem(con)
+        except sqlite3.DatabaseError as exc:
+            raise BadInput(f"--storage: {path} is not an SQLite database tgbench can use: {exc}") from None
+        if not (problem or "").startswith(IN_CREATION) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     if problem:
         raise BadInput(f"--storage: {path} is not a tgbench store: {problem}; tgbench will not change it: give "
                        "a new file or an existing tgbench store")
