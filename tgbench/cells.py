@@ -25,7 +25,7 @@ from tgbench.config import SourceEntry, Suite, arm_with, load_suite, suite_from_
 from tgbench.data import Dataset, load_dataset
 from tgbench.engine import MetaTrainer
 from tgbench.errors import Diverged
-from tgbench.identity import EVAL_SEED_OFFSET, cell_hash, protocol_of
+from tgbench.identity import EVAL_SEED_OFFSET, cell_hash, cell_inputs, protocol_of
 from tgbench.nn import LearnerSpec
 from tgbench.provenance import git_revision, reproducibility
 from tgbench.records import FewstepCell, Status, cell_key
@@ -294,6 +294,8 @@ def _run_claimed_cell(task: CellTask, suite: Suite, entry: SourceEntry, dataset:
         finally:
             tracker.close()
         fields.update({"diagnostics": d} if (d := teacher.source.diagnostics()) else {})  # Source.diagnostics (issue 24)
+        if inputs := cell_inputs(entry):  # the data files and plug-in read, by content (tgbench.inputs)
+            fields["inputs"] = inputs
         fields["protocol"] = protocol_of(suite.model_dump(mode="json"), dataset.resolved, entry.model_dump(mode="json"))
         if suite.evaluation.count_flops:
             start = time.perf_counter()
