@@ -122,11 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--source", required=True, help="source label in the suite, e.g. gtn")
     export.add_argument("--seed", type=int, default=0, help="cell seed (default 0)")
     export.add_argument("--out", required=True, help="file to write, e.g. teacher.pt")
-    export.add_argument("--format", choices=("teacher", "tensors"), default="teacher",
-                        help="teacher: the full teacher, for `tgbench teach` (default); tensors: the data it teaches "
-                             "as plain tensors (images, labels, lr, momentum) for dataset-distillation benchmarks "
-                             "and the `external` source")
-    export.add_argument("--data-root", help="tensors only: directory holding the dataset the teacher draws from")
+    export.add_argument("--format", choices=("teacher", "tensors", "dd-ranking", "dc-bench"), default="teacher",
+                        help="teacher: the full teacher, for `tgbench teach` (default); the data it teaches as plain "
+                             "tensors, which the `external` source reads back: tensors (tgbench's dict: images, "
+                             "labels, lr, momentum), dd-ranking (a folder of images.pt, labels.pt, lr.pt), dc-bench "
+                             "(--out X.pt: {'data': [(images, labels)]}; else a folder of images_best.pt, "
+                             "labels_best.pt)")
+    export.add_argument("--data-root", help="all but teacher: directory holding the dataset the teacher draws from")
     export.add_argument("--storage", help="Optuna storage URL (default: sqlite:///results/tgbench.db, or "
                                           "$TGBENCH_STORAGE)")
     export.add_argument("--artifacts", help="directory of the teacher artifact store (default: next to the SQLite)")
@@ -317,7 +319,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                     teacher_file = Path(scratch) / "teacher.pt"
                     export_teacher(args.suite, profile, args.source, args.seed, str(teacher_file), args.storage,
                                    args.artifacts, log=lambda *a, **k: None)
-                    export_lessons(teacher_file, args.out, data_root=args.data_root)
+                    export_lessons(teacher_file, args.out, data_root=args.data_root, layout=args.format)
         elif args.command == "check-method":
             return _check_method(args.method)
         elif args.command == "teach":

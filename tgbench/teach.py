@@ -74,6 +74,7 @@ def save_atomically(obj: dict, out: str | Path) -> Path:
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         os.close(fd)
         torch.save(obj, tmp)
+        os.chmod(tmp, readable_file_mode())  # mkstemp's 0600 would make the export unreadable to others
         os.replace(tmp, path)
         tmp = None
     except OSError as exc:
@@ -87,6 +88,13 @@ def save_atomically(obj: dict, out: str | Path) -> Path:
         if tmp is not None:   # a failed export leaves no temporary file behind
             Path(tmp).unlink(missing_ok=True)
     return path
+
+
+def readable_file_mode() -> int:
+    """The mode ``open()`` gives a new file (0666 less the umask, 0644 usually): exported files are shared."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _suite_name(suite: str) -> str:
@@ -331,19 +339,32 @@ def teach(path: str | Path, model: str | None = None, steps: int | None = None, 
 
 # ------------------------------------------------------------------------------------------ plain tensors
 LESSONS_FORMAT = "tgbench-lessons/1"
+# what `export --format` writes besides a teacher: tgbench's own dict, DD-Ranking's folder, DC-BENCH's file/folder
+LESSON_LAYOUTS = ("tensors", "dd-ranking", "dc-bench")
 
 
-def export_lessons(teacher_file: str | Path, out: str | Path, data_root: str | None = None, log=print) -> Path:
-    """Write the data an exported teacher teaches, as plain tensors (what dataset-distillation benchmarks such as
-    DD-Ranking and DC-BENCH take, and what the ``external`` source reads back):
+def export_lessons(teacher_file: str | Path, out: str | Path, data_root: str | None = None, log=print,
+                   layout: str = "tensors") -> Path:
+    """Write the data an exported teacher teaches, as plain tensors, in one of three layouts (the ``external``
+    source reads each back):
 
-    ``images`` ``(T*B, C, H, W)`` float32 in the dataset's normalised space (``mean`` / ``std`` per channel undo
-    it), ``labels`` ``(T*B,)`` int64 or ``(T*B, classes)`` soft-label probabilities, ``lr`` and ``momentum``
-    ``(T,)`` (the learned per-step schedule), ``steps`` T and ``batch_size`` B: rows ``t*B:(t+1)*B`` are the
-    lesson of inner step t. A teacher that draws randomness per unroll (real data, GTN without a curriculum)
-    gives one episode, drawn from a CPU generator seeded ``EVAL_SEED_OFFSET + seed`` (reproducible; not one of
-    the final evaluation's episodes, which are drawn after each learner's initialisation).
+    * ``tensors`` — tgbench's own dict in one file: ``images`` ``(T*B, C, H, W)`` float32 in the dataset's
+      normalised space (``mean`` / ``std`` per channel undo it), ``labels`` ``(T*B,)`` int64 or ``(T*B, classes)``
+      soft-label probabilities, ``lr`` and ``momentum`` ``(T,)`` (the learned per-step schedule), ``steps`` T
+      and ``batch_size`` B: rows ``t*B:(t+1)*B`` are the lesson of inner step t;
+    * ``dd-ranking`` — DD-Ranking's folder (``out`` is the folder): ``images.pt`` and ``labels.pt`` (the same two
+      tensors) and ``lr.pt``, a 0-d tensor: DD-Ranking trains with one learning rate, so it holds the mean of the
+      learned per-step schedule (the per-step values are in a ``tensors`` export);
+    * ``dc-bench`` — DC-BENCH's: ``out`` ending in ``.pt`` is one file ``{'data': [(images, labels)]}``, any
+      other ``out`` a folder of ``images_best.pt`` and ``labels_best.pt``.
+
+    A teacher that draws randomness per unroll (real data, GTN without a curriculum) gives one episode, drawn
+    from a CPU generator seeded ``EVAL_SEED_OFFSET + seed`` (reproducible; not one of the final evaluation's
+    episodes, which are drawn after each learner's initialisation). Files are written whole or not at all, mode
+    0644 (less the umask).
     """
+    if layout not in LESSON_LAYOUTS:
+        raise BadInput(f"--format: unknown layout {layout!r}; choose from: {', '.join(LESSON_LAYOUTS)}")
     payload, suite, dataset, teacher = _restore(teacher_file, data_root, "cpu")
     steps = teacher.hyper.log_lr.shape[0]
     with torch.no_grad():
@@ -358,7 +379,26 @@ def export_lessons(teacher_file: str | Path, out: str | Path, data_root: str | N
         "method": payload["method"], "source": payload.get("source"), "study": payload.get("study"),
         "seed": payload["seed"],
     }
-    path = save_atomically(tensors, out)
-    log(f"wrote {len(tensors['images'])} images ({steps} steps x {tensors['batch_size']}) of "
-        f"{payload.get('study')} {payload.get('source')} seed {payload['seed']} -> {path}")
+    images, labels = tensors["images"], tensors["labels"]
+    if layout == "tensors":
+        path = save_atomically(tensors, out)
+    elif layout == "dd-ranking":
+        path = _save_folder(out, {"images.pt": images, "labels.pt": labels,
+                                  "lr.pt": tensors["lr"].mean().reshape(())})
+    elif str(out).endswith(".pt"):  # dc-bench, one file
+        path = save_atomically({"data": [(images, labels)]}, out)
+    else:  # dc-bench, a folder
+        path = _save_folder(out, {"images_best.pt": images, "labels_best.pt": labels})
+    log(f"wrote {len(images)} images ({steps} steps x {tensors['batch_size']}) of {payload.get('study')} "
+        f"{payload.get('source')} seed {payload['seed']} in the {layout} layout -> {path}")
     return path
+
+
+def _save_folder(out: str | Path, files: dict[str, torch.Tensor]) -> Path:
+    """Each tensor to its own file in the folder ``out`` (created), each written atomically."""
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise BadInput(f"--out: {folder} is a file; this layout writes a folder of {', '.join(files)}")
+    for name, tensor in files.items():
+        save_atomically(tensor, folder / name)
+    return folder
