@@ -101,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="parse and validate a suite (every profile) without running it")
     validate.add_argument("suite", help="suite YAML file or installed suite name")
 
+    config = sub.add_parser("config", help="print the suite as it would run (profile, --set, include: applied) as "
+                                           "YAML, and each arm's hash: the key of its cells in the store")
+    config.add_argument("suite", help="suite YAML file or installed suite name")
+    config.add_argument("--profile", choices=("smoke", "cpu", "paper"),
+                        help="profile to apply (default: none, the suite as written)")
+
     report = sub.add_parser("report", help="(re)build a suite's report from the store")
     _add_common(report)
 
@@ -135,8 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     teach = sub.add_parser("teach", help="train a model from scratch on an exported teacher's data; print its accuracy")
     teach.add_argument("teacher", help="file written by `tgbench export`")
-    teach.add_argument("--model", help="package.module:ClassName, an nn.Module built as Class(image_shape, "
-                                       "num_classes) returning logits (default: the suite's evaluation learners)")
+    teach.add_argument("--model", help="package.module:ClassName or path/to/file.py:ClassName, an nn.Module built "
+                                       "as Class(image_shape, num_classes) returning logits (default: the suite's "
+                                       "evaluation learners)")
     teach.add_argument("--steps", type=_positive_int, help="inner steps (default: the teacher's T)")
     teach.add_argument("--learners", type=_positive_int, help="fresh models to average (default: the suite's "
                                                               "evaluation.final_learners)")
@@ -146,11 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "--methods-dir plug-in); exit 1 if a check fails")
     check.add_argument("method", help="registered method name")
 
-    for p in (run, validate, report, listing, board, export, teach, check):
+    for p in (run, validate, config, report, listing, board, export, teach, check):
         _add_methods_dir(p)
     for p in (run, report, export, teach):
         _add_device(p)
-    for p in (run, validate, report, export):
+    for p in (run, validate, config, report, export):
         _add_overrides(p)
     return parser
 
@@ -251,7 +258,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
             for folder in args.methods_dir:
                 load_plugin_dir(folder)
-        if args.command in ("run", "report", "validate"):
+        if args.command in ("run", "report", "validate", "config"):
             from tgbench.config import resolve_suite
 
             args.suite = str(resolve_suite(args.suite))  # a name -> the installed file; a path stays itself
@@ -262,6 +269,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(f"{args.suite}: ok ({suite.kind}, {len(suite.sources)} sources, profiles: "
                   f"{', '.join(p for p in PROFILES if p in suite.profiles) or 'none'}"
                   f"{f', {len(suite.overrides)} --set override(s)' if suite.overrides else ''})")
+        elif args.command == "config":
+            from tgbench.show_config import show_config
+
+            print(show_config(args.suite, args.profile, tuple(args.overrides)))
         elif args.command == "list":
             code = _list(args.what)
             if code:
@@ -306,8 +317,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             profile = args.profile or default_profile(resolve(args.device))
             # a file or an installed suite names its study (after any --set, which may change `name`); any other
             # bare name is taken as a study name as before (its file may be gone: export reads only the store)
+            # (the suite at the profile, so that the cell of its current configuration is the one exported)
             if args.overrides or Path(args.suite).exists() or args.suite in installed_suites():
-                args.suite = load_suite(resolve_suite(args.suite), overrides=args.overrides).name
+                args.suite = load_suite(resolve_suite(args.suite), profile, overrides=args.overrides)
             if args.format == "teacher":
                 export_teacher(args.suite, profile, args.source, args.seed, args.out, args.storage, args.artifacts)
             else:  # the teacher first (a temporary file), then the lessons it teaches

@@ -44,7 +44,7 @@ from torch import nn
 
 from tgbench import device as devices
 from tgbench.builders import build_teacher
-from tgbench.config import MAX_INNER_STEPS, SourceEntry, load_suite, suite_from_dict
+from tgbench.config import MAX_INNER_STEPS, SourceEntry, Suite, load_suite, suite_from_dict
 from tgbench.data import load_dataset
 from tgbench.engine import EvalPlan, evaluate
 from tgbench.errors import BadInput
@@ -104,17 +104,32 @@ def _suite_name(suite: str) -> str:
     return suite
 
 
-def export_teacher(suite: str, profile: str | None, source: str, seed: int, out: str, storage: str | None = None,
-                   artifacts_dir: str | None = None, log=print) -> Path:
-    """Write the teacher of cell (source, seed) of ``suite@profile`` from the store to ``out``."""
+def export_teacher(suite: str | Suite, profile: str | None, source: str, seed: int, out: str,
+                   storage: str | None = None, artifacts_dir: str | None = None, log=print) -> Path:
+    """Write the teacher of cell (source, seed) of ``suite@profile`` from the store to ``out``.
+
+    ``suite`` a loaded suite (a file or installed suite, at the profile, with its ``--set`` overrides): the cell
+    of its current configuration is taken, and when the store holds the cell only under other configurations the
+    error lists the ``--set`` lists they were run with. A bare study name (its file may be gone): the newest cell
+    of that key, whatever its configuration."""
+    from tgbench.kinds.fewstep import accepted_hashes, no_cells_hint
+
     profile = profile or default_profile(devices.resolve())
-    name = f"{_suite_name(suite)}@{profile}"
+    name = f"{_suite_name(suite) if isinstance(suite, str) else suite.name}@{profile}"
     store = Store(require_existing(storage), artifacts_dir)  # reading: never create an empty store
-    records = {r.cell: r for r in store.records(store.study(name, create=False)) if isinstance(r, FewstepCell)}
+    study = store.study(name, create=False)
+    records = {r.cell: r for r in store.records(study) if isinstance(r, FewstepCell)}
     record = records.get(cell_key(source, seed))
     if record is None:
         raise BadInput(f"--source/--seed: no cell {cell_key(source, seed)!r} in study {name!r}; it has: "
                        f"{', '.join(sorted(records)) or 'none'}")
+    if not isinstance(suite, str) and suite.kind == "fewstep":
+        accept = accepted_hashes(store, suite, profile, seed + 1)
+        current = [r for r in store.records(study, accept) if isinstance(r, FewstepCell)]
+        record = next((r for r in current if r.cell == record.cell), None)
+        if record is None:
+            raise BadInput(f"--source/--seed: cell {cell_key(source, seed)!r}: "
+                           + no_cells_hint(store, suite, profile))
     if record.status != Status.COMPLETE or not record.teacher_artifact:
         raise BadInput(f"--source/--seed: cell {record.cell!r} of {name!r} is {record.status}; only complete "
                        "cells have a saved teacher")
@@ -256,12 +271,16 @@ class UserModel(nn.Module):
 
 
 def model_factory(target: str, problem: Problem):
-    """``package.module:ClassName`` -> a factory ``problem -> learner`` for the engine (``engine.evaluate``)."""
-    module_name, _, attr = target.partition(":")
+    """``package.module:ClassName`` or ``path/to/file.py:ClassName`` -> a factory ``problem -> learner`` for the
+    engine (``engine.evaluate``). A module name is imported as Python would, and else looked for as a file under
+    the working directory (``mymodel:TinyMLP`` finds ``./mymodel.py`` without ``PYTHONPATH=.``)."""
+    module_name, _, attr = target.rpartition(":")
     if not module_name or not attr:
-        raise BadInput(f"--model: {target!r} is not of the form package.module:ClassName")
+        raise BadInput(f"--model: {target!r} is not of the form package.module:ClassName or file.py:ClassName")
     try:
-        cls = getattr(importlib.import_module(module_name), attr)
+        cls = getattr(_import_model_module(module_name), attr)
+    except BadInput:
+        raise
     except Exception as exc:
         raise BadInput(f"--model: cannot import {target!r}: {type(exc).__name__}: {exc}") from None
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
@@ -279,6 +298,31 @@ def model_factory(target: str, problem: Problem):
         raise BadInput(f"--model: {target} returned shape {tuple(out.shape)} for a batch of 2; expected "
                        f"(2, {num_classes}) logits")
     return factory
+
+
+def _import_model_module(module_name: str):
+    """The module of ``--model``: a ``.py`` file (a path; relative to the working directory), or a dotted module
+    name importable as is or found as ``a/b.py`` under the working directory."""
+    import importlib.util
+    import sys
+
+    as_file = Path(module_name)
+    if as_file.suffix != ".py":
+        try:
+            return importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            candidate = Path(*module_name.split(".")).with_suffix(".py")
+            if exc.name != module_name.split(".")[0] or not candidate.is_file():
+                raise
+            as_file = candidate
+    if not as_file.is_file():
+        raise BadInput(f"--model: no such file {as_file}")
+    name = f"tgbench_model_{as_file.resolve().stem}"
+    spec = importlib.util.spec_from_file_location(name, as_file.resolve())
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module   # (dataclasses and pickling look their module up by name)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _restore(path: str | Path, data_root: str | None, device: str | None):
