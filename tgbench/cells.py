@@ -33,7 +33,7 @@ from tgbench.registry import load_plugin_dir
 from tgbench.resume import SavedState
 from tgbench.source import Teacher
 from tgbench.store import Store
-from tgbench.trackers import Tracker, Trackers, open_trackers
+from tgbench.trackers import Tracker, Trackers, final_metrics, open_trackers
 
 
 SAMPLE_ROWS = 6        # rows of the generated-samples figure, evenly spaced over the inner steps
@@ -287,10 +287,13 @@ def _run_claimed_cell(task: CellTask, suite: Suite, entry: SourceEntry, dataset:
     # kept while the cell is unfinished (a failed cell's rerun resumes from it), removed once its record is written
     saved = SavedState(store.saved_state_path(study, cell, chash), chash, torch.device(task.device), cell)
     try:
-        tracker = open_trackers(task.loggers, task.log_dir, suite.name, cell, entry.model_dump(mode="json"))
+        hyperparameters = {"suite": suite.model_dump(mode="json", exclude={"profiles", "sources"}),
+                           "arm": entry.model_dump(mode="json"), "seed": task.seed}
+        tracker = open_trackers(task.loggers, task.log_dir, suite.name, cell, hyperparameters)
         try:
             teacher, fields = meta_train(suite, entry, dataset, task.seed, progress=task.progress,
                                          watch=Watch(tracker=tracker), saved=saved)
+            tracker.summary(final_metrics(fields))
         finally:
             tracker.close()
         fields.update({"diagnostics": d} if (d := teacher.source.diagnostics()) else {})  # Source.diagnostics (issue 24)
