@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ import yaml
 from tgbench.config import load_suite
 from tgbench.identity import cell_hash, cell_inputs
 from tgbench.records import cell_key
-from tgbench.registry import load_plugin_dir
+from tgbench.registry import PLUGIN_DECLARATIONS, load_plugin_dir
 from tgbench.store import Store
 
 from helpers import cli
@@ -127,7 +126,17 @@ METHODS = {"content_hashed_real": ContentHashedReal}
 '''
 
 
-def test_a_plug_in_methods_file_is_part_of_its_cells_hash(tmp_path):
+@pytest.fixture
+def clean_registries():
+    """Plugins registered in-process must not leak into other tests (``tgbench list`` counts names)."""
+    before = {registry: set(registry.names()) for registry in PLUGIN_DECLARATIONS.values()}
+    yield
+    for registry, names in before.items():
+        for name in set(registry.names()) - names:
+            registry.unregister(name)
+
+
+def test_a_plug_in_methods_file_is_part_of_its_cells_hash(tmp_path, clean_registries):
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     plugin = plugins / "content_hashed.py"
@@ -137,6 +146,5 @@ def test_a_plug_in_methods_file_is_part_of_its_cells_hash(tmp_path):
     entry = suite.sources[0]
     before = cell_hash(suite, entry, "mnist-5k")
     assert cell_inputs(entry) == {"plugin": {"file": "content_hashed.py", "sha256": sha256(plugin)}}
-    shutil.copy(plugin, tmp_path / "copy.py")
     plugin.write_text(PLUGIN + "# edited\n")
     assert cell_hash(suite, entry, "mnist-5k") != before

@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     listing = sub.add_parser("list", help="list registered names")
     listing.add_argument("what", choices=("methods", "suites", "datasets", "proxies", "kinds"))
+    listing.add_argument("--data-root", help="datasets: a directory to search first (also $TGBENCH_DATA, "
+                                             "~/.cache/tgbench)")
 
     board = sub.add_parser("leaderboard", help="rank every finished few-step arm in the store, per protocol")
     board.add_argument("--storage", action="append", help="Optuna storage URL, repeatable to merge stores "
@@ -171,7 +173,7 @@ def _print_registry(registry, tag=lambda cls: "") -> None:
             print(f"{'':26s}{field} = {'(required)' if info.is_required() else repr(info.default)}")
 
 
-def _list(what: str) -> int:
+def _list(what: str, data_root: str | None = None) -> int:
     """Print the registered ``what``; exit code 1 when a suite tgbench ships does not load (a broken install:
     e.g. a wheel missing a subpackage), after listing them all. A broken suite of the current directory's
     suites/ is the user's own file: flagged INVALID in the listing, exit 0."""
@@ -185,8 +187,10 @@ def _list(what: str) -> int:
     elif what == "methods":
         _print_registry(methods)
     elif what == "datasets":
-        for name in datasets.names():
-            print(name)
+        from tgbench.data import availability
+
+        for name in datasets.names():  # (each is loaded to tell: a dataset on disk is read once here)
+            print(f"{name:16s} {availability(name, data_root)}", flush=True)
     elif what == "proxies":
         _print_registry(proxies, tag=lambda cls: f"[{cls.family}] ")
     else:
@@ -274,7 +278,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
             print(show_config(args.suite, args.profile, tuple(args.overrides)))
         elif args.command == "list":
-            code = _list(args.what)
+            code = _list(args.what, args.data_root)
             if code:
                 return code
         elif args.command in ("run", "report"):
