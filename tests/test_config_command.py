@@ -140,3 +140,14 @@ def test_each_report_keeps_a_timestamped_results_json(ran_with_set):
 def test_the_machine_line_says_cores_and_threads():
     line = machine()
     assert "CPU cores" in line and "torch threads" in line and str(os.cpu_count()) in line
+
+
+def test_the_report_header_names_the_threads_the_cells_ran_with(ran_with_set):
+    from tgbench.store import Store
+
+    _, _, url, out = ran_with_set
+    store = Store(url)
+    [record] = store.records(store.study("conv@smoke", create=False))
+    header = (out / "report.md").read_text()
+    assert f"- **threads per cell**: {record.threads}\n" in header
+    assert "CPU cores" in header and "torch threads" in header

@@ -15,6 +15,7 @@ import yaml
 from tgbench.config import load_suite
 from tgbench.identity import cell_hash, cell_inputs
 from tgbench.records import cell_key
+from tgbench.results import load_results
 from tgbench.registry import PLUGIN_DECLARATIONS, load_plugin_dir
 from tgbench.store import Store
 
@@ -78,6 +79,8 @@ def test_replacing_an_external_files_bytes_makes_its_cells_run_again(tmp_path, c
     second = record()
     assert second.inputs["params.path"]["sha256"] == sha256(lessons) != first.inputs["params.path"]["sha256"]
     assert second.config_hash != first.config_hash and second.test_acc_final is not None
+    [cell] = load_results(tmp_path / "o" / "results.json").cells     # results.json says what the cell read
+    assert cell.inputs == second.inputs
 
 
 def test_the_hash_follows_the_bytes_not_the_path(tmp_path):

@@ -156,7 +156,10 @@ def build_report(suite: Suite, profile: str, store: Store, out_dir: Path, accept
     meta = {**provenance.as_meta(),
             "inner loop": f"{suite.inner.steps} steps x batch {suite.inner.batch_size}",
             "outer iterations": str(suite.outer.iterations), "store": store.url,
-            "BN statistics": BN_PROTOCOL_NOTE[suite.learner.bn_statistics]}
+            "BN statistics": BN_PROTOCOL_NOTE[suite.learner.bn_statistics],
+            # the torch threads the cells themselves ran with (the machine line is the report writer's process)
+            "threads per cell": ", ".join(sorted({str(r.threads) for r in records if getattr(r, "threads", None)}))
+            or "not recorded"}
     if suite.sweep is not None:
         meta["sweep"] = suite.sweep.key
     tuning = pd.DataFrame()
