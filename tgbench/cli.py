@@ -173,11 +173,11 @@ def _print_registry(registry, tag=lambda cls: "") -> None:
             print(f"{'':26s}{field} = {'(required)' if info.is_required() else repr(info.default)}")
 
 
-def _list(what: str, data_root: str | None = None) -> int:
+def _list(what: str) -> int:
     """Print the registered ``what``; exit code 1 when a suite tgbench ships does not load (a broken install:
     e.g. a wheel missing a subpackage), after listing them all. A broken suite of the current directory's
     suites/ is the user's own file: flagged INVALID in the listing, exit 0."""
-    from tgbench.registry import datasets, methods, proxies, suite_kinds
+    from tgbench.registry import methods, proxies, suite_kinds
 
     if what == "kinds":
         for name in suite_kinds.names():
@@ -187,10 +187,7 @@ def _list(what: str, data_root: str | None = None) -> int:
     elif what == "methods":
         _print_registry(methods)
     elif what == "datasets":
-        from tgbench.data import availability
-
-        for name in datasets.names():  # (each is loaded to tell: a dataset on disk is read once here)
-            print(f"{name:16s} {availability(name, data_root)}", flush=True)
+        _list_datasets(None)
     elif what == "proxies":
         _print_registry(proxies, tag=lambda cls: f"[{cls.family}] ")
     else:
@@ -214,6 +211,17 @@ def _list(what: str, data_root: str | None = None) -> int:
             print(f"tgbench: error: {len(broken_installed)} of the {len(installed)} suites tgbench ships do not load "
                   f"({', '.join(broken_installed)}): a broken install; reinstall tgbench", file=sys.stderr)
             return 1
+    return 0
+
+
+def _list_datasets(data_root: str | None) -> int:
+    """Each registered dataset, whether it loads here (searching ``data_root`` first), its size and where it was
+    found (each is loaded to tell: a dataset on disk is read once here)."""
+    from tgbench.data import availability
+    from tgbench.registry import datasets
+
+    for name in datasets.names():
+        print(f"{name:16s} {availability(name, data_root)}", flush=True)
     return 0
 
 
@@ -278,7 +286,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
             print(show_config(args.suite, args.profile, tuple(args.overrides)))
         elif args.command == "list":
-            code = _list(args.what, args.data_root)
+            code = _list_datasets(args.data_root) if args.what == "datasets" else _list(args.what)
             if code:
                 return code
         elif args.command in ("run", "report"):

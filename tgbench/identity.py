@@ -28,10 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from tgbench.config import PrunerSettings, SamplerSettings, SourceEntry, Suite, TuningStage
-from tgbench.errors import BadInput
-from tgbench.inputs import data_inputs, plugin_digest
+from tgbench.inputs import arm_inputs, proxy_plugin_input
 from tgbench.nn import LearnerSpec
-from tgbench.registry import methods, proxies
 from tgbench.store import config_hash
 
 # ---------------------------------------------------------------------------------------------- seed streams
@@ -167,13 +165,7 @@ def cell_inputs(entry: SourceEntry) -> dict[str, dict]:
     for each ``DataPath`` parameter of its method (``external``'s lesson file), and ``{"plugin": {"file",
     "sha256"}}`` when the method comes from a ``--methods-dir`` plug-in file. Recorded with the cell; {} for an
     arm of built-in methods without data files (every shipped suite's)."""
-    cls = methods.get(entry.method)
-    try:
-        inputs = data_inputs(entry.params, cls.Params)
-        plugin = plugin_digest(methods.origin(entry.method))
-    except (OSError, ValueError) as exc:
-        raise BadInput(f"sources ({entry.name}): params: cannot read a data file: {exc}") from None
-    return {**inputs, **({"plugin": plugin} if plugin else {})}
+    return arm_inputs(entry.method, entry.params, entry.name)
 
 
 def cell_hash(suite: Suite, entry: SourceEntry, dataset_resolved: str) -> str:
@@ -237,7 +229,7 @@ def proxy_hash(suite: Suite, proxy_entry, ids: list[str], dataset_resolved: str,
                 "ground_truth": suite.nas.ground_truth.model_dump(mode="json"), "teacher": teacher_hash}
     # a plug-in proxy's code is an input like a plug-in method's (absent for built-in proxies: hashes unchanged);
     # the teacher is named by its cell hash, which holds its own data files' digests
-    plugin = plugin_digest(proxies.origin(proxy_entry.proxy))
+    plugin = proxy_plugin_input(proxy_entry.proxy)
     if plugin:
         identity["plugin"] = plugin["sha256"]
     return config_hash(identity)

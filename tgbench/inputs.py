@@ -6,7 +6,9 @@ replacing a lesson file's bytes re-keys its cells (they run again), while moving
 A method or proxy that comes from a ``--methods-dir`` plug-in file is code the suite reads as data in the same
 sense: its file's digest is part of the identity too (:func:`plugin_digest`).
 
-A low module: pydantic and the standard library only (the method registry is passed in by the caller).
+A low module: pydantic, the standard library and the errors; the method and proxy registries are imported where
+they are asked (:func:`arm_inputs`, :func:`proxy_plugin_input`), so that ``tgbench.identity`` reads them through
+here.
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel
+
+from tgbench.errors import BadInput
 
 # the most files a data folder may hold (a folder picked by mistake, e.g. a home directory, is refused)
 MAX_FOLDER_FILES = 1000
@@ -97,3 +101,26 @@ def plugin_digest(origin: str) -> dict | None:
         return None
     path = origin.removeprefix(prefix)
     return {"file": os.path.basename(path), "sha256": file_digest(path)}
+
+
+def arm_inputs(method: str, params: dict, arm: str) -> dict[str, dict]:
+    """The files an arm (``method`` with ``params``, named ``arm`` in messages) reads as data, by content:
+    ``{"params.<field>": {"path", "sha256"}}`` for each :data:`DataPath` parameter of its method, and
+    ``{"plugin": {"file", "sha256"}}`` when the method comes from a ``--methods-dir`` plug-in file; {} for a
+    built-in method without data files."""
+    from tgbench.registry import methods
+
+    cls = methods.get(method)
+    try:
+        found = data_inputs(params, cls.Params)
+        plugin = plugin_digest(methods.origin(method))
+    except (OSError, ValueError) as exc:
+        raise BadInput(f"sources ({arm}): params: cannot read a data file: {exc}") from None
+    return {**found, **({"plugin": plugin} if plugin else {})}
+
+
+def proxy_plugin_input(proxy: str) -> dict | None:
+    """``{"file", "sha256"}`` of the plug-in file a NAS proxy comes from; None for a built-in or installed one."""
+    from tgbench.registry import proxies
+
+    return plugin_digest(proxies.origin(proxy))
