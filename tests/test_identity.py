@@ -43,7 +43,8 @@ def test_the_golden_file_covers_every_kind_of_hash():
 
 def test_identity_sits_below_what_it_identifies():
     """identity is imported by cells, tuning, the kinds and the leaderboard; it reads only the config models, the
-    learner spec and the store's hash function (no registry: a kind's section comes from the suite's model)."""
+    learner spec, the store's hash function and the content digests of an arm's inputs (``tgbench.inputs``; no
+    kind registry: a kind's section comes from the suite's model)."""
     import ast
     from tgbench import identity
     tree = ast.parse(Path(identity.__file__).read_text(encoding="utf-8"))
@@ -51,7 +52,7 @@ def test_identity_sits_below_what_it_identifies():
                 and (node.module or "").startswith("tgbench")}
     imported |= {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names
                  if a.name.startswith("tgbench")}
-    assert imported == {"tgbench.config", "tgbench.nn", "tgbench.store"}
+    assert imported == {"tgbench.config", "tgbench.inputs", "tgbench.nn", "tgbench.store"}
 
 
 def test_a_suites_kind_sections_are_its_registered_kinds_section():

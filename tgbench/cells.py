@@ -25,7 +25,7 @@ from tgbench.config import SourceEntry, Suite, arm_with, load_suite, suite_from_
 from tgbench.data import Dataset, load_dataset
 from tgbench.engine import MetaTrainer
 from tgbench.errors import Diverged
-from tgbench.identity import EVAL_SEED_OFFSET, cell_hash, protocol_of
+from tgbench.identity import EVAL_SEED_OFFSET, cell_hash, cell_inputs, protocol_of
 from tgbench.nn import LearnerSpec
 from tgbench.provenance import git_revision, reproducibility
 from tgbench.records import FewstepCell, Status, cell_key
@@ -33,7 +33,7 @@ from tgbench.registry import load_plugin_dir
 from tgbench.resume import SavedState
 from tgbench.source import Teacher
 from tgbench.store import Store
-from tgbench.trackers import Tracker, Trackers, open_trackers
+from tgbench.trackers import Tracker, Trackers, final_metrics, open_trackers
 
 
 SAMPLE_ROWS = 6        # rows of the generated-samples figure, evenly spaced over the inner steps
@@ -287,13 +287,18 @@ def _run_claimed_cell(task: CellTask, suite: Suite, entry: SourceEntry, dataset:
     # kept while the cell is unfinished (a failed cell's rerun resumes from it), removed once its record is written
     saved = SavedState(store.saved_state_path(study, cell, chash), chash, torch.device(task.device), cell)
     try:
-        tracker = open_trackers(task.loggers, task.log_dir, suite.name, cell, entry.model_dump(mode="json"))
+        hyperparameters = {"suite": suite.model_dump(mode="json", exclude={"profiles", "sources"}),
+                           "arm": entry.model_dump(mode="json"), "seed": task.seed}
+        tracker = open_trackers(task.loggers, task.log_dir, suite.name, cell, hyperparameters)
         try:
             teacher, fields = meta_train(suite, entry, dataset, task.seed, progress=task.progress,
                                          watch=Watch(tracker=tracker), saved=saved)
+            tracker.summary(final_metrics(fields))
         finally:
             tracker.close()
         fields.update({"diagnostics": d} if (d := teacher.source.diagnostics()) else {})  # Source.diagnostics (issue 24)
+        if inputs := cell_inputs(entry):  # the data files and plug-in read, by content (tgbench.inputs)
+            fields["inputs"] = inputs
         fields["protocol"] = protocol_of(suite.model_dump(mode="json"), dataset.resolved, entry.model_dump(mode="json"))
         if suite.evaluation.count_flops:
             start = time.perf_counter()

@@ -101,11 +101,19 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="parse and validate a suite (every profile) without running it")
     validate.add_argument("suite", help="suite YAML file or installed suite name")
 
+    config = sub.add_parser("config", help="print the suite as it would run (profile, --set, include: applied) as "
+                                           "YAML, and each arm's hash: the key of its cells in the store")
+    config.add_argument("suite", help="suite YAML file or installed suite name")
+    config.add_argument("--profile", choices=("smoke", "cpu", "paper"),
+                        help="profile to apply (default: none, the suite as written)")
+
     report = sub.add_parser("report", help="(re)build a suite's report from the store")
     _add_common(report)
 
     listing = sub.add_parser("list", help="list registered names")
     listing.add_argument("what", choices=("methods", "suites", "datasets", "proxies", "kinds"))
+    listing.add_argument("--data-root", help="datasets: a directory to search first (also $TGBENCH_DATA, "
+                                             "~/.cache/tgbench)")
 
     board = sub.add_parser("leaderboard", help="rank every finished few-step arm in the store, per protocol")
     board.add_argument("--storage", action="append", help="Optuna storage URL, repeatable to merge stores "
@@ -122,19 +130,22 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--source", required=True, help="source label in the suite, e.g. gtn")
     export.add_argument("--seed", type=int, default=0, help="cell seed (default 0)")
     export.add_argument("--out", required=True, help="file to write, e.g. teacher.pt")
-    export.add_argument("--format", choices=("teacher", "tensors"), default="teacher",
-                        help="teacher: the full teacher, for `tgbench teach` (default); tensors: the data it teaches "
-                             "as plain tensors (images, labels, lr, momentum) for dataset-distillation benchmarks "
-                             "and the `external` source")
-    export.add_argument("--data-root", help="tensors only: directory holding the dataset the teacher draws from")
+    export.add_argument("--format", choices=("teacher", "tensors", "dd-ranking", "dc-bench"), default="teacher",
+                        help="teacher: the full teacher, for `tgbench teach` (default); the data it teaches as plain "
+                             "tensors, which the `external` source reads back: tensors (tgbench's dict: images, "
+                             "labels, lr, momentum), dd-ranking (a folder of images.pt, labels.pt, lr.pt), dc-bench "
+                             "(--out X.pt: {'data': [(images, labels)]}; else a folder of images_best.pt, "
+                             "labels_best.pt)")
+    export.add_argument("--data-root", help="all but teacher: directory holding the dataset the teacher draws from")
     export.add_argument("--storage", help="Optuna storage URL (default: sqlite:///results/tgbench.db, or "
                                           "$TGBENCH_STORAGE)")
     export.add_argument("--artifacts", help="directory of the teacher artifact store (default: next to the SQLite)")
 
     teach = sub.add_parser("teach", help="train a model from scratch on an exported teacher's data; print its accuracy")
     teach.add_argument("teacher", help="file written by `tgbench export`")
-    teach.add_argument("--model", help="package.module:ClassName, an nn.Module built as Class(image_shape, "
-                                       "num_classes) returning logits (default: the suite's evaluation learners)")
+    teach.add_argument("--model", help="package.module:ClassName or path/to/file.py:ClassName, an nn.Module built "
+                                       "as Class(image_shape, num_classes) returning logits (default: the suite's "
+                                       "evaluation learners)")
     teach.add_argument("--steps", type=_positive_int, help="inner steps (default: the teacher's T)")
     teach.add_argument("--learners", type=_positive_int, help="fresh models to average (default: the suite's "
                                                               "evaluation.final_learners)")
@@ -144,11 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "--methods-dir plug-in); exit 1 if a check fails")
     check.add_argument("method", help="registered method name")
 
-    for p in (run, validate, report, listing, board, export, teach, check):
+    for p in (run, validate, config, report, listing, board, export, teach, check):
         _add_methods_dir(p)
     for p in (run, report, export, teach):
         _add_device(p)
-    for p in (run, validate, report, export):
+    for p in (run, validate, config, report, export):
         _add_overrides(p)
     return parser
 
@@ -166,7 +177,7 @@ def _list(what: str) -> int:
     """Print the registered ``what``; exit code 1 when a suite tgbench ships does not load (a broken install:
     e.g. a wheel missing a subpackage), after listing them all. A broken suite of the current directory's
     suites/ is the user's own file: flagged INVALID in the listing, exit 0."""
-    from tgbench.registry import datasets, methods, proxies, suite_kinds
+    from tgbench.registry import methods, proxies, suite_kinds
 
     if what == "kinds":
         for name in suite_kinds.names():
@@ -176,8 +187,7 @@ def _list(what: str) -> int:
     elif what == "methods":
         _print_registry(methods)
     elif what == "datasets":
-        for name in datasets.names():
-            print(name)
+        _list_datasets(None)
     elif what == "proxies":
         _print_registry(proxies, tag=lambda cls: f"[{cls.family}] ")
     else:
@@ -201,6 +211,17 @@ def _list(what: str) -> int:
             print(f"tgbench: error: {len(broken_installed)} of the {len(installed)} suites tgbench ships do not load "
                   f"({', '.join(broken_installed)}): a broken install; reinstall tgbench", file=sys.stderr)
             return 1
+    return 0
+
+
+def _list_datasets(data_root: str | None) -> int:
+    """Each registered dataset, whether it loads here (searching ``data_root`` first), its size and where it was
+    found (each is loaded to tell: a dataset on disk is read once here)."""
+    from tgbench.data import availability
+    from tgbench.registry import datasets
+
+    for name in datasets.names():
+        print(f"{name:16s} {availability(name, data_root)}", flush=True)
     return 0
 
 
@@ -249,7 +270,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
             for folder in args.methods_dir:
                 load_plugin_dir(folder)
-        if args.command in ("run", "report", "validate"):
+        if args.command in ("run", "report", "validate", "config"):
             from tgbench.config import resolve_suite
 
             args.suite = str(resolve_suite(args.suite))  # a name -> the installed file; a path stays itself
@@ -260,8 +281,12 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(f"{args.suite}: ok ({suite.kind}, {len(suite.sources)} sources, profiles: "
                   f"{', '.join(p for p in PROFILES if p in suite.profiles) or 'none'}"
                   f"{f', {len(suite.overrides)} --set override(s)' if suite.overrides else ''})")
+        elif args.command == "config":
+            from tgbench.show_config import show_config
+
+            print(show_config(args.suite, args.profile, tuple(args.overrides)))
         elif args.command == "list":
-            code = _list(args.what)
+            code = _list_datasets(args.data_root) if args.what == "datasets" else _list(args.what)
             if code:
                 return code
         elif args.command in ("run", "report"):
@@ -304,8 +329,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             profile = args.profile or default_profile(resolve(args.device))
             # a file or an installed suite names its study (after any --set, which may change `name`); any other
             # bare name is taken as a study name as before (its file may be gone: export reads only the store)
+            # (the suite at the profile, so that the cell of its current configuration is the one exported)
             if args.overrides or Path(args.suite).exists() or args.suite in installed_suites():
-                args.suite = load_suite(resolve_suite(args.suite), overrides=args.overrides).name
+                args.suite = load_suite(resolve_suite(args.suite), profile, overrides=args.overrides)
             if args.format == "teacher":
                 export_teacher(args.suite, profile, args.source, args.seed, args.out, args.storage, args.artifacts)
             else:  # the teacher first (a temporary file), then the lessons it teaches
@@ -317,7 +343,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                     teacher_file = Path(scratch) / "teacher.pt"
                     export_teacher(args.suite, profile, args.source, args.seed, str(teacher_file), args.storage,
                                    args.artifacts, log=lambda *a, **k: None)
-                    export_lessons(teacher_file, args.out, data_root=args.data_root)
+                    export_lessons(teacher_file, args.out, data_root=args.data_root, layout=args.format)
         elif args.command == "check-method":
             return _check_method(args.method)
         elif args.command == "teach":

@@ -24,6 +24,7 @@ from tgbench.errors import BadInput, ConfigError
 from tgbench.locations import label_problem, read_text_capped
 from tgbench.registry import datasets, methods, suite_kinds
 from tgbench.inner import MOMENTUM_FORMS
+from tgbench.inputs import data_path_fields, resolve_against
 from tgbench.nn import ACTIVATIONS, BN_STATISTICS, LearnerSpec, held_out_variants
 from tgbench.strict import Strict  # the one strict base of every settings model (also methods' and proxies' Params)
 
@@ -618,15 +619,43 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of keys, got {type(raw).__name__}")
     _check_expanded_size(path, raw)
+    _resolve_data_paths(path, raw)
     include = raw.pop("include", None)
     if include is not None:
         if not isinstance(include, str):
-            raise ConfigError(f"{path}: include: must be a file name")
+            raise ConfigError(f"{path}: include: must be a file name or an installed suite's name")
         target = (path.parent / include).resolve()
+        if not target.is_file() and include in installed_suites():   # `include: mnist_fewstep` from anywhere
+            target = installed_suites()[include]
         if not target.is_file():
-            raise ConfigError(f"{path}: include: no such file {target}")
+            raise ConfigError(f"{path}: include: no such file {target} and no installed suite {include!r} "
+                              "(tgbench list suites)")
         raw = _deep_merge(_read_yaml(target, seen + (path,)), raw)
     return raw
+
+
+def _resolve_data_paths(path: Path, raw: dict) -> None:
+    """Make every relative data path (a method parameter declared ``tgbench.inputs.DataPath``, e.g. ``external``'s
+    ``path``) of this file's sources, and of its profiles' sources, absolute against this file's folder, as
+    ``include:`` is: a suite reads the same files from any working directory. In place; what does not look like
+    a source list is left for validation to report."""
+    lists = [raw.get("sources")]
+    profiles = raw.get("profiles")
+    if isinstance(profiles, dict):
+        lists += [p.get("sources") for p in profiles.values() if isinstance(p, dict)]
+    for sources in lists:
+        for entry in sources if isinstance(sources, list) else ():
+            params = entry.get("params") if isinstance(entry, dict) else None
+            if not isinstance(params, dict) or not isinstance(entry.get("method"), str) \
+                    or entry["method"] not in methods:
+                continue
+            try:
+                model = methods.get(entry["method"]).Params
+            except BadInput:  # a plug-in that fails to load: validation reports it with its key
+                continue
+            for name in data_path_fields(model):
+                if name in params:
+                    params[name] = resolve_against(params[name], path.parent)
 
 
 def format_error(path: Path, exc: ValidationError, prefix: str = "", root: type[BaseModel] | None = None) -> str:

@@ -703,6 +703,22 @@ def load_dataset(
     return dataclasses.replace(ds, name=name, resolved=name)
 
 
+def availability(name: str, data_root: str | None = None) -> str:
+    """One line on whether the registered dataset ``name`` loads here (no download; the search roots of
+    :func:`search_roots`), and if so its size and where it was found (``tgbench list datasets``). It is loaded to
+    tell: what is found must also read."""
+    try:
+        ds = load_dataset(name, data_root=data_root, download=False)
+    except DataNotFound:
+        roots = ", ".join(str(r) for r in search_roots(data_root))
+        return f"not here (searched {roots}; --data-root or ${TGBENCH_DATA_ENV}, or download: true in a suite)"
+    except BadInput as exc:
+        return f"unusable: {exc}"
+    sizes = "/".join(f"{len(split):,}" for split in (ds.train, ds.val, ds.test))
+    shape = "x".join(map(str, ds.image_shape))
+    return f"available: {sizes} train/val/test images {shape}, {ds.num_classes} classes, from {ds.origin}"
+
+
 def check_dataset(ds: object, where: str) -> Dataset:
     """``ds`` if it is what a loader must return, else :class:`BadInput` ``"<where>: the loader returned ..."``
     on one line: a :class:`Dataset` whose ``image_shape`` is ``(C, H, W)``, ``num_classes`` at least 2,

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tgbench.config import PrunerSettings, SamplerSettings, SourceEntry, Suite, TuningStage
+from tgbench.inputs import arm_inputs, proxy_plugin_input
 from tgbench.nn import LearnerSpec
 from tgbench.store import config_hash
 
@@ -159,13 +160,31 @@ def kind_sections(suite: Suite) -> set[str]:
     return set(type(suite).model_fields) - set(Suite.model_fields)
 
 
+def cell_inputs(entry: SourceEntry) -> dict[str, dict]:
+    """The files an arm reads as data, by content (``tgbench.inputs``): ``{"params.<field>": {"path", "sha256"}}``
+    for each ``DataPath`` parameter of its method (``external``'s lesson file), and ``{"plugin": {"file",
+    "sha256"}}`` when the method comes from a ``--methods-dir`` plug-in file. Recorded with the cell; {} for an
+    arm of built-in methods without data files (every shipped suite's)."""
+    return arm_inputs(entry.method, entry.params, entry.name)
+
+
 def cell_hash(suite: Suite, entry: SourceEntry, dataset_resolved: str) -> str:
-    """What makes two runs of a cell the same experiment: everything but the seed count and the other arms."""
+    """What makes two runs of a cell the same experiment: everything but the seed count and the other arms.
+
+    A data file's parameter is hashed as the digest of its bytes, not its path (:func:`cell_inputs`): replacing
+    the file re-keys the cell, moving it does not; a plug-in method adds its file's digest (``plugin``). Neither
+    exists for an arm without them, so every other hash is as it was."""
     # a kind's own section (tune:, nas:) is hashed by the kind with what it runs, not into every cell
     protocol = suite.model_dump(mode="json", exclude={"profiles", "sources", "description", *kind_sections(suite)})
     protocol = omit(protocol, SUITE_OMISSIONS)
     source = omit(entry.model_dump(mode="json"), ARM_OMISSIONS)
-    return config_hash({"protocol": protocol, "source": source, "data": dataset_resolved})
+    identity = {"protocol": protocol, "source": source, "data": dataset_resolved}
+    for key, found in cell_inputs(entry).items():
+        if key == "plugin":
+            identity["plugin"] = found["sha256"]
+        else:  # params.<field>: the content stands for the path
+            source["params"][key.removeprefix("params.")] = {"sha256": found["sha256"]}
+    return config_hash(identity)
 
 
 def stage_hash(suite: Suite, entry: SourceEntry, dataset_resolved: str) -> str:
@@ -205,10 +224,15 @@ def ground_truth_protocol(suite: Suite, dataset_resolved: str) -> str:
 def proxy_hash(suite: Suite, proxy_entry, ids: list[str], dataset_resolved: str, teacher_hash: str | None) -> str:
     """What one proxy's scores of a suite depend on: the proxy and its params, the architectures (``ids``), the
     data, the inner loop, the ground-truth schedule, and the config hash of the teacher it uses (None: none)."""
-    return config_hash({"proxy": proxy_entry.model_dump(mode="json"), "architectures": ids, "data": dataset_resolved,
-                        "inner": omit(suite.inner.model_dump(mode="json"), INNER_OMISSIONS),
-                        "ground_truth": suite.nas.ground_truth.model_dump(mode="json"),
-                        "teacher": teacher_hash})
+    identity = {"proxy": proxy_entry.model_dump(mode="json"), "architectures": ids, "data": dataset_resolved,
+                "inner": omit(suite.inner.model_dump(mode="json"), INNER_OMISSIONS),
+                "ground_truth": suite.nas.ground_truth.model_dump(mode="json"), "teacher": teacher_hash}
+    # a plug-in proxy's code is an input like a plug-in method's (absent for built-in proxies: hashes unchanged);
+    # the teacher is named by its cell hash, which holds its own data files' digests
+    plugin = proxy_plugin_input(proxy_entry.proxy)
+    if plugin:
+        identity["plugin"] = plugin["sha256"]
+    return config_hash(identity)
 
 
 # ---------------------------------------------------------------------------------------------- leaderboard

@@ -34,7 +34,15 @@ def git_revision() -> str:
 
 
 def machine() -> str:
-    return f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".replace("  ", " ")
+    """The machine a report is written on, spelt out: architecture, the CPU cores it has (and how many this
+    process may use), and the torch threads this process runs with (a cell records its own: ``threads``)."""
+    import os
+
+    cores = os.cpu_count() or 0
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
+    arch = f"{platform.machine()} {platform.processor() or ''}".strip()
+    return (f"{arch}, {cores} CPU cores ({usable} usable here), torch threads {torch.get_num_threads()} in the "
+            "process that wrote this")
 
 
 def command_line() -> str:

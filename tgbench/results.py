@@ -10,6 +10,7 @@ Non-finite numbers (a diverged cell's loss) are written as ``null``.
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import tempfile
@@ -66,6 +67,8 @@ class CellResult(_Model):
     revision: str | None = None
     finished: str | None = None
     error: str | None = None
+    # the files the cell read as data, by content: {"params.path": {"path", "sha256"}, "plugin": {"file", "sha256"}}
+    inputs: dict[str, dict[str, str]] | None = None
 
 
 class ArmSummary(_Model):
@@ -95,7 +98,8 @@ class ResultsDocument(_Model):
 
 
 def _cell(record: FewstepCell) -> CellResult:
-    fields = {k: getattr(record, k) for k in CellResult.model_fields if getattr(record, k) is not None}
+    # (getattr with a default: `inputs` is an extra key of the records that have one)
+    fields = {k: getattr(record, k, None) for k in CellResult.model_fields if getattr(record, k, None) is not None}
     fields.setdefault("arm", record.source)
     fields["status"] = record.status.value
     fields["device"] = device_label(record)
@@ -129,13 +133,27 @@ def results_document(resolved_suite: dict, profile: str, records: list[FewstepCe
 
 
 def write_results(out_dir: Path, document: ResultsDocument) -> Path:
-    """Write ``out_dir/results.json`` atomically (a temporary file renamed into place: never half a file)."""
-    target = Path(out_dir) / "results.json"
-    handle, tmp = tempfile.mkstemp(prefix=".results.json.", dir=target.parent)
+    """Write ``out_dir/results.json`` (the latest) and ``out_dir/results_<UTC time>.json`` (kept: every run's
+    document stays, lm-evaluation-harness's layout), each atomically (a temporary file renamed into place: never
+    half a file) and readable by all (mode 0644 less the umask, like the report's other files); returns the
+    latest."""
+    out_dir = Path(out_dir)
+    # when it is written, to the microsecond (a run and a report in the same second keep both), with no ':'
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H-%M-%S.%f")
+    text = document.model_dump_json(indent=1) + "\n"
+    history = out_dir / f"results_{stamp}.json"
+    _write_atomically(history, text)
+    return _write_atomically(out_dir / "results.json", text)
+
+
+def _write_atomically(target: Path, text: str) -> Path:
+    handle, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
         with os.fdopen(handle, "w") as f:
-            f.write(document.model_dump_json(indent=1))
-            f.write("\n")
+            f.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)   # mkstemp's 0600 would hide the results from other users
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

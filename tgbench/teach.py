@@ -44,7 +44,7 @@ from torch import nn
 
 from tgbench import device as devices
 from tgbench.builders import build_teacher
-from tgbench.config import MAX_INNER_STEPS, SourceEntry, load_suite, suite_from_dict
+from tgbench.config import MAX_INNER_STEPS, SourceEntry, Suite, load_suite, suite_from_dict
 from tgbench.data import load_dataset
 from tgbench.engine import EvalPlan, evaluate
 from tgbench.errors import BadInput
@@ -74,6 +74,7 @@ def save_atomically(obj: dict, out: str | Path) -> Path:
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         os.close(fd)
         torch.save(obj, tmp)
+        os.chmod(tmp, readable_file_mode())  # mkstemp's 0600 would make the export unreadable to others
         os.replace(tmp, path)
         tmp = None
     except OSError as exc:
@@ -89,6 +90,13 @@ def save_atomically(obj: dict, out: str | Path) -> Path:
     return path
 
 
+def readable_file_mode() -> int:
+    """The mode ``open()`` gives a new file (0666 less the umask, 0644 usually): exported files are shared."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _suite_name(suite: str) -> str:
     """A suite argument is a YAML file (its ``name`` is used) or a bare suite name."""
     if suite.endswith((".yaml", ".yml")) or Path(suite).is_file():
@@ -96,17 +104,32 @@ def _suite_name(suite: str) -> str:
     return suite
 
 
-def export_teacher(suite: str, profile: str | None, source: str, seed: int, out: str, storage: str | None = None,
-                   artifacts_dir: str | None = None, log=print) -> Path:
-    """Write the teacher of cell (source, seed) of ``suite@profile`` from the store to ``out``."""
+def export_teacher(suite: str | Suite, profile: str | None, source: str, seed: int, out: str,
+                   storage: str | None = None, artifacts_dir: str | None = None, log=print) -> Path:
+    """Write the teacher of cell (source, seed) of ``suite@profile`` from the store to ``out``.
+
+    ``suite`` a loaded suite (a file or installed suite, at the profile, with its ``--set`` overrides): the cell
+    of its current configuration is taken, and when the store holds the cell only under other configurations the
+    error lists the ``--set`` lists they were run with. A bare study name (its file may be gone): the newest cell
+    of that key, whatever its configuration."""
+    from tgbench.kinds.fewstep import accepted_hashes, no_cells_hint
+
     profile = profile or default_profile(devices.resolve())
-    name = f"{_suite_name(suite)}@{profile}"
+    name = f"{_suite_name(suite) if isinstance(suite, str) else suite.name}@{profile}"
     store = Store(require_existing(storage), artifacts_dir)  # reading: never create an empty store
-    records = {r.cell: r for r in store.records(store.study(name, create=False)) if isinstance(r, FewstepCell)}
+    study = store.study(name, create=False)
+    records = {r.cell: r for r in store.records(study) if isinstance(r, FewstepCell)}
     record = records.get(cell_key(source, seed))
     if record is None:
         raise BadInput(f"--source/--seed: no cell {cell_key(source, seed)!r} in study {name!r}; it has: "
                        f"{', '.join(sorted(records)) or 'none'}")
+    if not isinstance(suite, str) and suite.kind == "fewstep":
+        accept = accepted_hashes(store, suite, profile, seed + 1)
+        current = [r for r in store.records(study, accept) if isinstance(r, FewstepCell)]
+        record = next((r for r in current if r.cell == record.cell), None)
+        if record is None:
+            raise BadInput(f"--source/--seed: cell {cell_key(source, seed)!r}: "
+                           + no_cells_hint(store, suite, profile))
     if record.status != Status.COMPLETE or not record.teacher_artifact:
         raise BadInput(f"--source/--seed: cell {record.cell!r} of {name!r} is {record.status}; only complete "
                        "cells have a saved teacher")
@@ -248,12 +271,16 @@ class UserModel(nn.Module):
 
 
 def model_factory(target: str, problem: Problem):
-    """``package.module:ClassName`` -> a factory ``problem -> learner`` for the engine (``engine.evaluate``)."""
-    module_name, _, attr = target.partition(":")
+    """``package.module:ClassName`` or ``path/to/file.py:ClassName`` -> a factory ``problem -> learner`` for the
+    engine (``engine.evaluate``). A module name is imported as Python would, and else looked for as a file under
+    the working directory (``mymodel:TinyMLP`` finds ``./mymodel.py`` without ``PYTHONPATH=.``)."""
+    module_name, _, attr = target.rpartition(":")
     if not module_name or not attr:
-        raise BadInput(f"--model: {target!r} is not of the form package.module:ClassName")
+        raise BadInput(f"--model: {target!r} is not of the form package.module:ClassName or file.py:ClassName")
     try:
-        cls = getattr(importlib.import_module(module_name), attr)
+        cls = getattr(_import_model_module(module_name), attr)
+    except BadInput:
+        raise
     except Exception as exc:
         raise BadInput(f"--model: cannot import {target!r}: {type(exc).__name__}: {exc}") from None
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
@@ -271,6 +298,31 @@ def model_factory(target: str, problem: Problem):
         raise BadInput(f"--model: {target} returned shape {tuple(out.shape)} for a batch of 2; expected "
                        f"(2, {num_classes}) logits")
     return factory
+
+
+def _import_model_module(module_name: str):
+    """The module of ``--model``: a ``.py`` file (a path; relative to the working directory), or a dotted module
+    name importable as is or found as ``a/b.py`` under the working directory."""
+    import importlib.util
+    import sys
+
+    as_file = Path(module_name)
+    if as_file.suffix != ".py":
+        try:
+            return importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            candidate = Path(*module_name.split(".")).with_suffix(".py")
+            if exc.name != module_name.split(".")[0] or not candidate.is_file():
+                raise
+            as_file = candidate
+    if not as_file.is_file():
+        raise BadInput(f"--model: no such file {as_file}")
+    name = f"tgbench_model_{as_file.resolve().stem}"
+    spec = importlib.util.spec_from_file_location(name, as_file.resolve())
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module   # (dataclasses and pickling look their module up by name)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _restore(path: str | Path, data_root: str | None, device: str | None):
@@ -331,19 +383,32 @@ def teach(path: str | Path, model: str | None = None, steps: int | None = None, 
 
 # ------------------------------------------------------------------------------------------ plain tensors
 LESSONS_FORMAT = "tgbench-lessons/1"
+# what `export --format` writes besides a teacher: tgbench's own dict, DD-Ranking's folder, DC-BENCH's file/folder
+LESSON_LAYOUTS = ("tensors", "dd-ranking", "dc-bench")
 
 
-def export_lessons(teacher_file: str | Path, out: str | Path, data_root: str | None = None, log=print) -> Path:
-    """Write the data an exported teacher teaches, as plain tensors (what dataset-distillation benchmarks such as
-    DD-Ranking and DC-BENCH take, and what the ``external`` source reads back):
+def export_lessons(teacher_file: str | Path, out: str | Path, data_root: str | None = None, log=print,
+                   layout: str = "tensors") -> Path:
+    """Write the data an exported teacher teaches, as plain tensors, in one of three layouts (the ``external``
+    source reads each back):
 
-    ``images`` ``(T*B, C, H, W)`` float32 in the dataset's normalised space (``mean`` / ``std`` per channel undo
-    it), ``labels`` ``(T*B,)`` int64 or ``(T*B, classes)`` soft-label probabilities, ``lr`` and ``momentum``
-    ``(T,)`` (the learned per-step schedule), ``steps`` T and ``batch_size`` B: rows ``t*B:(t+1)*B`` are the
-    lesson of inner step t. A teacher that draws randomness per unroll (real data, GTN without a curriculum)
-    gives one episode, drawn from a CPU generator seeded ``EVAL_SEED_OFFSET + seed`` (reproducible; not one of
-    the final evaluation's episodes, which are drawn after each learner's initialisation).
+    * ``tensors`` — tgbench's own dict in one file: ``images`` ``(T*B, C, H, W)`` float32 in the dataset's
+      normalised space (``mean`` / ``std`` per channel undo it), ``labels`` ``(T*B,)`` int64 or ``(T*B, classes)``
+      soft-label probabilities, ``lr`` and ``momentum`` ``(T,)`` (the learned per-step schedule), ``steps`` T
+      and ``batch_size`` B: rows ``t*B:(t+1)*B`` are the lesson of inner step t;
+    * ``dd-ranking`` — DD-Ranking's folder (``out`` is the folder): ``images.pt`` and ``labels.pt`` (the same two
+      tensors) and ``lr.pt``, a 0-d tensor: DD-Ranking trains with one learning rate, so it holds the mean of the
+      learned per-step schedule (the per-step values are in a ``tensors`` export);
+    * ``dc-bench`` — DC-BENCH's: ``out`` ending in ``.pt`` is one file ``{'data': [(images, labels)]}``, any
+      other ``out`` a folder of ``images_best.pt`` and ``labels_best.pt``.
+
+    A teacher that draws randomness per unroll (real data, GTN without a curriculum) gives one episode, drawn
+    from a CPU generator seeded ``EVAL_SEED_OFFSET + seed`` (reproducible; not one of the final evaluation's
+    episodes, which are drawn after each learner's initialisation). Files are written whole or not at all, mode
+    0644 (less the umask).
     """
+    if layout not in LESSON_LAYOUTS:
+        raise BadInput(f"--format: unknown layout {layout!r}; choose from: {', '.join(LESSON_LAYOUTS)}")
     payload, suite, dataset, teacher = _restore(teacher_file, data_root, "cpu")
     steps = teacher.hyper.log_lr.shape[0]
     with torch.no_grad():
@@ -358,7 +423,26 @@ def export_lessons(teacher_file: str | Path, out: str | Path, data_root: str | N
         "method": payload["method"], "source": payload.get("source"), "study": payload.get("study"),
         "seed": payload["seed"],
     }
-    path = save_atomically(tensors, out)
-    log(f"wrote {len(tensors['images'])} images ({steps} steps x {tensors['batch_size']}) of "
-        f"{payload.get('study')} {payload.get('source')} seed {payload['seed']} -> {path}")
+    images, labels = tensors["images"], tensors["labels"]
+    if layout == "tensors":
+        path = save_atomically(tensors, out)
+    elif layout == "dd-ranking":
+        path = _save_folder(out, {"images.pt": images, "labels.pt": labels,
+                                  "lr.pt": tensors["lr"].mean().reshape(())})
+    elif str(out).endswith(".pt"):  # dc-bench, one file
+        path = save_atomically({"data": [(images, labels)]}, out)
+    else:  # dc-bench, a folder
+        path = _save_folder(out, {"images_best.pt": images, "labels_best.pt": labels})
+    log(f"wrote {len(images)} images ({steps} steps x {tensors['batch_size']}) of {payload.get('study')} "
+        f"{payload.get('source')} seed {payload['seed']} in the {layout} layout -> {path}")
     return path
+
+
+def _save_folder(out: str | Path, files: dict[str, torch.Tensor]) -> Path:
+    """Each tensor to its own file in the folder ``out`` (created), each written atomically."""
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise BadInput(f"--out: {folder} is a file; this layout writes a folder of {', '.join(files)}")
+    for name, tensor in files.items():
+        save_atomically(tensor, folder / name)
+    return folder

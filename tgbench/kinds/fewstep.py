@@ -181,7 +181,10 @@ def build_report(suite: Suite, profile: str, store: Store, out_dir: Path, accept
     meta = {**provenance.as_meta(),
             "inner loop": f"{suite.inner.steps} steps x batch {suite.inner.batch_size}",
             "outer iterations": str(suite.outer.iterations), "store": store.url,
-            "BN statistics": BN_PROTOCOL_NOTE[suite.learner.bn_statistics]}
+            "BN statistics": BN_PROTOCOL_NOTE[suite.learner.bn_statistics],
+            # the torch threads the cells themselves ran with (the machine line is the report writer's process)
+            "threads per cell": ", ".join(sorted({str(r.threads) for r in records if getattr(r, "threads", None)}))
+            or "not recorded"}
     if suite.sweep is not None:
         meta["sweep"] = suite.sweep.key
     tuning = pd.DataFrame()
@@ -267,12 +270,26 @@ def held_out_frame(records: list[FewstepCell]) -> pd.DataFrame:
 
 def report_fewstep(ctx: RunContext) -> Path:
     """A fewstep suite's report from the store alone: the cells of the suite's current config (on any dataset
-    it resolved to), with the tuning stage's choices read back from its studies."""
+    it resolved to), with the tuning stage's choices read back from its studies. When the store holds cells of
+    the suite but none of this configuration (e.g. a run with ``--set``, a report without), the error lists the
+    ``--set`` lists the store's cells were run with."""
     suite, profile = ctx.suite, ctx.profile
     out_dir = ctx.out_dir()
     store = ctx.store()
+    accept = accepted_hashes(store, suite, profile, ctx.opts.seeds or suite.evaluation.seeds)
     study = store.study(study_name(suite, profile), create=False)
-    seeds = ctx.opts.seeds or suite.evaluation.seeds
+    if not any(r.status != Status.RUNNING for r in store.records(study, accept) if isinstance(r, FewstepCell)):
+        raise BadInput(no_cells_hint(store, suite, profile))
+    build_report(suite, profile, store, out_dir, accept, command=ctx.command)
+    ctx.log(f"report: {out_dir / 'report.md'}")
+    return out_dir
+
+
+def accepted_hashes(store: Store, suite: Suite, profile: str, seeds: int) -> dict[str, set[str]]:
+    """Cell key -> the config hashes of the suite's current configuration (its arms, tuned as its tuning stage
+    chose, on any dataset the store's cells resolved to) for seeds ``0..seeds-1``: what a report or an export of
+    this suite takes from the store."""
+    study = store.study(study_name(suite, profile), create=False)
     # a cell's hash depends on the dataset it resolved to: accept the suite's current config on any of them
     resolved = {r.dataset_resolved for r in store.records(study) if isinstance(r, FewstepCell)}
     accept: dict[str, set[str]] = {}
@@ -286,9 +303,69 @@ def report_fewstep(ctx: RunContext) -> Path:
             for s in range(seeds):
                 accept.setdefault(cell_key(e.name, s), set()).add(
                     cell_hash(suite, tuned_arm(suite, e, tuned[e.name]), dataset_resolved))
-    build_report(suite, profile, store, out_dir, accept, command=ctx.command)
-    ctx.log(f"report: {out_dir / 'report.md'}")
-    return out_dir
+    return accept
+
+
+def held_override_sets(store: Store, suite: Suite, profile: str, limit: int = 5) -> list[str]:
+    """How the store's finished cells of this suite and profile differ from ``suite``, each configuration as the
+    ``--set`` list that would select it (``(none)``: the suite as it is now, e.g. cells of other seeds), most
+    cells first; at most ``limit``. Read from the suite saved with one teacher of each configuration (a
+    configuration without a saved teacher, e.g. only diverged cells, is named by its hash)."""
+    from collections import Counter
+
+    by_hash: dict[str, list[FewstepCell]] = {}
+    for record in store.records(store.study(study_name(suite, profile), create=False)):
+        if isinstance(record, FewstepCell) and record.status in (Status.COMPLETE, Status.DIVERGED):
+            by_hash.setdefault(record.config_hash, []).append(record)
+    current = _flat(suite.model_dump(mode="json", exclude={"profiles"}))
+    counts: Counter[str] = Counter()
+    for config_hash, records in by_hash.items():
+        artifact = next((r.teacher_artifact for r in records if r.teacher_artifact), None)
+        try:
+            saved = store.load_teacher(artifact)["suite"] if artifact else None
+        except Exception:  # a missing or unreadable artifact: the configuration is still named by its hash
+            saved = None
+        if saved is None:
+            counts[f"(config hash {config_hash})"] += len(records)
+            continue
+        theirs = _flat({k: v for k, v in saved.items() if k != "profiles"})
+        sets = [f"--set {key}={_flow(theirs.get(key))}" for key in sorted(set(theirs) | set(current))
+                if theirs.get(key) != current.get(key)]
+        counts[" ".join(sets) or "(none)"] += len(records)
+    return [sets for sets, _ in counts.most_common(limit)]
+
+
+def _flat(node, prefix: str = "") -> dict:
+    """A suite dump as ``{dotted key: value}``, a source's keys spelt as ``--set`` takes them
+    (``sources.<label>.params.x``)."""
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            out.update(_flat(value, f"{prefix}{key}."))
+        return out or {prefix.rstrip("."): {}}
+    if isinstance(node, list) and prefix == "sources.":
+        out = {}
+        for entry in node:
+            label = entry.get("label") or entry.get("method") if isinstance(entry, dict) else None
+            out.update(_flat(entry, f"sources.{label}."))
+        return out
+    return {prefix.rstrip("."): node}
+
+
+def _flow(value) -> str:
+    import yaml
+
+    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("\n...").strip()
+
+
+def no_cells_hint(store: Store, suite: Suite, profile: str) -> str:
+    """The one line that says there is nothing of this configuration, and which ``--set`` lists there are."""
+    given = " ".join(f"--set {o}" for o in suite.overrides) or "no --set"
+    held = held_override_sets(store, suite, profile)
+    if not held:
+        return f"no results for suite {suite.name!r} at profile {profile!r} in {store.url}; run it first"
+    return (f"no results for suite {suite.name!r} at profile {profile!r} with {given} in {store.url}; its cells "
+            f"there were run with: {'; '.join(held)} (pass the same --set, or run this configuration first)")
 
 
 FEWSTEP = SuiteKind(run=run_fewstep, report=report_fewstep,
