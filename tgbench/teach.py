@@ -32,7 +32,6 @@ tgbench teacher is one ``BadInput`` line naming it (exit 2).
 from __future__ import annotations
 
 import functools
-import importlib
 import os
 import shutil
 import tempfile
@@ -54,7 +53,7 @@ from tgbench.nn import Learner
 from tgbench.problem import Problem
 from tgbench.provenance import default_profile
 from tgbench.records import FewstepCell, Status, cell_key
-from tgbench.registry import datasets
+from tgbench.registry import datasets, suite_kinds
 from tgbench.source import Lesson
 from tgbench.store import Store, load_weights_only, require_existing
 
@@ -111,9 +110,8 @@ def export_teacher(suite: str | Suite, profile: str | None, source: str, seed: i
     ``suite`` a loaded suite (a file or installed suite, at the profile, with its ``--set`` overrides): the cell
     of its current configuration is taken, and when the store holds the cell only under other configurations the
     error lists the ``--set`` lists they were run with. A bare study name (its file may be gone): the newest cell
-    of that key, whatever its configuration."""
-    from tgbench.kinds.fewstep import accepted_hashes, no_cells_hint
-
+    of that key, whatever its configuration (likewise for a suite whose kind says nothing of its current cells:
+    ``SuiteKind.current_cells``)."""
     profile = profile or default_profile(devices.resolve())
     name = f"{_suite_name(suite) if isinstance(suite, str) else suite.name}@{profile}"
     store = Store(require_existing(storage), artifacts_dir)  # reading: never create an empty store
@@ -123,13 +121,14 @@ def export_teacher(suite: str | Suite, profile: str | None, source: str, seed: i
     if record is None:
         raise BadInput(f"--source/--seed: no cell {cell_key(source, seed)!r} in study {name!r}; it has: "
                        f"{', '.join(sorted(records)) or 'none'}")
-    if not isinstance(suite, str) and suite.kind == "fewstep":
-        accept = accepted_hashes(store, suite, profile, seed + 1)
+    kind = None if isinstance(suite, str) else suite_kinds.get(suite.kind)
+    if kind is not None and kind.current_cells is not None:
+        accept = kind.current_cells(store, suite, profile, seed + 1)
         current = [r for r in store.records(study, accept) if isinstance(r, FewstepCell)]
         record = next((r for r in current if r.cell == record.cell), None)
         if record is None:
             raise BadInput(f"--source/--seed: cell {cell_key(source, seed)!r}: "
-                           + no_cells_hint(store, suite, profile))
+                           + kind.no_cells_hint(store, suite, profile))
     if record.status != Status.COMPLETE or not record.teacher_artifact:
         raise BadInput(f"--source/--seed: cell {record.cell!r} of {name!r} is {record.status}; only complete "
                        "cells have a saved teacher")

@@ -107,3 +107,8 @@ class SuiteKind:
     section_model: type[BaseModel] | None = None     # ... and the model that validates it
     section_required: bool = True                    # a suite of this kind must have the section
     summary: str = ""                                # one line for `tgbench list kinds`
+    # for kinds whose cells hold teachers (`tgbench export`): (store, suite, profile, seeds) -> cell key -> the
+    # config hashes of the suite's current configuration, and (store, suite, profile) -> the one line that says
+    # there is no cell of it and which `--set` lists the store does hold
+    current_cells: Optional[Callable[..., dict[str, set[str]]]] = None
+    no_cells_hint: Optional[Callable[..., str]] = None

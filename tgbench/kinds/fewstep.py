@@ -369,4 +369,5 @@ def no_cells_hint(store: Store, suite: Suite, profile: str) -> str:
 
 
 FEWSTEP = SuiteKind(run=run_fewstep, report=report_fewstep,
-                    summary="arms x seeds: meta-train, score fresh learners, one report")
+                    summary="arms x seeds: meta-train, score fresh learners, one report",
+                    current_cells=accepted_hashes, no_cells_hint=no_cells_hint)
