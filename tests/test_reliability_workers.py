@@ -168,15 +168,41 @@ def test_ctrl_c_or_sigterm_exits_128_plus_signal_and_marks_the_running_cell_fail
     assert trial.user_attrs["error"].startswith("KeyboardInterrupt")
 
 
-@pytest.mark.parametrize("signum, code, group", [(signal.SIGTERM, 143, False), (signal.SIGINT, 130, True)])
-def test_jobs_stop_on_sigterm_to_the_parent_or_ctrl_c_to_the_group(tmp_path, signum, code, group):
+# Makes every process send a long pipe message in two writes one second apart (the header, then the body): a
+# worker killed between the two leaves the parent's pool thread waiting for the body forever. The parent SIGTERMs
+# its workers again and again while they stop, so a worker sending its result then was cut half-way about once in
+# ten runs in CI and the parent hung at exit; with this, every time (measured: 2 of 2 hung before the fix).
+SLOW_PIPE = """\
+import multiprocessing.connection as connection, struct, time
+_send_bytes = connection.Connection._send_bytes
+def _send_in_two_slow_writes(self, buf):
+    if len(buf) <= 2000:
+        return _send_bytes(self, buf)
+    self._send(struct.pack("!i", len(buf)))
+    time.sleep(1.0)
+    self._send(buf)
+connection.Connection._send_bytes = _send_in_two_slow_writes
+"""
+
+
+@pytest.mark.parametrize("signum, code, group, slow_pipe", [(signal.SIGTERM, 143, False, False),
+                                                             (signal.SIGINT, 130, True, False),
+                                                             (signal.SIGTERM, 143, False, True)],
+                         ids=["sigterm-parent", "ctrl-c-group", "sigterm-parent-slow-result-pipe"])
+def test_jobs_stop_on_sigterm_to_the_parent_or_ctrl_c_to_the_group(tmp_path, signum, code, group, slow_pipe):
     """``--jobs 2`` with three long cells: once two run, a SIGTERM to the parent alone (what a scheduler sends)
     or a Ctrl-C to the whole process group stops the run: the queued cell never starts, both running cells are
-    marked failed (none left RUNNING), and the exit code is 128 + signal."""
+    marked failed (none left RUNNING), and the exit code is 128 + signal — also when every worker's result takes
+    a second to cross the pipe (``SLOW_PIPE``: no worker may be killed while it sends)."""
     suite, db = _suite(tmp_path, seeds=3, iterations=100000), tmp_path / "t.db"
+    env = dict(ENV)
+    if slow_pipe:
+        (tmp_path / "site").mkdir()
+        (tmp_path / "site" / "sitecustomize.py").write_text(SLOW_PIPE)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path / "site"), env.get("PYTHONPATH")]))
     proc = subprocess.Popen([sys.executable, "-m", "tgbench.cli", *_argv(suite, f"sqlite:///{db}", tmp_path / "out",
                                                                           "--jobs", "2")],
-                            cwd=tmp_path, env=ENV, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
     deadline = time.monotonic() + 180
     while [s for _, s in _states(db)].count("RUNNING") < 2:

@@ -11,6 +11,7 @@ is marked failed at once instead of waiting to be found stale.
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import sys
 import threading
@@ -19,6 +20,7 @@ from contextlib import contextmanager
 HANDLED = (signal.SIGINT, signal.SIGTERM)
 _received: int | None = None
 _active = False
+_block_entered = False   # a handled() block was entered in this process (in a worker: its one task started)
 
 
 def _on_signal(signum, frame):
@@ -39,12 +41,12 @@ def _quiet_dropped_interrupt(unraisable, *, previous) -> None:
 def handled():
     """Handle SIGINT and SIGTERM inside the block, then restore what was there (tests call ``cli.main`` in
     process). Nested blocks, and blocks outside the main thread, where signals cannot be set, change nothing."""
-    global _received, _active
+    global _received, _active, _block_entered
     if _active or threading.current_thread() is not threading.main_thread():
         yield
         return
     before = {signum: signal.getsignal(signum) for signum in HANDLED}, sys.unraisablehook
-    _received, _active = None, True
+    _received, _active, _block_entered = None, True, True
     for signum in HANDLED:
         signal.signal(signum, _on_signal)
     sys.unraisablehook = functools.partial(_quiet_dropped_interrupt, previous=before[1])
@@ -54,6 +56,25 @@ def handled():
         for signum, handler in before[0].items():
             signal.signal(signum, handler)
         sys.unraisablehook, _active = before[1], False
+
+
+def _on_signal_in_a_worker(signum, frame):
+    # outside its task's handled() block: before the task, nothing is held, so go at once and quietly; after it,
+    # the worker is sending its result down the pool's pipe, and dying half-way through that write would leave the
+    # parent's pool thread waiting forever for the rest of the message (and the parent never exiting)
+    if not _block_entered:
+        os._exit(128 + signum)
+
+
+def in_a_worker_process() -> None:
+    """Called once at the start of a pool worker process (``tgbench.runner``): Ctrl-C and SIGTERM stop the task
+    it runs as in ``tgbench run`` (its ``handled()`` block), end an idle worker at once, and are ignored after
+    the task ended. Why: a stopped ``--jobs`` run SIGTERMs its workers again and again until they are gone (a
+    replacement the pool starts meanwhile must die too), and a Ctrl-C reaches every process of the group as
+    well; with the default handler back after the task, one of those signals could kill the worker in the middle
+    of sending its result, and the parent then hung at exit (about one ``--jobs`` SIGTERM in ten, CI)."""
+    for signum in HANDLED:
+        signal.signal(signum, _on_signal_in_a_worker)
 
 
 def received() -> int | None:

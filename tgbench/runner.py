@@ -197,6 +197,7 @@ _free_devices = None   # in a worker process: the queue of free slot devices (se
 def _adopt_slot_queue(queue) -> None:
     global _free_devices
     _free_devices = queue
+    interrupt.in_a_worker_process()
 
 
 def run_cell_in_a_slot(task: CellTask, free_devices=None) -> dict | None:
