@@ -19,6 +19,20 @@ if [ "${1:-}" = "--status" ]; then
     if [ -f "$root/pid" ] && kill -0 "$(cat "$root/pid")" 2>/dev/null; then echo "running (pid $(cat "$root/pid"))"
     else echo "not running"; fi
     [ -f "$root/run.log" ] && tail -n 5 "$root/run.log"
+    # how far each unfinished cell got: its last saved state (every outer.save_every iterations)
+    if [ -x "$root/venv/bin/python" ] && [ -d "$root/artifacts/saved_states" ]; then
+        "$root/venv/bin/python" - "$root/artifacts/saved_states" <<'PY'
+import sys, time
+from pathlib import Path
+import torch
+for path in sorted(Path(sys.argv[1]).glob("*/*.pt")):
+    curve = torch.load(path, map_location="cpu", weights_only=True)["state"]["loop"]["curve"]
+    last = curve[-1] if curve else {}
+    age = (time.time() - path.stat().st_mtime) / 60
+    print(f"saved state {path.stem}: iteration {last.get('outer_iter', 0)}, val acc {last.get('val_acc', float('nan')):.4f}"
+          f" ({age:.0f} min ago)")
+PY
+    fi
     exit 0
 fi
 
