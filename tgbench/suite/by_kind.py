@@ -1,6 +1,6 @@
-"""A suite's model by its kind: :class:`RegisteredSuite` (the schema's ``Suite`` whose ``kind`` must be a
-registered suite kind, and whose sections belong to their kinds) plus the kind's own section as a typed field.
-This is where the suite reaches the suite-kind registry; the schema below it does not.
+"""A suite's model by its kind: :class:`Suite` (the schema's ``Suite`` whose ``kind`` must be a registered suite
+kind, and whose sections belong to their kinds) plus the kind's own section as a typed field. This is where the
+suite reaches the suite-kind registry; the schema below it does not.
 """
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ from typing import Any
 from pydantic import create_model, field_validator, model_validator
 
 from tgbench.registry import suite_kinds
-from tgbench.suite.schema import Suite
+from tgbench.suite import schema
 
 
-class RegisteredSuite(Suite):
-    """A suite of a registered kind: the base of every kind's model (``suite_model``)."""
+class Suite(schema.Suite):
+    """A suite of a registered kind, the base of every kind's model (``suite_model``): the schema's ``Suite`` plus
+    the checks that need the suite-kind registry. Named ``Suite`` too because pydantic's messages name the model
+    (``1 validation error for Suite``, which e.g. the leaderboard prints), and they read as before the split."""
 
     @field_validator("kind")
     @classmethod
@@ -46,18 +48,18 @@ class RegisteredSuite(Suite):
 @functools.cache
 def _kind_model(kind) -> type[Suite]:
     if kind.section is None:
-        return RegisteredSuite
+        return Suite
     field = (kind.section_model, ...) if kind.section_required else (typing.Optional[kind.section_model], None)
-    return create_model(f"{kind.section.capitalize()}Suite", __base__=RegisteredSuite, __module__=__name__,
+    return create_model(f"{kind.section.capitalize()}Suite", __base__=Suite, __module__=__name__,
                         **{kind.section: field})
 
 
 def suite_model(kind_name: str) -> type[Suite]:
-    """The model of a suite of this kind: :class:`RegisteredSuite` plus the kind's own section (``SuiteKind.section``)
-    as a typed field. An unregistered name gets :class:`RegisteredSuite`, whose ``kind`` field then says what is
+    """The model of a suite of this kind: :class:`Suite` plus the kind's own section (``SuiteKind.section``)
+    as a typed field. An unregistered name gets :class:`Suite`, whose ``kind`` field then says what is
     wrong."""
     if not isinstance(kind_name, str) or kind_name not in suite_kinds:
-        return RegisteredSuite
+        return Suite
     return _kind_model(suite_kinds.get(kind_name))
 
 
