@@ -23,7 +23,7 @@ import functools
 import time
 from typing import Any
 
-from tgbench.config import OuterLoop, Suite
+from tgbench.suite.schema import OuterLoop, Suite
 from tgbench.data import Dataset, load_dataset
 from tgbench.engine import MetaTrainer
 from tgbench import builders

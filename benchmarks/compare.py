@@ -346,7 +346,7 @@ def cpu_size_trainer(method: str, official: bool, data, steps: int = 32):
     intermediate losses; ``steps``: T, the profile's 32 unless a smoke run shrinks it), built on ``data`` (only the
     images' shape matters for time)."""
     from tgbench import builders
-    from tgbench.config import load_suite
+    from tgbench.suite.loading import load_suite
 
     suite = load_suite(ROOT / "tgbench" / "suites" / "fashion_fewstep.yaml", "cpu",
                        (*(OFFICIAL_LOSSES if official else ()), f"inner.steps={steps}"))

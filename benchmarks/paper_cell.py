@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tgbench import device as devices
     from tgbench.builders import build_trainer
-    from tgbench.config import load_suite
+    from tgbench.suite.loading import load_suite
     from tgbench.data import load_dataset
     from tgbench.identity import EVAL_SEED_OFFSET
 

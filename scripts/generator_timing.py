@@ -9,7 +9,7 @@ The figures in fashion_generator_size.yaml's comment (4.1 / 6.3 / 8.5 / 15.7 s) 
 """
 import time, torch, sys
 torch.set_num_threads(1)
-from tgbench.config import load_suite
+from tgbench.suite.loading import load_suite
 from tgbench.builders import build_trainer
 from tgbench.data import load_dataset
 base = ["outer.intermediate_losses=true", "outer.intermediate_batches=fresh", "outer.intermediate_reduction=sum",

@@ -78,6 +78,89 @@ def test_no_module_imports_another_modules_private_names():
     assert private == []
 
 
+
+# ------------------------------------------------------------------------------ imports the registry makes by name
+# The registry imports its entries lazily from "package.module:Attribute" strings, so a module that looks an entry
+# up (``suite_kinds.get(kind)``) depends on that entry's module without an import statement naming it: the suite
+# model once reached the suite kinds, which import the suite model, this way. These checks count such a lookup as
+# an import of every module its registry names (entries and the checked base class).
+REGISTRY = PACKAGE / "registry.py"
+# Modules whose cycle through registry lookups is the plug-in dispatch itself: a command, a worker or the suite
+# loader looks a kind up by name, and the kind runs cells, studies and suites that read back what looked it up.
+# ``tgbench.config`` and ``tgbench.identity`` are in it only because identity imports the compatibility module
+# ``tgbench.config`` (tests/test_identity.py pins that import). A module joining this loop fails the test below.
+KIND_DISPATCH_LOOP = {
+    "tgbench.runner", "tgbench.cells", "tgbench.tuning", "tgbench.kinds.fewstep", "tgbench.kinds.tune",
+    "tgbench.kinds.nas_proxy", "tgbench.suite.by_kind", "tgbench.suite.checks", "tgbench.suite.overrides",
+    "tgbench.suite.loading", "tgbench.config", "tgbench.identity",
+}
+
+
+def _registered_modules(registry_source: str) -> dict[str, set[str]]:
+    """Registry variable (``methods``, ``suite_kinds`` ...) -> the modules its string entries and base name, from
+    ``X = Registry(..., base="m:C")`` and ``X.register("name", "m:attr")`` in ``registry_source``."""
+    named: dict[str, set[str]] = {}
+    for node in ast.walk(ast.parse(registry_source)):
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call) \
+                and getattr(node.value.func, "id", None) == "Registry":
+            strings = [k.value for k in node.value.keywords if k.arg == "base"]
+            variable = node.targets[0]
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "register" \
+                and isinstance(node.func.value, ast.Name):
+            strings = node.args[1:2]
+            variable = node.func.value
+        else:
+            continue
+        for value in strings:
+            if isinstance(value, ast.Constant) and isinstance(value.value, str) and ":" in value.value:
+                named.setdefault(variable.id, set()).add(value.value.partition(":")[0])
+    return named
+
+
+def _graph(imports: dict[str, list[tuple[str, list[str]]]],
+           registered: dict[str, set[str]] | None = None) -> dict[str, set[str]]:
+    """module -> tgbench modules it imports; with ``registered`` (``_registered_modules``), a module that imports a
+    registry variable also imports every module that registry names, and one that imports the registry module
+    itself, every module of every registry."""
+    graph = {}
+    for module, edges in imports.items():
+        targets = {t for t, _ in edges}
+        for target, names in edges:
+            if registered is not None and target == "tgbench.registry":
+                for variable in names or list(registered):
+                    targets |= registered.get(variable, set())
+        graph[module] = {t for t in targets if t in imports and t != module}
+    return graph
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for w in graph.get(todo.pop(), ()):
+            if w not in seen:
+                seen.add(w)
+                todo.append(w)
+    return seen
+
+
+def test_the_suite_schema_reaches_no_registry_even_by_name():
+    """The suite's models (what the engine and the hashes read) import no registry, directly, through any module
+    they import, or through a module a registry names."""
+    registered = _registered_modules(REGISTRY.read_text(encoding="utf-8"))
+    assert set(registered) >= {"methods", "datasets", "proxies", "suite_kinds"}
+    assert registered["suite_kinds"] >= {"tgbench.kinds.fewstep", "tgbench.kinds.tune", "tgbench.kinds.nas_proxy"}
+    reached = _reachable(_graph(_imports(), registered), "tgbench.suite.schema")
+    assert "tgbench.registry" not in reached
+    assert reached & set().union(*registered.values()) == set()
+
+
+def test_cycles_through_registry_lookups_stay_in_the_kind_dispatch_loop():
+    """Counting a registry lookup as an import, the only cycle is the kind dispatch (``KIND_DISPATCH_LOOP``)."""
+    graph = _graph(_imports(), _registered_modules(REGISTRY.read_text(encoding="utf-8")))
+    outside = [sorted(set(cycle) - KIND_DISPATCH_LOOP) for cycle in _cycles(graph)]
+    assert [extra for extra in outside if extra] == []
+
+
 def _over_long_signatures(source: str, where: str, limit: int = MAX_PARAMETERS) -> list[str]:
     """``where:line name (n parameters)`` for every function or lambda of ``source`` with more than ``limit``
     parameters: positional, keyword-only, ``*args`` and ``**kwargs`` each count one; a method's ``self`` / ``cls``
@@ -108,6 +191,15 @@ def test_the_checks_can_fail():
     nine = "def f(a, b, c, d, e, f, g, h, *, i): ...\nclass C:\n    def m(self, a, b, c, d, e, f, g, *h): ..."
     assert _over_long_signatures(nine, "x.py") == ["x.py:1 f (9 parameters)"]
     assert _over_long_signatures(nine, "x.py", limit=7) == ["x.py:1 f (9 parameters)", "x.py:3 m (8 parameters)"]
+    # a lookup by name closes a cycle that no import statement shows (the suite model <-> the suite kinds)
+    registry = ('suite_kinds = Registry("suite kind", base="tgbench.kinds:SuiteKind")\n'
+                'suite_kinds.register("fewstep", "tgbench.kinds.fewstep:FEWSTEP")\n')
+    assert _registered_modules(registry) == {"suite_kinds": {"tgbench.kinds", "tgbench.kinds.fewstep"}}
+    imports = {"tgbench.suite.schema": [("tgbench.registry", ["suite_kinds"])], "tgbench.registry": [],
+               "tgbench.kinds": [], "tgbench.kinds.fewstep": [("tgbench.suite.schema", ["Suite"])]}
+    assert _cycles(_graph(imports)) == []
+    assert _cycles(_graph(imports, _registered_modules(registry))) == [["tgbench.kinds.fewstep",
+                                                                        "tgbench.suite.schema"]]
 
 
 # ----------------------------------------------------------------------------------------- the reporting package

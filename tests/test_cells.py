@@ -8,7 +8,8 @@ import yaml
 
 from tgbench import identity, runner
 from tgbench.kinds import fewstep
-from tgbench.config import Suite, load_suite
+from tgbench.suite.loading import load_suite
+from tgbench.suite.schema import Suite
 from tgbench.kinds import RunOptions
 
 pytestmark = pytest.mark.usefixtures("single_thread")

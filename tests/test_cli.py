@@ -90,7 +90,8 @@ def test_list_suites_in_the_repository_lists_each_suite_once(capsys, monkeypatch
 
 
 def test_shipped_suites_live_in_the_package_and_are_named_by_their_file():
-    from tgbench.config import INSTALLED_SUITES, installed_suites, load_suite
+    from tgbench.suite.loading import load_suite
+    from tgbench.suite.names import INSTALLED_SUITES, installed_suites
 
     assert (REPO / "suites").resolve() == INSTALLED_SUITES == (REPO / "tgbench" / "suites").resolve()
     for name, path in installed_suites().items():
@@ -117,12 +118,12 @@ def test_list_suites_flags_an_invalid_suite_after_the_installed_ones(capsys, mon
 
 def test_list_suites_exits_1_when_a_shipped_suite_does_not_load(capsys, monkeypatch, tmp_path):
     # what a wheel missing a subpackage looked like: every shipped suite INVALID, and `tgbench list` still exit 0
-    import tgbench.config
+    import tgbench.suite.names
 
     broken = tmp_path / "broken.yaml"
     broken.write_text("name: broken\nsources: [{method: gtm}]\n")
-    shipped = tgbench.config.installed_suites()
-    monkeypatch.setattr(tgbench.config, "installed_suites", lambda: {**shipped, "broken": broken})
+    shipped = tgbench.suite.names.installed_suites()
+    monkeypatch.setattr(tgbench.suite.names, "installed_suites", lambda: {**shipped, "broken": broken})
     monkeypatch.chdir(tmp_path)
     code, out, err = _cli(["list", "suites"], capsys)
     assert code == 1
@@ -170,7 +171,8 @@ def test_a_name_and_its_path_give_the_same_pinned_cell_hashes():
     cells before the move (computed at revision f6cb88d), by name and by path alike. (The smoke profile itself
     was made cheaper in this round, so its hashes changed on purpose.)"""
     from tgbench.identity import cell_hash
-    from tgbench.config import load_suite, resolve_suite
+    from tgbench.suite.loading import load_suite
+    from tgbench.suite.names import resolve_suite
 
     pinned = ["931a714f52b41950", "abccf9987a559962", "cbe346051a3a22e8"]
     for ref in ("mnist_fewstep", str(SUITE)):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tgbench.config import load_suite
+from tgbench.suite.loading import load_suite
 from tgbench.errors import BadInput, ConfigError
 from helpers import cli as _cli
 

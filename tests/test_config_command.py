@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tgbench.config import installed_suites, load_suite, suite_from_dict
+from tgbench.suite.by_kind import suite_from_dict
+from tgbench.suite.loading import load_suite
+from tgbench.suite.names import installed_suites
 from tgbench.identity import cell_hash
 from tgbench.provenance import machine
 

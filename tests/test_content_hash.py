@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from tgbench.config import load_suite
+from tgbench.suite.loading import load_suite
 from tgbench.identity import cell_hash, cell_inputs
 from tgbench.records import cell_key
 from tgbench.results import load_results

@@ -20,7 +20,8 @@ import yaml
 from tgbench import builders, cells, device as devices, runner
 from tgbench.kinds import fewstep
 from tgbench.compute import synthetic_dataset
-from tgbench.config import Suite, load_suite
+from tgbench.suite.loading import load_suite
+from tgbench.suite.schema import Suite
 from tgbench.errors import BadInput
 from tgbench.kinds import RunOptions
 from tgbench.nn import LearnerSpec

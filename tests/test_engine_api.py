@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from tgbench import device as devices
-from tgbench.config import GroundTruthSchedule, InnerLoop, LearnerSpace, OuterLoop
+from tgbench.suite.schema import GroundTruthSchedule, InnerLoop, LearnerSpace, OuterLoop
 from tgbench.data import Dataset, Split
 from tgbench.engine import EvalPlan, MetaTrainer, Unroll, detached_params, evaluate, train_fresh_learners, train_learner
 from tgbench.inner import InnerHyperparameters

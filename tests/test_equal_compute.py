@@ -15,7 +15,7 @@ from tgbench import stats
 from tgbench.builders import build_trainer
 from tgbench.ceiling import CEILING_STUDY, ceiling_hash, ceiling_schedule, ceiling_spec
 from tgbench.cli import main
-from tgbench.config import suite_from_dict
+from tgbench.suite.by_kind import suite_from_dict
 from tgbench.data import load_dataset
 from tgbench.records import DataCeiling, FewstepCell, Status, cell_key, record_from_attrs
 from tgbench.reporting.fewstep import ReportInputs, render_markdown

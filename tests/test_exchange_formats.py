@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from tgbench.builders import build_teacher
-from tgbench.config import load_suite
+from tgbench.suite.loading import load_suite
 from tgbench.data import load_dataset
 from tgbench.methods.external import as_probabilities, detect_format
 

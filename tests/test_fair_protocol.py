@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from tgbench.cli import main
-from tgbench.config import load_suite
+from tgbench.suite.loading import load_suite
 from tgbench.data import Split, load_dataset
 from tgbench.engine import CURVE_SUBSET, EvalPlan, evaluate
 from tgbench.errors import ConfigError

@@ -17,7 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from tgbench import stats
 from tgbench.cli import main
-from tgbench.config import load_suite
+from tgbench.suite.loading import load_suite
 from tgbench.compute import meta_train_flops, synthetic_dataset
 from tgbench.identity import protocol_of
 from tgbench.leaderboard import Row, collect, mark_pareto

@@ -14,7 +14,7 @@ from scipy import stats as st
 
 from tgbench.kinds import nas_proxy as nas
 from tgbench.cli import main
-from tgbench.config import load_suite
+from tgbench.suite.loading import load_suite
 from tgbench.data import load_dataset
 from tgbench.identity import arch_id
 from tgbench.nn import LearnerSpec

@@ -22,7 +22,8 @@ import torch
 
 import tgbench.engine as engine
 from benchmarks.reference_official import OfficialLearner, OfficialSGD, official_meta_loss
-from tgbench.config import InnerLoop, LearnerSpace, OuterLoop, load_suite
+from tgbench.suite.loading import load_suite
+from tgbench.suite.schema import InnerLoop, LearnerSpace, OuterLoop
 from tgbench.data import Split
 from tgbench.inner import InnerHyperparameters
 from tgbench.problem import Problem

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tgbench.identity import cell_hash
-from tgbench.config import load_suite
+from tgbench.suite.loading import load_suite
 from tgbench.errors import BadInput, ConfigError
 from tgbench.reporting.markdown import header_lines
 from tgbench.store import Store

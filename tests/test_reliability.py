@@ -28,7 +28,8 @@ from optuna.trial import TrialState
 from tgbench import cells, engine, identity, interrupt
 from tgbench.kinds import fewstep
 from tgbench.cli import main
-from tgbench.config import Evaluation, InnerLoop, LearnerSpace, OuterLoop, Suite, load_suite
+from tgbench.suite.loading import load_suite
+from tgbench.suite.schema import Evaluation, InnerLoop, LearnerSpace, OuterLoop, Suite
 from tgbench.errors import BadInput
 from tgbench.records import FewstepCell, Record, Status, cell_key
 from tgbench.store import Store

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from tgbench.reporting import fewstep as report
-from tgbench.config import Suite
+from tgbench.suite.schema import Suite
 from tgbench.reporting.fewstep import ReportInputs, write_report
 from helpers import cli as _cli, studies as _studies
 
@@ -177,7 +177,8 @@ def test_sizes_no_machine_could_run_fail_validation(kind, tmp_path, capsys):
 
 def test_a_batch_as_large_as_the_training_split_is_accepted(tmp_path):
     """The size check is not off by one: B = the number of training examples is allowed."""
-    from tgbench.config import check_data_sizes, load_suite
+    from tgbench.suite.checks import check_data_sizes
+    from tgbench.suite.loading import load_suite
 
     path = tmp_path / "suite.yaml"
     path.write_text(_suite(inner=f"{{steps: 2, batch_size: {TRAIN}}}", outer=f"{{iterations: 2, meta_batch_size: "
@@ -276,7 +277,7 @@ def test_a_report_replaces_the_files_it_writes_and_nothing_else(tmp_path):
 def test_report_of_a_store_left_by_a_killed_run_lists_the_interrupted_cell(tmp_path, capsys):
     """A cell whose claim was marked failed before its record was written (Ctrl-C, SIGTERM, a crash) has only
     its cell key: ``tgbench report`` still works (it was a KeyError 'source', exit 1) and counts it failed."""
-    from tgbench.config import load_suite
+    from tgbench.suite.loading import load_suite
     from tgbench.identity import cell_hash
     from tgbench.records import FewstepCell, Status, cell_key
     from tgbench.store import Store

@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from tgbench.cli import main
-from tgbench.config import MAX_YAML_VALUES
+from tgbench.suite.yaml_text import MAX_YAML_VALUES
 from tgbench.locations import MAX_TEXT_BYTES
 
 from helpers import cli

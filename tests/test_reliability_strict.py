@@ -13,7 +13,7 @@ import math
 import pytest
 from pydantic import ValidationError
 
-import tgbench.config  # noqa: F401 (defines the suite's sections, subclasses of the base)
+import tgbench.suite.schema  # noqa: F401 (defines the suite's sections, subclasses of the base)
 from tgbench.registry import methods, proxies
 from tgbench.strict import Strict, bool_where_number
 

@@ -14,7 +14,7 @@ import yaml
 from tgbench import results
 from tgbench.cli import main
 from tgbench.builders import build_teacher
-from tgbench.config import load_suite
+from tgbench.suite.loading import load_suite
 from tgbench.data import load_dataset
 from tgbench.records import FewstepCell, cell_key
 from tgbench.store import Store

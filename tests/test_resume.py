@@ -25,7 +25,7 @@ import torch
 import yaml
 
 from tgbench import cells, engine
-from tgbench.config import InnerLoop, LearnerSpace, OuterLoop
+from tgbench.suite.schema import InnerLoop, LearnerSpace, OuterLoop
 from tgbench.data import Dataset, Split
 from tgbench.engine import MetaTrainer
 from tgbench.inner import InnerHyperparameters

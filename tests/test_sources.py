@@ -16,7 +16,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tgbench.config import InnerLoop, LearnerSpace, OuterLoop
+from tgbench.suite.schema import InnerLoop, LearnerSpace, OuterLoop
 from tgbench.data import Split, load_dataset
 from tgbench.engine import MetaTrainer, Unroll, backprop_meta_loss
 from tgbench.errors import Diverged

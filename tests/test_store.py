@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 from tgbench import cells, engine, identity
 from tgbench.kinds import fewstep
 from tgbench.cli import main
-from tgbench.config import load_suite
+from tgbench.suite.loading import load_suite
 from tgbench.errors import BadInput
 from tgbench.records import DONE, FewstepCell, Status, cell_key
 from tgbench.store import Store, config_hash

@@ -11,7 +11,8 @@ import torch
 import yaml
 
 from helpers import cli
-from tgbench.config import load_suite, suite_model
+from tgbench.suite.by_kind import suite_model
+from tgbench.suite.loading import load_suite
 from tgbench.data import load_dataset
 from tgbench.errors import ConfigError
 from tgbench.kinds import SuiteKind

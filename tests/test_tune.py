@@ -20,7 +20,7 @@ import yaml
 from optuna.trial import TrialState
 
 from tgbench.cli import main
-from tgbench.config import load_suite
+from tgbench.suite.loading import load_suite
 from tgbench.errors import ConfigError
 from tgbench.reporting.fewstep import sweep_frame
 from tgbench.identity import cell_hash
@@ -338,7 +338,7 @@ def test_the_tpe_settings_are_explicit_recorded_and_hashed_only_when_changed(tmp
     """Optuna 5 changed TPE's defaults; tgbench passes its own (SamplerSettings), records them on the study, and a
     suite that changes them gets new hashes while every existing one keeps its own."""
     from tgbench.identity import cell_hash
-    from tgbench.config import SamplerSettings, TuningStage
+    from tgbench.suite.schema import SamplerSettings, TuningStage
     from tgbench.store import Store
     from tgbench.tuning import StudySpec, run_study
 

@@ -21,7 +21,7 @@ import yaml
 from optuna.trial import TrialState
 
 import tgbench.tuning as tuning
-from tgbench.config import load_suite
+from tgbench.suite.loading import load_suite
 from tgbench.data import load_dataset
 from tgbench.records import Status
 from tgbench.store import Store, trial_record

@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 import tgbench.tuning as tuning
 from tgbench import engine, stats
 from tgbench.cli import main
-from tgbench.config import load_suite
+from tgbench.suite.loading import load_suite
 from tgbench.data import load_dataset
 from tgbench.errors import ConfigError
 from tgbench.reporting.fewstep import tuning_section
@@ -156,7 +156,7 @@ def test_values_as_written_clip_round_and_leave_unknown_choices_to_the_sampler(t
     suite = load_suite(_suite(tmp_path, sources=[{"method": "gtn", "params": SMALL_GTN}]), "smoke")
     space = {"inner.momentum": {"low": 0.6, "high": 0.9}, "params.noise_dim": {"low": 2, "high": 4, "integer": True},
              "params.curriculum": {"choices": ["none", "per_step"]}, "inner.lr": {"low": 0.01, "high": 0.1}}
-    from tgbench.config import SearchDimension
+    from tgbench.suite.schema import SearchDimension
     values, notes = tuning.values_as_written(suite, suite.sources[0],
                                              {k: SearchDimension(**v) for k, v in space.items()})
     assert values == {"inner.momentum": 0.6, "params.noise_dim": 4, "inner.lr": 0.05}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from tgbench import device as devices
-from tgbench.config import SourceEntry, Suite
+from tgbench.suite.schema import SourceEntry, Suite
 from tgbench.data import Dataset
 from tgbench.engine import MetaTrainer
 from tgbench.inner import InnerHyperparameters

@@ -22,7 +22,7 @@ import time
 
 from tgbench import device as devices
 from tgbench import interrupt
-from tgbench.config import GroundTruthSchedule, Suite
+from tgbench.suite.schema import GroundTruthSchedule, Suite
 from tgbench.data import Dataset
 from tgbench.nn import LearnerSpec
 from tgbench.proxies import train_real

@@ -21,7 +21,10 @@ from tgbench import device as devices
 from tgbench import interrupt
 from tgbench.builders import build_trainer
 from tgbench.compute import meta_train_flops
-from tgbench.config import SourceEntry, Suite, arm_with, load_suite, suite_from_dict
+from tgbench.suite.by_kind import suite_from_dict
+from tgbench.suite.checks import arm_with
+from tgbench.suite.loading import load_suite
+from tgbench.suite.schema import SourceEntry, Suite
 from tgbench.data import Dataset, load_dataset
 from tgbench.engine import MetaTrainer
 from tgbench.errors import Diverged

@@ -191,7 +191,8 @@ def _list(what: str) -> int:
     elif what == "proxies":
         _print_registry(proxies, tag=lambda cls: f"[{cls.family}] ")
     else:
-        from tgbench.config import installed_suites, load_suite
+        from tgbench.suite.loading import load_suite
+        from tgbench.suite.names import installed_suites
 
         # the installed suites by name (what `tgbench run NAME` takes), then the current directory's suites/*.yaml
         # that are not those same files (in the repository, suites/ is the installed folder), by path
@@ -271,11 +272,12 @@ def _dispatch(args: argparse.Namespace) -> int:
             for folder in args.methods_dir:
                 load_plugin_dir(folder)
         if args.command in ("run", "report", "validate", "config"):
-            from tgbench.config import resolve_suite
+            from tgbench.suite.names import resolve_suite
 
             args.suite = str(resolve_suite(args.suite))  # a name -> the installed file; a path stays itself
         if args.command == "validate":
-            from tgbench.config import PROFILES, load_suite
+            from tgbench.suite.loading import load_suite
+            from tgbench.suite.names import PROFILES
 
             suite = load_suite(args.suite, overrides=args.overrides)
             print(f"{args.suite}: ok ({suite.kind}, {len(suite.sources)} sources, profiles: "
@@ -320,7 +322,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             else:
                 build_leaderboard(distinct_stores(args.storage), args.out, args.artifacts, command=command_line())
         elif args.command == "export":
-            from tgbench.config import installed_suites, load_suite, resolve_suite
+            from tgbench.suite.loading import load_suite
+            from tgbench.suite.names import installed_suites, resolve_suite
             from tgbench.teach import export_teacher
 
             from tgbench.device import resolve

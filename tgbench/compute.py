@@ -9,7 +9,7 @@ from collections import Counter
 import torch
 
 from tgbench.builders import build_trainer
-from tgbench.config import LearnerSpace
+from tgbench.suite.schema import LearnerSpace
 from tgbench.data import Dataset, Split
 from tgbench.errors import Diverged
 from tgbench.problem import Problem

@@ -30,7 +30,7 @@ from torch.func import functional_call, grad as func_grad, vmap
 from torch.utils.checkpoint import checkpoint
 
 from tgbench import device as devices
-from tgbench.config import InnerLoop, LearnerSpace, OuterLoop
+from tgbench.suite.schema import InnerLoop, LearnerSpace, OuterLoop
 from tgbench.data import Split
 from tgbench.errors import Diverged
 from tgbench.inner import OPTIMIZERS

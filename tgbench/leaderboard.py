@@ -36,7 +36,7 @@ import pandas as pd
 
 from tgbench import stats
 from tgbench.compute import meta_train_flops
-from tgbench.config import suite_from_dict
+from tgbench.suite.by_kind import suite_from_dict
 from tgbench.errors import BadInput
 from tgbench.device import label as device_label
 from tgbench.identity import protocol_hash, recorded_protocol

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from pydantic import Field, PositiveFloat, PositiveInt
 
 from tgbench import device as devices
-from tgbench.config import GroundTruthSchedule, Suite
+from tgbench.suite.schema import GroundTruthSchedule, Suite
 from tgbench.data import Dataset, Split
 from tgbench.engine import (EvalPlan, Tensors, Unroll, accuracy_and_loss, build_learner, detached_params, inner_step,
                             train_fresh_learners)

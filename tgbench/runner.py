@@ -20,7 +20,8 @@ from tqdm import tqdm
 from tgbench import device as devices
 from tgbench import interrupt
 from tgbench.cells import CellTask, run_cell, study_name
-from tgbench.config import load_suite, suite_from_dict
+from tgbench.suite.by_kind import suite_from_dict
+from tgbench.suite.loading import load_suite
 from tgbench.errors import BadInput
 from tgbench.kinds import RunContext, RunOptions, SuiteKind
 from tgbench.locations import check_writable_dir

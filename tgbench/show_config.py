@@ -15,7 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from tgbench.config import Suite, load_suite
+from tgbench.suite.loading import load_suite
+from tgbench.suite.schema import Suite
 from tgbench.identity import cell_hash, stage_hash, tune_hash
 
 

@@ -43,7 +43,9 @@ from torch import nn
 
 from tgbench import device as devices
 from tgbench.builders import build_teacher
-from tgbench.config import MAX_INNER_STEPS, SourceEntry, Suite, load_suite, suite_from_dict
+from tgbench.suite.by_kind import suite_from_dict
+from tgbench.suite.loading import load_suite
+from tgbench.suite.schema import MAX_INNER_STEPS, SourceEntry, Suite
 from tgbench.data import load_dataset
 from tgbench.engine import EvalPlan, evaluate
 from tgbench.errors import BadInput

@@ -27,7 +27,7 @@ import torch
 from torch.func import functional_call
 
 from tgbench import device as devices
-from tgbench.config import InnerLoop, LearnerSpace, OuterLoop
+from tgbench.suite.schema import InnerLoop, LearnerSpace, OuterLoop
 from tgbench.data import Split
 from tgbench.engine import MetaTrainer, Unroll, backprop_meta_loss, detached_params
 from tgbench.inner import InnerHyperparameters

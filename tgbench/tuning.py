@@ -46,7 +46,9 @@ from optuna.trial import TrialState
 from tgbench import device as devices
 from tgbench import interrupt, stats
 from tgbench.cells import Watch, meta_train
-from tgbench.config import SearchDimension, SourceEntry, StudySettings, Suite, arm_with, suite_from_dict
+from tgbench.suite.by_kind import suite_from_dict
+from tgbench.suite.checks import arm_with
+from tgbench.suite.schema import SearchDimension, SourceEntry, StudySettings, Suite
 from tgbench.data import Dataset, load_dataset
 from tgbench.errors import BadInput
 from tgbench.identity import TUNING_SEED_OFFSET, stage_hash

@@ -140,7 +140,7 @@ def suite_hashes(api, suite) -> dict:
 
 def compute_all() -> dict:
     """suite file name -> profile ('' = the top level) -> variant ('' = as written) -> hashes."""
-    from tgbench.config import load_suite
+    from tgbench.suite.loading import load_suite
     from tgbench.errors import BadInput, ConfigError
     api = _load_api()
     result: dict = {}

@@ -27,7 +27,7 @@ from typing import Callable, Optional
 from pydantic import BaseModel
 
 from tgbench import device as devices
-from tgbench.config import Suite
+from tgbench.suite.schema import Suite
 from tgbench.data import Dataset, load_dataset
 from tgbench.locations import writable_out_dir
 from tgbench.provenance import command_line

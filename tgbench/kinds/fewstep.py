@@ -22,7 +22,8 @@ from tgbench import device as devices
 from tgbench import interrupt
 from tgbench.ceiling import ceiling_records, ceiling_schedule, describe_schedule, ensure_ceiling
 from tgbench.cells import CellTask, decode_array, run_cell, study_name, tuned_arm
-from tgbench.config import Suite, check_data_sizes
+from tgbench.suite.checks import check_data_sizes
+from tgbench.suite.schema import Suite
 from tgbench.errors import BadInput, CellsFailed
 from tgbench.identity import cell_hash
 from tgbench.kinds import RunContext, SuiteKind

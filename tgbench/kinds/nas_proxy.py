@@ -37,7 +37,9 @@ from tqdm import tqdm
 
 from tgbench import device as devices
 from tgbench import interrupt, stats
-from tgbench.config import GroundTruthSchedule, LearnerSpace, SourceEntry, Strict, Suite, format_error, suite_from_dict
+from tgbench.suite.by_kind import suite_from_dict
+from tgbench.suite.messages import format_error
+from tgbench.suite.schema import GroundTruthSchedule, LearnerSpace, SourceEntry, Strict, Suite
 from tgbench.data import Dataset
 from tgbench.errors import BadInput, ConfigError
 from tgbench.identity import (PROXY_SEED_OFFSET, TEACHER_SEED, arch_id, arch_seed, cell_hash, ground_truth_protocol,

@@ -30,7 +30,8 @@ import optuna
 import pandas as pd
 from pydantic import Field, PositiveFloat, PositiveInt
 
-from tgbench.config import SearchSpace, SourceEntry, StudySettings, Suite, check_space
+from tgbench.suite.checks import check_space
+from tgbench.suite.schema import SearchSpace, SourceEntry, StudySettings, Suite
 from tgbench.data import Dataset
 from tgbench.errors import BadInput
 from tgbench.identity import tune_hash
