@@ -1,6 +1,7 @@
 """The cells layer (issue 16): a run executes the suite it resolved, whatever happens to the YAML meanwhile."""
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,7 @@ def test_a_suite_edited_during_a_run_does_not_change_the_cells_it_planned(tmp_pa
     real_run_cell = fewstep.run_cell
 
     def run_cell_then_edit(task):
-        calls.append(task.seed)
+        calls.append(task.spec.seed)
         if len(calls) > 6:  # (the defect loops for ever: stop it here, as a failure)
             raise AssertionError("the run keeps re-running cells: it waits for hashes no cell records")
         if len(calls) == 1:  # someone edits the suite while the run is going
@@ -52,8 +53,27 @@ def test_a_suite_edited_during_a_run_does_not_change_the_cells_it_planned(tmp_pa
 
 
 def test_a_resolved_suite_round_trips_to_the_same_cell_hashes():
-    """What a worker rebuilds from ``CellTask.resolved_suite`` hashes exactly as the planning process did."""
+    """What a worker rebuilds from ``CellSpec.resolved_suite`` hashes exactly as the planning process did."""
     suite = load_suite(Path(__file__).parents[1] / "suites" / "mnist_fewstep.yaml", "cpu")
     again = Suite.model_validate(suite.model_dump(mode="json"))
     for entry, copy in zip(suite.sources, again.sources):
         assert identity.cell_hash(suite, entry, "mnist-5k") == identity.cell_hash(again, copy, "mnist-5k")
+
+
+def test_cell_and_worker_tasks_are_built_by_keyword_and_cell_tasks_in_one_place():
+    """Issue 25: run options were copied field by field, positionally, into a 19-field CellTask built one way in
+    the fewstep kind and another in the NAS one. Every task object is now built by keyword, and a cell's task
+    only by ``cells.cell_task`` (which both kinds call)."""
+    task_types = {"CellTask", "CellSpec", "WorkerEnv", "ArmTask", "Worker"}
+    positional, cell_task_builders = [], set()
+    for path in sorted((Path(__file__).parents[1] / "tgbench").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for function in [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]:
+            for call in [n for n in ast.walk(function) if isinstance(n, ast.Call)]:
+                name = getattr(call.func, "id", None) or getattr(call.func, "attr", None)
+                if name in task_types and call.args:
+                    positional.append(f"{path.name}:{call.lineno} {name}(...)")
+                if name == "CellTask":
+                    cell_task_builders.add(f"{path.name}:{function.name}")
+    assert positional == []
+    assert cell_task_builders == {"cells.py:cell_task"}

@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from tgbench import builders, cells, device as devices, runner
+from tgbench.worker import WorkerEnv
 from tgbench.kinds import fewstep
 from tgbench.compute import synthetic_dataset
 from tgbench.suite.loading import load_suite
@@ -211,19 +212,20 @@ def test_a_cell_runs_on_a_free_slots_gpu_and_gives_it_back(monkeypatch):
     seen = []
 
     def fake_run_cell(task):
-        seen.append(task.device)
-        if task.seed == 1:
+        seen.append(task.env.device)
+        if task.spec.seed == 1:
             raise RuntimeError("boom")
-        return {"device": task.device}
+        return {"device": task.env.device}
 
-    monkeypatch.setattr(runner, "run_cell", fake_run_cell)
+    monkeypatch.setattr(cells, "run_cell", fake_run_cell)
     free = queue.Queue()
     for slot in ("cuda:0", "cuda:1"):
         free.put(slot)
-    task = cells.CellTask("s.yaml", "cpu", "real", 0, "sqlite:///x.db", None)
-    assert runner.run_cell_in_a_slot(task, free) == {"device": "cuda:0"}
+    task = cells.CellTask(spec=cells.CellSpec(resolved_suite={}, profile="cpu", arm="real", seed=0),
+                          env=WorkerEnv(storage="sqlite:///x.db"))
+    assert cells.run_cell_in_a_slot(task, free) == {"device": "cuda:0"}
     with pytest.raises(RuntimeError):
-        runner.run_cell_in_a_slot(dataclasses.replace(task, seed=1), free)
+        cells.run_cell_in_a_slot(dataclasses.replace(task, spec=dataclasses.replace(task.spec, seed=1)), free)
     assert seen == ["cuda:0", "cuda:1"]  # FIFO: a returned slot queues behind the free ones
     assert sorted([free.get_nowait(), free.get_nowait()]) == ["cuda:0", "cuda:1"] and free.empty()
 
@@ -237,7 +239,7 @@ def test_run_suite_hands_each_worker_slot_its_gpu(monkeypatch, tmp_path):
     handed = {}
 
     def fake_workers(tasks, slots, progress, on_failure):
-        handed["slots"], handed["devices"] = slots, {t.device for t in tasks}
+        handed["slots"], handed["devices"] = slots, {t.env.device for t in tasks}
         raise KeyboardInterrupt  # stop here: nothing can really run on the mocked GPUs
 
     monkeypatch.setattr(fewstep, "run_in_workers", fake_workers)

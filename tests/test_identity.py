@@ -42,7 +42,7 @@ def test_the_golden_file_covers_every_kind_of_hash():
 
 
 def test_identity_sits_below_what_it_identifies():
-    """identity is imported by cells, tuning, the kinds and the leaderboard; it reads only the config models, the
+    """identity is imported by cells, tuning, the kinds and the leaderboard; it reads only the suite schema's models, the
     learner spec, the store's hash function and the content digests of an arm's inputs (``tgbench.inputs``; no
     kind registry: a kind's section comes from the suite's model)."""
     import ast
@@ -52,12 +52,12 @@ def test_identity_sits_below_what_it_identifies():
                 and (node.module or "").startswith("tgbench")}
     imported |= {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names
                  if a.name.startswith("tgbench")}
-    assert imported == {"tgbench.config", "tgbench.inputs", "tgbench.nn", "tgbench.store"}
+    assert imported == {"tgbench.suite.schema", "tgbench.inputs", "tgbench.nn", "tgbench.store"}
 
 
 def test_a_suites_kind_sections_are_its_registered_kinds_section():
     """cell_hash leaves a kind's own section out; identity reads it from the suite's model, the registry names it."""
-    from tgbench.config import load_suite
+    from tgbench.suite.loading import load_suite
     from tgbench.identity import kind_sections
     from tgbench.registry import suite_kinds
     kinds = set()

@@ -227,7 +227,7 @@ def first_run(tmp_path_factory):
     real_train, real_run_cell = nas.train_real, nas.run_cell
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(nas, "train_real", lambda *a, **k: trainings.append(a[0]) or real_train(*a, **k))
-        mp.setattr(nas, "run_cell", lambda task: meta_trainings.append(task.source) or real_run_cell(task))
+        mp.setattr(nas, "run_cell", lambda task: meta_trainings.append(task.spec.arm) or real_run_cell(task))
         code = main(_run_args(folder))
     return folder, code, trainings, meta_trainings
 
@@ -247,7 +247,7 @@ def test_smoke_suite_end_to_end_and_cache(first_run, tmp_path, monkeypatch):
     monkeypatch.setattr(nas, "train_real", lambda *a, **k: trainings.append(a[0]) or real_train(*a, **k))
     meta_trainings = []
     real_run_cell = nas.run_cell
-    monkeypatch.setattr(nas, "run_cell", lambda task: meta_trainings.append(task.source) or real_run_cell(task))
+    monkeypatch.setattr(nas, "run_cell", lambda task: meta_trainings.append(task.spec.arm) or real_run_cell(task))
     args = _run_args(folder)
     suite = load_suite(SUITE, "smoke")
     n_arch, n_seeds = suite.nas.n_architectures, suite.nas.ground_truth.seeds

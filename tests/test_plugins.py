@@ -21,8 +21,10 @@ import pytest
 
 from tgbench.cli import main
 from tgbench.registry import load_plugin_dir, methods
-from tgbench.cells import CellTask, run_cell
+from tgbench.cells import cell_task, run_cell
+from tgbench.suite.loading import load_suite
 from tgbench.store import Store
+from tgbench.worker import WorkerEnv
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "adding_a_method.md"
@@ -103,7 +105,7 @@ def test_installed_plugin_runs_and_lands_on_the_leaderboard(tmp_path):
 
 @pytest.mark.slow
 def test_methods_dir_reaches_a_fresh_worker_process(tmp_path, clean_registry):
-    """A spawned worker starts with an empty plugin registry: the CellTask must carry --methods-dir."""
+    """A spawned worker starts with an empty plugin registry: the cell's WorkerEnv must carry --methods-dir."""
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     (plugins / "herding.py").write_text(HERDING)
@@ -111,8 +113,8 @@ def test_methods_dir_reaches_a_fresh_worker_process(tmp_path, clean_registry):
     suite.write_text(SUITE)
     db = f"sqlite:///{tmp_path}/store.db"
     load_plugin_dir(plugins)  # the parent process has it (as after `tgbench run --methods-dir`) ...
-    task = CellTask(str(suite), "smoke", "herding", 0, db, None, progress=False, threads=1,
-                    methods_dirs=(str(plugins),))
+    task = cell_task(load_suite(suite, "smoke"), "smoke", "herding", 0,
+                     WorkerEnv(storage=db, progress=False, threads=1, methods_dirs=(str(plugins),)))
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:  # ... a fresh one not
         record = pool.submit(run_cell, task).result()
     assert record.status == "complete" and record.method == "herding"

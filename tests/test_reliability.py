@@ -33,6 +33,7 @@ from tgbench.suite.schema import Evaluation, InnerLoop, LearnerSpace, OuterLoop,
 from tgbench.errors import BadInput
 from tgbench.records import FewstepCell, Record, Status, cell_key
 from tgbench.store import Store
+from tgbench.worker import WorkerEnv
 
 DUPLICATE = Status.DUPLICATE
 from helpers import cli as _cli, studies as _studies
@@ -410,8 +411,9 @@ def test_a_claim_revoked_while_running_discards_its_result(tmp_path, monkeypatch
         return out
 
     monkeypatch.setattr(cells, "meta_train", revoked_midway)
-    task = cells.CellTask(str(suite), "smoke", "real", 0, f"sqlite:///{tmp_path}/t.db", None,
-                           str(tmp_path / "artifacts"), progress=False)
+    task = cells.cell_task(load_suite(suite, "smoke"), "smoke", "real", 0,
+                           WorkerEnv(storage=f"sqlite:///{tmp_path}/t.db", artifacts_dir=str(tmp_path / "artifacts"),
+                                     progress=False))
     assert cells.run_cell(task) is None
     assert "lost its claim" in capsys.readouterr().err
     trials = Store(f"sqlite:///{tmp_path}/t.db").study("rev@smoke").get_trials()

@@ -3,7 +3,7 @@
 Every Ctrl-C or SIGTERM of a ``--jobs 2`` run printed ``Exception in thread ... TypeError: object of type
 'NoneType' has no len()``: after ``shutdown(wait=False)`` the pool's manager thread tried to replace a worker that
 had finished its one cell (``max_tasks_per_child=1``) in a process table the shutdown had cleared, and died of
-it. The pool the runner uses (``tgbench.runner.StoppablePool``) ends that thread quietly instead (SystemExit,
+it. The pool the runner uses (``tgbench.pool.StoppablePool``) ends that thread quietly instead (SystemExit,
 which the default ``threading.excepthook`` ignores); the signal tests in test_reliability_workers.py hold that
 a stopped run still exits.
 """
@@ -13,7 +13,7 @@ import multiprocessing
 import threading
 import time
 
-from tgbench.runner import StoppablePool
+from tgbench.pool import StoppablePool
 
 
 def test_a_pool_shut_down_without_waiting_raises_nothing_in_its_thread_when_a_worker_finishes(monkeypatch):

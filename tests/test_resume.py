@@ -25,6 +25,7 @@ import torch
 import yaml
 
 from tgbench import cells, engine
+from tgbench.suite.loading import load_suite
 from tgbench.suite.schema import InnerLoop, LearnerSpace, OuterLoop
 from tgbench.data import Dataset, Split
 from tgbench.engine import MetaTrainer
@@ -34,6 +35,7 @@ from tgbench.registry import methods
 from tgbench.resume import FORMAT, SavedState
 from tgbench.source import SourceContext, Teacher
 from tgbench.store import Store
+from tgbench.worker import WorkerEnv
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # fixture in conftest.py
 
@@ -192,18 +194,19 @@ SAME = ["outer_iterations", "curve", "schedule", "test_acc_final", "val_acc_fina
 
 
 def cell_task(tmp: Path, suite: Path, store: str) -> cells.CellTask:
-    return cells.CellTask(str(suite), "smoke", "gtn", 0, f"sqlite:///{tmp}/{store}.db", None,
-                          str(tmp / f"{store}-artifacts"), progress=False)
+    env = WorkerEnv(storage=f"sqlite:///{tmp}/{store}.db", artifacts_dir=str(tmp / f"{store}-artifacts"),
+                    progress=False)
+    return cells.cell_task(load_suite(suite, "smoke"), "smoke", "gtn", 0, env)
 
 
-def teacher_weights(task: cells.CellTask, record) -> dict:
-    return Store(task.storage, task.artifacts_dir).load_teacher(record.teacher_artifact)["state_dict"]
+def teacher_weights(env: WorkerEnv, record) -> dict:
+    return Store(env.storage, env.artifacts_dir).load_teacher(record.teacher_artifact)["state_dict"]
 
 
-def assert_same_cell(task_a, a, task_b, b) -> None:
+def assert_same_cell(env_a: WorkerEnv, a, env_b: WorkerEnv, b) -> None:
     for key in SAME:
         assert getattr(a, key) == getattr(b, key), key
-    wa, wb = teacher_weights(task_a, a), teacher_weights(task_b, b)
+    wa, wb = teacher_weights(env_a, a), teacher_weights(env_b, b)
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
@@ -228,7 +231,7 @@ def test_a_cell_stopped_mid_way_resumes_from_its_last_save_with_the_same_numbers
         cells.run_cell(task)
     monkeypatch.undo()
     [state_file] = (tmp_path / "stopped-artifacts" / "saved_states").rglob("*.pt")
-    store = Store(task.storage, task.artifacts_dir)
+    store = Store(task.env.storage, task.env.artifacts_dir)
     study = store.study("resume@smoke", create=False)
     assert [t.user_attrs["status"] for t in study.get_trials()] == ["failed"]
     assert state_file == store.saved_state_path(study, CELL, study.get_trials()[0].user_attrs["config_hash"])
@@ -237,7 +240,7 @@ def test_a_cell_stopped_mid_way_resumes_from_its_last_save_with_the_same_numbers
     resumed = cells.run_cell(task)
     assert f"tgbench: resuming {CELL} from iteration 6" in capsys.readouterr().err
     assert resumed.status == Status.COMPLETE and resumed.resumed_from == [6]
-    assert_same_cell(straight_task, straight, task, resumed)
+    assert_same_cell(straight_task.env, straight, task.env, resumed)
     assert resumed.phase_seconds["meta_training"] > 0 and "state_saves" in resumed.phase_seconds
     assert not state_file.exists() and not list(state_file.parent.iterdir())   # removed with the cell done
     stored = store.records(study)
@@ -289,7 +292,7 @@ def _argv(tmp: Path, suite: Path, store: str) -> list[str]:
 def _record(tmp: Path, store: str):
     s = Store(f"sqlite:///{tmp}/{store}.db", tmp / f"{store}-artifacts")
     [record] = [r for r in s.records(s.study("resume@smoke", create=False)) if r.status == Status.COMPLETE]
-    return cells.CellTask("", "", "", 0, s.url, None, str(s.artifacts_dir)), record
+    return WorkerEnv(storage=s.url, artifacts_dir=str(s.artifacts_dir)), record
 
 
 @pytest.mark.slow
@@ -324,8 +327,8 @@ def test_tgbench_run_killed_after_a_save_resumes_on_rerun_with_the_same_numbers(
     at = int(resumed_line[0].rsplit(" ", 1)[1])
     assert at > 0 and at % 5 == 0
 
-    task_a, a = _record(tmp_path, "straight")
-    task_b, b = _record(tmp_path, "killed")
+    env_a, a = _record(tmp_path, "straight")
+    env_b, b = _record(tmp_path, "killed")
     assert b.resumed_from == [at] and a.resumed_from is None
-    assert_same_cell(task_a, a, task_b, b)
+    assert_same_cell(env_a, a, env_b, b)
     assert not list(saved_states.rglob("*.pt")) and not list(saved_states.rglob("*.tmp"))

@@ -75,7 +75,7 @@ def _summary(tmp: Path) -> list[dict]:
 
 def _forbid_work(monkeypatch) -> None:
     def no_work(task):
-        raise AssertionError(f"cell {task.source} seed {task.seed} was re-run")
+        raise AssertionError(f"cell {task.spec.arm} seed {task.spec.seed} was re-run")
 
     monkeypatch.setattr(fewstep, "run_cell", no_work)
 

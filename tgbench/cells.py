@@ -1,14 +1,19 @@
 """One cell of a fewstep suite (an arm at one seed): its meta-training and evaluation, and the claim-run-record
 cycle that writes it to the store under its config hash (``tgbench.identity.cell_hash``). Below every suite kind:
-the fewstep runner, the NAS proxy suite's teachers and the tuning stage all meta-train through :func:`meta_train`."""
+the fewstep runner, the NAS proxy suite's teachers and the tuning stage all meta-train through :func:`meta_train`.
+
+A cell's task is :class:`CellSpec` (which cell) with ``tgbench.worker.WorkerEnv`` (where it runs), built by
+:func:`cell_task` alone; :func:`run_in_workers` runs cells in the ``--jobs`` pool (``tgbench.pool``)."""
 from __future__ import annotations
 
 import base64
 import datetime as dt
 import io
+import os
 import resource
 import sys
 import time
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Callable
 
@@ -23,20 +28,20 @@ from tgbench.builders import build_trainer
 from tgbench.compute import meta_train_flops
 from tgbench.suite.by_kind import suite_from_dict
 from tgbench.suite.checks import arm_with
-from tgbench.suite.loading import load_suite
 from tgbench.suite.schema import SourceEntry, Suite
-from tgbench.data import Dataset, load_dataset
+from tgbench.data import Dataset
 from tgbench.engine import MetaTrainer
-from tgbench.errors import Diverged
+from tgbench.errors import BadInput, Diverged
 from tgbench.identity import EVAL_SEED_OFFSET, cell_hash, cell_inputs, protocol_of
 from tgbench.nn import LearnerSpec
+from tgbench.pool import TASK_FAILURES, run_in_a_slot, run_pool
 from tgbench.provenance import git_revision, reproducibility
 from tgbench.records import FewstepCell, Status, cell_key
-from tgbench.registry import load_plugin_dir
 from tgbench.resume import SavedState
 from tgbench.source import Teacher
 from tgbench.store import Store
 from tgbench.trackers import Tracker, Trackers, final_metrics, open_trackers
+from tgbench.worker import Worker, WorkerEnv, set_up_worker
 
 
 SAMPLE_ROWS = 6        # rows of the generated-samples figure, evenly spaced over the inner steps
@@ -46,29 +51,34 @@ def study_name(suite: Suite, profile: str) -> str:
     return f"{suite.name}@{profile}"
 
 
-@dataclass
-class CellTask:
-    """Everything a worker process needs to run one cell (top-level and picklable)."""
+@dataclass(frozen=True)
+class CellSpec:
+    """Which cell: the suite as the run resolved it (``Suite.model_dump``, ``--set`` overrides applied: a suite
+    file edited while the run goes on cannot change the cells it planned), its profile, the arm, the seed and the
+    values the suite's tuning stage chose for the arm (per-arm overrides; None: no tuning stage)."""
 
-    suite_path: str
+    resolved_suite: dict
     profile: str
-    source: str
+    arm: str
     seed: int
-    storage: str
-    data_root: str | None
-    artifacts_dir: str | None = None
-    progress: bool = True
-    threads: int | None = None   # torch threads in this cell's process (None: torch's default)
-    methods_dirs: tuple[str, ...] = ()   # --methods-dir plugin folders, re-registered in each worker process
-    tuned: dict | None = None    # the values the suite's tuning stage chose for this arm (per-arm overrides)
-    device: str = "cpu"          # where this cell computes (``tgbench.device``; a --jobs worker gets its own GPU)
-    tf32: bool = False           # TF32 matmul/conv on CUDA (changes the numbers: recorded)
-    loggers: tuple[str, ...] = ()   # --log trackers (tgbench.trackers), writing under log_dir
-    log_dir: str | None = None
-    # the suite as the run resolved it (Suite.model_dump, --set overrides applied): a suite file edited while the
-    # run goes on cannot change the cells it planned (None: read suite_path at this profile with ``overrides``)
-    resolved_suite: dict | None = None
-    overrides: tuple[str, ...] = ()   # the run's --set KEY=VALUE
+    tuned: dict | None = None
+
+
+@dataclass(frozen=True)
+class CellTask:
+    """Everything a worker process needs to run one cell (top-level and picklable): which cell, and where."""
+
+    spec: CellSpec
+    env: WorkerEnv
+
+
+def cell_task(suite: Suite, profile: str, arm: str, seed: int, env: WorkerEnv, tuned: dict | None = None,
+              resolved: dict | None = None) -> CellTask:
+    """The one place a cell's task is built (every suite kind that runs cells comes here). ``resolved``:
+    ``suite.model_dump(mode="json")`` when the caller already made it (one per run, shared by its cells)."""
+    resolved = suite.model_dump(mode="json") if resolved is None else resolved
+    return CellTask(spec=CellSpec(resolved_suite=resolved, profile=profile, arm=arm, seed=seed, tuned=tuned),
+                    env=env)
 
 
 def sample_grid(teacher: Teacher, dataset: Dataset, seed: int) -> tuple[np.ndarray, list[int]]:
@@ -254,27 +264,18 @@ def run_cell(task: CellTask) -> FewstepCell | None:
 
 
 def _run_cell(task: CellTask) -> FewstepCell | None:
-    if task.threads:
-        torch.set_num_threads(task.threads)
-    for folder in task.methods_dirs:
-        load_plugin_dir(folder)
-    device = torch.device(task.device)
-    devices.prepare(device, task.tf32)
-    suite = (load_suite(task.suite_path, task.profile, task.overrides) if task.resolved_suite is None
-             else suite_from_dict(task.resolved_suite))
-    entry = tuned_arm(suite, next(e for e in suite.sources if e.name == task.source), task.tuned)
-    dataset = load_dataset(suite.dataset.name, data_root=task.data_root, download=suite.dataset.download,
-                           fallback=suite.dataset.fallback, seed=0)
-    dataset = devices.on_device(dataset, device)
-    store = Store(task.storage, task.artifacts_dir)
-    study = store.study(study_name(suite, task.profile))
+    spec = task.spec
+    worker = set_up_worker(task.env, spec.resolved_suite)
+    suite, dataset, store = worker.suite, worker.dataset, worker.store
+    entry = tuned_arm(suite, next(e for e in suite.sources if e.name == spec.arm), spec.tuned)
+    study = store.study(study_name(suite, spec.profile))
     chash = cell_hash(suite, entry, dataset.resolved)
-    trial = store.claim(study, cell_key(entry.name, task.seed), chash)
+    trial = store.claim(study, cell_key(entry.name, spec.seed), chash)
     if trial is None:  # done meanwhile, or another worker runs it
         return None
     try:
         with store.heartbeat(trial):
-            return _run_claimed_cell(task, suite, entry, dataset, store, study, trial, chash)
+            return _run_claimed_cell(task, worker, entry, study, trial, chash)
     except optuna.exceptions.UpdateFinishedTrialError:  # our claim was failed as stale while we still ran
         print(f"tgbench: warning: cell {trial.user_attrs['cell']}: this worker was silent for longer than "
               f"{store.grace_period} s and lost its claim; the result is discarded, another run redoes the cell",
@@ -282,19 +283,20 @@ def _run_cell(task: CellTask) -> FewstepCell | None:
         return None
 
 
-def _run_claimed_cell(task: CellTask, suite: Suite, entry: SourceEntry, dataset: Dataset, store: Store,
-                      study: optuna.Study, trial: optuna.Trial, chash: str) -> FewstepCell:
+def _run_claimed_cell(task: CellTask, worker: Worker, entry: SourceEntry, study: optuna.Study, trial: optuna.Trial,
+                      chash: str) -> FewstepCell:
     """Meta-train, evaluate, save the teacher and write the record. Whatever stops it on the way (Ctrl-C,
     SIGTERM, a bug, a full disk) marks the cell failed: a claim is never left RUNNING by a live process."""
-    cell = cell_key(entry.name, task.seed)
+    spec, env, suite, dataset, store = task.spec, task.env, worker.suite, worker.dataset, worker.store
+    cell = cell_key(entry.name, spec.seed)
     # kept while the cell is unfinished (a failed cell's rerun resumes from it), removed once its record is written
-    saved = SavedState(store.saved_state_path(study, cell, chash), chash, torch.device(task.device), cell)
+    saved = SavedState(store.saved_state_path(study, cell, chash), chash, worker.device, cell)
     try:
         hyperparameters = {"suite": suite.model_dump(mode="json", exclude={"profiles", "sources"}),
-                           "arm": entry.model_dump(mode="json"), "seed": task.seed}
-        tracker = open_trackers(task.loggers, task.log_dir, suite.name, cell, hyperparameters)
+                           "arm": entry.model_dump(mode="json"), "seed": spec.seed}
+        tracker = open_trackers(env.loggers, env.log_dir, suite.name, cell, hyperparameters)
         try:
-            teacher, fields = meta_train(suite, entry, dataset, task.seed, progress=task.progress,
+            teacher, fields = meta_train(suite, entry, dataset, spec.seed, progress=env.progress,
                                          watch=Watch(tracker=tracker), saved=saved)
             tracker.summary(final_metrics(fields))
         finally:
@@ -305,16 +307,16 @@ def _run_claimed_cell(task: CellTask, suite: Suite, entry: SourceEntry, dataset:
         fields["protocol"] = protocol_of(suite.model_dump(mode="json"), dataset.resolved, entry.model_dump(mode="json"))
         if suite.evaluation.count_flops:
             start = time.perf_counter()
-            fields["meta_train_flops"] = meta_train_flops(suite, entry, dataset.problem, task.seed,
+            fields["meta_train_flops"] = meta_train_flops(suite, entry, dataset.problem, spec.seed,
                                                           fields["outer_iterations"])
             fields["phase_seconds"]["flop_counting"] = time.perf_counter() - start
-        record = _cell_record(task, suite, entry, dataset, chash, fields)
+        record = _cell_record(spec, worker, entry, chash, fields)
         if record.status == Status.COMPLETE:
             start = time.perf_counter()
             record.teacher_artifact = store.save_teacher(study, trial, {
                 "method": entry.method, "params": entry.params,
                 "state_dict": {k: v.cpu() for k, v in teacher.state_dict().items()},  # loads on any device
-                "suite": suite.model_dump(mode="json"), "dataset_resolved": dataset.resolved, "seed": task.seed,
+                "suite": suite.model_dump(mode="json"), "dataset_resolved": dataset.resolved, "seed": spec.seed,
                 "image_shape": dataset.image_shape, "num_classes": dataset.num_classes})
             record.phase_seconds["teacher_save"] = time.perf_counter() - start
         interrupt.check()  # never write a cell as complete after a Ctrl-C that Python dropped
@@ -330,19 +332,69 @@ def _run_claimed_cell(task: CellTask, suite: Suite, entry: SourceEntry, dataset:
     return record
 
 
-def _cell_record(task: CellTask, suite: Suite, entry: SourceEntry, dataset: Dataset, chash: str,
-                 fields: dict) -> FewstepCell:
+def _cell_record(spec: CellSpec, worker: Worker, entry: SourceEntry, chash: str, fields: dict) -> FewstepCell:
+    suite, dataset = worker.suite, worker.dataset
     return FewstepCell(**{
-        "cell": cell_key(entry.name, task.seed), "config_hash": chash, "suite": suite.name, "profile": task.profile,
-        "source": entry.name, "method": entry.method, "variant": variant_of(entry), "seed": task.seed,
+        "cell": cell_key(entry.name, spec.seed), "config_hash": chash, "suite": suite.name, "profile": spec.profile,
+        "source": entry.name, "method": entry.method, "variant": variant_of(entry), "seed": spec.seed,
         "dataset": suite.dataset.name, "dataset_resolved": dataset.resolved, "fallback_reason": dataset.fallback_reason,
         "inner_steps": suite.inner_for(entry).steps, "batch_size": suite.inner_for(entry).batch_size,
         "arm": entry.arm or entry.name, "sweep_value": entry.sweep_value,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "torch": torch.__version__, **devices.facts(torch.device(task.device)), "threads": torch.get_num_threads(),
+        "torch": torch.__version__, **devices.facts(worker.device), "threads": torch.get_num_threads(),
         "revision": git_revision(), "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         **reproducibility(), **fields,
     })
+
+
+# ------------------------------------------------------------------------------------------ cells in workers
+# What one cell may raise without stopping the suite (``tgbench.pool.TASK_FAILURES``): the cell is marked failed
+# in the store and the others run.
+CELL_FAILURES = TASK_FAILURES
+
+
+def note_failure(failures: dict[str, str], task: CellTask, exc: BaseException, log) -> None:
+    """Note a cell that raised in ``failures`` (cell key -> one line) and go on; bad input (and anything under
+    ``$TGBENCH_DEBUG``) is raised again at once."""
+    if isinstance(exc, BadInput) or os.environ.get("TGBENCH_DEBUG"):  # (debugging: the traceback, at once)
+        raise exc
+    key = cell_key(task.spec.arm, task.spec.seed)
+    failures[key] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    log(f"cell {key} failed ({failures[key]}); the other cells go on")  # (stdout: stderr gets one summary line)
+
+
+def run_in_workers(tasks: list[CellTask], slots: list[str], progress: bool, on_failure) -> int:
+    """Run ``tasks`` in one worker process per slot (a fresh one per cell, so each record's peak memory is its
+    own); returns how many cells ran here. Slots, stopping and failures as in ``tgbench.pool.run_pool``.
+
+    A worker that dies hard (``os._exit`` in a plug-in, a segfault, the kernel's OOM killer) breaks the whole
+    pool: every cell it still had fails with ``BrokenProcessPool``, the dead worker's cell is left RUNNING.
+    Those cells are then run again one at a time, each in a pool of its own, so only the cell that kills its
+    worker again is handed to ``on_failure``, after the parent has marked its claim failed in the store
+    (:func:`fail_dead_claims`): nothing is left RUNNING, and the cells queued behind it still run."""
+    ran, broken = run_pool(run_cell, tasks, slots, progress, on_failure, "cells")
+    for task in broken:   # (alone: a worker that dies takes no other cell with it)
+        again_ran, again_broken = run_pool(run_cell, [task], slots[:1], False, on_failure, "cells")
+        ran += again_ran
+        if again_broken:
+            fail_dead_claims(task)
+            key = cell_key(task.spec.arm, task.spec.seed)
+            on_failure(task, BrokenProcessPool(f"the worker process running cell {key} died without a word "
+                                               "(os._exit, a crash or the OOM killer); its claim is marked failed"))
+    return ran
+
+
+def fail_dead_claims(task: CellTask) -> None:
+    """Mark failed the RUNNING cells of ``task``'s study whose worker process is gone (``Store.fail_stale``):
+    what a worker that died hard held."""
+    suite = suite_from_dict(task.spec.resolved_suite)
+    store = Store(task.env.storage, task.env.artifacts_dir)
+    store.fail_stale(store.study(study_name(suite, task.spec.profile), create=False))
+
+
+def run_cell_in_a_slot(task: CellTask, free_devices=None) -> FewstepCell | None:
+    """``run_cell`` on the device of a free worker slot, given back afterwards (even if the cell raised)."""
+    return run_in_a_slot(run_cell, task, free_devices)
 
 
 def tuned_arm(suite: Suite, entry: SourceEntry, values: dict | None) -> SourceEntry:

@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tgbench.config import PrunerSettings, SamplerSettings, SourceEntry, Suite, TuningStage
+from tgbench.suite.schema import PrunerSettings, SamplerSettings, SourceEntry, Suite, TuningStage
 from tgbench.inputs import arm_inputs, proxy_plugin_input
 from tgbench.nn import LearnerSpec
 from tgbench.store import config_hash

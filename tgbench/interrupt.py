@@ -67,7 +67,7 @@ def _on_signal_in_a_worker(signum, frame):
 
 
 def in_a_worker_process() -> None:
-    """Called once at the start of a pool worker process (``tgbench.runner``): Ctrl-C and SIGTERM stop the task
+    """Called once at the start of a pool worker process (``tgbench.pool``): Ctrl-C and SIGTERM stop the task
     it runs as in ``tgbench run`` (its ``handled()`` block), end an idle worker at once, and are ignored after
     the task ended. Why: a stopped ``--jobs`` run SIGTERMs its workers again and again until they are gone (a
     replacement the pool starts meanwhile must die too), and a Ctrl-C reaches every process of the group as

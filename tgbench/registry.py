@@ -28,7 +28,7 @@ from tgbench.errors import BadInput, UnknownName
 
 class PluginExited(RuntimeError):
     """A plug-in (dataset, proxy or suite kind) called ``sys.exit``: the CLI prints this one line, naming the
-    plug-in and where it came from, and exits 1 (as for a plug-in method's cell: ``tgbench.runner``)."""
+    plug-in and where it came from, and exits 1 (as for a plug-in method's cell: ``tgbench.cells.CELL_FAILURES``)."""
 
 
 class Registry:

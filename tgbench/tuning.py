@@ -43,20 +43,19 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from tgbench import device as devices
 from tgbench import interrupt, stats
 from tgbench.cells import Watch, meta_train
-from tgbench.suite.by_kind import suite_from_dict
 from tgbench.suite.checks import arm_with
 from tgbench.suite.schema import SearchDimension, SourceEntry, StudySettings, Suite
-from tgbench.data import Dataset, load_dataset
+from tgbench.data import Dataset
 from tgbench.errors import BadInput
 from tgbench.identity import TUNING_SEED_OFFSET, stage_hash
 from tgbench.provenance import git_revision
 from tgbench.records import FewstepCell, Status, TuneTrial
-from tgbench.registry import load_plugin_dir, methods
+from tgbench.registry import methods
 from tgbench.resume import SavedState
 from tgbench.store import Store, config_hash, trial_record, write_record
+from tgbench.worker import WorkerEnv, set_up_worker
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 AS_WRITTEN = "as_written"   # user attribute of the trial that runs an arm's settings as written (its clipped keys)
@@ -528,43 +527,29 @@ def _release(store: Store, claims: optuna.Study, claim: optuna.Trial, record: Fe
 @dataclass(frozen=True)
 class ArmTask:
     """Everything a ``--jobs`` worker process needs to tune one arm (top-level and picklable): the suite as the run
-    resolved it, the arm, the store, and the study's configuration hash as the run computed it (a worker that
-    resolves another — a different dataset, say — refuses rather than tune a study nobody waits for)."""
+    resolved it, its profile, the arm, the study's configuration hash as the run computed it (a worker that
+    resolves another — a different dataset, say — refuses rather than tune a study nobody waits for), and where
+    it runs (``env``; ``tgbench.pool`` sets its device to a worker slot's)."""
 
     resolved_suite: dict
     profile: str
     arm: str
-    storage: str
     config_hash: str
-    data_root: str | None = None
-    artifacts_dir: str | None = None
-    methods_dirs: tuple[str, ...] = ()
-    threads: int | None = None    # torch threads in this worker (None: torch's default)
-    device: str = "cpu"           # a worker slot's device (``tgbench.runner.run_each_in_workers`` sets it)
-    tf32: bool = False
+    env: WorkerEnv
 
 
 def tune_arm_task(task: ArmTask) -> bool:
-    """:func:`tune_arm` in a worker process (top-level): load the plug-ins, the suite, the dataset on the slot's
-    device and the store, then claim and tune the arm; True when this process tuned it, False when another held it."""
-    import torch
-
+    """:func:`tune_arm` in a worker process (top-level): set the worker up (``tgbench.worker.set_up_worker``: the
+    plug-ins, the suite, the dataset on the slot's device, the store), then claim and tune the arm; True when this
+    process tuned it, False when another held it."""
     with interrupt.handled():  # (a worker process handles Ctrl-C/SIGTERM as `tgbench run` does: claim released)
-        if task.threads:
-            torch.set_num_threads(task.threads)
-        for folder in task.methods_dirs:
-            load_plugin_dir(folder)
-        device = torch.device(task.device)
-        devices.prepare(device, task.tf32)
-        suite = suite_from_dict(task.resolved_suite)
+        worker = set_up_worker(task.env, task.resolved_suite)
+        suite, dataset = worker.suite, worker.dataset
         entry = next(e for e in suite.sources if e.name == task.arm)
-        data = suite.dataset
-        dataset = devices.on_device(load_dataset(data.name, data_root=task.data_root, download=data.download,
-                                                 fallback=data.fallback, seed=0), device)
         if stage_hash(suite, entry, dataset.resolved) != task.config_hash:
             raise RuntimeError(f"tuning worker for {task.arm!r}: the suite or dataset resolved differently here "
                                f"({dataset.resolved!r}) than in the run that started it")
-        return tune_arm(Store(task.storage, task.artifacts_dir), suite, task.profile, entry, dataset) is not None
+        return tune_arm(worker.store, suite, task.profile, entry, dataset) is not None
 
 
 def best_values(study: optuna.Study) -> dict[str, Any]:

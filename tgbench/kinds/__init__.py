@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+import torch
 from pydantic import BaseModel
 
 from tgbench import device as devices
@@ -32,6 +33,7 @@ from tgbench.data import Dataset, load_dataset
 from tgbench.locations import writable_out_dir
 from tgbench.provenance import command_line
 from tgbench.store import Store
+from tgbench.worker import WorkerEnv
 
 
 @dataclass
@@ -62,6 +64,7 @@ class RunContext:
     suite: Suite
     profile: str
     opts: RunOptions
+    resolved_device: torch.device        # --device, resolved once (``tgbench.device.resolve``) by the runner
     log: Callable[..., None] = print     # log(text, file=sys.stderr) for warnings; print-compatible
 
     def out_dir(self) -> Path:
@@ -73,9 +76,19 @@ class RunContext:
 
     def device(self):
         """The torch device this run computes on (``--device``), prepared (``--tf32``, the audit)."""
-        device = devices.resolve(self.opts.device)
-        devices.prepare(device, self.opts.tf32)
-        return device
+        devices.prepare(self.resolved_device, self.opts.tf32)
+        return self.resolved_device
+
+    def worker_env(self, store: Store, progress: bool, threads: int | None = None,
+                   log_dir: str | None = None) -> WorkerEnv:
+        """Where this run's cells and tuning arms run (``tgbench.worker``): the command line's options, the store
+        ``store`` opened, this run's device (a ``--jobs`` worker gets its slot's instead), ``threads`` torch
+        threads, and the ``--log`` trackers writing under ``log_dir`` (None: no trackers)."""
+        opts = self.opts
+        return WorkerEnv(storage=store.url, artifacts_dir=opts.artifacts_dir, data_root=opts.data_root,
+                         device=str(self.resolved_device), tf32=opts.tf32, threads=threads,
+                         methods_dirs=tuple(opts.methods_dirs), loggers=tuple(opts.loggers) if log_dir else (),
+                         log_dir=log_dir, progress=progress)
 
     def dataset(self) -> Dataset:
         """The suite's dataset on the run's device; a fallback (``dataset.fallback``) is warned about on stderr,

@@ -3,7 +3,7 @@ then scored by fresh learners on its teacher's lessons, one report per suite.
 
 ``run_fewstep`` runs the tuning stage when the suite has one (``tgbench.tuning``), then every unfinished cell
 (``tgbench.cells``): cells already finished in the store under the same config hash are skipped (resume); with
-``--jobs N`` cells run in worker processes (``tgbench.runner.run_in_workers``: one fresh process per cell, so
+``--jobs N`` cells run in worker processes (``tgbench.cells.run_in_workers``: one fresh process per cell, so
 each record's peak memory is its own), and so do the tuning stage's arms before them (one study per worker process
 at a time: ``tgbench.tuning.tune_arm_task``). The report is rebuilt from the store at the end (``build_report``).
 """
@@ -21,7 +21,8 @@ from tqdm import tqdm
 from tgbench import device as devices
 from tgbench import interrupt
 from tgbench.ceiling import ceiling_records, ceiling_schedule, describe_schedule, ensure_ceiling
-from tgbench.cells import CellTask, decode_array, run_cell, study_name, tuned_arm
+from tgbench.cells import (CELL_FAILURES, CellTask, cell_task, decode_array, note_failure, run_cell,
+                           run_in_workers, study_name, tuned_arm)
 from tgbench.suite.checks import check_data_sizes
 from tgbench.suite.schema import Suite
 from tgbench.errors import BadInput, CellsFailed
@@ -31,12 +32,13 @@ from tgbench.locations import check_writable_dir, out_location
 from tgbench.provenance import report_provenance
 from tgbench.records import FewstepCell, Status, cell_key
 from tgbench.reporting.fewstep import ReportInputs, write_report
+from tgbench.pool import run_each_in_workers
 from tgbench.results import results_document, write_results
-from tgbench.runner import CELL_FAILURES, note_failure, run_each_in_workers, run_in_workers
 from tgbench.store import Store
 from tgbench.data import Dataset
 from tgbench.tuning import (ArmTask, describe_stage, stage_spec, tune_arm_task, tune_stage, tuned_values,
                              tuning_frame)
+from tgbench.worker import WorkerEnv
 
 WAIT_SECONDS = 5       # how often a worker with nothing left to claim looks at the cells other workers run
 
@@ -52,24 +54,23 @@ def final_arms(store: Store, suite: Suite, profile: str, dataset: Dataset, log=p
     return tune_stage(store, suite, profile, dataset, log, tune_arms)
 
 
-def stage_workers(ctx: RunContext, store: Store, dataset: Dataset, threads: int | None, slots: list[str]):
+def stage_workers(ctx: RunContext, dataset: Dataset, env: WorkerEnv, slots: list[str]):
     """How a ``--jobs N`` run tunes the arms it may take: each in a worker process of its own (N at once, one
-    study each, on a worker slot's device, ``threads`` torch threads), as the final cells run; None without
-    ``--jobs`` (one arm after another in this process). An arm whose tuning raises stops the run, as it does
-    without ``--jobs`` (its final cells could not run)."""
+    study each, on a worker slot's device, in ``env``), as the final cells run; None without ``--jobs`` (one arm
+    after another in this process). An arm whose tuning raises stops the run, as it does without ``--jobs`` (its
+    final cells could not run)."""
     if ctx.opts.jobs <= 1:
         return None
-    opts, resolved = ctx.opts, ctx.suite.model_dump(mode="json")
+    resolved = ctx.suite.model_dump(mode="json")
 
     def stop(task: ArmTask, exc: BaseException) -> None:
         raise exc
 
     def tune_in_workers(entries) -> None:
-        tasks = [ArmTask(resolved_suite=resolved, profile=ctx.profile, arm=e.name, storage=store.url,
-                         config_hash=stage_spec(ctx.suite, ctx.profile, e, dataset.resolved).config_hash,
-                         data_root=opts.data_root, artifacts_dir=opts.artifacts_dir,
-                         methods_dirs=tuple(opts.methods_dirs), threads=threads, tf32=opts.tf32) for e in entries]
-        run_each_in_workers(tune_arm_task, tasks, slots, opts.progress, stop, desc="tuning arms")
+        tasks = [ArmTask(resolved_suite=resolved, profile=ctx.profile, arm=e.name,
+                         config_hash=stage_spec(ctx.suite, ctx.profile, e, dataset.resolved).config_hash, env=env)
+                 for e in entries]
+        run_each_in_workers(tune_arm_task, tasks, slots, ctx.opts.progress, stop, desc="tuning arms")
     return tune_in_workers
 
 
@@ -79,7 +80,6 @@ def run_fewstep(ctx: RunContext) -> Path:
     suite_path, suite, profile, opts, log = ctx.suite_path, ctx.suite, ctx.profile, ctx.opts, ctx.log
     check_writable_dir(out_location(opts.out, suite, profile), "--out")  # (created once the input is known good)
     dataset = ctx.dataset()
-    device = devices.resolve(opts.device)
     # batch sizes are known to fit only now that the data is loaded: refuse them before the store is touched
     check_data_sizes(suite_path, suite, len(dataset.train), dataset.resolved, profile)
     out_dir = ctx.out_dir()
@@ -88,17 +88,16 @@ def run_fewstep(ctx: RunContext) -> Path:
     # fighting over 2 cores slow small convolutions down many times over)
     threads = max(1, (os.cpu_count() or 1) // opts.jobs) if opts.jobs > 1 else None
     # --jobs on a multi-GPU machine: each worker slot has its own GPU, round-robin over the visible ones
-    slots = [str(d) for d in devices.worker_devices(device, opts.device, opts.jobs)]
-    tuned = final_arms(store, suite, profile, dataset, log, stage_workers(ctx, store, dataset, threads, slots))
+    slots = [str(d) for d in devices.worker_devices(ctx.resolved_device, opts.device, opts.jobs)]
+    arm_env = ctx.worker_env(store, progress=False, threads=threads)   # (a tuning arm shows no bar of its own)
+    tuned = final_arms(store, suite, profile, dataset, log, stage_workers(ctx, dataset, arm_env, slots))
     study = store.study(study_name(suite, profile))
     seeds = opts.seeds or suite.evaluation.seeds
     hashes = {cell_key(e.name, s): cell_hash(suite, tuned_arm(suite, e, tuned[e.name]), dataset.resolved)
               for e in suite.sources for s in range(seeds)}
     resolved = suite.model_dump(mode="json")  # every cell runs this suite, whatever happens to its file meanwhile
-    all_tasks = [CellTask(str(suite_path), profile, e.name, s, store.url, opts.data_root, opts.artifacts_dir,
-                          opts.progress and opts.jobs == 1, threads, tuple(opts.methods_dirs), tuned[e.name],
-                          str(device), opts.tf32, tuple(opts.loggers), str(out_dir), resolved,
-                          suite.overrides)
+    env = ctx.worker_env(store, progress=opts.progress and opts.jobs == 1, threads=threads, log_dir=str(out_dir))
+    all_tasks = [cell_task(suite, profile, e.name, s, env, tuned=tuned[e.name], resolved=resolved)
                  for e in suite.sources for s in range(seeds)]
 
     failures: dict[str, str] = {}  # cells that raised in this run: not retried until the next one
@@ -106,10 +105,10 @@ def run_fewstep(ctx: RunContext) -> Path:
     def unfinished() -> tuple[list[CellTask], list[CellTask]]:
         """(cells to run here, cells other live workers are running) among those not done yet."""
         done, busy = store.done_cells(study), store.busy_cells(study)
-        todo = [t for t in all_tasks if (cell_key(t.source, t.seed), hashes[cell_key(t.source, t.seed)]) not in done
-                and cell_key(t.source, t.seed) not in failures]
-        held = [t for t in todo if (cell_key(t.source, t.seed), hashes[cell_key(t.source, t.seed)]) in busy]
-        return [t for t in todo if t not in held], held
+        todo = [(key, t) for t in all_tasks if (key := cell_key(t.spec.arm, t.spec.seed), hashes[key]) not in done
+                and key not in failures]
+        return ([t for key, t in todo if (key, hashes[key]) not in busy],
+                [t for key, t in todo if (key, hashes[key]) in busy])
 
     tasks, held = unfinished()
     log(f"{suite.name} @ {profile}: {len(hashes)} cells, {len(hashes) - len(tasks) - len(held)} already done, "

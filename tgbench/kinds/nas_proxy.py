@@ -48,7 +48,7 @@ from tgbench.nn import LearnerSpec
 from tgbench.proxies import Proxy, ProxyContext, train_real
 from tgbench.registry import proxies
 from tgbench.builders import build_teacher
-from tgbench.cells import CellTask, run_cell, study_name
+from tgbench.cells import cell_task, run_cell, study_name
 from tgbench.kinds import RunContext, SuiteKind
 from tgbench.provenance import report_provenance
 from tgbench.records import GROUND_TRUTH_STUDY, FewstepCell, NasGroundTruth, NasProxyScores, Status, cell_key, proxy_key
@@ -226,10 +226,7 @@ def ensure_teachers(ctx: RunContext, dataset: Dataset, store: Store) -> Teachers
         key, chash = cell_key(entry.name, TEACHER_SEED), cell_hash(suite, entry, dataset.resolved)
         if (key, chash) not in store.done_cells(study):
             log(f"meta-training teacher {entry.name!r} ({suite.outer_for(entry).iterations} outer iterations)")
-            run_cell(CellTask(str(suite_path), profile, entry.name, TEACHER_SEED, store.url, opts.data_root,
-                              opts.artifacts_dir, opts.progress, device=str(dataset.train.x.device),
-                              tf32=opts.tf32, resolved_suite=suite.model_dump(mode="json"),
-                              overrides=suite.overrides))
+            run_cell(cell_task(suite, profile, entry.name, TEACHER_SEED, ctx.worker_env(store, opts.progress)))
         record = store.records(study, {key: {chash}})[0]
         if record.status != Status.COMPLETE:
             raise BadInput(f"{suite_path}: sources: teacher {entry.name!r} {record.status} during meta-training "
