@@ -332,7 +332,8 @@ def test_sweep_frame_counts_divergence_and_averages_the_rest():
 @pytest.mark.slow
 def test_shipped_metagrad_stability_smoke(tmp_path, single_thread):
     # every arm at every swept T, end to end to the sweep report; without the held-out learners' scores (half of a
-    # cell's time, nothing the sweep report reads; tests/test_cells.py and test_suites.py run them)
+    # cell's time, nothing the sweep report reads; the shipped mnist_fewstep / mnist_curriculum smokes of
+    # test_store.py and test_suites.py score theirs, and the last test of this file the default held-out set)
     assert _run(REPO / "suites" / "metagrad_stability.yaml", tmp_path, "--set", "evaluation.held_out={}") == 0
     out = tmp_path / "out"
     sweep = pd.read_csv(out / "sweep.csv")

@@ -291,10 +291,14 @@ def test_a_full_horizon_suite_runs_reports_and_rereports_from_the_store(tmp_path
     tuning section and figure; `tgbench report` then finds the stage finished (by its budget, before `trials`).
     8 trials: the budget (3 runs of 6 iterations; the first trial runs all 6, a pruned one at least EVERY = 2)
     stops the real arm after at most 1 + 12 / 2 = 7, so it ends below the cap only if the budget stopped it, while
-    the one-iteration sgd arm, which has no budget, must run all 8."""
+    the one-iteration sgd arm, which has no budget, must run all 8. The final cells count no FLOPs (an eighth of
+    the run; nothing here reads them, tests/test_equal_compute.py does)."""
     path = _suite(tmp_path, {"trials": 8}, sources=[
         {"method": "real"}, {"method": "real", "label": "sgd", "inner": {"learn_lr": False, "learn_momentum": False},
                              "outer": {"iterations": 1}, "tune_space": {"inner.lr": {"low": 0.01, "high": 0.3}}}])
+    raw = yaml.safe_load(path.read_text())
+    raw["evaluation"]["count_flops"] = False
+    path.write_text(yaml.safe_dump(raw))
     storage = f"sqlite:///{tmp_path}/t.db"
     assert main(["run", str(path), "--profile", "smoke", "--no-progress", "--storage", storage,
                  "--out", str(tmp_path / "out")]) == 0
