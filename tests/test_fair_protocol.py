@@ -3,6 +3,7 @@
 chosen values carried into the final cells and the report, resume, and scores unchanged by the fast path."""
 from __future__ import annotations
 
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -58,9 +59,23 @@ def _run(path: Path, tmp: Path, *extra: str) -> int:
                  *extra])
 
 
-def test_every_arm_is_tuned_with_the_same_budget_and_its_choice_reaches_cells_and_report(tmp_path, single_thread):
-    path = _suite(tmp_path)
-    assert _run(path, tmp_path) == 0
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    """One run of the tiny suite from an empty store (its folder: suite, store, artifacts, report), shared by the
+    tests that read it and the rerun test, which works on a copy: the same first run was made twice before."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        folder = tmp_path_factory.mktemp("fair_first_run")
+        assert _run(_suite(folder), folder) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return folder
+
+
+def test_every_arm_is_tuned_with_the_same_budget_and_its_choice_reaches_cells_and_report(first_run):
+    tmp_path = first_run
+    path = tmp_path / "tiny_fair.yaml"
     storage = f"sqlite:///{tmp_path}/t.db"
     suite = load_suite(path)
     for entry in suite.sources:
@@ -89,9 +104,10 @@ def test_every_arm_is_tuned_with_the_same_budget_and_its_choice_reaches_cells_an
 
 
 @pytest.mark.slow
-def test_a_rerun_resumes_the_stage_and_the_cells_without_new_trials(tmp_path, single_thread, capsys):
-    path = _suite(tmp_path)
-    assert _run(path, tmp_path) == 0
+def test_a_rerun_resumes_the_stage_and_the_cells_without_new_trials(first_run, tmp_path, single_thread, capsys):
+    tmp_path = tmp_path / "run"
+    shutil.copytree(first_run, tmp_path)   # the finished first run's store, artifacts and suite, left as they were
+    path = tmp_path / "tiny_fair.yaml"
     capsys.readouterr()
     assert _run(path, tmp_path) == 0
     out = capsys.readouterr().out

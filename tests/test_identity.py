@@ -2,9 +2,13 @@
 does. ``tests/data/golden_hashes.json`` holds, for every shipped suite, profile and a few ``--set`` variants, the
 cell, tuning-stage, tune, NAS ground-truth / architecture / proxy and leaderboard protocol hashes, as written at
 revision 5e68193 by ``tests/data/make_golden_hashes.py``; this test recomputes them through the public functions."""
+import copy
 import importlib.util
 import json
 from pathlib import Path
+
+import pytest
+import yaml
 
 DATA = Path(__file__).parent / "data"
 
@@ -26,7 +30,28 @@ def _differences(expected, actual, where="") -> list[str]:
     return [] if expected == actual else [f"{where}: {expected!r} -> {actual!r}"]
 
 
-def test_every_shipped_suites_hashes_are_the_golden_ones():
+@pytest.fixture
+def each_yaml_text_parsed_once(monkeypatch):
+    """compute_all loads every suite about 50 times (each profile x variant, every profile validated each time):
+    ~1,300 parses of the same ten files, half the test's time in PyYAML's pure-Python parser. A parse depends on
+    the text and the loader alone: parse each (text, loader) once and hand out deep copies (the loader's caller
+    pops ``include:`` and merges into what it gets). Everything after the parse runs each time, as before."""
+    parse = yaml.load
+    parsed: dict = {}
+
+    def load_once(stream, Loader):  # noqa: N803 (yaml.load's own keyword)
+        if not isinstance(stream, str):
+            return parse(stream, Loader=Loader)
+        if (stream, Loader) not in parsed:
+            parsed[stream, Loader] = parse(stream, Loader=Loader)
+        return copy.deepcopy(parsed[stream, Loader])
+
+    monkeypatch.setattr(yaml, "load", load_once)
+    yield parsed
+    assert parsed, "compute_all no longer parses through yaml.load: this fixture saves nothing, remove it"
+
+
+def test_every_shipped_suites_hashes_are_the_golden_ones(each_yaml_text_parsed_once):
     golden = json.loads((DATA / "golden_hashes.json").read_text())
     actual = json.loads(json.dumps(_generator().compute_all()))  # tuples -> lists, as in the file
     diffs = _differences(golden, actual)

@@ -212,8 +212,17 @@ def _rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+# Every run and report below (all on one store: the same settings, so the same hashes): none of these end-to-end
+# tests is about what the teachers' cells measure beyond the teacher itself, nor about the CI's width. So the
+# teachers skip FLOP counting and the held-out learners (a third of the fixture's time; test_equal_compute.py
+# counts FLOPs, test_tune.py and test_suites.py run held-out learners), and the report's bootstraps take 20 resamples, not 200 (the report is written
+# six times here; test_bootstrap_ci_over_architectures tests the CI itself).
+LEAN = ("--set", "evaluation.count_flops=false", "--set", "evaluation.held_out={}",
+        "--set", "nas.bootstrap_resamples=20")
+
+
 def _run_args(folder: Path, suite: Path = SUITE) -> list[str]:
-    return ["run", str(suite), "--profile", "smoke", "--no-progress", "--storage", f"sqlite:///{folder}/t.db",
+    return ["run", str(suite), "--profile", "smoke", "--no-progress", *LEAN, "--storage", f"sqlite:///{folder}/t.db",
             "--out", str(folder / "out")]
 
 
@@ -249,7 +258,7 @@ def test_smoke_suite_end_to_end_and_cache(first_run, tmp_path, monkeypatch):
     real_run_cell = nas.run_cell
     monkeypatch.setattr(nas, "run_cell", lambda task: meta_trainings.append(task.spec.arm) or real_run_cell(task))
     args = _run_args(folder)
-    suite = load_suite(SUITE, "smoke")
+    suite = load_suite(SUITE, "smoke", LEAN[1::2])
     n_arch, n_seeds = suite.nas.n_architectures, suite.nas.ground_truth.seeds
 
     assert code == 0
@@ -292,7 +301,7 @@ def test_smoke_suite_end_to_end_and_cache(first_run, tmp_path, monkeypatch):
 
     # report-only rebuild from the store
     (out / "report.md").unlink()
-    assert main(["report", str(SUITE), "--profile", "smoke", "--storage", f"sqlite:///{tmp_path}/t.db",
+    assert main(["report", str(SUITE), "--profile", "smoke", *LEAN, "--storage", f"sqlite:///{tmp_path}/t.db",
                  "--out", str(out)]) == 0
     assert (out / "report.md").read_text().split("## Proxy quality")[1] == report.split("## Proxy quality")[1]
 

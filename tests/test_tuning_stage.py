@@ -130,11 +130,15 @@ def test_both_study_kinds_run_through_the_one_objective_over_meta_train(tmp_path
     monkeypatch.setattr(tuning, "meta_train", counting)
     stage = _suite(tmp_path, {"horizon": OMIT, "budget_runs": OMIT, "trials": 1, "startup_trials": 1,
                               "outer_iterations": 1})
-    tune = tmp_path / "tiny_tune.yaml"
     raw = yaml.safe_load(stage.read_text())
+    # the trials are what this test watches: the stage's final cell meta-trains one outer iteration, not the
+    # tiny suite's six, and no run counts FLOPs (tests/test_equal_compute.py does)
+    raw["outer"]["iterations"] = 1
+    raw["evaluation"]["count_flops"] = False
+    stage.write_text(yaml.safe_dump(raw))
+    tune = tmp_path / "tiny_tune.yaml"
     raw.update(name="tiny_tune", kind="tune", tune={"trials": 1, "startup_trials": 1,
                                                    "space": {"outer.lr": {"low": 0.01, "high": 0.05}}})
-    raw["outer"]["iterations"] = 1
     del raw["tuning"]
     tune.write_text(yaml.safe_dump(raw))
     for path in (stage, tune):
@@ -284,16 +288,23 @@ def test_share_near_best():
 @pytest.mark.slow
 def test_a_full_horizon_suite_runs_reports_and_rereports_from_the_store(tmp_path, single_thread):
     """`tgbench run` end to end at the full horizon: the stage, then the final cells with the chosen values, the
-    tuning section and figure; `tgbench report` then finds the stage finished (by its budget, before `trials`)."""
-    path = _suite(tmp_path, {"trials": 20}, sources=[
+    tuning section and figure; `tgbench report` then finds the stage finished (by its budget, before `trials`).
+    8 trials: the budget (3 runs of 6 iterations; the first trial runs all 6, a pruned one at least EVERY = 2)
+    stops the real arm after at most 1 + 12 / 2 = 7, so it ends below the cap only if the budget stopped it, while
+    the one-iteration sgd arm, which has no budget, must run all 8. The final cells count no FLOPs (an eighth of
+    the run; nothing here reads them, tests/test_equal_compute.py does)."""
+    path = _suite(tmp_path, {"trials": 8}, sources=[
         {"method": "real"}, {"method": "real", "label": "sgd", "inner": {"learn_lr": False, "learn_momentum": False},
                              "outer": {"iterations": 1}, "tune_space": {"inner.lr": {"low": 0.01, "high": 0.3}}}])
+    raw = yaml.safe_load(path.read_text())
+    raw["evaluation"]["count_flops"] = False
+    path.write_text(yaml.safe_dump(raw))
     storage = f"sqlite:///{tmp_path}/t.db"
     assert main(["run", str(path), "--profile", "smoke", "--no-progress", "--storage", storage,
                  "--out", str(tmp_path / "out")]) == 0
     frame = pd.read_csv(tmp_path / "out" / "tuning.csv").merge(pd.read_csv(tmp_path / "out" / "tuning_budget.csv"))
     real, sgd = frame.itertuples()
-    assert real.trials < 20 and real.budget_runs_used <= 3 and sgd.trials == 20   # the budget, the trial cap
+    assert real.trials < 8 and real.budget_runs_used <= 3 and sgd.trials == 8   # the budget, the trial cap
     report = (tmp_path / "out" / "report.md").read_text()
     assert "full horizon: every trial meta-trains the arm's own outer iterations" in report
     assert "budget used (runs)" in report and (tmp_path / "out" / "tuning.png").stat().st_size > 0
