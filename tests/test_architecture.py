@@ -90,8 +90,9 @@ REGISTRY = PACKAGE / "registry.py"
 # ``tgbench.config`` (the compatibility re-exports) and ``tgbench.worker`` (which rebuilds a worker's suite by its
 # kind) are in it through the kind-checked suite model. A module joining this loop fails the test below.
 KIND_DISPATCH_LOOP = {
-    "tgbench.runner", "tgbench.cells", "tgbench.tuning", "tgbench.kinds.fewstep", "tgbench.kinds.tune",
-    "tgbench.kinds.nas_proxy", "tgbench.suite.by_kind", "tgbench.suite.checks", "tgbench.suite.overrides",
+    "tgbench.runner", "tgbench.cells", "tgbench.tuning", "tgbench.kinds.fewstep", "tgbench.kinds.fewstep.run",
+    "tgbench.kinds.tune", "tgbench.kinds.tune.run", "tgbench.kinds.nas_proxy", "tgbench.kinds.nas_proxy.run",
+    "tgbench.suite.by_kind", "tgbench.suite.checks", "tgbench.suite.overrides",
     "tgbench.suite.loading", "tgbench.config", "tgbench.kinds", "tgbench.worker",
 }
 
@@ -207,6 +208,10 @@ REPORTING = PACKAGE / "reporting"
 # what a report may build on: numbers (stats), the stored status words (records), errors, and itself
 REPORTING_MAY_IMPORT = {"tgbench.stats", "tgbench.records", "tgbench.errors", "tgbench.locations"}
 NEVER_IN_REPORTING = {"torch", "torchvision", "optuna"}
+# each built-in kind is one folder; its report module renders under the same rules, and may also read its own
+# kind's analysis (the numbers the report shows, computed from the frames it is handed)
+KIND_REPORTS = {PACKAGE / "kinds" / kind / "report.py": f"tgbench.kinds.{kind}.analysis"
+                for kind in ("fewstep", "nas_proxy", "tune")}
 
 
 def _imported_modules(path: Path) -> set[str]:
@@ -223,22 +228,24 @@ def _imported_modules(path: Path) -> set[str]:
 
 
 def test_reporting_renders_only_what_it_is_handed():
-    """tgbench.reporting reads no store, trains nothing and knows no kind: its tgbench imports are stats, records,
-    errors and its own modules, and no module of it imports torch or optuna (import-level, every statement)."""
+    """tgbench.reporting and each kind's report read no store, train nothing and know no other kind: their tgbench
+    imports are stats, records, errors, the reporting package (and a kind's report its own kind's analysis), and
+    no module of them imports torch or optuna (import-level, every statement)."""
     files = sorted(REPORTING.glob("*.py"))
-    assert {p.stem for p in files} >= {"__init__", "markdown", "figures", "files", "fewstep", "nas", "tune",
-                                       "leaderboard"}
+    assert {p.stem for p in files} >= {"__init__", "markdown", "figures", "files", "frames", "leaderboard", "site"}
+    assert all(path.is_file() for path in KIND_REPORTS)
     bad = []
-    for path in files:
+    for path in [*files, *KIND_REPORTS]:
+        allowed = REPORTING_MAY_IMPORT | {KIND_REPORTS.get(path, "tgbench.reporting")}
         for module in _imported_modules(path):
             top = module.split(".")[0]
-            if top == "tgbench" and not (module in REPORTING_MAY_IMPORT or module == "tgbench.reporting"
+            if top == "tgbench" and not (module in allowed or module == "tgbench.reporting"
                                          or module.startswith("tgbench.reporting.")):
-                bad.append(f"reporting/{path.name} imports {module}")
+                bad.append(f"{path.relative_to(PACKAGE)} imports {module}")
             if top in NEVER_IN_REPORTING:
-                bad.append(f"reporting/{path.name} imports {module}")
+                bad.append(f"{path.relative_to(PACKAGE)} imports {module}")
     assert bad == []
-    assert not (PACKAGE / "report.py").exists(), "tgbench/report.py moved to tgbench/reporting/fewstep.py"
+    assert not (PACKAGE / "report.py").exists(), "tgbench/report.py moved to tgbench/kinds/fewstep/report.py"
 
 
 def test_importing_every_report_loads_no_store_kind_or_torch():

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from tgbench import identity, runner
-from tgbench.kinds import fewstep
+from tgbench.kinds.fewstep import run as fewstep
 from tgbench.suite.loading import load_suite
 from tgbench.suite.schema import Suite
 from tgbench.kinds import RunOptions

@@ -19,7 +19,7 @@ import yaml
 
 from tgbench import builders, cells, device as devices, runner
 from tgbench.worker import WorkerEnv
-from tgbench.kinds import fewstep
+from tgbench.kinds.fewstep import run as fewstep
 from tgbench.compute import synthetic_dataset
 from tgbench.suite.loading import load_suite
 from tgbench.suite.schema import Suite

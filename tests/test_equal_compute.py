@@ -18,7 +18,7 @@ from tgbench.cli import main
 from tgbench.suite.by_kind import suite_from_dict
 from tgbench.data import load_dataset
 from tgbench.records import DataCeiling, FewstepCell, Status, cell_key, record_from_attrs
-from tgbench.reporting.fewstep import ReportInputs, render_markdown
+from tgbench.kinds.fewstep.report import ReportInputs, render_markdown
 from tgbench.store import Store
 
 from test_records import OLD_STORE, REPO, rebuild

@@ -12,7 +12,7 @@ import pytest
 import torch
 from scipy import stats as st
 
-from tgbench.kinds import nas_proxy as nas
+from tgbench.kinds.nas_proxy import run as nas
 from tgbench.cli import main
 from tgbench.suite.loading import load_suite
 from tgbench.data import load_dataset

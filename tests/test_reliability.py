@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from optuna.trial import TrialState
 
 from tgbench import cells, engine, identity, interrupt
-from tgbench.kinds import fewstep
+from tgbench.kinds.fewstep import run as fewstep
 from tgbench.cli import main
 from tgbench.suite.loading import load_suite
 from tgbench.suite.schema import Evaluation, InnerLoop, LearnerSpace, OuterLoop, Suite

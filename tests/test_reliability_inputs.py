@@ -18,9 +18,9 @@ import pandas as pd
 import pytest
 import torch
 
-from tgbench.reporting import fewstep as report
+from tgbench.kinds.fewstep import report
 from tgbench.suite.schema import Suite
-from tgbench.reporting.fewstep import ReportInputs, write_report
+from tgbench.kinds.fewstep.report import ReportInputs, write_report
 from helpers import cli as _cli, studies as _studies
 
 TINY = """\

@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 
 from tgbench import stats
-from tgbench.reporting import fewstep as report
+from tgbench.kinds.fewstep import report
 from tgbench.reporting import figures, frames, markdown
-from tgbench.reporting.fewstep import ReportInputs, write_report
+from tgbench.kinds.fewstep.report import ReportInputs, write_report
 
 ACC = {  # source -> (dataset, per-seed test acc)
     "a_real": ("mnist", [0.90, 0.91, 0.89]),

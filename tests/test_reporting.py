@@ -12,8 +12,8 @@ import pytest
 from tgbench import stats
 from tgbench.provenance import report_provenance
 from tgbench.reporting import leaderboard as leaderboard_report
-from tgbench.reporting import nas as nas_report
-from tgbench.reporting import tune as tune_report
+from tgbench.kinds.nas_proxy import report as nas_report
+from tgbench.kinds.tune import report as tune_report
 from tgbench.reporting.frames import ORACLE, RANDOM
 from tgbench.reporting.markdown import (PERCENT, PERCENT_BARE, PERCENT_POINTS_DIFFERENCE, RANK_STATISTIC, fmt_ci,
                                         fmt_gflops, fmt_pct_ci)
@@ -126,7 +126,7 @@ def test_a_tune_report_that_fails_half_way_leaves_the_previous_one(tmp_path, mon
 
 
 def test_the_nas_tables_columns_are_the_metrics_the_kind_computes():
-    from tgbench.kinds import nas_proxy
+    from tgbench.kinds.nas_proxy import run as nas_proxy
 
     assert list(nas_report.METRIC_HEADERS) == list(nas_proxy.METRICS)
     assert (nas_proxy.ORACLE, nas_proxy.RANDOM) == (ORACLE, RANDOM)   # the search table's arms, named once

@@ -16,7 +16,7 @@ import torch
 from optuna.trial import TrialState
 
 from tgbench import cells, engine, identity
-from tgbench.kinds import fewstep
+from tgbench.kinds.fewstep import run as fewstep
 from tgbench.cli import main
 from tgbench.suite.loading import load_suite
 from tgbench.errors import BadInput

@@ -22,9 +22,9 @@ from optuna.trial import TrialState
 from tgbench.cli import main
 from tgbench.suite.loading import load_suite
 from tgbench.errors import ConfigError
-from tgbench.reporting.fewstep import sweep_frame
+from tgbench.kinds.fewstep.report import sweep_frame
 from tgbench.identity import cell_hash
-from tgbench.kinds.tune import arm_study_name, objective_value, summary_frame
+from tgbench.kinds.tune.run import arm_study_name, objective_value, summary_frame
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_GTN = {"curriculum": "full", "noise_dim": 8, "fc_hidden": 16, "channels": [8, 4]}

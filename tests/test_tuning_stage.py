@@ -24,7 +24,7 @@ from tgbench.cli import main
 from tgbench.suite.loading import load_suite
 from tgbench.data import load_dataset
 from tgbench.errors import ConfigError
-from tgbench.reporting.fewstep import tuning_section
+from tgbench.kinds.fewstep.report import tuning_section
 from tgbench.store import Store
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,6 +1,6 @@
 """What the frames handed to the reports mean, where a table and a figure both need it.
 
-Few-step frames (``tgbench.reporting.fewstep.ReportInputs``): a cell counts in means, bands and p-values only
+Few-step frames (``tgbench.kinds.fewstep.report.ReportInputs``): a cell counts in means, bands and p-values only
 when complete; a row without a resolved dataset belongs to :data:`UNKNOWN_DATASET`. NAS frames: the random-search
 table has two reference arms beside the proxies (:data:`ORACLE`, :data:`RANDOM`), and "top" means the best
 :data:`TOP_FRACTION` of the architectures. ``tgbench.kinds.nas_proxy`` builds its tables with these names.

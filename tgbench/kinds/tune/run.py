@@ -35,11 +35,10 @@ from tgbench.suite.schema import SearchSpace, SourceEntry, StudySettings, Suite
 from tgbench.data import Dataset
 from tgbench.errors import BadInput
 from tgbench.identity import tune_hash
-from tgbench.kinds import RunContext, SuiteKind
+from tgbench.kinds import RunContext
 from tgbench.provenance import report_provenance
 from tgbench.records import Status
-from tgbench.reporting import tune as tune_report
-from tgbench.reporting.tune import TuneReportInputs
+from tgbench.kinds.tune.report import TuneReportInputs, write_report
 from tgbench.store import Store, trial_record
 from tgbench.tuning import (FINISHED, Scoring, StudySpec, TrialPlan, describe_sampler, describe_space, run_study,
                             study_objective)
@@ -186,7 +185,7 @@ def importances(store: Store, suite: Suite, profile: str) -> pd.DataFrame:
 
 
 def build_report(suite: Suite, profile: str, store: Store, out_dir: Path, command: str = "") -> Path:
-    """Compute the report's frames from the arm studies and hand them to ``tgbench.reporting.tune``."""
+    """Compute the report's frames from the arm studies and hand them to ``tgbench.kinds.tune.report``."""
     trials = trials_frame(store, suite, profile)
     if trials.empty:
         raise BadInput(f"no finished tune trials for suite {suite.name!r} at profile {profile!r} in {store.url}")
@@ -203,9 +202,6 @@ def build_report(suite: Suite, profile: str, store: Store, out_dir: Path, comman
             "store": f"{store.url} (studies `{suite.name}@{profile}/<arm>`; `optuna-dashboard {store.url}`)"}
     inputs = TuneReportInputs(trials, summary_frame(trials), importances(store, suite, profile), tune.divergence_cap,
                               meta)
-    tune_report.write_report(out_dir, inputs)
+    write_report(out_dir, inputs)
     return out_dir
 
-
-TUNE = SuiteKind(run=run_tune_suite, report=report_tune_suite, validate=check_tune, section="tune",
-                 section_model=TuneConfig, summary="an Optuna study per arm: the spread of final losses (sensitivity)")

@@ -27,11 +27,11 @@ from tgbench.suite.checks import check_data_sizes
 from tgbench.suite.schema import Suite
 from tgbench.errors import BadInput, CellsFailed
 from tgbench.identity import cell_hash
-from tgbench.kinds import RunContext, SuiteKind
+from tgbench.kinds import RunContext
 from tgbench.locations import check_writable_dir, out_location
 from tgbench.provenance import report_provenance
 from tgbench.records import FewstepCell, Status, cell_key
-from tgbench.reporting.fewstep import ReportInputs, write_report
+from tgbench.kinds.fewstep.report import ReportInputs, write_report
 from tgbench.pool import run_each_in_workers
 from tgbench.results import results_document, write_results
 from tgbench.store import Store
@@ -143,7 +143,7 @@ def run_fewstep(ctx: RunContext) -> Path:
 
 # ------------------------------------------------------------------------------------------ the report
 def report_frames(records: list[FewstepCell]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(summary, curves, steps) DataFrames from store records (see tgbench.reporting.fewstep.ReportInputs); the status
+    """(summary, curves, steps) DataFrames from store records (see tgbench.kinds.fewstep.report.ReportInputs); the status
     column holds the stored words (``Status`` values)."""
     summary_cols = ["source", "method", "variant", "seed", "status", "dataset_resolved", "test_acc_final",
                     "val_acc_final", "meta_train_seconds", "outer_iterations", "peak_rss_mb", "revision",
@@ -367,7 +367,3 @@ def no_cells_hint(store: Store, suite: Suite, profile: str) -> str:
     return (f"no results for suite {suite.name!r} at profile {profile!r} with {given} in {store.url}; its cells "
             f"there were run with: {'; '.join(held)} (pass the same --set, or run this configuration first)")
 
-
-FEWSTEP = SuiteKind(run=run_fewstep, report=report_fewstep,
-                    summary="arms x seeds: meta-train, score fresh learners, one report",
-                    current_cells=accepted_hashes, no_cells_hint=no_cells_hint)

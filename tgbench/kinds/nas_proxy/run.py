@@ -49,12 +49,11 @@ from tgbench.proxies import Proxy, ProxyContext, train_real
 from tgbench.registry import proxies
 from tgbench.builders import build_teacher
 from tgbench.cells import cell_task, run_cell, study_name
-from tgbench.kinds import RunContext, SuiteKind
+from tgbench.kinds import RunContext
 from tgbench.provenance import report_provenance
 from tgbench.records import GROUND_TRUTH_STUDY, FewstepCell, NasGroundTruth, NasProxyScores, Status, cell_key, proxy_key
-from tgbench.reporting import nas as nas_report
 from tgbench.reporting.frames import ORACLE, RANDOM, TOP_FRACTION
-from tgbench.reporting.nas import NasReportInputs
+from tgbench.kinds.nas_proxy.report import NasReportInputs, write_report
 from tgbench.source import Teacher
 from tgbench.store import Store
 
@@ -431,7 +430,7 @@ def search_table(archs: pd.DataFrame, records: list[NasProxyScores], target: str
 # ---------------------------------------------------------------------------------------------- report
 def report_inputs(suite: Suite, archs: pd.DataFrame, truth: pd.DataFrame, records: list[NasProxyScores],
                   meta: dict) -> NasReportInputs:
-    """What ``tgbench.reporting.nas`` renders: the architecture and ground-truth frames, every proxy's metrics
+    """What ``tgbench.kinds.nas_proxy.report`` renders: the architecture and ground-truth frames, every proxy's metrics
     and random search computed from them, and ``meta`` with the compute behind the numbers added."""
     nas = suite.nas
     teachers = {r.teacher_source: r.setup_seconds for r in records if r.teacher_source}
@@ -479,7 +478,7 @@ def run_nas_suite(ctx: RunContext) -> Path:
     archs = architecture_table(specs, truth, records)
     meta = {**report_meta(ctx, store, dataset.resolved, records),
             "wall clock of this run": f"{elapsed:.0f} s ({trained} ground-truth trainings run now)"}
-    nas_report.write_report(out_dir, report_inputs(suite, archs, truth, records, meta))
+    write_report(out_dir, report_inputs(suite, archs, truth, records, meta))
     log(f"report: {out_dir / 'report.md'}")
     return out_dir
 
@@ -505,11 +504,7 @@ def report_nas_suite(ctx: RunContext) -> Path:
     truth = truth_frame(store, suite, next(iter(resolved)), specs)
     archs = architecture_table(specs, truth, records)
     meta = report_meta(ctx, store, next(iter(resolved)), records)
-    nas_report.write_report(out_dir, report_inputs(suite, archs, truth, records, meta))
+    write_report(out_dir, report_inputs(suite, archs, truth, records, meta))
     log(f"report: {out_dir / 'report.md'}")
     return out_dir
 
-
-NAS_PROXY = SuiteKind(run=run_nas_suite, report=report_nas_suite, validate=check_nas, section="nas",
-                      section_model=NasConfig,
-                      summary="proxies rank architectures: Spearman etc. against real-data ground truth")

@@ -1,4 +1,4 @@
-"""The few-step report: ``report.md``, its CSVs and figures, from the frames ``tgbench.kinds.fewstep`` hands over.
+"""The few-step report: ``report.md``, its CSVs and figures, from the frames ``tgbench.kinds.fewstep.run`` hands over.
 
 The kind builds a :class:`ReportInputs` from the store; this module only formats. ``report.md`` is a pure
 function of the inputs (every interval is a seeded bootstrap from :mod:`tgbench.stats`); the PNGs are not
@@ -32,7 +32,7 @@ from tgbench.reporting.markdown import (PERCENT_POINTS_DIFFERENCE, code, documen
 
 @dataclass
 class ReportInputs:
-    """Everything a report is made of (``tgbench.kinds.fewstep.build_report`` assembles it from the store).
+    """Everything a report is made of (``tgbench.kinds.fewstep.run.build_report`` assembles it from the store).
 
     * ``summary``: one row per cell: ``source, method, variant, seed, status`` (a ``Status`` value), ``dataset_resolved,
       test_acc_final, val_acc_final`` (fractions in [0, 1]), ``meta_train_seconds, outer_iterations``.
