@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 from tgbench.cli import main
 from tgbench.suite.loading import load_suite
 from tgbench.errors import ConfigError
-from tgbench.kinds.fewstep.report import sweep_frame
+from tgbench.kinds.fewstep.analysis import sweep_frame
 from tgbench.identity import cell_hash
 from tgbench.kinds.tune.run import arm_study_name, objective_value, summary_frame
 

@@ -1,6 +1,7 @@
 """The few-step report: ``report.md``, its CSVs and figures, from the frames ``tgbench.kinds.fewstep.run`` hands over.
 
-The kind builds a :class:`ReportInputs` from the store; this module only formats. ``report.md`` is a pure
+The kind builds a :class:`ReportInputs` from the store; ``tgbench.kinds.fewstep.analysis`` computes the numbers
+and this module formats them. ``report.md`` is a pure
 function of the inputs (every interval is a seeded bootstrap from :mod:`tgbench.stats`); the PNGs are not
 byte-reproducible (matplotlib metadata, fonts) but show the same data.
 
@@ -21,6 +22,11 @@ import numpy as np
 import pandas as pd
 
 from tgbench import stats
+from tgbench.kinds.fewstep.analysis import (BUDGET_FRACTIONS, SourceRow, best_row, by_dataset, ceiling_accuracy,
+                                            ceiling_of, comparison_frame, compute_axis, compute_long,
+                                            convergence_flags, crossing_frame, datasets, diagnostic_means,
+                                            equal_compute_frame, held_out_accuracy, p_value_matrix, source_rows,
+                                            sweep_frame)
 from tgbench.records import Status
 from tgbench.reporting.figures import (band_plot, compute_curves_figure, sample_file_names, samples_figure,
                                        save_figure, sweep_figure, tuning_trials_figure)
@@ -67,56 +73,14 @@ class ReportInputs:
 # --------------------------------------------------------------------------------------------- tables
 
 
-@dataclass(frozen=True)
-class SourceRow:
-    """One line of a results table: a source's aggregate over its cells on one resolved dataset."""
-
-    source: str
-    variant: str
-    n_cells: int
-    n_complete: int
-    n_diverged: int
-    n_failed: int
-    test: stats.MeanCI
-    val: stats.MeanCI
-    meta_train_seconds: float
 
 
-def _source_row(source: str, cells: pd.DataFrame) -> SourceRow:
-    ok = cells[cells["status"] == Status.COMPLETE.value]
-    variants = sorted({str(v) for v in cells["variant"].dropna()})
-    secs = ok["meta_train_seconds"].dropna()
-    return SourceRow(
-        source=str(source),
-        variant=", ".join(variants),
-        n_cells=len(cells),
-        n_complete=len(ok),
-        n_diverged=int((cells["status"] == Status.DIVERGED.value).sum()),
-        n_failed=int((cells["status"] == Status.FAILED.value).sum()),
-        test=stats.mean_ci(ok["test_acc_final"]),
-        val=stats.mean_ci(ok["val_acc_final"]),
-        meta_train_seconds=float(secs.mean()) if len(secs) else math.nan,
-    )
 
 
-def source_rows(summary: pd.DataFrame) -> list[SourceRow]:
-    """Rows of one dataset's table, by mean test accuracy descending (no complete cell: last; ties: name)."""
-    rows = [_source_row(s, g) for s, g in summary.groupby("source", sort=True)]
-
-    def key(r: SourceRow) -> tuple:
-        m = r.test.mean
-        return (math.isnan(m), -m if not math.isnan(m) else 0.0, r.source)
-
-    return sorted(rows, key=key)
 
 
-def datasets(summary: pd.DataFrame) -> list[str]:
-    """Resolved datasets in the summary, sorted; a missing value is its own group."""
-    return sorted(dataset_labels(summary).unique())
 
 
-def _by_dataset(summary: pd.DataFrame, dataset: str) -> pd.DataFrame:
-    return summary[dataset_labels(summary) == dataset]
 
 
 RESULTS_HEADER = [
@@ -149,10 +113,6 @@ def results_table(rows: list[SourceRow]) -> list[str]:
     return md_table(RESULTS_HEADER, body)
 
 
-def p_value_matrix(summary: pd.DataFrame, order: list[str]) -> pd.DataFrame:
-    """Pairwise Welch p-values of ``test_acc_final`` over complete cells, rows/columns in ``order``."""
-    ok = summary[summary["status"] == Status.COMPLETE.value]
-    return stats.pairwise_p_values(ok, "source", "test_acc_final", test="welch", order=order)
 
 
 def p_value_table(matrix: pd.DataFrame) -> list[str]:
@@ -174,20 +134,6 @@ def _method_note(meta: dict[str, Any]) -> str:
     )
 
 
-def comparison_frame(cells: pd.DataFrame, order: list[str]) -> pd.DataFrame:
-    """Every pair of sources (in table order): the difference of mean test accuracy with a 95 % bootstrap CI,
-    the Welch p-value and its Holm–Bonferroni adjustment over all pairs of the table."""
-    ok = cells[cells["status"] == Status.COMPLETE.value]
-    values = {s: ok.loc[ok["source"] == s, "test_acc_final"].to_numpy(dtype=float) for s in order}
-    rows = []
-    for i, a in enumerate(order):
-        for b in order[i + 1:]:
-            diff = stats.difference_ci(values[a], values[b])
-            rows.append({"a": a, "b": b, "difference": diff.mean, "low": diff.low, "high": diff.high,
-                         "p": stats.welch_p(values[a], values[b])})
-    frame = pd.DataFrame(rows, columns=["a", "b", "difference", "low", "high", "p"])
-    frame["p_holm"] = stats.holm(frame["p"].tolist()) if len(frame) else []
-    return frame
 
 
 def comparison_table(frame: pd.DataFrame) -> list[str]:
@@ -198,15 +144,6 @@ def comparison_table(frame: pd.DataFrame) -> list[str]:
                      body)
 
 
-def convergence_flags(curves: pd.DataFrame, summary: pd.DataFrame) -> dict[str, bool]:
-    """Source -> whether its seed-averaged validation curve (complete cells) was still rising over the last
-    20 % of its outer iterations (``stats.still_rising``)."""
-    long = complete_only(curves, summary)
-    if long.empty:
-        return {}
-    mean = long.groupby(["source", "outer_iter"], as_index=False)["val_acc"].mean()
-    return {str(src): stats.still_rising(g["outer_iter"].tolist(), g["val_acc"].tolist())
-            for src, g in mean.groupby("source")}
 
 
 PHASE_ORDER = ["meta_training", "checks", "final_evaluation", "held_out", "samples", "flop_counting", "teacher_save"]
@@ -283,9 +220,8 @@ def held_out_section(held_out: pd.DataFrame, cells: pd.DataFrame, dataset: str) 
     arch = {n: frame.loc[frame["name"] == n, "architecture"].iloc[0] for n in names}
     body = []
     for row in source_rows(cells):
-        scores = frame[frame["source"] == row.source]
         body.append([row.source, fmt_pct_ci(row.test)]
-                    + [fmt_pct_ci(stats.mean_ci(scores.loc[scores["name"] == n, "test_acc"])) for n in names])
+                    + [fmt_pct_ci(ci) for ci in held_out_accuracy(frame, row.source, names)])
     lines = [f"### Held-out architectures ({dataset})", "",
              "Test accuracy after the last inner step of fresh learners the teacher was never meta-trained with "
              "(mean % [95 % CI] over seeds; " + "; ".join(f"{n} = {code(arch[n])}" for n in names) + ").", ""]
@@ -296,9 +232,9 @@ def dataset_section(summary: pd.DataFrame, dataset: str, meta: dict[str, Any],
                     curves: pd.DataFrame | None = None, ceiling: pd.DataFrame | None = None) -> list[str]:
     """Results table (with the data-ceiling row), provenance note, ceiling note, convergence flags, pairwise
     comparisons and p-value matrix of one resolved dataset."""
-    cells = _by_dataset(summary, dataset)
+    cells = by_dataset(summary, dataset)
     rows = source_rows(cells)
-    ceiling_rows = _ceiling_of(ceiling, dataset)
+    ceiling_rows = ceiling_of(ceiling, dataset)
     lines = ([f"## Dataset: {dataset}", ""] + results_table(rows) + ceiling_table_row(ceiling_rows)
              + ["", _method_note(meta), "", ceiling_note(ceiling_rows, rows), ""])
     flags = convergence_flags(curves, cells) if curves is not None and not curves.empty else {}
@@ -328,10 +264,6 @@ def dataset_section(summary: pd.DataFrame, dataset: str, meta: dict[str, Any],
 CEILING_LABEL = "*data ceiling* (real data, Adam to convergence)"
 
 
-def _ceiling_of(ceiling: pd.DataFrame | None, dataset: str) -> pd.DataFrame:
-    if ceiling is None or ceiling.empty:
-        return pd.DataFrame(columns=["dataset_resolved", "seed", "test_acc", "val_acc"])
-    return ceiling[dataset_labels(ceiling) == dataset]
 
 
 def ceiling_table_row(ceiling: pd.DataFrame) -> list[str]:
@@ -339,9 +271,9 @@ def ceiling_table_row(ceiling: pd.DataFrame) -> list[str]:
     that says it was not computed when the store has none)."""
     if ceiling.empty:
         return [f"| {CEILING_LABEL} | not computed | — | — | — | — | — | — |"]
+    test, val = ceiling_accuracy(ceiling)
     return [f"| {CEILING_LABEL} | {ceiling['learner'].iloc[0]} | {len(ceiling)}/{len(ceiling)} | "
-            f"{fmt_pct_ci(stats.mean_ci(ceiling['test_acc']))} | {fmt_pct_ci(stats.mean_ci(ceiling['val_acc']))} | "
-            "— | 0 | 0 |"]
+            f"{fmt_pct_ci(test)} | {fmt_pct_ci(val)} | — | 0 | 0 |"]
 
 
 def ceiling_note(ceiling: pd.DataFrame, rows: list[SourceRow]) -> str:
@@ -349,8 +281,8 @@ def ceiling_note(ceiling: pd.DataFrame, rows: list[SourceRow]) -> str:
     if ceiling.empty:
         return ("**Data ceiling: not computed** (no ceiling stored for this learner, data and schedule; "
                 "`tgbench run` of the suite computes it once and stores it).")
-    ci = stats.mean_ci(ceiling["test_acc"])
-    best = next((r for r in rows if not math.isnan(r.test.mean)), None)
+    ci, _ = ceiling_accuracy(ceiling)
+    best = best_row(rows)
     headroom = (f" The best arm, {best.source}, is {100 * (ci.mean - best.test.mean):.2f} pp below it (the "
                 "headroom left to any teaching method)." if best is not None else "")
     return (f"**Data ceiling**: the evaluation learner trained on the whole training split "
@@ -361,36 +293,11 @@ def ceiling_note(ceiling: pd.DataFrame, rows: list[SourceRow]) -> str:
 
 # --------------------------------------------------------------------------------------------- equal compute
 AXES = {"flops": "meta-training FLOPs", "seconds": "meta-training wall seconds"}
-BUDGET_FRACTIONS = (0.1, 0.3, 1.0)   # of the largest arm's total compute
 NOT_REACHED = "‡"
 
 
-def compute_long(inputs: ReportInputs) -> pd.DataFrame:
-    """Long ``dataset_resolved, source, seed, outer_iter, val_acc, test_acc, flops, seconds`` of complete cells:
-    each curve check with the cell's cumulative meta-training compute at it, its total scaled by the share of its
-    outer iterations done (every outer iteration of one architecture costs the same FLOPs; wall time per
-    iteration is roughly constant). ``flops`` is NaN where the record has no FLOP count."""
-    cols = ["dataset_resolved", "source", "seed", "outer_iter", "val_acc", "test_acc", "flops", "seconds"]
-    long = complete_only(inputs.curves, inputs.summary)
-    if long.empty:
-        return pd.DataFrame(columns=cols)
-    cells = inputs.summary[["source", "seed", "dataset_resolved", "meta_train_seconds", "outer_iterations"]].copy()
-    cells["dataset_resolved"] = dataset_labels(cells)
-    flops = (inputs.compute if not inputs.compute.empty
-             else pd.DataFrame(columns=["source", "seed", "meta_train_flops"]))
-    cells = cells.merge(flops, on=["source", "seed"], how="left")
-    long = long.merge(cells, on=["source", "seed"], how="inner")
-    share = long["outer_iter"].astype(float) / long["outer_iterations"].astype(float).where(
-        long["outer_iterations"] > 0)
-    long["flops"] = share * long["meta_train_flops"].astype(float)
-    long["seconds"] = share * long["meta_train_seconds"].astype(float)
-    return long[cols].reset_index(drop=True)
 
 
-def compute_axis(long: pd.DataFrame) -> str:
-    """``flops`` when every check of these cells has a FLOP count, else ``seconds`` (smoke profiles and other
-    suites with ``evaluation.count_flops: false``, older records)."""
-    return "flops" if len(long) and long["flops"].notna().all() else "seconds"
 
 
 def fmt_compute(value: float, axis: str) -> str:
@@ -404,41 +311,10 @@ def fmt_compute(value: float, axis: str) -> str:
     return f"{value:.3g} FLOP"
 
 
-def _seed_curves(part: pd.DataFrame, axis: str, metric: str) -> list[stats.Curve]:
-    return [(g[axis].to_numpy(float), g[metric].to_numpy(float)) for _, g in part.groupby("seed", sort=True)]
 
 
-def equal_compute_frame(long: pd.DataFrame, axis: str) -> pd.DataFrame:
-    """One row per (source, budget): the budgets are :data:`BUDGET_FRACTIONS` of the largest arm's total compute
-    (an arm's total = the least any of its seeds reached, so each of its seeds reached it); the test accuracy of
-    each arm's seeds read there from their curves (``stats.value_at_budget``), mean with its bootstrap CI, and
-    whether every seed's curve reached the budget (else its last value stands)."""
-    cols = ["source", "total", "fraction", "budget", "mean", "low", "high", "n", "reached"]
-    if long.empty:
-        return pd.DataFrame(columns=cols)
-    totals = long.groupby(["source", "seed"])[axis].max().groupby("source").min()
-    largest = float(totals.max())
-    rows = []
-    for source, part in long.groupby("source", sort=True):
-        curves = _seed_curves(part, axis, "test_acc")
-        for fraction in BUDGET_FRACTIONS:
-            ci, reached = stats.value_at_budget(curves, fraction * largest)
-            rows.append([source, float(totals[source]), fraction, fraction * largest, ci.mean, ci.low, ci.high,
-                         ci.n, reached])
-    return pd.DataFrame(rows, columns=cols)
 
 
-def crossing_frame(long: pd.DataFrame, axis: str) -> pd.DataFrame:
-    """Every pair of arms whose seed-mean test curves cross on the compute axis (``stats.crossings``): where."""
-    means = {str(s): stats.mean_curve(_seed_curves(part, axis, "test_acc"))
-             for s, part in long.groupby("source", sort=True)}
-    rows = []
-    names = sorted(means)
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            for x in stats.crossings(means[a], means[b]):
-                rows.append({"a": a, "b": b, "at": x})
-    return pd.DataFrame(rows, columns=["a", "b", "at"])
 
 
 def equal_compute_section(long: pd.DataFrame, dataset: str) -> list[str]:
@@ -507,11 +383,8 @@ def diagnostics_section(diagnostics: pd.DataFrame, summary: pd.DataFrame) -> lis
     if diagnostics.empty:
         return []
     frame = complete_only(diagnostics, summary)
-    rows = []
-    for (source, name), g in frame.groupby(["source", "name"], sort=True):
-        ci = stats.mean_ci(g["value"])
-        rows.append([source, name, f"{ci.mean:.4g}" + ("" if math.isnan(ci.low) else f" [{ci.low:.4g}, {ci.high:.4g}]"),
-                     ci.n])
+    rows = [[source, name, f"{ci.mean:.4g}" + ("" if math.isnan(ci.low) else f" [{ci.low:.4g}, {ci.high:.4g}]"), ci.n]
+            for source, name, ci in diagnostic_means(frame)]
     lines = ["## Teacher diagnostics", "",
              "Numbers each trained teacher reports about itself (mean [95 % bootstrap CI] over complete seeds). "
              "`pixel_movement` (dataset distillation) = mean |pixels − their initialisation| / the init's standard "
@@ -525,23 +398,6 @@ def diagnostics_section(diagnostics: pd.DataFrame, summary: pd.DataFrame) -> lis
 
 
 # --------------------------------------------------------------------------------------------- sweeps
-def sweep_frame(summary: pd.DataFrame) -> pd.DataFrame:
-    """Per (dataset, arm, swept value): runs, diverged count and fraction, test accuracy of the non-diverged
-    (complete) runs with its CI, mean meta-training time. Empty when the suite has no ``sweep:``."""
-    cols = ["dataset_resolved", "arm", "value", "runs", "diverged", "diverged_fraction", "test_acc_mean",
-            "test_acc_low", "test_acc_high", "complete", "meta_train_seconds"]
-    if "sweep_value" not in summary or summary["sweep_value"].isna().all():
-        return pd.DataFrame(columns=cols)
-    swept = summary[summary["sweep_value"].notna()].copy()
-    swept["dataset_resolved"] = dataset_labels(swept)
-    rows = []
-    for (ds, arm, value), g in swept.groupby(["dataset_resolved", "arm", "sweep_value"], sort=True):
-        ok = g[g["status"] == Status.COMPLETE.value]
-        ci = stats.mean_ci(ok["test_acc_final"])
-        diverged = int((g["status"] == Status.DIVERGED.value).sum())
-        rows.append([ds, arm, value, len(g), diverged, diverged / len(g), ci.mean, ci.low, ci.high, len(ok),
-                     float(ok["meta_train_seconds"].mean()) if len(ok) else math.nan])
-    return pd.DataFrame(rows, columns=cols)
 
 
 def sweep_section(frame: pd.DataFrame, key: str) -> list[str]:
@@ -565,11 +421,11 @@ def render_markdown(inputs: ReportInputs, figures: list[str]) -> str:
     if summary.empty:
         lines += ["No cells in the summary.", ""]
     lines += tuning_section(inputs.tuning)
-    long = compute_long(inputs)
+    long = compute_long(inputs.curves, inputs.summary, inputs.compute)
     for ds in datasets(summary) if not summary.empty else []:
         lines += dataset_section(summary, ds, inputs.meta, inputs.curves, inputs.ceiling)
         lines += equal_compute_section(long, ds)
-        lines += held_out_section(inputs.held_out, _by_dataset(summary, ds), ds)
+        lines += held_out_section(inputs.held_out, by_dataset(summary, ds), ds)
     lines += diagnostics_section(inputs.diagnostics, summary)
     sweep = sweep_frame(summary)
     if not sweep.empty:
@@ -593,7 +449,7 @@ def _write_figures(out_dir: Path, inputs: ReportInputs) -> list[Path]:
     if not inputs.curves.empty:
         fig = band_plot(inputs.curves, inputs.summary, "outer_iter", CURVES_XLABEL, CURVES_TITLE)
         written.append(save_figure(fig, out_dir / "curves.png"))
-    long = compute_long(inputs)
+    long = compute_long(inputs.curves, inputs.summary, inputs.compute)
     if not long.empty:
         axes = {ds: compute_axis(g) for ds, g in long.groupby("dataset_resolved", sort=True)}
         fig = compute_curves_figure(long, axes, AXES)
@@ -646,7 +502,7 @@ def _write_report_files(out_dir: Path, inputs: ReportInputs) -> list[Path]:
                                                            errors="ignore")))
     if not inputs.phases.empty:
         frames.append(("phases", inputs.phases))
-    long = compute_long(inputs)
+    long = compute_long(inputs.curves, inputs.summary, inputs.compute)
     if not long.empty:
         frames.append(("compute_curves", long))
         frames.append(("equal_compute", pd.concat(
