@@ -12,6 +12,8 @@ import pytest
 import torch
 from scipy import stats as st
 
+from tgbench import stats
+from tgbench.kinds.nas_proxy import analysis
 from tgbench.kinds.nas_proxy import run as nas
 from tgbench.cli import main
 from tgbench.suite.loading import load_suite
@@ -32,10 +34,10 @@ def test_correlations_match_scipy():
     rng = np.random.default_rng(1)
     truth = rng.normal(size=40)
     score = truth + rng.normal(scale=1.0, size=40)
-    assert nas.METRICS["spearman"](score, truth) == pytest.approx(st.spearmanr(score, truth).statistic)
-    assert nas.METRICS["kendall"](score, truth) == pytest.approx(st.kendalltau(score, truth).statistic)
+    assert analysis.METRICS["spearman"](score, truth) == pytest.approx(st.spearmanr(score, truth).statistic)
+    assert analysis.METRICS["kendall"](score, truth) == pytest.approx(st.kendalltau(score, truth).statistic)
     top = np.argsort(-score)[:20]
-    assert nas.top_half_spearman(score, truth) == pytest.approx(st.spearmanr(score[top], truth[top]).statistic)
+    assert stats.top_half_spearman(score, truth) == pytest.approx(st.spearmanr(score[top], truth[top]).statistic)
 
 
 def test_top_half_spearman_by_hand():
@@ -43,47 +45,47 @@ def test_top_half_spearman_by_hand():
     # on the top half: over all of them rho is clearly positive, over the proxy's top 50 % it is -1
     score = np.arange(10.0)
     truth = np.array([0, 1, 2, 3, 4, 9, 8, 7, 6, 5], dtype=float)
-    assert nas.METRICS["spearman"](score, truth) > 0.5
-    assert nas.top_half_spearman(score, truth) == pytest.approx(-1.0)
+    assert analysis.METRICS["spearman"](score, truth) > 0.5
+    assert stats.top_half_spearman(score, truth) == pytest.approx(-1.0)
     # odd n: the top ceil(n/2) = 3 of 5 are kept, and they agree perfectly
-    assert nas.top_half_spearman([1, 2, 3, 4, 5], [5, 4, 1, 2, 3]) == pytest.approx(1.0)
+    assert stats.top_half_spearman([1, 2, 3, 4, 5], [5, 4, 1, 2, 3]) == pytest.approx(1.0)
 
 
 def test_top10_precision_by_hand():
     truth = np.arange(20.0)                  # true top 10 % = indices 19, 18
-    assert nas.top_precision(truth, truth) == 1.0
-    assert nas.top_precision(-truth, truth) == 0.0
+    assert stats.top_precision(truth, truth) == 1.0
+    assert stats.top_precision(-truth, truth) == 0.0
     score = np.zeros(20)
     score[19], score[3] = 10, 9              # proxy's top 2 = {19, 3}: one of the two true best
-    assert nas.top_precision(score, truth) == 0.5
+    assert stats.top_precision(score, truth) == 0.5
     # k = round(0.1 * 35) = 4 (3.5 rounds to even: 4); proxy finds 3 of the true top 4
     truth = np.arange(35.0)
     score = truth.copy()
     score[31] = -1
-    assert nas.top_precision(score, truth) == 0.75
+    assert stats.top_precision(score, truth) == 0.75
 
 
 def test_bootstrap_ci_over_architectures():
     rng = np.random.default_rng(0)
     truth = rng.normal(size=60)
     score = truth + rng.normal(scale=0.7, size=60)
-    m = nas.proxy_metrics(score, truth, resamples=300)
-    for name in nas.METRICS:
+    m = analysis.proxy_metrics(score, truth, resamples=300)
+    for name in analysis.METRICS:
         assert m[f"{name}_low"] <= m[name] <= m[f"{name}_high"], name
     assert m["spearman_high"] - m["spearman_low"] > 0.05
-    perfect = nas.proxy_metrics(truth, truth, resamples=200)
+    perfect = analysis.proxy_metrics(truth, truth, resamples=200)
     assert perfect["spearman_low"] == pytest.approx(1.0) and perfect["spearman_high"] == pytest.approx(1.0)
-    assert math.isnan(nas.bootstrap_ci(nas.METRICS["spearman"], [1, 2], [1, 2])[0])
+    assert math.isnan(stats.paired_bootstrap_ci(analysis.METRICS["spearman"], [1, 2], [1, 2])[0])
 
 
 def test_random_search():
     truth = np.linspace(0.5, 0.9, 30)
-    oracle = nas.random_search(truth, truth, [5, 30], repeats=50)
+    oracle = analysis.random_search(truth, truth, [5, 30], repeats=50)
     assert np.all(oracle[30] == truth.max())                     # every candidate drawn: the global best
     assert oracle[5].mean() > truth.mean()
-    blind = nas.random_search(np.zeros(30), truth, [5], repeats=400)[5]   # constant score: a random pick
+    blind = analysis.random_search(np.zeros(30), truth, [5], repeats=400)[5]   # constant score: a random pick
     assert abs(blind.mean() - truth.mean()) < 0.02
-    anti = nas.random_search(-truth, truth, [30], repeats=5)[30]
+    anti = analysis.random_search(-truth, truth, [30], repeats=5)[30]
     assert np.all(anti == truth.min())
 
 
@@ -274,7 +276,7 @@ def test_smoke_suite_end_to_end_and_cache(first_run, tmp_path, monkeypatch):
     archs = _rows(out / "architectures.csv")
     assert len(archs) == n_arch and all(0 < float(a["test_acc"]) <= 1 for a in archs)
     search = _rows(out / "random_search.csv")
-    assert {r["proxy"] for r in search} >= {nas.ORACLE, nas.RANDOM}
+    assert {r["proxy"] for r in search} >= {analysis.ORACLE, analysis.RANDOM}
     report = (out / "report.md").read_text()
     assert "Spearman" in report and "Random-search" in report
     store = Store(f"sqlite:///{tmp_path}/t.db")

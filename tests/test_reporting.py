@@ -126,7 +126,7 @@ def test_a_tune_report_that_fails_half_way_leaves_the_previous_one(tmp_path, mon
 
 
 def test_the_nas_tables_columns_are_the_metrics_the_kind_computes():
-    from tgbench.kinds.nas_proxy import run as nas_proxy
+    from tgbench.kinds.nas_proxy import analysis as nas_proxy
 
     assert list(nas_report.METRIC_HEADERS) == list(nas_proxy.METRICS)
     assert (nas_proxy.ORACLE, nas_proxy.RANDOM) == (ORACLE, RANDOM)   # the search table's arms, named once

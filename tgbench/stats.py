@@ -185,6 +185,44 @@ def kendall(x: Iterable[float], y: Iterable[float]) -> tuple[float, float]:
     return _correlation(_st.kendalltau, x, y)
 
 
+#: "Top" in :func:`top_precision`: the best 10 % (the NAS literature's top-10 % precision).
+TOP_FRACTION = 0.10
+
+
+def top_half_spearman(score, truth) -> float:
+    """Spearman rho over the ceil(n/2) items with the highest ``score`` (the GTN paper's top-50 % rank
+    correlation of a NAS proxy with the ground truth)."""
+    score, truth = np.asarray(score, float), np.asarray(truth, float)
+    keep = np.argsort(-score, kind="stable")[: math.ceil(len(score) / 2)]
+    return spearman(score[keep], truth[keep])[0]
+
+
+def top_precision(score, truth, fraction: float = TOP_FRACTION) -> float:
+    """|top-k by ``score``  ∩  top-k by ``truth``| / k with k = max(1, round(fraction * n)); ties broken by
+    position (a NAS proxy's top-10 % precision)."""
+    score, truth = np.asarray(score, float), np.asarray(truth, float)
+    k = max(1, round(fraction * len(score)))
+    top_proxy = set(np.argsort(-score, kind="stable")[:k])
+    top_true = set(np.argsort(-truth, kind="stable")[:k])
+    return len(top_proxy & top_true) / k
+
+
+def paired_bootstrap_ci(metric, score, truth, resamples: int = 1000, seed: int = 0,
+                        confidence: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of ``metric(score, truth)`` over items (pairs resampled together, e.g. a proxy's
+    score and an architecture's ground truth),
+    ``scipy.stats.bootstrap(paired=True, method="percentile")``, seeded. (nan, nan) below 3 items or
+    when resamples are degenerate (e.g. every resample of a tiny set constant)."""
+    score, truth = np.asarray(score, float), np.asarray(truth, float)
+    if len(score) < 3:
+        return math.nan, math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = _st.bootstrap((score, truth), metric, paired=True, vectorized=False, n_resamples=resamples,
+                           confidence_level=confidence, method="percentile", rng=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
 _TESTS = {"welch": welch_p, "mannwhitney": mann_whitney_p, "mann_whitney": mann_whitney_p}
 
 

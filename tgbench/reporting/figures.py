@@ -25,8 +25,8 @@ import pandas as pd  # noqa: E402
 from tgbench import stats  # noqa: E402
 from tgbench.locations import NAME_LIMIT, safe_name, text_hash  # noqa: E402
 from tgbench.records import Status  # noqa: E402
-from tgbench.reporting.frames import (ORACLE, RANDOM, TOP_FRACTION, UNKNOWN_DATASET, complete_only,  # noqa: E402
-                                      dataset_of)
+from tgbench.reporting.frames import ORACLE, RANDOM, UNKNOWN_DATASET, complete_only, dataset_of  # noqa: E402
+from tgbench.stats import TOP_FRACTION  # noqa: E402
 
 
 def save_figure(fig: plt.Figure, path: Path) -> Path:

@@ -3,7 +3,8 @@
 Few-step frames (``tgbench.kinds.fewstep.report.ReportInputs``): a cell counts in means, bands and p-values only
 when complete; a row without a resolved dataset belongs to :data:`UNKNOWN_DATASET`. NAS frames: the random-search
 table has two reference arms beside the proxies (:data:`ORACLE`, :data:`RANDOM`), and "top" means the best
-:data:`TOP_FRACTION` of the architectures. ``tgbench.kinds.nas_proxy`` builds its tables with these names.
+``tgbench.stats.TOP_FRACTION`` of the architectures. ``tgbench.kinds.nas_proxy.analysis`` builds its tables with
+these names.
 """
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from tgbench.records import Status
 UNKNOWN_DATASET = "(unknown dataset)"
 
 ORACLE, RANDOM = "oracle (ground truth)", "random pick"   # the NAS search table's reference arms
-TOP_FRACTION = 0.10        # "top-10 %" precision, and the points the NAS scatter plots mark
 
 
 def dataset_labels(frame: pd.DataFrame) -> pd.Series:

@@ -14,7 +14,7 @@ from tgbench.reporting.markdown import (PERCENT_BARE, RANK_STATISTIC, document, 
                                         header_lines, md_table)
 
 # the metrics frame's rank metrics (each with ``_low``/``_high`` columns), in table order, with their headers;
-# ``tgbench.kinds.nas_proxy.METRICS`` computes exactly these (a test keeps the two in step)
+# ``tgbench.kinds.nas_proxy.analysis.METRICS`` computes exactly these (a test keeps the two in step)
 METRIC_HEADERS = {
     "spearman": "Spearman ρ",
     "spearman_top50": "top-50 % Spearman ρ",

@@ -4,9 +4,9 @@ Reading order: the search space (``enumerate_space``, ``arch_id``, ``scored_arch
 (``ensure_ground_truth``: each scored architecture trained on real data, cached in the store) -> teachers
 (``ensure_teachers``: the suite's sources meta-trained by ``cells.run_cell``, the same cells as a few-step
 suite) -> proxies (``run_proxies``: every registered proxy of the suite scores every architecture, timed) ->
-metrics (``proxy_metrics``: Spearman, top-50 % Spearman, Kendall, top-10 % precision, each with a bootstrap CI
-over architectures) -> ``random_search`` -> the report. ``run_nas_suite`` / ``report_nas_suite`` are what
-``tgbench run`` / ``tgbench report`` dispatch to.
+metrics (``analysis.proxy_metrics``: Spearman, top-50 % Spearman, Kendall, top-10 % precision, each with a
+bootstrap CI over architectures) -> ``analysis.random_search`` -> the report (``report``). ``run_nas_suite`` /
+``report_nas_suite`` are what ``tgbench run`` / ``tgbench report`` dispatch to.
 
 Where things live in the store:
 
@@ -20,23 +20,19 @@ Where things live in the store:
 from __future__ import annotations
 
 import itertools
-import math
 import random
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import pandas as pd
 from pydantic import Field, PositiveInt, ValidationError, field_validator
-from scipy import stats as st
 from tqdm import tqdm
 
 from tgbench import device as devices
-from tgbench import interrupt, stats
+from tgbench import interrupt
 from tgbench.suite.by_kind import suite_from_dict
 from tgbench.suite.messages import format_error
 from tgbench.suite.schema import GroundTruthSchedule, LearnerSpace, SourceEntry, Strict, Suite
@@ -52,7 +48,7 @@ from tgbench.cells import cell_task, run_cell, study_name
 from tgbench.kinds import RunContext
 from tgbench.provenance import report_provenance
 from tgbench.records import GROUND_TRUTH_STUDY, FewstepCell, NasGroundTruth, NasProxyScores, Status, cell_key, proxy_key
-from tgbench.reporting.frames import ORACLE, RANDOM, TOP_FRACTION
+from tgbench.kinds.nas_proxy.analysis import architecture_table, metrics_table, search_table
 from tgbench.kinds.nas_proxy.report import NasReportInputs, write_report
 from tgbench.source import Teacher
 from tgbench.store import Store
@@ -312,119 +308,6 @@ def _setup_seconds(teacher_record: FewstepCell | None) -> float:
     if teacher_record is None or teacher_record.meta_train_seconds is None:
         return 0.0
     return teacher_record.meta_train_seconds
-
-
-# ---------------------------------------------------------------------------------------------- metrics
-def top_half_spearman(score, truth) -> float:
-    """Spearman rho over the ceil(n/2) architectures with the highest proxy scores (the paper's top-50 %)."""
-    score, truth = np.asarray(score, float), np.asarray(truth, float)
-    keep = np.argsort(-score, kind="stable")[: math.ceil(len(score) / 2)]
-    return stats.spearman(score[keep], truth[keep])[0]
-
-
-def top_precision(score, truth, fraction: float = TOP_FRACTION) -> float:
-    """|proxy's top-k  ∩  true top-k| / k with k = max(1, round(fraction * n)); ties broken by position."""
-    score, truth = np.asarray(score, float), np.asarray(truth, float)
-    k = max(1, round(fraction * len(score)))
-    top_proxy = set(np.argsort(-score, kind="stable")[:k])
-    top_true = set(np.argsort(-truth, kind="stable")[:k])
-    return len(top_proxy & top_true) / k
-
-
-METRICS = {
-    "spearman": lambda s, t: stats.spearman(s, t)[0],
-    "spearman_top50": top_half_spearman,
-    "kendall": lambda s, t: stats.kendall(s, t)[0],
-    "top10_precision": top_precision,
-}
-
-
-def bootstrap_ci(metric, score, truth, resamples: int = 1000, seed: int = 0,
-                 confidence: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap CI of ``metric(score, truth)`` over architectures (pairs resampled together),
-    ``scipy.stats.bootstrap(paired=True, method="percentile")``, seeded. (nan, nan) below 3 architectures or
-    when resamples are degenerate (e.g. every resample of a tiny set constant)."""
-    score, truth = np.asarray(score, float), np.asarray(truth, float)
-    if len(score) < 3:
-        return math.nan, math.nan
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        res = st.bootstrap((score, truth), metric, paired=True, vectorized=False, n_resamples=resamples,
-                           confidence_level=confidence, method="percentile", rng=np.random.default_rng(seed))
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
-
-
-def proxy_metrics(score, truth, resamples: int = 1000, seed: int = 0) -> dict[str, float]:
-    """Every metric of ``METRICS`` with its 95 % bootstrap CI: keys ``<metric>``, ``<metric>_low/_high``."""
-    out = {}
-    for name, metric in METRICS.items():
-        out[name] = float(metric(score, truth))
-        out[f"{name}_low"], out[f"{name}_high"] = bootstrap_ci(metric, score, truth, resamples, seed)
-    return out
-
-
-def random_search(score, truth, budgets: list[int], repeats: int, seed: int = 0) -> dict[int, np.ndarray]:
-    """Random-search NAS with a proxy (the paper's Table 1 logic): for each budget N and repeat, draw N distinct
-    candidates, keep the one the proxy scores highest, and record its ground truth. Returns N -> (repeats,)
-    array. Pass ``score = truth`` for the oracle; a constant score picks the first drawn (a random pick)."""
-    score, truth = np.asarray(score, float), np.asarray(truth, float)
-    rng = np.random.default_rng(seed)
-    out = {}
-    for n in budgets:
-        picks = np.empty(repeats)
-        for r in range(repeats):
-            cand = rng.choice(len(score), size=n, replace=False)
-            picks[r] = truth[cand[np.argmax(score[cand])]]
-        out[n] = picks
-    return out
-
-
-# ---------------------------------------------------------------------------------------------- tables
-def architecture_table(specs: list[LearnerSpec], truth: pd.DataFrame,
-                       records: list[NasProxyScores]) -> pd.DataFrame:
-    """One row per scored architecture: id, description, ground truth (mean over seeds), every proxy's score."""
-    gt = truth.groupby("arch_id").agg(val_acc=("val_acc", "mean"), test_acc=("test_acc", "mean"),
-                                      gt_seeds=("seed", "count"), gt_seconds=("seconds", "mean"),
-                                      gt_cpu_seconds=("cpu_seconds", "mean"))
-    rows = []
-    for spec in specs:
-        aid = arch_id(spec)
-        row = {"arch_id": aid, "description": spec.describe(), **gt.loc[aid].to_dict()}
-        row.update({f"score:{r.label}": r.scores.get(aid) for r in records})
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def metrics_table(archs: pd.DataFrame, records: list[NasProxyScores], target: str, resamples: int) -> pd.DataFrame:
-    rows = []
-    for r in records:
-        score = archs[f"score:{r.label}"].to_numpy(float)
-        rows.append({"proxy": r.label, "family": r.family, "n": len(score),
-                     **proxy_metrics(score, archs[target].to_numpy(float), resamples),
-                     "seconds_per_arch": float(np.mean(list(r.seconds.values()))),
-                     "cpu_seconds_per_arch": float(np.mean(list(r.cpu_seconds.values()))),
-                     "setup_seconds": r.setup_seconds,
-                     "total_seconds": r.setup_seconds + float(sum(r.seconds.values()))})
-    return pd.DataFrame(rows)
-
-
-def search_table(archs: pd.DataFrame, records: list[NasProxyScores], target: str, budgets: list[int],
-                 repeats: int) -> pd.DataFrame:
-    """Random search with every proxy, the oracle and a random pick: one row per (proxy, budget), with the
-    ground truth of the pick (mean and 95 % bootstrap CI over repeats) and the search's cost: the proxy's setup
-    (wall s) + N x its CPU s per architecture; the oracle pays full ground-truth training of all N."""
-    truth = archs[target].to_numpy(float)
-    gt_per_arch = float((archs["gt_cpu_seconds"] * archs["gt_seeds"]).mean())
-    arms = [(r.label, archs[f"score:{r.label}"].to_numpy(float), r.setup_seconds,
-             float(np.mean(list(r.cpu_seconds.values())))) for r in records]
-    arms += [(ORACLE, truth, 0.0, gt_per_arch), (RANDOM, np.zeros_like(truth), 0.0, 0.0)]
-    rows = []
-    for label, score, setup, per_arch in arms:
-        for n, picks in random_search(score, truth, budgets, repeats).items():
-            ci = stats.mean_ci(picks)
-            rows.append({"proxy": label, "budget": n, "mean": ci.mean, "low": ci.low, "high": ci.high,
-                         "repeats": ci.n, "search_seconds": setup + n * per_arch})
-    return pd.DataFrame(rows)
 
 
 # ---------------------------------------------------------------------------------------------- report
