@@ -55,7 +55,7 @@ from optuna.trial import TrialState
 
 from tgbench import interrupt
 from tgbench.errors import BadInput
-from tgbench.locations import check_regular_file
+from tgbench.locations import check_regular_file, check_under, child_path, safe_name
 from tgbench.records import CellRecord, FewstepCell, Record, Status, record_from_attrs
 
 DEFAULT_STORAGE = "sqlite:///results/tgbench.db"
@@ -391,8 +391,10 @@ class Store:
         """Where a cell's meta-training state is saved while it runs (``tgbench.resume``): beside the teacher
         artifacts, keyed by the study, the cell and its config hash — not by the trial, since a rerun claims a
         new one and must find it."""
-        safe = [re.sub(r"[^A-Za-z0-9._-]", "_", part) for part in (study.study_name, cell)]
-        return self.artifacts_dir / "saved_states" / safe[0] / f"{safe[1]}-{chash}.pt"
+        # (names through the one safe-name function: a plain name keeps the file name it always had, e.g.
+        # gtn_cpu|seed=0 -> gtn_cpu_seed_0-<hash>.pt, which a long run's resume depends on)
+        folder = child_path(self.artifacts_dir / "saved_states", study.study_name)
+        return check_under(folder, folder / f"{safe_name(cell)}-{chash}.pt")
 
     def save_teacher(self, study: optuna.Study, trial: optuna.Trial, payload: dict) -> str:
         import torch
