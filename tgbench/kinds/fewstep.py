@@ -24,6 +24,7 @@ from tgbench.ceiling import ceiling_records, ceiling_schedule, describe_schedule
 from tgbench.cells import CellTask, decode_array, run_cell, study_name, tuned_arm
 from tgbench.config import Suite, check_data_sizes
 from tgbench.errors import BadInput, CellsFailed
+from tgbench.fit import check_fit
 from tgbench.identity import cell_hash
 from tgbench.kinds import RunContext, SuiteKind
 from tgbench.locations import check_writable_dir, out_location
@@ -81,6 +82,7 @@ def run_fewstep(ctx: RunContext) -> Path:
     device = devices.resolve(opts.device)
     # batch sizes are known to fit only now that the data is loaded: refuse them before the store is touched
     check_data_sizes(suite_path, suite, len(dataset.train), dataset.resolved, profile)
+    check_fit(suite_path, suite, dataset.problem, len(dataset.train), device, profile)  # lrs, memory (tgbench.fit)
     out_dir = ctx.out_dir()
     store = ctx.store()
     # N workers share the cores: give each its slice so they don't oversubscribe (spinning OpenMP threads
