@@ -171,22 +171,53 @@ def arm_needs(suite: Suite, i: int, problem: Problem, train_size: int) -> list[N
         needs.append(Need(values * size, f"{learner_key}.{_widest_part(spec, problem)}",
                           f"meta-training learner {spec.describe()} ({weights:,} weights, {kept} kept steps of "
                           f"batch {inner.batch_size})"))
-    ev = suite.evaluation
-    # (learners derived from the reference, the default evaluation and held-out sets, are sized by `learner:`)
-    evaluated = [("evaluation.architectures" if ev.architectures else None, s)
-                 for s in ev.learner_specs(suite.learner, None)]
-    evaluated += [("evaluation.held_out" if ev.held_out is not None else None, s)
-                  for s in ev.held_out_specs(suite.learner, None).values()]
-    for key, spec in evaluated:
-        weights = learner_parameters(spec, problem)
-        needs.append(Need((2 * weights + inner.batch_size * learner_outputs(spec, problem)) * size,
-                          key or f"learner.{_widest_part(spec, problem)}",
-                          f"evaluation learner {spec.describe()} ({weights:,} weights)"))
+    needs += evaluation_needs(suite, problem, inner.batch_size)
     teacher = teacher_parameters(suite, entry, problem, train_size)
     lessons = kept * inner.batch_size * math.prod(problem.image_shape)
     needs.append(Need((4 * teacher + lessons) * size, f"sources[{i}].params",
                       f"teacher of method {entry.method!r} ({teacher:,} meta-parameters)"))
     return needs
+
+
+def evaluation_needs(suite: Suite, problem: Problem, batch: int) -> list[Need]:
+    """Lower bounds of each evaluation and held-out learner: its weights, momentum buffer and one step's outputs."""
+    ev, size = suite.evaluation, element_bytes()
+    # (learners derived from the reference, the default evaluation and held-out sets, are sized by `learner:`)
+    evaluated = [("evaluation.architectures" if ev.architectures else None, s)
+                 for s in ev.learner_specs(suite.learner, None)]
+    evaluated += [("evaluation.held_out" if ev.held_out is not None else None, s)
+                  for s in ev.held_out_specs(suite.learner, None).values()]
+    needs = []
+    for key, spec in evaluated:
+        weights = learner_parameters(spec, problem)
+        needs.append(Need((2 * weights + batch * learner_outputs(spec, problem)) * size,
+                          key or f"learner.{_widest_part(spec, problem)}",
+                          f"evaluation learner {spec.describe()} ({weights:,} weights)"))
+    return needs
+
+
+# `tgbench teach` trains a teacher file's evaluation learners one after another: at most this many (the shipped
+# suites score 1-4 per architecture), whatever its embedded suite says
+MAX_TEACH_LEARNERS = 1000
+
+
+def check_embedded_suite(path: str | Path, suite: Suite, entry: SourceEntry, problem: Problem, train_size: int,
+                         device: torch.device | str = "cpu") -> None:
+    """``BadInput`` naming the teacher file and the ``suite.`` key when the suite saved inside it (which anyone can
+    edit) asks for learners or a teacher that clearly cannot fit in memory (the bounds :func:`check_fit` uses;
+    ``teach`` bounds the number of learners, ``MAX_TEACH_LEARNERS``)."""
+    inner = suite.inner_for(entry)
+    needs = evaluation_needs(suite, problem, inner.batch_size)
+    key = f"sources[{suite.sources.index(entry)}].params" if entry in suite.sources else "params"
+    teacher = teacher_parameters(suite, entry, problem, train_size)
+    needs.append(Need(2 * teacher * element_bytes(), key, f"teacher of method {entry.method!r} "
+                                                         f"({teacher:,} parameters)"))
+    budget = available_bytes(device)
+    need = max(needs, key=lambda n: n.bytes)
+    if budget is not None and need.bytes > budget:
+        raise ConfigError(f"{path}: suite.{need.key}: the suite saved in this teacher asks for more memory than "
+                          f"there is: its {need.what} alone needs at least {_gb(need.bytes)}, and "
+                          f"{torch.device(device)} has {_gb(budget)} available")
 
 
 def available_bytes(device: torch.device | str = "cpu") -> int | None:
