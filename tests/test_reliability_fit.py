@@ -49,9 +49,9 @@ def _run(tmp_path, capsys, *sets: str):
     ("outer.lr=1e300", "outer.lr"), ("inner.lr=1e300", "inner.lr"), ("sources.gtn.inner={lr: 1e30}", "sources[0].inner.lr"),
     ("sources.gtn.params.code_scale=.inf", "sources.gtn.params.code_scale"),
     ("sources.gtn.params.code_scale=1e300", "sources.gtn.params.code_scale"),
-    ("sources.gtn.params.noise_dim=1e12", "sources.gtn.params.noise_dim"),
-    ("sources.gtn.params.fc_hidden=1e12", "sources.gtn.params.fc_hidden"),
-    ("sources.gtn.params.channels=[1e12, 4]", "sources.gtn.params.channels"),
+    ("sources.gtn.params.noise_dim=1000000000000", "sources.gtn.params.noise_dim"),
+    ("sources.gtn.params.fc_hidden=1000000000000", "sources.gtn.params.fc_hidden"),
+    ("sources.gtn.params.channels=[1000000000000, 4]", "sources.gtn.params.channels"),
 ])
 def test_values_that_validate_but_cannot_run_are_exit_2_at_validate(tmp_path, capsys, setting, key):
     code, _, err = cli(["validate", str(_suite(tmp_path)), "--set", setting], capsys)
