@@ -158,9 +158,9 @@ def _checked(where: Path, data: dict, need_schedule: bool) -> dict:
     return data
 
 
-# a lessons file's learning rates start the learned schedule: as a suite's, far above any useful value but within
+# a lessons file's learning rates start the learned schedule: bounded as a suite's (tgbench.fit.MAX_LR), within
 # float32 (a lr of 1e300 overflows the first inner step)
-MAX_FILE_LR = 1e6
+MAX_FILE_LR = 1e30
 
 
 def _check_batch_size(where: Path, value, images: int) -> None:

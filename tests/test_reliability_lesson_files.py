@@ -34,7 +34,7 @@ BAD = {
     "lr_nan": ({"lr": torch.tensor([0.02, math.nan])}, "lr"),
     "lr_inf": ({"lr": torch.tensor([math.inf, 0.02])}, "lr"),
     "lr_negative": ({"lr": torch.tensor([-0.1, 0.02])}, "lr"),
-    "lr_overflowing": ({"lr": torch.tensor([1e30, 0.02], dtype=torch.float64)}, "lr"),
+    "lr_overflowing": ({"lr": torch.tensor([1e35, 0.02], dtype=torch.float64)}, "lr"),
     "lr_integers": ({"lr": torch.tensor([1, 2])}, "lr"),
     "momentum_nan": ({"momentum": torch.tensor([math.nan, 0.5])}, "momentum"),
     "momentum_zero": ({"momentum": torch.tensor([0.0, 0.5])}, "momentum"),
