@@ -12,10 +12,11 @@ from tgbench.source import Source, SourceParams, balanced_labels
 
 class DatasetDistillationParams(SourceParams):
     init: Literal["noise", "real"] = "noise"    # N(0, 1) pixels (random init), or real examples of each label
-    init_scale: float = Field(1.0, gt=0)        # std of the noise init, in normalised pixel units
+    # (upper bounds: far beyond a useful value, yet finite in float32 once multiplied by the pixels or the lr)
+    init_scale: float = Field(1.0, gt=0, le=1000.0)   # std of the noise init, in normalised pixel units
     learn_labels: bool = False                  # learn soft labels with the pixels (GTN paper, App. F)
     # The pixels' own step size, as a multiple of the outer lr (see DatasetDistillation): 1 = the shared lr.
-    pixel_lr_scale: float = Field(1.0, gt=0)
+    pixel_lr_scale: float = Field(1.0, gt=0, le=1e6)
 
 
 class DatasetDistillation(Source):

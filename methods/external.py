@@ -30,6 +30,7 @@ again.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -141,12 +142,43 @@ def _checked(where: Path, data: dict, need_schedule: bool) -> dict:
     if not torch.isfinite(images).all() or (labels is not None and labels.dim() == 2
                                             and not torch.isfinite(labels).all()):
         raise BadInput(f"path: {where}: images/labels: contains NaN or infinite values")
+    _check_batch_size(where, data.get("batch_size"), images.shape[0])
     for key in ("lr", "momentum") if need_schedule else ():
         value = data.get(key)
         if not isinstance(value, torch.Tensor) or value.dim() != 1 or not len(value):
             raise BadInput(f"path: {where}: {key}: schedule: file needs a 1-d tensor of per-step values (a "
                            "tgbench lessons file's; DD-Ranking's and DC-BENCH's layouts have no per-step schedule)")
+        # the values start the learned schedule (log lr, logit momentum): each must be a legal starting point
+        # (a momentum of 1 or more suits only the suite's `inner.momentum_form: exp`, which the file cannot know)
+        high = MAX_FILE_LR if key == "lr" else math.inf
+        if not value.is_floating_point() or not torch.isfinite(value).all() or not bool(
+                ((value > 0) & (value <= high)).all()):
+            raise BadInput(f"path: {where}: {key}: schedule: file needs finite float values above 0"
+                           f"{f' and at most {MAX_FILE_LR:g}' if key == 'lr' else ''}, got {_preview(value)}")
     return data
+
+
+# a lessons file's learning rates start the learned schedule: bounded as a suite's (tgbench.fit.MAX_LR), within
+# float32 (a lr of 1e300 overflows the first inner step)
+MAX_FILE_LR = 1e30
+
+
+def _check_batch_size(where: Path, value, images: int) -> None:
+    """A file's ``batch_size`` (absent: the suite's): a whole number from 2 (mean-only batch norm needs two) to
+    the number of images, as a plain int or a 0-d integer tensor."""
+    if value is None:
+        return
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_floating_point() \
+            and value.dtype != torch.bool:
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not 2 <= value <= images:
+        raise BadInput(f"path: {where}: batch_size: expected a whole number from 2 to the {images} images (a "
+                       f"lesson needs at least 2: mean-only batch norm), got {_preview(value)}")
+
+
+def _preview(value) -> str:
+    text = repr(value.tolist() if isinstance(value, torch.Tensor) and value.numel() <= 8 else value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def as_probabilities(labels: torch.Tensor) -> torch.Tensor:

@@ -2,16 +2,19 @@
 learner's whole inner training loop (Such et al., ICML 2020), with the paper's four curricula."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import Field, model_validator
 from torch import nn
 
 from tgbench.nn import Generator, GeneratorSpec
 from tgbench.source import Source, SourceParams, balanced_labels
 
 Curriculum = Literal["none", "all_shuffled", "shuffled_batch", "full"]
+MAX_SIZE = 8192          # as a learner's widths (tgbench.config.MAX_WIDTH); the paper's generator: 128 / 1024 / 128
+MAX_SCALE = 1000.0       # an init std in normalised units (pixels are ~N(0, 1)); beyond it tanh saturates at once
+Size = Annotated[int, Field(gt=0, le=MAX_SIZE)]
 
 
 class GTNParams(SourceParams):
@@ -29,11 +32,13 @@ class GTNParams(SourceParams):
 
     curriculum: Curriculum = "full"
     weight_norm: bool = True
-    noise_dim: PositiveInt = 128
-    fc_hidden: PositiveInt = 1024
-    channels: tuple[PositiveInt, PositiveInt] = (128, 64)
+    # sizes at most MAX_SIZE (a learner layer's bound; 1e12 validated, then failed allocating): the memory check
+    # before a run (tgbench.fit) refuses what fits these bounds but not the machine
+    noise_dim: Size = 128
+    fc_hidden: Size = 1024
+    channels: tuple[Size, Size] = (128, 64)
     learn_labels: bool = False
-    code_scale: float = Field(1.0, gt=0)    # std of the initial learned codes
+    code_scale: float = Field(1.0, gt=0, le=MAX_SCALE)    # std of the initial learned codes
 
     @model_validator(mode="after")
     def _labels_need_codes(self) -> "GTNParams":

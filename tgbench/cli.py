@@ -276,10 +276,12 @@ def _dispatch(args: argparse.Namespace) -> int:
 
             args.suite = str(resolve_suite(args.suite))  # a name -> the installed file; a path stays itself
         if args.command == "validate":
+            from tgbench.fit import check_values
             from tgbench.suite.loading import load_suite
             from tgbench.suite.names import PROFILES
 
             suite = load_suite(args.suite, overrides=args.overrides)
+            check_values(args.suite, args.overrides)  # what validates but cannot run (tgbench.fit)
             print(f"{args.suite}: ok ({suite.kind}, {len(suite.sources)} sources, profiles: "
                   f"{', '.join(p for p in PROFILES if p in suite.profiles) or 'none'}"
                   f"{f', {len(suite.overrides)} --set override(s)' if suite.overrides else ''})")

@@ -153,17 +153,44 @@ class _ProtocolResolver:
 
 
 def collect(stores: Store | list[Store], log=print) -> list[Table]:
-    """Every finished few-step arm in the store(s), grouped into comparable tables, ranked, Pareto front marked."""
+    """Every finished few-step arm in the store(s), grouped into comparable tables, ranked, Pareto front marked.
+
+    Several stores: an arm (study, source, config hash) that two of them hold with the same records (a copied
+    store) is ranked once; with different records (other seeds, other results) the two are refused, naming both
+    stores (``BadInput``): a row is one measurement of one configuration, and ranking both would put the same
+    experiment twice in a table and its Pareto front with nothing to say which is which."""
     tables: dict[tuple[str, str], Table] = {}
+    seen: dict[tuple[str, str, str], tuple[str, tuple]] = {}   # arm -> (store, its records' fingerprint)
     for store in [stores] if isinstance(stores, Store) else stores:
-        _collect_store(store, tables, log)
+        _collect_store(store, tables, log, seen)
     for table in tables.values():
         table.rows.sort(key=lambda r: (-_or(r.accuracy.mean, -1.0), r.suite, r.source))
         mark_pareto(table.rows)
     return sorted(tables.values(), key=lambda t: (t.protocol.get("dataset") or "", t.profile, t.key))
 
 
-def _collect_store(store: Store, tables: dict[tuple[str, str], Table], log) -> None:
+def fingerprint(cells: list[FewstepCell]) -> tuple:
+    """What two stores must agree on to hold the same records of an arm: each seed's status and scores."""
+    return tuple(sorted((r.seed, r.status.value, r.test_acc_final, r.val_acc_final, r.outer_iterations)
+                        for r in cells))
+
+
+def _already_ranked(seen: dict, arm: tuple[str, str, str], store: Store, cells: list[FewstepCell]) -> bool:
+    """True when another store already gave the same records of ``arm``; ``BadInput`` when it gave others."""
+    mine = fingerprint(cells)
+    if arm not in seen:
+        seen[arm] = (store.url, mine)
+        return False
+    first, theirs = seen[arm]
+    if theirs == mine:
+        return True
+    seeds = sorted({s[0] for s in set(theirs) ^ set(mine)})
+    raise BadInput(f"--storage: {first} and {store.url} hold different records of study {arm[0]!r} arm {arm[1]!r} "
+                   f"(config {arm[2]}; seed(s) {', '.join(map(str, seeds))} differ): a leaderboard ranks one "
+                   "measurement per configuration; name one of the two stores, or merge their cells into one")
+
+
+def _collect_store(store: Store, tables: dict[tuple[str, str], Table], log, seen: dict) -> None:
     resolver = _ProtocolResolver(store, log)
     for name in sorted(store.study_names()):
         study = store.study(name, create=False)
@@ -174,6 +201,8 @@ def _collect_store(store: Store, tables: dict[tuple[str, str], Table], log) -> N
             by_arm.setdefault((r.source, r.config_hash), []).append(r)
         for (source, chash), cells in sorted(by_arm.items()):
             cells.sort(key=lambda r: r.seed)
+            if _already_ranked(seen, (name, source, chash), store, cells):
+                continue
             first = cells[0]
             protocol = resolver.protocol(first, cells[1:])
             profile = _or_missing(first.profile, "?")

@@ -25,7 +25,9 @@ from tgbench.errors import BadInput
 
 NAME_LIMIT = 80          # characters of a safe name before it is cut and ends in a hash of the whole text
 LABEL_LIMIT = 200        # characters of a source label (a suite name has the same limit)
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+# one `_` per character outside the set (not per run): the rule Store.saved_state_path always used, so a saved
+# meta-training state keeps its file name (`backprop[steps=16]|seed=2` -> `backprop_steps_16__seed_2-<hash>.pt`)
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 def text_hash(text: Any) -> str:
@@ -34,8 +36,8 @@ def text_hash(text: Any) -> str:
 
 
 def safe_name(text: Any) -> str:
-    """A file-name-safe, bounded form of ``text``: runs of characters other than ASCII letters, digits, ``.``,
-    ``_`` and ``-`` become ``_``; a name that starts with a dot (``..``, a hidden file) gets a ``_`` in front;
+    """A file-name-safe, bounded form of ``text``: each character other than an ASCII letter, a digit, ``.``,
+    ``_`` or ``-`` becomes ``_``; a name that starts with a dot (``..``, a hidden file) gets a ``_`` in front;
     one longer than ``NAME_LIMIT`` is cut there and ends in ``-<hash of the full text>``. Never empty, never
     ``.`` or ``..``, never holding a path separator or a control character. Plain names (``mnist_fewstep``,
     ``gtn``) stay as they are."""

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import functools
 import hashlib
 import json
@@ -55,7 +56,7 @@ from optuna.trial import TrialState
 
 from tgbench import interrupt
 from tgbench.errors import BadInput
-from tgbench.locations import check_regular_file
+from tgbench.locations import check_regular_file, check_under, child_path, safe_name
 from tgbench.records import CellRecord, FewstepCell, Record, Status, record_from_attrs
 
 DEFAULT_STORAGE = "sqlite:///results/tgbench.db"
@@ -213,9 +214,49 @@ def require_existing(url: str | None, hint: str = "run the suite first, or pass 
     return url
 
 
+class NoSpaceLeft(OSError):
+    """The file system under the store (or its artifacts) is full: a one-line "no space left on <folder>" (exit 1)
+    instead of Optuna's "StorageInternalError ... e.g. exceeding max length", which hid the cause."""
+
+
+FULL_DISK_WORDS = ("database or disk is full", "no space left on device", "disk quota exceeded")
+
+
+def is_full_disk(exc: BaseException) -> bool:
+    """Whether ``exc`` or what caused it (Optuna wraps SQLAlchemy, which wraps sqlite3) says the disk is full."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(words in str(exc).lower() for words in FULL_DISK_WORDS):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _says_when_full(method):
+    """``method`` of :class:`Store`, raising :class:`NoSpaceLeft` naming the folder when a write found the disk
+    full (the store is left as SQLite's rollback leaves it: the cell's claim is retried by the next run)."""
+    @functools.wraps(method)
+    def checked(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except NoSpaceLeft:
+            raise
+        except Exception as exc:
+            if not is_full_disk(exc):
+                raise
+            raise NoSpaceLeft(f"no space left on {self.full_disk_folder(method.__name__)} "
+                                            f"(writing the store {self.url}); free some space and run again: "
+                                            "unfinished cells are retried") from exc
+    return checked
+
+
 class Store:
     """Thin wrapper over ``optuna.storages.RDBStorage`` that knows cells, records and teacher artifacts."""
 
+    @_says_when_full
     def __init__(self, url: str | None = None, artifacts_dir: str | Path | None = None,
                  heartbeat_interval: int | None = None, grace_period: int | None = None):
         self.url = refuse_in_memory(resolve_url(url))
@@ -246,6 +287,7 @@ class Store:
         self.artifacts_dir = artifacts_location(self.url, artifacts_dir)[0]
 
     # ------------------------------------------------------------------ studies and cells
+    @_says_when_full
     def study(self, name: str, create: bool = True) -> optuna.Study:
         if not create:
             try:
@@ -283,6 +325,7 @@ class Store:
                 newest[record.cell] = record
         return list(newest.values())
 
+    @_says_when_full
     def begin(self, study: optuna.Study, key: str, chash: str,
               kind: type[CellRecord] = FewstepCell) -> optuna.Trial:
         """Open a RUNNING trial for a cell (a record of ``kind``): its kind, cell key, config hash, worker and
@@ -296,6 +339,7 @@ class Store:
         self.storage.record_heartbeat(trial_id)
         return optuna.Trial(study, trial_id)
 
+    @_says_when_full
     def claim(self, study: optuna.Study, key: str, chash: str,
               kind: type[CellRecord] = FewstepCell) -> optuna.Trial | None:
         """This process's RUNNING trial for the cell, or None when the cell is done or another worker holds it
@@ -327,6 +371,7 @@ class Store:
         self.fail_stale(study)
         return {(r.cell, r.config_hash) for r in self.cell_records(study, states=(TrialState.RUNNING,))}
 
+    @_says_when_full
     def fail_stale(self, study: optuna.Study) -> None:
         """Fail the RUNNING trials whose worker is gone (step 1 of the protocol in the module docstring)."""
         with warnings.catch_warnings():
@@ -375,6 +420,7 @@ class Store:
             stop.set()
             thread.join()
 
+    @_says_when_full
     def finish(self, study: optuna.Study, trial: optuna.Trial, record: Record) -> None:
         """Write the whole record (:func:`write_record`: its status last), then close the trial: COMPLETE (value
         ``record.trial_value()``, e.g. the final test accuracy) or FAIL.
@@ -391,19 +437,36 @@ class Store:
         """Where a cell's meta-training state is saved while it runs (``tgbench.resume``): beside the teacher
         artifacts, keyed by the study, the cell and its config hash — not by the trial, since a rerun claims a
         new one and must find it."""
-        safe = [re.sub(r"[^A-Za-z0-9._-]", "_", part) for part in (study.study_name, cell)]
-        return self.artifacts_dir / "saved_states" / safe[0] / f"{safe[1]}-{chash}.pt"
+        # (names through the one safe-name function: a plain name keeps the file name it always had, e.g.
+        # gtn_cpu|seed=0 -> gtn_cpu_seed_0-<hash>.pt, which a long run's resume depends on)
+        folder = child_path(self.artifacts_dir / "saved_states", study.study_name)
+        return check_under(folder, folder / f"{safe_name(cell)}-{chash}.pt")
 
+    @_says_when_full
     def save_teacher(self, study: optuna.Study, trial: optuna.Trial, payload: dict) -> str:
         import torch
 
         self.artifacts_dir.mkdir(parents=True, exist_ok=True)
         store = FileSystemArtifactStore(str(self.artifacts_dir))
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "teacher.pt"
-            torch.save(payload, path)
-            return upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial,
-                                   storage=self.storage)
+        before = set(os.listdir(self.artifacts_dir))
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "teacher.pt"
+                torch.save(payload, path)
+                return upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial,
+                                       storage=self.storage)
+        except BaseException:  # a copy cut short (a full disk, a signal) leaves no half artifact behind
+            for name in set(os.listdir(self.artifacts_dir)) - before:
+                with contextlib.suppress(OSError):
+                    (self.artifacts_dir / name).unlink()
+            raise
+
+    def full_disk_folder(self, doing: str) -> Path | str:
+        """The folder a full disk stopped: the artifacts' for a teacher, else the SQLite file's (a server's
+        database: its URL)."""
+        if doing == "save_teacher" or not self.url.startswith("sqlite:///"):
+            return self.artifacts_dir if doing == "save_teacher" else self.url
+        return Path(self.url.removeprefix("sqlite:///")).parent
 
     def load_teacher(self, artifact_id: str) -> dict:
         """The payload :meth:`save_teacher` stored, read with ``weights_only=True`` (tensors and plain

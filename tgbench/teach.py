@@ -43,6 +43,7 @@ from torch import nn
 
 from tgbench import device as devices
 from tgbench.builders import build_teacher
+from tgbench.fit import MAX_TEACH_LEARNERS, check_embedded_suite
 from tgbench.suite.by_kind import suite_from_dict
 from tgbench.suite.loading import load_suite
 from tgbench.suite.schema import MAX_INNER_STEPS, SourceEntry, Suite
@@ -344,6 +345,8 @@ def _restore(path: str | Path, data_root: str | None, device: str | None):
     dataset = load_dataset(payload["dataset_resolved"], data_root=data_root, download=suite.dataset.download,
                            fallback=None, seed=0)
     on = devices.resolve(device)
+    # the suite inside the file is anyone's to edit: bound what it asks for before anything is built from it
+    check_embedded_suite(path, suite, entry, dataset.problem, len(dataset.train), on)
     devices.prepare(on)
     dataset = devices.on_device(dataset, on)
     return payload, suite, dataset, _rebuild_teacher(path, payload, suite, entry, dataset)
@@ -367,6 +370,11 @@ def teach(path: str | Path, model: str | None = None, steps: int | None = None, 
         raise BadInput(f"--steps: at most {MAX_TEACH_STEPS} inner steps (got {steps}; this teacher was meta-trained "
                        f"for {trained_steps}, and repeats its lessons beyond that)")
     teacher = RepeatsShared(teacher, trained_steps)
+    if learners is not None and learners > MAX_TEACH_LEARNERS:
+        raise BadInput(f"--learners: at most {MAX_TEACH_LEARNERS} (got {learners})")
+    if learners is None and suite.evaluation.final_learners > MAX_TEACH_LEARNERS:  # (an edited embedded suite)
+        raise BadInput(f"{path}: suite.evaluation.final_learners: {suite.evaluation.final_learners} learners is "
+                       f"more than teach trains (at most {MAX_TEACH_LEARNERS}); pass --learners to choose fewer")
     learners = learners or suite.evaluation.final_learners
     result = evaluate(teacher, specs, dataset.test, dataset.val,
                       EvalPlan(steps, learners, teacher.optimizer, per_step=False),

@@ -26,6 +26,7 @@ from tgbench.cells import (CELL_FAILURES, CellTask, cell_task, decode_array, not
 from tgbench.suite.checks import check_data_sizes
 from tgbench.suite.schema import Suite
 from tgbench.errors import BadInput, CellsFailed
+from tgbench.fit import check_fit
 from tgbench.identity import cell_hash
 from tgbench.kinds import RunContext
 from tgbench.locations import check_writable_dir, out_location
@@ -82,6 +83,7 @@ def run_fewstep(ctx: RunContext) -> Path:
     dataset = ctx.dataset()
     # batch sizes are known to fit only now that the data is loaded: refuse them before the store is touched
     check_data_sizes(suite_path, suite, len(dataset.train), dataset.resolved, profile)
+    check_fit(suite_path, suite, dataset.problem, len(dataset.train), ctx.resolved_device, profile)  # lrs, memory
     out_dir = ctx.out_dir()
     store = ctx.store()
     # N workers share the cores: give each its slice so they don't oversubscribe (spinning OpenMP threads
