@@ -93,6 +93,18 @@ def test_a_learner_too_large_for_the_memory_limit_is_exit_2_before_any_work(tmp_
     assert studies(tmp_path / "t.db") == [] and not (tmp_path / "out").exists()
 
 
+@pytest.fixture
+def capped_memory():
+    """These runs go on to allocate tens of GB when the check misses them (one did: the OOM killer took the test
+    worker): cap this process's address space 4 GiB above what it maps now, so a miss is a MemoryError here."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    mapped = int(next(line.split()[1] for line in Path("/proc/self/status").read_text().splitlines()
+                      if line.startswith("VmSize:"))) * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (mapped + 4 * GIB, hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
 @pytest.mark.parametrize("setting, key", [
     ("learner.conv_channels=[[8192, 8192]]", "learner.conv_channels"),
     ("learner.fc_hidden=[[8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192]]", "learner.fc_hidden"),
@@ -100,7 +112,7 @@ def test_a_learner_too_large_for_the_memory_limit_is_exit_2_before_any_work(tmp_
     ("evaluation.held_out={big: {conv_channels: [8192, 8192, 8192]}}", "evaluation.held_out"),
     ("outer.population=100000", "learner.conv_channels"),
 ])
-def test_what_cannot_fit_names_the_key_that_sizes_it(tmp_path, capsys, monkeypatch, setting, key):
+def test_what_cannot_fit_names_the_key_that_sizes_it(tmp_path, capsys, monkeypatch, setting, key, capped_memory):
     monkeypatch.setattr(fit, "available_bytes", lambda device: 8 * GIB)
     code, _, err = _run(tmp_path, capsys, setting)
     assert code == 2 and len(err.strip().splitlines()) == 1 and f"t.yaml: {key}: " in err, err

@@ -150,7 +150,7 @@ def teacher_parameters(suite: Suite, entry: SourceEntry, problem: Problem, train
         cls = methods.get(entry.method)
         if not cls.learns_data:  # (real data, a lessons file: nothing meta-learned beyond the schedule)
             return 0
-        if not cls.__module__.startswith("methods."):  # a plug-in's code runs in its cells only (contained there)
+        if methods.origin(entry.method) != "built-in":  # a plug-in's code runs in its cells only (contained there)
             return 0
         inner = suite.inner_for(entry)
         params = cls.Params.model_validate(entry.params)
