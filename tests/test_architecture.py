@@ -87,13 +87,13 @@ def test_no_module_imports_another_modules_private_names():
 REGISTRY = PACKAGE / "registry.py"
 # Modules whose cycle through registry lookups is the plug-in dispatch itself: a command, a worker or the suite
 # loader looks a kind up by name, and the kind runs cells, studies and suites that read back what looked it up.
-# ``tgbench.config`` (the compatibility re-exports) and ``tgbench.worker`` (which rebuilds a worker's suite by its
-# kind) are in it through the kind-checked suite model. A module joining this loop fails the test below.
+# ``tgbench.config`` (the compatibility re-exports), ``tgbench.worker`` (which rebuilds a worker's suite by its
+# kind) and ``tgbench.fit`` (which loads a suite to check its values) are in it through the kind-checked suite model. A module joining this loop fails the test below.
 KIND_DISPATCH_LOOP = {
     "tgbench.runner", "tgbench.cells", "tgbench.tuning", "tgbench.kinds.fewstep", "tgbench.kinds.fewstep.run",
     "tgbench.kinds.tune", "tgbench.kinds.tune.run", "tgbench.kinds.nas_proxy", "tgbench.kinds.nas_proxy.run",
     "tgbench.suite.by_kind", "tgbench.suite.checks", "tgbench.suite.overrides",
-    "tgbench.suite.loading", "tgbench.config", "tgbench.kinds", "tgbench.worker",
+    "tgbench.suite.loading", "tgbench.config", "tgbench.kinds", "tgbench.worker", "tgbench.fit",
 }
 
 

@@ -520,7 +520,9 @@ def test_a_plugin_dataset_reaches_a_fresh_worker_process(tmp_path, clean_registr
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from tgbench.cells import CellTask, run_cell
+    from tgbench.cells import cell_task, run_cell
+    from tgbench.suite.loading import load_suite
+    from tgbench.worker import WorkerEnv
 
     plugins = tmp_path / "plugins"
     plugins.mkdir()
@@ -528,8 +530,9 @@ def test_a_plugin_dataset_reaches_a_fresh_worker_process(tmp_path, clean_registr
     suite = tmp_path / "digits_fewstep.yaml"
     suite.write_text(SUITE)
     load_plugin_dir(plugins)  # the parent process has it (as after `tgbench run --methods-dir`) ...
-    task = CellTask(str(suite), "smoke", "real", 0, f"sqlite:///{tmp_path}/store.db", None, progress=False,
-                    threads=1, methods_dirs=(str(plugins),))
+    env = WorkerEnv(storage=f"sqlite:///{tmp_path}/store.db", progress=False, threads=1,
+                    methods_dirs=(str(plugins),))
+    task = cell_task(load_suite(suite, "smoke"), "smoke", "real", 0, env)
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:  # ... a fresh one not
         record = pool.submit(run_cell, task).result()
     assert record.status == "complete" and record.dataset_resolved == "sklearn-digits"
