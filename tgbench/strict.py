@@ -1,4 +1,4 @@
-"""The one strict base of every settings model: the suite's sections (``tgbench.config``), every method's
+"""The one strict base of every settings model: the suite's sections (``tgbench.suite.schema``), every method's
 ``Params`` (``tgbench.source.SourceParams``) and every proxy's (``tgbench.proxies.ProxyParams``).
 
 Strict means: an unknown key is an error; a boolean is never taken for a number (YAML's ``true`` would otherwise

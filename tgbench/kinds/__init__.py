@@ -6,7 +6,7 @@ module each in this folder (``fewstep``, ``tune``, ``nas_proxy``); a plug-in fil
 What a kind contributes:
 
 * ``section`` / ``section_model``: the one top-level YAML key only its suites have (``tune:``, ``nas:``) and the
-  pydantic model that validates it — ``tgbench.config`` adds it to the suite's model, so the section is typed,
+  pydantic model that validates it — ``tgbench.suite.by_kind`` adds it to the suite's model, so the section is typed,
   its unknown keys are errors naming the key, and no other kind's suite may carry it;
 * ``validate(path, suite, where)``: checks that need the registry or the whole suite (``ConfigError`` naming
   ``<file>: <where><key>``; ``where`` is a profile prefix such as ``profiles.smoke.``);
@@ -52,7 +52,7 @@ class RunOptions:
     device: str | None = None    # --device as given (None: $TGBENCH_DEVICE, else auto); see tgbench.device
     tf32: bool = False
     loggers: tuple[str, ...] = ()   # --log tensorboard / wandb (tgbench.trackers)
-    overrides: tuple[str, ...] = ()   # --set KEY=VALUE, applied by load_suite after the profile (tgbench.config)
+    overrides: tuple[str, ...] = ()   # --set KEY=VALUE, applied by load_suite after the profile (tgbench.suite.loading)
 
 
 @dataclass(frozen=True)

@@ -144,7 +144,7 @@ def header_lines(meta: Mapping[str, Any]) -> list[str]:
         f"- **revision**: {code(g('revision', '?'))}",
         f"- **command**: {code(g('command', '?'))}",
     ]
-    if g("overrides"):  # the suite's `--set KEY=VALUE` overrides (tgbench.config.load_suite), part of its cells' hashes
+    if g("overrides"):  # the suite's `--set KEY=VALUE` overrides (tgbench.suite.loading), part of its cells' hashes
         lines.append(f"- **overrides**: {overrides_text(g('overrides'))}")
     lines += [
         f"- **machine**: {g('machine', '?')}",
