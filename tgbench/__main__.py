@@ -1,8 +1,8 @@
 """``python -m tgbench``: the ``tgbench`` command (same arguments, same exit codes)."""
 import sys
 
-from tgbench.cli import main
+from tgbench.cli import run_and_exit
 
 if __name__ == "__main__":
     sys.argv[0] = "tgbench"  # records and reports quote the command line: the one a reader can type again
-    sys.exit(main())
+    run_and_exit()
