@@ -27,6 +27,7 @@ system), nothing is refused.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import resource
@@ -101,6 +102,7 @@ def element_bytes() -> int:
     return torch.empty((), dtype=torch.get_default_dtype(), device="meta").element_size()
 
 
+@functools.lru_cache(maxsize=256)  # (a suite asks ~7 times per arm for the same few specs; ~0.1 s per build)
 def learner_parameters(spec: LearnerSpec, problem: Problem) -> int:
     """The learner's parameter count, built on the ``meta`` device (nothing allocated)."""
     with torch.device("meta"):
