@@ -84,3 +84,35 @@ def test_a_teacher_copy_cut_short_leaves_no_half_artifact(tmp_path, monkeypatch)
     with pytest.raises(NoSpaceLeft, match=f"^no space left on {tmp_path / 'artifacts'} "):
         store.save_teacher(study, trial, {"state_dict": {}})
     assert os.listdir(tmp_path / "artifacts") == []
+
+
+@pytest.mark.skipif(not _namespaces_work(), reason="needs unprivileged user and mount namespaces (unshare -rm)")
+def test_a_saved_state_on_a_full_file_system_says_no_space_left(tmp_path):
+    """The cell's saved meta-training state (``tgbench.resume``) is the first file written under --artifacts: on a
+    full file system the cell fails with "no space left on <folder>" (torch's zip writer said "[enforce fail at
+    inline_container.cc ...]") and no temporary file stays behind; the store, elsewhere, holds the failed cell."""
+    suite, disk = tmp_path / "tiny.yaml", tmp_path / "disk"
+    suite.write_text(yaml.safe_dump(TINY))
+    disk.mkdir()
+    run = (f"mount -t tmpfs -o size=8k tmpfs {disk} && {sys.executable} -m tgbench run {suite} --profile smoke "
+           f"--no-progress --storage sqlite:///{tmp_path}/t.db --artifacts {disk} --out {tmp_path}/out; code=$?; "
+           f"find {disk} -type f > {tmp_path}/files; exit $code")
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", run], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "HOME": str(tmp_path)})
+    assert done.returncode == 1, done.stderr
+    assert f"no space left on {disk}/saved_states/" in done.stderr + done.stdout, done.stderr + done.stdout
+    assert "enforce fail" not in done.stderr + done.stdout
+    assert (tmp_path / "files").read_text().split() == []   # (no half-written state, no temporary file)
+    trials = optuna.load_study(study_name="tiny@smoke", storage=f"sqlite:///{tmp_path}/t.db").trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL]
+
+
+def test_a_short_torch_save_is_a_full_disk_only_where_the_disk_is_nearly_full(tmp_path, monkeypatch):
+    from tgbench.store import write_found_disk_full
+
+    zip_writer = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+    assert write_found_disk_full(OSError(28, "No space left on device"), tmp_path)
+    assert not write_found_disk_full(zip_writer, tmp_path)          # (this disk has room: another failure)
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: shutil._ntuple_diskusage(10**9, 10**9 - 4096, 4096))
+    assert write_found_disk_full(zip_writer, tmp_path)
+    assert not write_found_disk_full(ValueError("exceeding max length"), tmp_path)

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from tgbench.store import NoSpaceLeft, write_found_disk_full
+
 FORMAT = 1   # bump when what meta_train saves changes shape: older files are then ignored, never misread
 
 
@@ -43,8 +45,12 @@ class SavedState:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
-        except BaseException:
+        except BaseException as exc:
             Path(tmp).unlink(missing_ok=True)
+            if isinstance(exc, Exception) and write_found_disk_full(exc, self.path.parent):
+                raise NoSpaceLeft(f"no space left on {self.path.parent} (saving {self.label}'s meta-training "
+                                  "state); free some space and run again: the cell resumes from its last saved "
+                                  "state") from None
             raise
         _fsync_folder(self.path.parent)  # (the rename itself survives a lost machine)
 

@@ -41,6 +41,7 @@ import json
 import os
 import re
 import sqlite3
+import shutil
 import socket
 import tempfile
 import threading
@@ -233,6 +234,20 @@ def is_full_disk(exc: BaseException) -> bool:
             return True
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+def write_found_disk_full(exc: BaseException, folder: str | Path) -> bool:
+    """Whether a failed write of a file in ``folder`` was a full disk: :func:`is_full_disk`, or torch's zip writer
+    (``torch.save``), which words a short write as ``RuntimeError: [enforce fail at inline_container.cc:...]``,
+    on a file system with under 64 MB left."""
+    if is_full_disk(exc):
+        return True
+    if not isinstance(exc, RuntimeError):
+        return False
+    try:
+        return shutil.disk_usage(folder).free < 64 * 1024 ** 2
+    except OSError:
+        return False
 
 
 def _says_when_full(method):
@@ -431,6 +446,22 @@ class Store:
             study.tell(trial, record.trial_value())
         else:
             study.tell(trial, state=TrialState.FAIL)
+
+    @contextmanager
+    def failed_if_raised(self, study: optuna.Study, trial: optuna.Trial, record_type: type[Record], cell: str,
+                         config_hash: str):
+        """Whatever stops the work inside (Ctrl-C, SIGTERM, a bug, a full disk) finishes ``trial`` as a FAILED
+        ``record_type`` record naming the error, then goes on up: a live process never leaves a claim RUNNING. A
+        trial already closed (another worker failed it as stale just before) is left as it is."""
+        try:
+            yield
+        except BaseException as exc:
+            try:
+                self.finish(study, trial, record_type(cell=cell, config_hash=config_hash, status=Status.FAILED,
+                                                      error=f"{type(exc).__name__}: {exc}"))
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass
+            raise
 
     # ------------------------------------------------------------------ teacher artifacts
     def saved_state_path(self, study: optuna.Study, cell: str, chash: str) -> Path:

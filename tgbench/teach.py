@@ -58,7 +58,7 @@ from tgbench.provenance import default_profile
 from tgbench.records import FewstepCell, Status, cell_key
 from tgbench.registry import datasets, suite_kinds
 from tgbench.source import Lesson
-from tgbench.store import Store, load_weights_only, require_existing
+from tgbench.store import Store, load_weights_only, require_existing, write_found_disk_full
 
 FORMAT = "tgbench-teacher/1"
 RECORD_KEYS = ("suite", "profile", "source", "method", "variant", "seed", "config_hash", "dataset_resolved",
@@ -79,12 +79,12 @@ def save_atomically(obj: dict, out: str | Path) -> Path:
         os.chmod(tmp, readable_file_mode())  # mkstemp's 0600 would make the export unreadable to others
         os.replace(tmp, path)
         tmp = None
-    except OSError as exc:
-        raise BadInput(f"--out: cannot write {path}: {exc.strerror}") from None
-    except RuntimeError as exc:  # torch's zip writer words a failed write (a full disk) as "[enforce fail at ...]"
-        free = shutil.disk_usage(path.parent).free
-        why = (f"no space left on the device holding {path.parent} ({free // 1024} KB free)" if free < 64 * 1024 ** 2
-               else _one_line(exc))
+    except (OSError, RuntimeError) as exc:  # (torch's zip writer words a short write as "[enforce fail at ...]")
+        if write_found_disk_full(exc, path.parent):
+            free_kb = shutil.disk_usage(path.parent).free // 1024
+            why = f"no space left on the device holding {path.parent} ({free_kb} KB free)"
+        else:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else _one_line(exc)
         raise BadInput(f"--out: cannot write {path}: {why}") from None
     finally:
         if tmp is not None:   # a failed export leaves no temporary file behind
