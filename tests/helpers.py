@@ -26,3 +26,18 @@ def studies(db: Path) -> list[str]:
             return [r[0] for r in con.execute("select study_name from studies")]
         except sqlite3.OperationalError:  # no tables at all
             return []
+
+
+def exported_teacher(folder: Path, suite: dict, source: str = "real") -> Path:
+    """Run ``suite`` (a suite as a dict, profile ``smoke``) into a store in ``folder`` and export ``source``'s
+    seed-0 teacher to ``folder/teacher.pt``; its path."""
+    import yaml
+
+    path, url = folder / f"{suite['name']}.yaml", f"sqlite:///{folder}/s.db"
+    path.write_text(yaml.safe_dump(suite))
+    for argv in (["run", str(path), "--profile", "smoke", "--no-progress", "--storage", url,
+                  "--out", str(folder / "o")],
+                 ["export", "--suite", str(path), "--profile", "smoke", "--source", source, "--storage", url,
+                  "--out", str(folder / "teacher.pt")]):
+        assert main(argv) == 0
+    return folder / "teacher.pt"

@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from tgbench.cli import main
+from helpers import exported_teacher
 from tgbench.suite.yaml_text import MAX_YAML_VALUES
 from tgbench.locations import MAX_TEXT_BYTES
 
@@ -82,15 +82,7 @@ def test_a_yaml_alias_bomb_is_refused_quickly_under_a_memory_limit(tmp_path):
 @pytest.fixture(scope="module")
 def teacher_file(tmp_path_factory) -> Path:
     """A T = 2 real-data teacher (batch 64: ~200 KB of lessons per inner step), exported."""
-    tmp = tmp_path_factory.mktemp("teach-memory")
-    suite = tmp / "tiny.yaml"
-    suite.write_text(yaml.safe_dump({"name": "tinymem", **TINY}))
-    url = f"sqlite:///{tmp}/s.db"
-    for argv in (["run", str(suite), "--profile", "smoke", "--no-progress", "--storage", url, "--out", str(tmp / "o")],
-                 ["export", "--suite", str(suite), "--profile", "smoke", "--source", "real", "--storage", url,
-                  "--out", str(tmp / "teacher.pt")]):
-        assert main(argv) == 0
-    return tmp / "teacher.pt"
+    return exported_teacher(tmp_path_factory.mktemp("teach-memory"), {"name": "tinymem", **TINY})
 
 
 TEACH_UNDER_A_LIMIT = """

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
-from tgbench.cli import main
+from helpers import exported_teacher
 
 TINY = {"kind": "fewstep", "dataset": {"name": "mnist-5k"}, "learner": {"conv_channels": [[2]], "fc_hidden": [[4]]},
         "inner": {"steps": 2, "batch_size": 8}, "outer": {"iterations": 1, "meta_batch_size": 8},
@@ -26,15 +25,7 @@ LIMIT = 6 * 2 ** 30
 
 @pytest.fixture(scope="module")
 def teacher_file(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("teacher-suite")
-    suite = tmp / "tiny.yaml"
-    suite.write_text(yaml.safe_dump({"name": "tinyteach", **TINY}))
-    url = f"sqlite:///{tmp}/s.db"
-    for argv in (["run", str(suite), "--profile", "smoke", "--no-progress", "--storage", url, "--out", str(tmp / "o")],
-                 ["export", "--suite", str(suite), "--profile", "smoke", "--source", "real", "--storage", url,
-                  "--out", str(tmp / "teacher.pt")]):
-        assert main(argv) == 0
-    return tmp / "teacher.pt"
+    return exported_teacher(tmp_path_factory.mktemp("teacher-suite"), {"name": "tinyteach", **TINY})
 
 
 def _edited(teacher_file: Path, tmp_path: Path, section: str, key: str, value) -> Path:

@@ -97,14 +97,10 @@ def ensure_ceiling(store: Store, suite: Suite, profile: str, dataset: Dataset, l
         if trial is None:   # stored meanwhile, or another worker trains it
             continue
         start = time.perf_counter()
-        try:
+        with store.failed_if_raised(study, trial, DataCeiling, key, chash):
             with store.heartbeat(trial):
                 result = train_real(spec, dataset, schedule, seed)
             interrupt.check()  # a Ctrl-C Python dropped must not leave this seed stored as complete
-        except BaseException as exc:
-            store.finish(study, trial, DataCeiling(cell=key, config_hash=chash, status=Status.FAILED,
-                                                   error=f"{type(exc).__name__}: {exc}"))
-            raise
         store.finish(study, trial, DataCeiling(
             cell=key, config_hash=chash, status=Status.COMPLETE, seed=seed, description=spec.describe(),
             spec=spec.as_dict(), dataset_resolved=dataset.resolved,

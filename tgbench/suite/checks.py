@@ -16,6 +16,19 @@ from tgbench.suite.schema import (InnerLoop, LearnerSpace, OuterLoop, SearchDime
                                   check_setting_key)
 
 
+def plugin_params(registry, name: str, params: dict, path: Path, key: str, name_field: str):
+    """The plug-in ``registry`` holds as ``name`` and its ``Params`` validated from ``params``: ``(class,
+    params)``. An unknown name is a ConfigError naming ``path: key.name_field``, a bad value one naming
+    ``key.params`` and the field."""
+    if name not in registry:
+        raise registry.unknown(name, f"{path}: {key}.{name_field}")
+    cls = registry.get(name, f"{path}: {key}.{name_field}")
+    try:
+        return cls, cls.Params.model_validate(params)
+    except ValidationError as exc:
+        raise ConfigError(format_error(path, exc, prefix=f"{key}.params", root=cls.Params)) from None
+
+
 def check_sources(path: Path, suite: Suite, where: str) -> None:
     if suite.dataset.name not in datasets:
         raise datasets.unknown(suite.dataset.name, f"{path}: {where}dataset.name")
@@ -23,13 +36,7 @@ def check_sources(path: Path, suite: Suite, where: str) -> None:
         raise datasets.unknown(suite.dataset.fallback, f"{path}: {where}dataset.fallback")
     for i, entry in enumerate(suite.sources):
         key = f"{where}sources[{i}]"
-        if entry.method not in methods:
-            raise methods.unknown(entry.method, f"{path}: {key}.method")
-        cls = methods.get(entry.method, f"{path}: {key}.method")
-        try:
-            cls.Params.model_validate(entry.params)
-        except ValidationError as exc:
-            raise ConfigError(format_error(path, exc, prefix=f"{key}.params", root=cls.Params)) from None
+        cls, _ = plugin_params(methods, entry.method, entry.params, path, key, "method")
         try:
             outer = suite.outer_for(entry)
         except ValidationError as exc:

@@ -28,13 +28,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
-from pydantic import Field, PositiveInt, ValidationError, field_validator
+from pydantic import Field, PositiveInt, field_validator
 from tqdm import tqdm
 
 from tgbench import device as devices
 from tgbench import interrupt
 from tgbench.suite.by_kind import suite_from_dict
-from tgbench.suite.messages import format_error
+from tgbench.suite.checks import plugin_params
 from tgbench.suite.schema import GroundTruthSchedule, LearnerSpace, SourceEntry, Strict, Suite
 from tgbench.data import Dataset
 from tgbench.errors import BadInput, ConfigError
@@ -128,13 +128,7 @@ def check_nas(path: Path, suite: Suite, where: str) -> None:
     labels = [e.name for e in suite.sources]
     for i, entry in enumerate(nas.proxies):
         key = f"{where}nas.proxies[{i}]"
-        if entry.proxy not in proxies:
-            raise proxies.unknown(entry.proxy, f"{path}: {key}.proxy")
-        cls = proxies.get(entry.proxy, f"{path}: {key}.proxy")
-        try:
-            params = cls.Params.model_validate(entry.params)
-        except ValidationError as exc:
-            raise ConfigError(format_error(path, exc, prefix=f"{key}.params", root=cls.Params)) from None
+        cls, params = plugin_params(proxies, entry.proxy, entry.params, path, key, "proxy")
         source = cls.teacher_source(params)
         if source is not None and "/" not in source and source not in labels:
             raise ConfigError(f"{path}: {key}.params.source: no source labelled {source!r}; sources: "
@@ -170,13 +164,9 @@ def ensure_ground_truth(store: Store, suite: Suite, dataset: Dataset, specs: lis
         aid, key = arch_id(spec), cell_key(arch_id(spec), seed)
         trial = store.begin(study, key, protocol, NasGroundTruth)
         start, cpu_start = time.perf_counter(), time.process_time()
-        try:
+        with store.failed_if_raised(study, trial, NasGroundTruth, key, protocol):
             result = train_real(spec, dataset, suite.nas.ground_truth, arch_seed(aid, seed))
             interrupt.check()  # a Ctrl-C Python dropped must not leave this training cached as complete
-        except BaseException as exc:
-            store.finish(study, trial, NasGroundTruth(cell=key, config_hash=protocol, status=Status.FAILED,
-                                                      error=f"{type(exc).__name__}: {exc}"))
-            raise
         store.finish(study, trial, NasGroundTruth(
             cell=key, config_hash=protocol, status=Status.COMPLETE, arch_id=aid, seed=seed,
             description=spec.describe(), spec=spec.as_dict(), dataset_resolved=dataset.resolved, protocol=protocol,
@@ -280,17 +270,13 @@ def run_proxies(ctx: RunContext, dataset: Dataset, store: Store, specs: list[Lea
         proxy: Proxy = cls(params, proxy_ctx)
         trial = store.begin(study, key, chash, NasProxyScores)
         scores, seconds, cpu_seconds = {}, {}, {}
-        try:
+        with store.failed_if_raised(study, trial, NasProxyScores, key, chash):
             for spec, aid in tqdm(list(zip(specs, ids)), desc=entry.name, disable=not progress, leave=False,
                                   unit="arch", dynamic_ncols=True):
                 interrupt.check()
                 start, cpu_start = time.perf_counter(), time.process_time()
                 scores[aid] = float(proxy.score(spec, arch_seed(aid, PROXY_SEED_OFFSET + suite.nas.scoring_seed)))
                 seconds[aid], cpu_seconds[aid] = time.perf_counter() - start, time.process_time() - cpu_start
-        except BaseException as exc:
-            store.finish(study, trial, NasProxyScores(cell=key, config_hash=chash, status=Status.FAILED,
-                                                      error=f"{type(exc).__name__}: {exc}"))
-            raise
         # (the store writes the status last: a kill before it leaves no "done" record without its scores)
         store.finish(study, trial, NasProxyScores(
             cell=key, config_hash=chash, status=Status.COMPLETE, proxy=entry.proxy, label=entry.name,
