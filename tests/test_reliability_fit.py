@@ -160,3 +160,19 @@ def test_the_memory_figure_honours_the_address_space_limit():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert 0 < float(done.stdout) < 8
+
+
+@pytest.mark.parametrize("suite, setting, key", [
+    ("wn_sensitivity", "learner.conv_channels=[[8192, 8192]]", "learner.conv_channels"),        # kind: tune
+    ("mnist_nas_proxy", "learner.conv_channels=[[8192, 8192]]", "learner.conv_channels"),       # kind: nas_proxy
+    ("wn_sensitivity", "outer.lr=1e300", "outer.lr"),
+])
+def test_tune_and_nas_suites_are_refused_before_any_work_too(tmp_path, capsys, monkeypatch, suite, setting, key,
+                                                            capped_memory):
+    """The other suite kinds check the same bounds as fewstep before their report folder or store exists (they
+    went on to allocate inside their first trial or teacher)."""
+    monkeypatch.setattr(fit, "available_bytes", lambda device: 8 * GIB)
+    code, _, err = cli(["run", suite, "--profile", "smoke", "--no-progress", "--storage", f"sqlite:///{tmp_path}/t.db",
+                        "--out", str(tmp_path / "out"), "--set", setting], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and f"{suite}.yaml: {key}: " in err, err
+    assert studies(tmp_path / "t.db") == [] and not (tmp_path / "out").exists()

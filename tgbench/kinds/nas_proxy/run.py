@@ -38,6 +38,7 @@ from tgbench.suite.checks import plugin_params
 from tgbench.suite.schema import GroundTruthSchedule, LearnerSpace, SourceEntry, Strict, Suite
 from tgbench.data import Dataset
 from tgbench.errors import BadInput, ConfigError
+from tgbench.fit import check_fit
 from tgbench.identity import (PROXY_SEED_OFFSET, TEACHER_SEED, arch_id, arch_seed, cell_hash, ground_truth_protocol,
                               proxy_hash)
 from tgbench.nn import LearnerSpec
@@ -332,10 +333,12 @@ def report_meta(ctx: RunContext, store: Store, dataset_resolved: str, records: l
 def run_nas_suite(ctx: RunContext) -> Path:
     """Ground truth (cached), teachers (cached), proxy scores (cached per proxy), then the report."""
     suite, profile, opts, log = ctx.suite, ctx.profile, ctx.opts, ctx.log
-    out_dir = ctx.out_dir()
     if opts.jobs > 1:
         log("note: nas_proxy suites run in one process; --jobs is ignored", file=sys.stderr)
     dataset = ctx.dataset()
+    # learning rates and the teachers' memory, refused before the report folder or the store is touched
+    check_fit(ctx.suite_path, suite, dataset.problem, len(dataset.train), ctx.resolved_device, profile)
+    out_dir = ctx.out_dir()
     store = ctx.store()
     specs = scored_architectures(suite)
     start = time.perf_counter()

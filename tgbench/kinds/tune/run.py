@@ -34,6 +34,7 @@ from tgbench.suite.checks import check_space
 from tgbench.suite.schema import SearchSpace, SourceEntry, StudySettings, Suite
 from tgbench.data import Dataset
 from tgbench.errors import BadInput
+from tgbench.fit import check_fit
 from tgbench.identity import tune_hash
 from tgbench.kinds import RunContext
 from tgbench.provenance import report_provenance
@@ -116,8 +117,10 @@ def run_tune_suite(ctx: RunContext) -> Path:
     suite, profile, log = ctx.suite, ctx.profile, ctx.log
     if ctx.opts.seeds:
         raise BadInput(f"{ctx.suite_path}: --seeds: tune suites run tune.trials trials per arm, not seeds")
-    out_dir = ctx.out_dir()
     dataset = ctx.dataset()
+    # learning rates and memory, refused before the report folder or the store is touched (as fewstep does)
+    check_fit(ctx.suite_path, suite, dataset.problem, len(dataset.train), ctx.resolved_device, profile)
+    out_dir = ctx.out_dir()
     store = ctx.store()
     start = time.perf_counter()
     for entry in suite.sources:
