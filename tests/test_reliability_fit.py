@@ -176,3 +176,33 @@ def test_tune_and_nas_suites_are_refused_before_any_work_too(tmp_path, capsys, m
                         "--out", str(tmp_path / "out"), "--set", setting], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and f"{suite}.yaml: {key}: " in err, err
     assert studies(tmp_path / "t.db") == [] and not (tmp_path / "out").exists()
+
+
+def test_on_cuda_the_memory_figure_is_the_free_device_memory(monkeypatch):
+    """(No GPU here: the driver's answer is stood in for.) What a cell on a GPU can get is its free memory; a
+    driver that cannot be asked gives no figure, and then no memory check (the run says itself what failed)."""
+    import torch
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: asked.append(device) or (5 * GIB, 80 * GIB))
+    assert fit.available_bytes("cuda:1") == 5 * GIB and asked == [torch.device("cuda:1")]
+
+    def no_driver(device):
+        raise RuntimeError("Found no NVIDIA driver on your system")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", no_driver)
+    assert fit.available_bytes("cuda") is None
+    assert fit.available_bytes("meta") is None
+
+
+def test_a_suite_too_large_for_the_gpu_names_it(monkeypatch):
+    import torch
+
+    from tgbench.errors import ConfigError
+
+    path = installed_suites()["mnist_fewstep"]
+    suite = load_suite(path, "paper")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (GIB // 8, 80 * GIB))
+    with pytest.raises(ConfigError, match=r"cannot fit in memory: .* and cuda:0 has 0\.1 GiB available"):
+        fit.check_fit(path, suite, Problem((1, 28, 28), 10), 50_000, "cuda:0", "paper")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (40 * GIB, 80 * GIB))
+    fit.check_fit(path, suite, Problem((1, 28, 28), 10), 50_000, "cuda:0", "paper")
