@@ -536,3 +536,26 @@ def test_a_plugin_dataset_reaches_a_fresh_worker_process(tmp_path, clean_registr
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:  # ... a fresh one not
         record = pool.submit(run_cell, task).result()
     assert record.status == "complete" and record.dataset_resolved == "sklearn-digits"
+
+
+def test_images_reach_the_engine_in_one_memory_layout(tmp_path, clean_registries):
+    """A convolution follows its input's memory layout, and another layout means other kernels and other low bits
+    of the meta-gradient: CIFAR's HWC pickles used to arrive as a channels-last view, and the fake CIFAR smoke
+    run's meta-loss differed from the same images in NCHW order after one outer iteration (4.2293396 vs
+    4.2293391). Every loader's images are now row-major NCHW, a plug-in's too, values unchanged."""
+    from test_data import make_cifar_dataset
+
+    make_cifar_dataset(tmp_path / "cifar", per_batch=8, n_test=10)
+    cifar = load_dataset("cifar10", data_root=str(tmp_path / "cifar"))
+    permuted = ("\nimport dataclasses\n\n\ndef load_permuted(data_root=None, download=False, seed=0):\n"
+                "    ds = load_sklearn_digits(data_root, download, seed)\n"
+                "    x = ds.train.x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)  # a channels-last view\n"
+                "    return dataclasses.replace(ds, train=Split(x, ds.train.y))\n\n\n")
+    (tmp_path / "ok.py").write_text(DIGITS.replace('DATASETS = {"sklearn-digits"', "OWN = {'sklearn-digits'") + permuted
+                                    + "DATASETS = {'permuted-digits': load_permuted, **OWN}\n")
+    load_plugin_dir(tmp_path)
+    permuted, plain = load_dataset("permuted-digits"), load_dataset("sklearn-digits")
+    for ds in (cifar, permuted):
+        for split in (ds.train, ds.val, ds.test):
+            assert split.x.is_contiguous() and split.y.is_contiguous()
+    assert torch.equal(permuted.train.x, plain.train.x)
