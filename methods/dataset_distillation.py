@@ -49,11 +49,12 @@ class DatasetDistillation(Source):
         if params.init == "real":
             images = torch.stack([self._real_examples(labels[t]) for t in range(steps)])
         else:
-            images = torch.randn(steps, batch, *shape) * params.init_scale
+            # (in place: the same numbers, and ops with a meta-device kernel, for tgbench.fit's count of the weights)
+            images = torch.randn(steps, batch, *shape).mul_(params.init_scale)
         # the pixels at init, for ``diagnostics``; not persistent: a saved teacher is its learned pixels only
         self.register_buffer("initial_images", images.clone(), persistent=False)
         scale = params.pixel_lr_scale
-        self.images = nn.Parameter(images if scale == 1 else images / scale)  # raw values r = x / s
+        self.images = nn.Parameter(images if scale == 1 else images.clone().div_(scale))  # raw values r = x / s
         if params.learn_labels:
             self.label_logits = nn.Parameter(
                 torch.nn.functional.one_hot(labels, ctx.num_classes).to(torch.get_default_dtype()) * 3.0)

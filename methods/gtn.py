@@ -70,7 +70,8 @@ class GTN(Source):
         self.generator = Generator(spec, ctx.problem)
         pool = ctx.steps * ctx.batch_size
         if params.curriculum != "none":
-            self.codes = nn.Parameter(torch.randn(pool, params.noise_dim) * params.code_scale)  # (T·B, noise)
+            # (in place: the same numbers, and ops with a meta-device kernel, for tgbench.fit's count of the weights)
+            self.codes = nn.Parameter(torch.randn(pool, params.noise_dim).mul_(params.code_scale))  # (T·B, noise)
             self.register_buffer("labels", balanced_labels(pool, ctx.num_classes))
             if params.learn_labels:
                 self.label_logits = nn.Parameter(

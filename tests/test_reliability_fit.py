@@ -206,3 +206,44 @@ def test_a_suite_too_large_for_the_gpu_names_it(monkeypatch):
         fit.check_fit(path, suite, Problem((1, 28, 28), 10), 50_000, "cuda:0", "paper")
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (40 * GIB, 80 * GIB))
     fit.check_fit(path, suite, Problem((1, 28, 28), 10), 50_000, "cuda:0", "paper")
+
+
+@pytest.mark.parametrize("method, params", [
+    ("gtn", {"noise_dim": 8, "fc_hidden": 16, "channels": [4, 2]}),
+    ("gtn", {"noise_dim": 8, "fc_hidden": 16, "channels": [4, 2], "curriculum": "none", "weight_norm": False}),
+    ("gtn", {"noise_dim": 8, "fc_hidden": 16, "channels": [4, 2], "learn_labels": True}),
+    ("dataset_distillation", {}),
+    ("dataset_distillation", {"pixel_lr_scale": 10.0, "learn_labels": True}),
+])
+def test_counted_without_allocating_the_weights_are_those_of_a_real_build(method, params):
+    """The memory check counts a teacher (and a learner) built on the meta device with its random initialisation
+    skipped (``fit.sizes_only``): the count is the one a real build on the CPU gives."""
+    from tgbench.nn import Learner, LearnerSpec, count_params
+    from tgbench.registry import methods
+    from tgbench.suite.schema import SourceEntry
+    from tgbench.testing import context
+
+    suite = load_suite(installed_suites()["mnist_fewstep"], "smoke")
+    ctx = context()
+    cls = methods.get(method)
+    real_build = count_params(cls(cls.Params.model_validate(params), ctx))
+    entry = SourceEntry(method=method, params=params)
+    counted = fit.teacher_parameters(suite.model_copy(update={"inner": suite.inner.model_copy(
+        update={"steps": ctx.steps, "batch_size": ctx.batch_size})}), entry, ctx.problem, len(ctx.train))
+    assert counted == real_build > 0
+    for spec in (LearnerSpec(conv_channels=(3, 5), fc_hidden=(4,)),
+                 LearnerSpec(conv_channels=(3,), fc_hidden=(4,), residual=True, bn_shift=True, weight_norm=False)):
+        assert fit.learner_parameters(spec, ctx.problem) == count_params(Learner(spec, ctx.problem))
+
+
+def test_the_quick_starts_memory_check_imports_no_compiler():
+    """Counted on the meta device, a random init ran through PyTorch's Python decompositions, whose first use
+    imports ``torch._dynamo``: 1.4 s of every run's start here (the quick start's largest import). The shipped
+    quick-start suite's arms are counted without it."""
+    code = ("import sys\nfrom tgbench import fit\nfrom tgbench.suite.loading import load_suite\n"
+            "from tgbench.suite.names import installed_suites\nfrom tgbench.problem import Problem\n"
+            "suite = load_suite(installed_suites()['mnist_fewstep'], 'smoke')\n"
+            "for i in range(len(suite.sources)):\n    fit.arm_needs(suite, i, Problem((1, 28, 28), 10), 3500)\n"
+            "print('torch._dynamo' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "False", (done.stdout, done.stderr)

@@ -31,10 +31,12 @@ import functools
 import itertools
 import math
 import resource
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from tgbench.suite.loading import load_suite
 from tgbench.suite.schema import SourceEntry, Suite
@@ -102,10 +104,38 @@ def element_bytes() -> int:
     return torch.empty((), dtype=torch.get_default_dtype(), device="meta").element_size()
 
 
-@functools.lru_cache(maxsize=256)  # (a suite asks ~7 times per arm for the same few specs; ~0.1 s per build)
+class _RandomInitSkipped(TorchFunctionMode):
+    """Random draws give uninitialised tensors of their shape: on the meta device, where a module is built only to
+    be counted, they would run through PyTorch's Python decompositions, whose first use imports ``torch._dynamo``
+    (measured 1.4 s, most of the quick start's import time, for values a meta tensor does not hold anyway)."""
+
+    FACTORIES = {torch.randn, torch.rand}
+    FILLS = frozenset({"normal_", "uniform_", "exponential_", "log_normal_", "cauchy_", "geometric_", "random_",
+                       "bernoulli_"})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self.FACTORIES:
+            size = kwargs["size"] if "size" in kwargs else args[0] if len(args) == 1 and not isinstance(args[0], int) \
+                else args
+            return torch.empty(size, dtype=kwargs.get("dtype"), device=kwargs.get("device"),
+                               requires_grad=kwargs.get("requires_grad", False))
+        if getattr(func, "__name__", None) in self.FILLS and args and isinstance(args[0], torch.Tensor):
+            return args[0]
+        return func(*args, **kwargs)
+
+
+@contextmanager
+def sizes_only():
+    """Build modules to count them: on the ``meta`` device (nothing allocated), random initialisation skipped."""
+    with torch.device("meta"), _RandomInitSkipped():
+        yield
+
+
+@functools.lru_cache(maxsize=256)  # (a suite asks ~7 times per arm for the same few specs)
 def learner_parameters(spec: LearnerSpec, problem: Problem) -> int:
-    """The learner's parameter count, built on the ``meta`` device (nothing allocated)."""
-    with torch.device("meta"):
+    """The learner's parameter count, built for its sizes only (:func:`sizes_only`: nothing allocated)."""
+    with sizes_only():
         return count_params(Learner(spec, problem))
 
 
@@ -156,7 +186,7 @@ def teacher_parameters(suite: Suite, entry: SourceEntry, problem: Problem, train
             return 0
         inner = suite.inner_for(entry)
         params = cls.Params.model_validate(entry.params)
-        with torch.device("meta"):
+        with sizes_only():
             train = Split(torch.empty(train_size, *problem.image_shape), torch.empty(train_size, dtype=torch.long))
             source = cls(params, SourceContext(train, inner.steps, inner.batch_size, problem))
         return count_params(source)

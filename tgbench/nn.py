@@ -47,7 +47,11 @@ class _WeightNormed(nn.Module):
         self.weight = nn.Parameter(torch.empty(shape))
         self.gain = nn.Parameter(torch.empty(shape[0])) if use_weight_norm else None
         self.bias = nn.Parameter(torch.zeros(shape[0])) if bias else None
-        self.reset_parameters()
+        # Built on the meta device, a layer has shapes only (tgbench.fit counts them): nothing to initialise, and
+        # the init's ops would run there through PyTorch's Python decompositions, whose first use imports
+        # torch._dynamo (measured 1.4 s of every run's start).
+        if not self.weight.is_meta:
+            self.reset_parameters()
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         # Kaiming init for LeakyReLU(0.1) as in the official code; g = ||V|| so the WN layer computes exactly
