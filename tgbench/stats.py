@@ -17,7 +17,6 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats as _st
 
 #: Bootstrap method used by :func:`mean_ci` and :func:`mean_ci_columns` (see :func:`mean_ci` for why).
 BOOTSTRAP_METHOD = "percentile"
@@ -41,6 +40,14 @@ class MeanCI:
             return f"{self.mean:.4g} [n/a] (n={self.n})"
         return f"{self.mean:.4g} [{self.low:.4g}, {self.high:.4g}] (n={self.n})"
 
+
+
+def _scipy_stats():
+    """``scipy.stats``, imported on first use: it is ~0.5 s of a run's start, and a one-seed report (the quick
+    start's) computes no interval or test."""
+    from scipy import stats
+
+    return stats
 
 def _clean(values: Iterable[float]) -> np.ndarray:
     """1-D float array of ``values`` with NaNs removed."""
@@ -75,7 +82,7 @@ def mean_ci(values: Iterable[float], confidence: float = 0.95, n_resamples: int 
         return MeanCI(mean, _NAN, _NAN, 1)
     if np.all(arr == arr[0]):
         return MeanCI(float(arr[0]), float(arr[0]), float(arr[0]), n)
-    res = _st.bootstrap(
+    res = _scipy_stats().bootstrap(
         (arr,),
         np.mean,
         n_resamples=n_resamples,
@@ -105,7 +112,7 @@ def mean_ci_columns(
     fast = ~np.isnan(mat).any(axis=0) & (np.ptp(mat, axis=0) > 0) if mat.shape[0] >= 2 else np.zeros(n_pts, bool)
     if fast.any():
         sub = mat[:, fast]
-        res = _st.bootstrap(
+        res = _scipy_stats().bootstrap(
             (sub,),
             np.mean,
             n_resamples=n_resamples,
@@ -134,7 +141,7 @@ def welch_p(a: Iterable[float], b: Iterable[float]) -> float:
         return _NAN
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return float(_st.ttest_ind(x, y, equal_var=False).pvalue)
+        return float(_scipy_stats().ttest_ind(x, y, equal_var=False).pvalue)
 
 
 def mann_whitney_p(a: Iterable[float], b: Iterable[float]) -> float:
@@ -147,7 +154,7 @@ def mann_whitney_p(a: Iterable[float], b: Iterable[float]) -> float:
         return _NAN
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return float(_st.mannwhitneyu(x, y, alternative="two-sided").pvalue)
+        return float(_scipy_stats().mannwhitneyu(x, y, alternative="two-sided").pvalue)
 
 
 def _paired(x: Iterable[float], y: Iterable[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -174,7 +181,7 @@ def spearman(x: Iterable[float], y: Iterable[float]) -> tuple[float, float]:
 
     ``(nan, nan)`` with fewer than 2 pairs or a constant input.
     """
-    return _correlation(_st.spearmanr, x, y)
+    return _correlation(_scipy_stats().spearmanr, x, y)
 
 
 def kendall(x: Iterable[float], y: Iterable[float]) -> tuple[float, float]:
@@ -182,7 +189,7 @@ def kendall(x: Iterable[float], y: Iterable[float]) -> tuple[float, float]:
 
     ``(nan, nan)`` with fewer than 2 pairs or a constant input.
     """
-    return _correlation(_st.kendalltau, x, y)
+    return _correlation(_scipy_stats().kendalltau, x, y)
 
 
 #: "Top" in :func:`top_precision`: the best 10 % (the NAS literature's top-10 % precision).
@@ -218,7 +225,7 @@ def paired_bootstrap_ci(metric, score, truth, resamples: int = 1000, seed: int =
         return math.nan, math.nan
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = _st.bootstrap((score, truth), metric, paired=True, vectorized=False, n_resamples=resamples,
+        res = _scipy_stats().bootstrap((score, truth), metric, paired=True, vectorized=False, n_resamples=resamples,
                            confidence_level=confidence, method="percentile", rng=np.random.default_rng(seed))
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
@@ -283,7 +290,7 @@ def difference_ci(a: Iterable[float], b: Iterable[float], confidence: float = 0.
         return MeanCI(diff, _NAN, _NAN, n)
     if np.all(x == x[0]) and np.all(y == y[0]):
         return MeanCI(diff, diff, diff, n)
-    res = _st.bootstrap((x, y), lambda u, v, axis=-1: np.mean(u, axis=axis) - np.mean(v, axis=axis),
+    res = _scipy_stats().bootstrap((x, y), lambda u, v, axis=-1: np.mean(u, axis=axis) - np.mean(v, axis=axis),
                         n_resamples=n_resamples, confidence_level=confidence, method=BOOTSTRAP_METHOD,
                         rng=np.random.default_rng(seed))
     return MeanCI(diff, float(res.confidence_interval.low), float(res.confidence_interval.high), n)
