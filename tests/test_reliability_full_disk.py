@@ -32,20 +32,26 @@ def _namespaces_work() -> bool:
     return subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode == 0
 
 
-@pytest.mark.skipif(not _namespaces_work(), reason="needs unprivileged user and mount namespaces (unshare -rm)")
-def test_a_store_on_a_full_file_system_says_no_space_left(tmp_path):
+def _run_on_a_tiny_disk(tmp_path: Path, size: str, where: str) -> tuple[subprocess.CompletedProcess, list[str], Path]:
+    """``tgbench run`` of the tiny suite with the options ``where`` (``{disk}``: the disk) on a ``size`` tmpfs
+    mounted at ``tmp_path/disk``: the finished run, the files left on that disk, and the disk."""
     suite, disk = tmp_path / "tiny.yaml", tmp_path / "disk"
     suite.write_text(yaml.safe_dump(TINY))
     disk.mkdir()
-    run = (f"mount -t tmpfs -o size=100k tmpfs {disk} && {sys.executable} -m tgbench run {suite} --profile smoke "
-           f"--no-progress --storage sqlite:///{disk}/t.db --out {tmp_path}/out; code=$?; "
+    run = (f"mount -t tmpfs -o size={size} tmpfs {disk} && {sys.executable} -m tgbench run {suite} --profile smoke "
+           f"--no-progress {where.format(disk=disk)} --out {tmp_path}/out; code=$?; "
            f"find {disk} -type f > {tmp_path}/files; exit $code")
     done = subprocess.run(["unshare", "-rm", "sh", "-c", run], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1", "HOME": str(tmp_path)})
+    return done, (tmp_path / "files").read_text().split(), disk
+
+
+@pytest.mark.skipif(not _namespaces_work(), reason="needs unprivileged user and mount namespaces (unshare -rm)")
+def test_a_store_on_a_full_file_system_says_no_space_left(tmp_path):
+    done, left, disk = _run_on_a_tiny_disk(tmp_path, "100k", "--storage sqlite:///{disk}/t.db")
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 1 and len(lines) == 1, done.stderr
     assert f"no space left on {disk} " in lines[0] and "StorageInternalError" not in lines[0], lines[0]
-    left = (tmp_path / "files").read_text().split()
     assert left == [f"{disk}/t.db"], left   # (no journal, no temporary file; the store as SQLite rolled it back)
 
 
@@ -91,18 +97,11 @@ def test_a_saved_state_on_a_full_file_system_says_no_space_left(tmp_path):
     """The cell's saved meta-training state (``tgbench.resume``) is the first file written under --artifacts: on a
     full file system the cell fails with "no space left on <folder>" (torch's zip writer said "[enforce fail at
     inline_container.cc ...]") and no temporary file stays behind; the store, elsewhere, holds the failed cell."""
-    suite, disk = tmp_path / "tiny.yaml", tmp_path / "disk"
-    suite.write_text(yaml.safe_dump(TINY))
-    disk.mkdir()
-    run = (f"mount -t tmpfs -o size=8k tmpfs {disk} && {sys.executable} -m tgbench run {suite} --profile smoke "
-           f"--no-progress --storage sqlite:///{tmp_path}/t.db --artifacts {disk} --out {tmp_path}/out; code=$?; "
-           f"find {disk} -type f > {tmp_path}/files; exit $code")
-    done = subprocess.run(["unshare", "-rm", "sh", "-c", run], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "HOME": str(tmp_path)})
+    done, left, disk = _run_on_a_tiny_disk(tmp_path, "8k", f"--storage sqlite:///{tmp_path}/t.db --artifacts {{disk}}")
     assert done.returncode == 1, done.stderr
     assert f"no space left on {disk}/saved_states/" in done.stderr + done.stdout, done.stderr + done.stdout
     assert "enforce fail" not in done.stderr + done.stdout
-    assert (tmp_path / "files").read_text().split() == []   # (no half-written state, no temporary file)
+    assert left == []   # (no half-written state, no temporary file)
     trials = optuna.load_study(study_name="tiny@smoke", storage=f"sqlite:///{tmp_path}/t.db").trials
     assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL]
 
