@@ -172,7 +172,10 @@ def max_pool(h: torch.Tensor) -> torch.Tensor:
     elements (both kernels take the first maximum of a window, so the indices are equal), gather's backward
     scatter-adds into zeros in the same order as ``max_pool2d_with_indices_backward`` and its double backward is
     the same gather (``tests/test_engine_api.py`` pins the exact numbers; ``benchmarks/compare.py`` section 6
-    times it against the NCHW pool). The gather works under ``vmap`` and ``torch.func.grad`` too (a population)."""
+    times it against the NCHW pool). The gather works under ``vmap`` and ``torch.func.grad`` too (a population).
+    Bit for bit on NCHW feature maps: a channels-last input (CIFAR's pickles once arrived as one) made the old
+    pool take its channels-last kernel and the numbers differed in the last bits, so ``tgbench.data.load_dataset``
+    hands every dataset over in NCHW order."""
     if not torch.is_grad_enabled() or h.dim() != 4:
         return F.max_pool2d(_scoring_layout(h), 3, 2, 1)
     with torch.no_grad():  # (channels-last by permutes: ``contiguous(memory_format=...)`` fails under vmap)
