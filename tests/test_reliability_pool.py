@@ -9,11 +9,12 @@ a stopped run still exits.
 """
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import threading
 import time
 
-from tgbench.pool import StoppablePool
+from tgbench.pool import StoppablePool, run_pool
 
 
 def test_a_pool_shut_down_without_waiting_raises_nothing_in_its_thread_when_a_worker_finishes(monkeypatch):
@@ -30,3 +31,37 @@ def test_a_pool_shut_down_without_waiting_raises_nothing_in_its_thread_when_a_wo
         thread.join(timeout=30)               # ... and the manager thread handles that exit
     assert [e for e in seen if not isinstance(e, SystemExit)] == []   # (threads end on SystemExit silently)
     assert multiprocessing.active_children() == [] or all(not p.is_alive() for p in multiprocessing.active_children())
+
+
+@dataclasses.dataclass(frozen=True)
+class _Env:
+    device: str = "cpu"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Task:
+    x: int
+    env: _Env = _Env()
+
+
+def _double(task: _Task) -> int:   # (top level: the pool's spawned workers import it)
+    return 2 * task.x
+
+
+def test_the_pool_is_never_handed_more_tasks_than_it_has_workers(monkeypatch):
+    """A ``ProcessPoolExecutor`` moves one task beyond its workers into its call queue at once and marks it
+    running; with every task submitted up front, a stopped ``--jobs`` run left that task there with no worker to
+    take it, and the pool's manager thread waited for it forever: the interpreter's exit joins that thread, so
+    ``tgbench run --jobs 2`` printed "interrupted" and never ended (1 stop in 24 under load; the CI hangs of stop
+    29). ``run_pool`` hands a task over only when a slot is free."""
+    outstanding, submit = [], StoppablePool.submit
+
+    def counting_submit(self, *args, **kwargs):
+        future = submit(self, *args, **kwargs)
+        outstanding.append(future)
+        assert sum(not f.done() for f in outstanding) <= 2, "more tasks handed over than there are slots"
+        return future
+
+    monkeypatch.setattr(StoppablePool, "submit", counting_submit)
+    ran, broken = run_pool(_double, [_Task(x) for x in range(5)], ["cpu", "cpu"], False, None)
+    assert (ran, broken) == (5, []) and len(outstanding) == 5

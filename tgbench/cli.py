@@ -385,9 +385,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 def run_and_exit(argv: list[str] | None = None) -> None:
     """The ``tgbench`` command: ``main``, then exit with its code. After Ctrl-C or SIGTERM, once the run has marked
     its cells failed and said so, the process ends at once (``os._exit``) instead of going through the
-    interpreter's shutdown, which joins the ``--jobs`` pool's manager thread: a worker killed while sending its
-    result leaves that thread waiting forever for the rest of the message, and the stopped run never exited (CI,
-    twice). Everything that matters is in the store already; only the output streams need flushing."""
+    interpreter's shutdown, which joins the ``--jobs`` pool's manager thread: whatever leaves that thread waiting
+    (a worker killed while sending its result; a task the pool had queued with no worker left to take it — the
+    cause of CI's two hangs, fixed in ``tgbench.pool._top_up``) must not keep a stopped run from exiting.
+    Everything that matters is in the store already; only the output streams need flushing."""
     code = main(argv)
     if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
         sys.stdout.flush()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
 from tqdm import tqdm
@@ -65,23 +65,44 @@ def run_pool(work, tasks: list, slots: list[str], progress: bool, on_failure, de
         free_devices.put(slot)
     pool = StoppablePool(max_workers=len(slots), mp_context=context, max_tasks_per_child=1,
                          initializer=_adopt_slot_queue, initargs=(free_devices,))
-    ran, broken = 0, []
+    ran, broken, queued, running = 0, [], list(tasks), {}
     try:
-        futures = {pool.submit(run_in_a_slot, work, task): task for task in tasks}
-        for future in tqdm(as_completed(futures), total=len(futures), desc=desc, disable=not progress):
-            try:
-                ran += future.result() is not None
-            except BrokenProcessPool:
-                broken.append(futures[future])
-            except TASK_FAILURES as exc:
-                on_failure(futures[future], exc)
-            interrupt.check()
+        with tqdm(total=len(tasks), desc=desc, disable=not progress) as bar:
+            _top_up(pool, work, queued, running, len(slots), broken)
+            while running:
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    task = running.pop(future)
+                    try:
+                        ran += future.result() is not None
+                    except BrokenProcessPool:
+                        broken.append(task)
+                    except TASK_FAILURES as exc:
+                        on_failure(task, exc)
+                    bar.update(1)
+                    interrupt.check()
+                _top_up(pool, work, queued, running, len(slots), broken)
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
         stop_workers(free_devices)
         raise
     pool.shutdown()
     return ran, broken
+
+
+def _top_up(pool: StoppablePool, work, queued: list, running: dict, slots: int, broken: list) -> None:
+    """Hand the pool queued tasks until ``slots`` are running: never more. (The pool moves one task beyond its
+    workers into its call queue at once, marked running; all submitted up front, a stopped run left that task
+    there with no worker to take it, and the pool's manager thread waited for it forever — the interpreter's exit
+    joins that thread: "interrupted" was printed and the process never ended, 1 stop in 24 under load, as in CI.)
+    A broken pool takes nothing more: the tasks not yet handed over are lost with the ones it held."""
+    while queued and len(running) < slots:
+        task = queued.pop(0)
+        try:
+            running[pool.submit(run_in_a_slot, work, task)] = task
+        except BrokenProcessPool:
+            broken += [task, *queued]
+            queued.clear()
 
 
 def run_each_in_workers(work, tasks: list, slots: list[str], progress: bool, on_failure, desc: str = "tasks") -> int:
