@@ -115,12 +115,13 @@ class _RandomInitSkipped(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func in self.FACTORIES:
+        if func in self.FACTORIES and kwargs.get("device") in (None, "meta", torch.device("meta")):
             size = kwargs["size"] if "size" in kwargs else args[0] if len(args) == 1 and not isinstance(args[0], int) \
                 else args
             return torch.empty(size, dtype=kwargs.get("dtype"), device=kwargs.get("device"),
                                requires_grad=kwargs.get("requires_grad", False))
-        if getattr(func, "__name__", None) in self.FILLS and args and isinstance(args[0], torch.Tensor):
+        if getattr(func, "__name__", None) in self.FILLS and args and isinstance(args[0], torch.Tensor) \
+                and args[0].is_meta:
             return args[0]
         return func(*args, **kwargs)
 
