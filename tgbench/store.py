@@ -196,7 +196,12 @@ def refuse_foreign_sqlite(url: str) -> None:
             with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as con:
                 problem = store_problem(con)
         except sqlite3.DatabaseError as exc:
-            raise BadInput(f"--storage: {path} is not an SQLite database tgbench can use: {exc}") from None
+            if not ("readonly database" in str(exc) and Path(f"{path}-journal").exists()):
+                raise BadInput(f"--storage: {path} is not an SQLite database tgbench can use: {exc}") from None
+            # A writer killed mid-transaction (kill -9) left a hot journal, which only a writable connection may
+            # roll back, as any SQLite client does on opening the file; then the schema is read as above.
+            with contextlib.closing(sqlite3.connect(path, timeout=30)) as con:
+                problem = store_problem(con)
         if not (problem or "").startswith(IN_CREATION) or time.monotonic() > deadline:
             break
         time.sleep(0.5)
