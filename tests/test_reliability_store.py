@@ -134,7 +134,8 @@ def test_a_store_whose_writer_was_killed_mid_transaction_opens(tmp_path):
     db = tmp_path / "s.db"
     Store(f"sqlite:///{db}").study("s@smoke")
     writer = ("import sqlite3, time\ncon = sqlite3.connect(%r, isolation_level=None)\n"
-              "con.execute('pragma cache_size=1')\ncon.execute('begin immediate')\ncon.execute('create table filler(x)')\n"
+              "con.execute('pragma cache_size=1')\ncon.execute('begin immediate')\n"
+              "con.execute('create table filler(x)')\n"
               "con.executemany('insert into filler values (?)', [('x' * 500,)] * 2000)\n"
               "print('ready', flush=True)\ntime.sleep(60)\n") % str(db)
     proc = subprocess.Popen([sys.executable, "-c", writer], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
