@@ -221,3 +221,22 @@ def test_a_ceiling_record_round_trips():
     attrs = {**json.loads(json.dumps(record.fields())), "status": record.status.value}
     back = record_from_attrs(attrs, CEILING_STUDY)
     assert type(back) is DataCeiling and back.model_dump() == record.model_dump()
+
+
+def test_the_data_ceiling_script_computes_the_row_alone_and_reads_it_back(tmp_path):
+    """``scripts/data_ceiling.py``: the ceiling without the suite's cells (how README's mnist-5k headroom figure
+    was measured); a second call trains nothing and prints the stored seeds' numbers."""
+    import subprocess
+    import sys
+    path, url = tmp_path / "eq.yaml", f"sqlite:///{tmp_path}/s.db"
+    path.write_text(yaml.safe_dump(TINY))
+    command = [sys.executable, str(REPO / "scripts" / "data_ceiling.py"), str(path), "--profile", "smoke",
+               "--storage", url]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "data ceiling:" in first.stdout and "seed 0: test" in first.stdout
+    assert _ceiling_trials(url) == ceiling_schedule("smoke").seeds
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "data ceiling:" not in again.stdout
+    assert again.stdout.splitlines()[-2:] == first.stdout.splitlines()[-2:]   # the stored seed, read back
+    assert _ceiling_trials(url) == ceiling_schedule("smoke").seeds
