@@ -9,6 +9,7 @@ and outer-loop budget), ``gamma`` changes the number of inner steps.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -201,3 +202,20 @@ def test_leaderboard_of_a_missing_store_is_bad_input(tmp_path, capsys):
     missing = tmp_path / "nope.db"
     assert main(["leaderboard", "--storage", f"sqlite:///{missing}", "--out", str(tmp_path / "L.md")]) == 2
     assert "no store at" in capsys.readouterr().err and not missing.exists()
+
+
+def test_keep_carries_a_committed_leaderboard_whose_stores_are_gone(tmp_path, capsys):
+    """``--keep`` with a store that holds none of its tables: every row of the earlier CSV is on the new board,
+    unchanged; a file that is no leaderboard CSV is exit 2 naming the flag and the file."""
+    committed = Path(__file__).resolve().parents[1] / "results" / "LEADERBOARD.csv"
+    url = f"sqlite:///{tmp_path}/empty.db"
+    Store(url).study("nothing@smoke")
+    out = tmp_path / "LEADERBOARD.md"
+    assert main(["leaderboard", "--storage", url, "--keep", str(committed), "--out", str(out)]) == 0
+    read = lambda path: pd.read_csv(path, keep_default_na=False, na_values=[""])  # noqa: E731
+    pd.testing.assert_frame_equal(read(tmp_path / "LEADERBOARD.csv")[read(committed).columns], read(committed))
+    bad = tmp_path / "not.csv"
+    bad.write_text("a,b\n1,2\n")
+    code = main(["leaderboard", "--storage", url, "--keep", str(bad), "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--keep" in err[0] and str(bad) in err[0]

@@ -121,6 +121,24 @@ def test_from_csv_rebuilds_the_same_page_without_the_store(board, tmp_path):
     assert "page rendered by" in rebuilt and "page rendered by" not in original
 
 
+@pytest.mark.system
+def test_keep_adds_only_the_tables_the_stores_do_not_hold(board, tmp_path):
+    """``--keep``: an earlier leaderboard's tables stay on the board when their stores are gone; a table the
+    stores hold is ranked from the stores, never duplicated from the CSV."""
+    store = f"sqlite:///{board.parent.parent.parent}/store.db"
+    old = pd.read_csv(board.parent.parent / "LEADERBOARD.csv", keep_default_na=False, na_values=[""])
+    gone = old[old["dataset"] == SECOND_DATASET].assign(table="gone-table")   # a table no store holds any more
+    earlier = tmp_path / "earlier.csv"
+    pd.concat([old, gone]).to_csv(earlier, index=False)
+    out = tmp_path / "LEADERBOARD.md"
+    assert main(["leaderboard", "--storage", store, "--keep", str(earlier), "--out", str(out)]) == 0
+    merged = pd.read_csv(tmp_path / "LEADERBOARD.csv", keep_default_na=False, na_values=[""])
+    assert len(merged) == len(old) + len(gone) and list(merged["table"]).count("gone-table") == len(gone)
+    assert merged["table"].tolist()[-len(gone):] == ["gone-table"] * len(gone)   # after the stores' tables
+    md = out.read_text(encoding="utf-8")
+    assert "protocol `gone-table`" in md and "kept from" in md and "1 table(s) the stores do not hold" in md
+
+
 def test_every_user_text_of_the_frame_is_escaped():
     """Each text column and provenance value carries markup; none reaches the page as markup (no store needed)."""
     text_columns = ["table", "dataset", "profile", "suite", "source", "method", "variant", "config_hash", "finished",

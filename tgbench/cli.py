@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "to it (default: results/LEADERBOARD.md)")
     board.add_argument("--from-csv", metavar="CSV", help="only (re)write the web page, from the CSV of a leaderboard "
                                                          "written before, beside its Markdown --out (no store read)")
+    board.add_argument("--keep", metavar="CSV", help="also keep the tables of an earlier leaderboard's CSV that the "
+                                                     "stores do not hold (their stores may be gone), after the "
+                                                     "stores' tables")
 
     export = sub.add_parser("export", help="save one cell's trained teacher (weights, curriculum, lr/momentum)")
     export.add_argument("--suite", required=True, help="suite YAML file, installed suite name or stored suite name")
@@ -317,12 +320,13 @@ def _dispatch(args: argparse.Namespace) -> int:
             from tgbench.leaderboard import build_leaderboard, build_page_from_csv
             from tgbench.provenance import command_line
 
-            if args.from_csv and (args.storage or args.artifacts):
-                raise BadInput("--from-csv reads no store: drop --storage and --artifacts")
+            if args.from_csv and (args.storage or args.artifacts or args.keep):
+                raise BadInput("--from-csv reads no store: drop --storage, --artifacts and --keep")
             if args.from_csv:
                 build_page_from_csv(args.from_csv, args.out, command=command_line())
             else:
-                build_leaderboard(distinct_stores(args.storage), args.out, args.artifacts, command=command_line())
+                build_leaderboard(distinct_stores(args.storage), args.out, args.artifacts, command=command_line(),
+                                  keep_csv=args.keep)
         elif args.command == "export":
             from tgbench.suite.loading import load_suite
             from tgbench.suite.names import installed_suites, resolve_suite

@@ -290,21 +290,43 @@ def portable(arg: str) -> str:
 
 
 def build_leaderboard(storages: list[str] | None, out: str | None, artifacts_dir: str | None = None,
-                      command: str = "", log=print) -> Path:
+                      command: str = "", log=print, keep_csv: str | None = None) -> Path:
     """What ``tgbench leaderboard`` does: read the whole store(s), write the Markdown, CSV and figures.
-    ``artifacts_dir`` (default: each SQLite store's own) applies to every store."""
+    ``artifacts_dir`` (default: each SQLite store's own) applies to every store. ``keep_csv`` (``--keep``): the
+    CSV of an earlier leaderboard whose tables the stores do not hold are kept as they were, after the stores'
+    (a committed result whose store is gone stays on the board; a table the stores hold is ranked from them)."""
     for url in storages or []:  # reading must not create an empty SQLite store where a typo'd path points
         if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
             raise BadInput(f"--storage: no store at {url.removeprefix('sqlite:///')}")
+    kept = read_leaderboard_csv(keep_csv, "--keep") if keep_csv else None
     stores = [Store(url, artifacts_dir) for url in (storages or [None])]
-    tables = collect(stores, log)
+    frame = leaderboard_frame(collect(stores, log))
+    store_line = ", ".join(portable(s.url) for s in stores)
+    if kept is not None:
+        kept = kept[~kept["table"].isin(set(frame["table"]))]
+        frame = pd.concat([frame, kept.reindex(columns=frame.columns)], ignore_index=True)
+        store_line += (f"; kept from {portable(keep_csv)}: {kept['table'].nunique()} table(s) the stores do not "
+                       "hold")
     out_path = Path(out) if out else DEFAULT_OUT
     command = " ".join(portable(arg) for arg in (command or "tgbench leaderboard").split(" "))
-    meta = {**report_provenance(command=command).as_meta(), "store": ", ".join(portable(s.url) for s in stores)}
-    leaderboard_report.write_report(out_path, with_report_links(leaderboard_frame(tables), out_path), meta)
-    log(f"leaderboard: {len(tables)} table(s), {sum(len(t.rows) for t in tables)} row(s) -> {out_path} "
+    meta = {**report_provenance(command=command).as_meta(), "store": store_line}
+    leaderboard_report.write_report(out_path, with_report_links(frame, out_path), meta)
+    log(f"leaderboard: {frame['table'].nunique()} table(s), {len(frame)} row(s) -> {out_path} "
         f"(web page: {leaderboard_report.site_dir(out_path) / 'index.html'})")
     return out_path
+
+
+def read_leaderboard_csv(csv: str, flag: str) -> pd.DataFrame:
+    """The frame of a leaderboard CSV an earlier ``tgbench leaderboard`` wrote (columns it did not write yet:
+    n/a); a file that is not one is bad input named by ``flag``."""
+    try:
+        frame = pd.read_csv(csv, keep_default_na=False, na_values=[""], dtype=dict.fromkeys(TEXT_COLUMNS, str))
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise BadInput(f"{flag}: cannot read {csv}: {exc}") from None
+    missing = [c for c in COLUMNS if c not in frame and c not in ("device", "report")]  # (newer than the CSVs)
+    if missing:
+        raise BadInput(f"{flag}: {csv} is not a leaderboard CSV (no column {', '.join(missing)})")
+    return frame.reindex(columns=COLUMNS)
 
 
 def build_page_from_csv(csv: str, out: str | None, command: str = "", log=print) -> Path:
@@ -313,15 +335,12 @@ def build_page_from_csv(csv: str, out: str | None, command: str = "", log=print)
     the page lists (plus the command that rendered it). The Markdown, CSV and figures are left as they are;
     columns an older tgbench did not write show as n/a."""
     out_path = Path(out) if out else DEFAULT_OUT
+    frame = read_leaderboard_csv(csv, "--from-csv")
     try:
-        frame = pd.read_csv(csv, keep_default_na=False, na_values=[""], dtype=dict.fromkeys(TEXT_COLUMNS, str))
         meta = leaderboard_report.provenance_of_markdown(out_path.read_text(encoding="utf-8"))
-    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise BadInput(f"--from-csv: cannot read {csv} and its Markdown {out_path}: {exc}") from None
-    missing = [c for c in COLUMNS if c not in frame and c not in ("device", "report")]  # (newer than the CSVs)
-    if missing:
-        raise BadInput(f"--from-csv: {csv} is not a leaderboard CSV (no column {', '.join(missing)})")
-    frame = with_report_links(frame.reindex(columns=COLUMNS), out_path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInput(f"--from-csv: cannot read the Markdown {out_path} beside {csv}: {exc}") from None
+    frame = with_report_links(frame, out_path)
     command = " ".join(portable(arg) for arg in (command or f"tgbench leaderboard --from-csv {csv}").split(" "))
     page = leaderboard_report.write_site_only(out_path, frame, {**meta, "page": command})
     log(f"leaderboard: web page of {len(frame)} row(s) from {csv} -> {page}")

@@ -65,7 +65,8 @@ def table_lines(rows: pd.DataFrame, figure: str | None) -> list[str]:
         body.append([r.rank, r.source, r.suite, r.variant,
                      fmt_ci(r.test_acc_mean, r.test_acc_ci_low, r.test_acc_ci_high, PERCENT), seeds,
                      "n/a" if math.isnan(r.meta_train_seconds) else f"{r.meta_train_seconds:.1f}",
-                     fmt_gflops(r.meta_train_flops), "★" if r.pareto else "", r.finished, r.revision, r.device])
+                     fmt_gflops(r.meta_train_flops), "★" if r.pareto else "", r.finished, r.revision,
+                     "n/a" if pd.isna(r.device) else r.device])   # (a row kept from a CSV before devices)
     first = rows.iloc[0]
     lines = [f"## {table_dataset(rows)} · profile `{first['profile']}` · protocol `{first['table']}`", "",
              f"Protocol: {first['protocol']}.", "", *md_table(HEADER, body), ""]
