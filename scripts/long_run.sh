@@ -3,7 +3,7 @@
 # CPU carried across interruptions by the store's resume and the cells' saved states (`outer.save_every`).
 #
 #   scripts/long_run.sh SUITE [PROFILE] [REVISION] [JOBS]      e.g. scripts/long_run.sh fashion_generator_size
-#   scripts/long_run.sh --status SUITE [PROFILE]
+#   scripts/long_run.sh --status [SUITE [PROFILE]]                 (no SUITE: every run under the runs folder)
 #
 # Everything lives OUTSIDE the checkout, under ${TGBENCH_RUNS:-~/runs}/SUITE-PROFILE/:
 #   code/     a clone of this repository at one revision (REVISION, default HEAD; fixed once the run exists),
@@ -14,6 +14,16 @@
 # worker processes at one torch thread each: two cells side by side on a 2-core machine.
 set -euo pipefail
 
+if [ "${1:-}" = "--status" ] && [ -z "${2:-}" ]; then
+    # every run under the runs folder, one after another
+    for dir in "${TGBENCH_RUNS:-$HOME/runs}"/*-*/; do
+        [ -d "$dir/code" ] || continue
+        name="$(basename "$dir")"
+        echo "== ${name%-*} @ ${name##*-}"
+        "$0" --status "${name%-*}" "${name##*-}"
+    done
+    exit 0
+fi
 if [ "${1:-}" = "--status" ]; then
     root="${TGBENCH_RUNS:-$HOME/runs}/$2-${3:-cpu}"
     if [ -f "$root/pid" ] && kill -0 "$(cat "$root/pid")" 2>/dev/null; then echo "running (pid $(cat "$root/pid"))"
