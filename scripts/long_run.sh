@@ -11,7 +11,10 @@
 #   store.db  the experiment store, artifacts/ the teachers and saved states, report/ the report, run.log.
 # Running the same command again (on this machine, after a stop, a kill or a reboot) resumes the run where its
 # store and saved states left it; while it is running, the command says so and starts nothing. JOBS (default 2)
-# worker processes at one torch thread each: two cells side by side on a 2-core machine.
+# worker processes at one torch thread each: two cells side by side on a 2-core machine. The run starts at the
+# lowest CPU priority (nice ${TGBENCH_NICE:-19}): the machine's other work (tests, CI, a session's commands) goes
+# first and the run takes the idle cores, so it need not be stopped for them (timings still need it paused:
+# kill -STOP / -CONT -PGID).
 set -euo pipefail
 
 if [ "${1:-}" = "--status" ] && [ -z "${2:-}" ]; then
@@ -71,8 +74,8 @@ if [ ! -x "$root/venv/bin/tgbench" ]; then
 fi
 echo "$suite @ $profile at revision $(git -C "$root/code" rev-parse --short HEAD), $jobs worker(s); log: $root/run.log"
 cd "$root"
-# setsid: the run outlives the shell that started it; one torch thread per worker process
-OMP_NUM_THREADS=1 setsid nohup "$root/venv/bin/tgbench" run "$root/code/tgbench/suites/$suite.yaml" \
+# setsid: the run outlives the shell that started it; one torch thread per worker process; nice: see above
+OMP_NUM_THREADS=1 setsid nohup nice -n "${TGBENCH_NICE:-19}" "$root/venv/bin/tgbench" run "$root/code/tgbench/suites/$suite.yaml" \
     --profile "$profile" --storage "sqlite:///$root/store.db" --artifacts "$root/artifacts" --out "$root/report" \
     --jobs "$jobs" --no-progress >> "$root/run.log" 2>&1 < /dev/null &
 echo $! > "$root/pid"
