@@ -293,18 +293,19 @@ def test_empty_figure_inputs_skip_figures(tmp_path, written):
     assert {p.name for p in paths} == {"summary.csv", "steps.csv", "curves.csv", "report.md"}
     # without curves there is nothing to judge convergence or equal compute by: the flag lines and the
     # equal-compute sections are the only other differences
-    flags = ("**Still rising**", "No arm's validation curve")
+    flags = ("**Still rising**", "No arm's validation curve", "Gain of the seed-mean validation accuracy")
     without_flags = "\n".join(line for line in md.split("## Figures")[0].splitlines() if not line.startswith(flags))
     equal_compute = re.compile(r"### Equal compute \((.*?)\)\n.*?(?=\n##|\Z)", re.S)
     assert "No complete cell has a curve" in again
     assert (equal_compute.sub("", again).rstrip()
-            == equal_compute.sub("", without_flags.replace("\n\n\n", "\n\n")).rstrip())
+            == equal_compute.sub("", re.sub(r"\n{3,}", "\n\n", without_flags)).rstrip())
 
 
 def test_convergence_flag_follows_the_seed_mean_validation_curves(written):
     _, _, md = written
     inputs = _inputs()
-    mean = inputs.curves.groupby(["source", "outer_iter"], as_index=False)["val_acc"].mean()
+    complete = frames.complete_only(inputs.curves, inputs.summary)   # (a diverged seed's curve is not averaged in)
+    mean = complete.groupby(["source", "outer_iter"], as_index=False)["val_acc"].mean()
     expected = {src for src, g in mean.groupby("source")
                 if stats.still_rising(g["outer_iter"].tolist(), g["val_acc"].tolist())}
     flagged = set()
@@ -312,6 +313,11 @@ def test_convergence_flag_follows_the_seed_mean_validation_curves(written):
         line = next((l for l in section.splitlines() if l.startswith("**Still rising**")), "")
         flagged |= {name.strip() for name in line.split(":", 1)[1].split(",")} if line else set()
     assert flagged == expected and flagged   # the fixture has at least one arm still rising
+    gains = {src: stats.late_gain(g["outer_iter"].tolist(), g["val_acc"].tolist()) for src, g in mean.groupby("source")}
+    lines = " ".join(next(l for l in section.splitlines() if l.startswith("Gain of the seed-mean validation"))
+                     for section in _sections(md).values())
+    for src, gain in gains.items():   # every arm's late gain is printed (in its dataset's section), in pp
+        assert f" {src} {gain.mean * 100:+.2f} [" in lines
 
 
 # ----------------------------------------------------------------------------------------- helpers

@@ -266,3 +266,18 @@ def test_still_rising_looks_at_the_last_fifth_of_the_curve():
     assert not stats.still_rising(iters, [0.1, 0.5, 0.8, 0.86, 0.861])  # gained less than the tolerance
     assert not stats.still_rising(iters, [0.1, 0.5, 0.8, 0.9, 0.85])    # fell
     assert stats.still_rising([0, 200], [0.1, 0.9])                     # only the start to compare with
+
+
+def test_late_gain_is_a_line_through_every_check_of_the_window_not_its_two_ends():
+    iters = np.arange(0, 1001, 50)                 # the window is 800..1000: five checks
+    flat = np.full(iters.size, 0.85)
+    flat[-5:] = [0.851, 0.853, 0.848, 0.852, 0.8535]   # noise; the ends alone differ by 0.25 pp (> the tolerance)
+    gain = stats.late_gain(iters, flat)
+    assert gain.n == 5 and gain.mean == pytest.approx(0.0016) and gain.low < 0 < gain.high
+    assert not stats.still_rising(iters, flat)
+    line = 0.8 + 1e-4 * iters                      # exactly 2 pp per 200 iterations
+    gain = stats.late_gain(iters, line)
+    assert gain.mean == pytest.approx(0.02) and gain.low == pytest.approx(0.02) and gain.high == pytest.approx(0.02)
+    assert stats.still_rising(iters, line)
+    assert stats.late_gain([0, 100], [0.5, 0.6]).n == 2 and math.isnan(stats.late_gain([0, 100], [0.5, 0.6]).low)
+    assert stats.late_gain([100], [0.5]) is None and stats.late_gain([0, 50, 100], [0.1, 0.2, float("nan")]).n == 2

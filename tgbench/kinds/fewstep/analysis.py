@@ -93,15 +93,22 @@ def comparison_frame(cells: pd.DataFrame, order: list[str]) -> pd.DataFrame:
     return frame
 
 
-def convergence_flags(curves: pd.DataFrame, summary: pd.DataFrame) -> dict[str, bool]:
-    """Source -> whether its seed-averaged validation curve (complete cells) was still rising over the last
-    20 % of its outer iterations (``stats.still_rising``)."""
+def late_gains(curves: pd.DataFrame, summary: pd.DataFrame) -> dict[str, stats.MeanCI]:
+    """Source -> what its seed-averaged validation curve (complete cells) gained over the last 20 % of its outer
+    iterations (``stats.late_gain``; sources with no check in that window are left out)."""
     long = complete_only(curves, summary)
     if long.empty:
         return {}
     mean = long.groupby(["source", "outer_iter"], as_index=False)["val_acc"].mean()
-    return {str(src): stats.still_rising(g["outer_iter"].tolist(), g["val_acc"].tolist())
-            for src, g in mean.groupby("source")}
+    gains = {str(src): stats.late_gain(g["outer_iter"].tolist(), g["val_acc"].tolist())
+             for src, g in mean.groupby("source")}
+    return {src: gain for src, gain in gains.items() if gain is not None}
+
+
+def convergence_flags(curves: pd.DataFrame, summary: pd.DataFrame) -> dict[str, bool]:
+    """Source -> whether its seed-averaged validation curve (complete cells) was still rising over the last
+    20 % of its outer iterations (``stats.still_rising``: its late gain above ``stats.RISING_TOLERANCE``)."""
+    return {src: gain.mean > stats.RISING_TOLERANCE for src, gain in late_gains(curves, summary).items()}
 
 
 def ceiling_of(ceiling: pd.DataFrame | None, dataset: str) -> pd.DataFrame:

@@ -25,8 +25,8 @@ from tgbench import stats
 from tgbench.kinds.fewstep.analysis import (BUDGET_FRACTIONS, SourceRow, best_row, by_dataset, ceiling_accuracy,
                                             ceiling_of, comparison_frame, compute_axis, compute_long,
                                             convergence_flags, crossing_frame, datasets, diagnostic_means,
-                                            equal_compute_frame, held_out_accuracy, p_value_matrix, source_rows,
-                                            sweep_frame)
+                                            equal_compute_frame, held_out_accuracy, late_gains, p_value_matrix,
+                                            source_rows, sweep_frame)
 from tgbench.records import Status
 from tgbench.reporting.figures import (band_plot, compute_curves_figure, sample_file_names, samples_figure,
                                        save_figure, sweep_figure, tuning_trials_figure)
@@ -228,6 +228,25 @@ def held_out_section(held_out: pd.DataFrame, cells: pd.DataFrame, dataset: str) 
     return lines + md_table(["source", "evaluation learner"] + names, body) + [""]
 
 
+def convergence_lines(curves: pd.DataFrame | None, cells: pd.DataFrame, sources: list[str]) -> list[str]:
+    """What each arm's seed-mean validation curve gained over its last 20 % of outer iterations (a least-squares
+    line through its checks there, ``stats.late_gain``), and the arms that count as still rising by it."""
+    gains = late_gains(curves, cells) if curves is not None and not curves.empty else {}
+    if not gains:
+        return []
+    flags = convergence_flags(curves, cells)
+    rising = [src for src in sources if flags.get(src)]
+    each = "; ".join(f"{src} {fmt_ci(g.mean, g.low, g.high, PERCENT_POINTS_DIFFERENCE)} ({g.n} checks)"
+                     for src in sources if (g := gains.get(src)) is not None)
+    tolerance = f"{stats.RISING_TOLERANCE * 100:.1f} pp"
+    return [f"Gain of the seed-mean validation accuracy over each arm's last 20 % of outer iterations (pp, slope of "
+            f"a least-squares line through its checks there times the window, [90 % CI]; two checks: their "
+            f"difference, no interval): {each}.", "",
+            (f"**Still rising** (gained > {tolerance}; a longer budget may change the ranking): " + ", ".join(rising))
+            if rising else f"No arm's validation curve was still rising (gained > {tolerance}) over its last 20 % "
+            "of outer iterations.", ""]
+
+
 def dataset_section(summary: pd.DataFrame, dataset: str, meta: dict[str, Any],
                     curves: pd.DataFrame | None = None, ceiling: pd.DataFrame | None = None) -> list[str]:
     """Results table (with the data-ceiling row), provenance note, ceiling note, convergence flags, pairwise
@@ -237,12 +256,7 @@ def dataset_section(summary: pd.DataFrame, dataset: str, meta: dict[str, Any],
     ceiling_rows = ceiling_of(ceiling, dataset)
     lines = ([f"## Dataset: {dataset}", ""] + results_table(rows) + ceiling_table_row(ceiling_rows)
              + ["", _method_note(meta), "", ceiling_note(ceiling_rows, rows), ""])
-    flags = convergence_flags(curves, cells) if curves is not None and not curves.empty else {}
-    rising = [r.source for r in rows if flags.get(r.source)]
-    if flags:
-        lines += [("**Still rising** (seed-mean validation accuracy gained > 0.2 pp over the last 20 % of outer "
-                   "iterations; a longer budget may change the ranking): " + ", ".join(rising)) if rising else
-                  "No arm's validation curve was still rising over its last 20 % of outer iterations.", ""]
+    lines += convergence_lines(curves, cells, [r.source for r in rows])
 
     lines += [
         f"### Pairwise Welch p-values ({dataset})",
