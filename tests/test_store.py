@@ -338,6 +338,9 @@ def test_store_bad_inputs(tmp_path):
     with pytest.raises(BadInput, match="no study 'nothing'"):
         store.study("nothing", create=False)
     assert store.study_names() == []
+    store.study("suite@cpu/tuning/gtn")   # a run still tuning: the report's study is not there yet, and says so
+    with pytest.raises(BadInput, match=r"no study 'suite@cpu' .* yet, only suite@cpu/tuning/gtn: .*tuning stage"):
+        store.study("suite@cpu", create=False)
     with pytest.raises(BadInput, match="--storage"):
         Store("notascheme://x")
     with pytest.raises(BadInput, match="not found"):

@@ -313,6 +313,11 @@ class Store:
             try:
                 return optuna.load_study(study_name=name, storage=self.storage)
             except KeyError:
+                # a long run still in its tuning stage has only the studies under its name (``<name>/tuning/<arm>``)
+                under = sorted(n for n in self.study_names() if n.startswith(f"{name}/"))
+                if under:
+                    raise BadInput(f"no study {name!r} in {self.url} yet, only {', '.join(under)}: its run has not "
+                                   "reached its final cells (a tuning stage still under way?)") from None
                 raise BadInput(f"no study {name!r} in {self.url}; run the suite first") from None
         return optuna.create_study(study_name=name, storage=self.storage, direction="maximize",
                                    load_if_exists=True)
