@@ -195,3 +195,19 @@ def test_the_plain_reference_meta_iteration_does_the_engines_flops(steps, batch)
     before = [t.detach().clone() for t in plain.meta]
     loss = plain.step()
     assert math.isfinite(loss) and any(not torch.equal(a, b) for a, b in zip(before, plain.meta))
+
+
+def test_paper_cell_stops_at_its_time_limit_and_evaluates_there(capsys):
+    """The GPU script's paper cell (``benchmarks/paper_cell.py``) must end on time on a lent GPU: with
+    ``--time-limit`` it stops after the iteration that passes it, evaluates there and says so (here on the smoke
+    profile and the CPU: the same loop, seconds instead of minutes)."""
+    from benchmarks import paper_cell
+
+    assert paper_cell.main(["--device", "cpu", "--suite", "mnist_fewstep", "--profile", "smoke", "--iterations",
+                            "500", "--warmup", "1", "--eval-every", "1000", "--time-limit", "0.3"]) == 0
+    out = capsys.readouterr().out
+    stopped = re.search(r"stopped at the time limit \(0\.3 s\) after (\d+) of 500 iterations", out)
+    assert stopped and 1 <= int(stopped.group(1)) < 500
+    evaluated = re.findall(r"iteration +(\d+): meta-loss", out)
+    assert evaluated == [stopped.group(1)]          # the one evaluation is where it stopped
+    assert "goal <= 5 min" in out and "n/a: not the paper profile" in out
