@@ -7,6 +7,7 @@ is exit 2, one line, and the file's bytes are unchanged.
 """
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 
@@ -86,6 +87,22 @@ def test_optunas_schema_with_one_more_table_or_a_changed_column_is_refused(tmp_p
                               ["leaderboard", "--storage", f"sqlite:///{changed}", "--out", str(tmp_path / "b.md")])
 
 
+def test_a_finished_command_leaves_the_whole_store_in_its_file(tmp_path, capsys):
+    """The store runs in WAL mode (commits do not wait for fsync); when a command ends, its connections close
+    and fold the log into the file, so the file alone — what a user copies — holds every record, even when the
+    command ran inside a longer-lived process (a notebook, these tests)."""
+    import shutil
+
+    db = tmp_path / "s.db"
+    code, _, err = cli(["run", str(_suite(tmp_path)), "--profile", "smoke", "--no-progress",
+                        "--storage", f"sqlite:///{db}", "--out", str(tmp_path / "out")], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("s.db")) == ["s.db"]   # no -wal, -shm
+    shutil.copy(db, tmp_path / "copy.db")
+    copy = Store(f"sqlite:///{tmp_path / 'copy.db'}")
+    assert copy.done_cells(copy.study("st@smoke", create=False))   # the finished cell is in the copy
+
+
 def test_a_real_store_and_an_empty_database_are_accepted(tmp_path):
     store = tmp_path / "ours.db"
     _real_store(store)
@@ -122,17 +139,27 @@ def test_a_store_being_created_is_waited_for_then_refused_if_it_stays_incomplete
     assert time.monotonic() - start >= 1.0 and path.read_bytes() == before
 
 
-def test_a_store_whose_writer_was_killed_mid_transaction_opens(tmp_path):
+@pytest.mark.parametrize("journal", ["delete", "wal"])
+def test_a_store_whose_writer_was_killed_mid_transaction_opens(tmp_path, journal):
     """kill -9 during a write leaves a hot journal; a read-only look at the schema cannot roll it back ("attempt
     to write a readonly database"), and the rerun of a killed run was refused as "not an SQLite database tgbench
-    can use" (seen in .ci/run's kill -9 test). The journal is rolled back, as any SQLite client does."""
+    can use" (seen in .ci/run's kill -9 test). The journal is rolled back, as any SQLite client does. tgbench's
+    stores are in WAL mode (``store.commit_without_fsync``), where the kill leaves a write-ahead log instead; one
+    an older tgbench wrote is in rollback mode ("delete")."""
     import subprocess
     import sys
 
-    from tgbench.store import Store
+    from tgbench.store import Store, in_wal_mode
 
     db = tmp_path / "s.db"
-    Store(f"sqlite:///{db}").study("s@smoke")
+    store = Store(f"sqlite:///{db}")
+    store.study("s@smoke")
+    store.storage.engine.dispose()
+    assert in_wal_mode(db)
+    if journal == "delete":
+        with contextlib.closing(sqlite3.connect(db)) as con:
+            assert con.execute("pragma journal_mode=delete").fetchone() == ("delete",)
+        assert not in_wal_mode(db)
     writer = ("import sqlite3, time\ncon = sqlite3.connect(%r, isolation_level=None)\n"
               "con.execute('pragma cache_size=1')\ncon.execute('begin immediate')\n"
               "con.execute('create table filler(x)')\n"
@@ -142,5 +169,5 @@ def test_a_store_whose_writer_was_killed_mid_transaction_opens(tmp_path):
     assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
     proc.kill()
     proc.wait()
-    assert (tmp_path / "s.db-journal").exists()
+    assert (tmp_path / ("s.db-journal" if journal == "delete" else "s.db-wal")).exists()
     assert Store(f"sqlite:///{db}").study("s@smoke", create=False) is not None

@@ -259,7 +259,11 @@ def _check_storage(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     with interrupt.handled():
-        return _dispatch(args)
+        try:
+            return _dispatch(args)
+        finally:
+            if "tgbench.store" in sys.modules:   # (a command that opened no store need not import Optuna for this)
+                sys.modules["tgbench.store"].close_stores()
 
 
 def _dispatch(args: argparse.Namespace) -> int:
