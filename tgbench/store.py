@@ -179,22 +179,11 @@ IN_CREATION = "an incomplete store"
 CREATION_WAIT_SECONDS = 30   # how long such a file may stay incomplete before it is refused
 
 
-def in_wal_mode(path: Path) -> bool:
-    """Whether the SQLite file at ``path`` is in WAL mode: its header's read and write format versions (bytes 18
-    and 19) are 2 (SQLite's "Database File Format", 1.3)."""
-    try:
-        with open(path, "rb") as f:
-            header = f.read(20)
-    except OSError:
-        return False
-    return len(header) == 20 and header.startswith(b"SQLite format 3\x00") and header[18:20] == b"\x02\x02"
-
-
 def refuse_foreign_sqlite(url: str) -> None:
     """``BadInput`` when ``url`` names an existing SQLite file that is not a tgbench store (:func:`store_problem`):
     Optuna creates whatever tables it misses on open, so a file of another application that merely has a table
     called ``studies`` would get Optuna's beside its own. A file that is not SQLite at all is refused the same
-    way; an empty file, or an SQLite database without tables, is fine. Read-only: the file is left untouched."""
+    way; an empty file, or an SQLite database without tables, is fine. Only reads: the file is left untouched."""
     path = sqlite_path(url)
     if path is None or not path.exists():
         return
@@ -205,19 +194,15 @@ def refuse_foreign_sqlite(url: str) -> None:
     deadline = time.monotonic() + CREATION_WAIT_SECONDS
     while True:   # (two workers started together on a new file: one of them is creating the store's tables)
         try:
-            # (a WAL-mode file, as tgbench's own are, is opened read-write: a read-only connection would leave
-            # the -wal and -shm files it needs beside it, a read-write one removes them when it closes last;
-            # either way only reads happen and the file itself stays byte for byte as it was)
-            mode = "" if in_wal_mode(path) else "?mode=ro"
-            with contextlib.closing(sqlite3.connect(f"file:{path}{mode}", uri=True, timeout=30)) as con:
-                problem = store_problem(con)
-        except sqlite3.DatabaseError as exc:
-            if not ("readonly database" in str(exc) and Path(f"{path}-journal").exists()):
-                raise BadInput(f"--storage: {path} is not an SQLite database tgbench can use: {exc}") from None
-            # A writer killed mid-transaction (kill -9) left a hot journal, which only a writable connection may
-            # roll back, as any SQLite client does on opening the file; then the schema is read as above.
+            # Read-write, though it only reads: a read-only connection to a WAL-mode file (tgbench's own stores)
+            # leaves the -wal and -shm files it needs beside it, a read-write one removes them when it closes
+            # last. (Not a peek at the file's header with open(): closing any descriptor of the file drops every
+            # POSIX lock this process's SQLite connections hold on it — "How To Corrupt An SQLite Database File",
+            # 2.2 — and a worker's store went "malformed" so.)
             with contextlib.closing(sqlite3.connect(path, timeout=30)) as con:
                 problem = store_problem(con)
+        except sqlite3.DatabaseError as exc:   # (a hot journal a killed writer left is rolled back on opening)
+            raise BadInput(f"--storage: {path} is not an SQLite database tgbench can use: {exc}") from None
         if not (problem or "").startswith(IN_CREATION) or time.monotonic() > deadline:
             break
         time.sleep(0.5)
@@ -289,13 +274,18 @@ def _says_when_full(method):
     return checked
 
 
+#: How long an SQLite store's transaction waits for another process's write lock before "database is locked"
+#: (pysqlite's default is 5 s; every transaction takes the lock, see :func:`commit_without_fsync`).
+BUSY_TIMEOUT_MS = 30_000
+
 #: Every Store of this process (weakly: a Store no one holds is collected as before), for :func:`close_stores`.
 OPEN_STORES: weakref.WeakSet = weakref.WeakSet()
 
 
 def commit_without_fsync(engine) -> None:
-    """Make every connection of ``engine`` (an SQLite store's) keep its log ahead of the database file (WAL) and
-    commit without waiting for the disk (``synchronous=NORMAL``).
+    """Make every connection of ``engine`` (an SQLite store's) keep its log ahead of the database file (WAL),
+    commit without waiting for the disk (``synchronous=NORMAL``) and take the write lock when a transaction
+    begins (``BEGIN IMMEDIATE``).
 
     Why: a store writes one transaction per record field (Optuna's user attributes), hundreds per run, and SQLite's
     default rollback journal waits for several fsyncs on each: ~10-20 ms a commit on this project's machine, a
@@ -304,11 +294,20 @@ def commit_without_fsync(engine) -> None:
     OS crash may drop the last commits, never corrupt the file (SQLite's documentation, "Write-Ahead Logging").
     WAL needs the readers and writers on one machine, which an SQLite store already does (PostgreSQL across
     machines: README). The mode is stored in the file; a connection that cannot switch now (another process in
-    a transaction) keeps the file's mode, which is just slower."""
+    a transaction) keeps the file's mode, which is just slower.
+
+    ``BEGIN IMMEDIATE``: Optuna reads, then writes, in one transaction; in WAL mode a transaction that read
+    before another process committed cannot write at all ("database is locked" at once, no waiting: the tests
+    that run several workers on one store failed so), where a rollback journal made it wait. Taking the lock at
+    the start makes every transaction wait its turn (``busy_timeout``) instead; pysqlite's own transaction
+    handling is turned off for this (SQLAlchemy's documented recipe, "Serializable isolation / Savepoints /
+    Transactional DDL" for pysqlite)."""
     import sqlalchemy
 
     def on_connect(connection, _record) -> None:
+        connection.isolation_level = None   # (pysqlite's own deferred BEGIN off: on_begin says BEGIN IMMEDIATE)
         cursor = connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         try:
             cursor.execute("PRAGMA journal_mode=WAL")
         except sqlite3.OperationalError:   # busy: another connection holds a lock; the next connect tries again
@@ -316,8 +315,12 @@ def commit_without_fsync(engine) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
+    def on_begin(connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
     sqlalchemy.event.listen(engine, "connect", on_connect)
-    engine.dispose()   # (the connections Optuna opened to create the tables predate the listener)
+    sqlalchemy.event.listen(engine, "begin", on_begin)
+    engine.dispose()   # (the connections Optuna opened to create the tables predate the listeners)
 
 
 def close_stores() -> None:
