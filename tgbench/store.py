@@ -282,10 +282,13 @@ BUSY_TIMEOUT_MS = 30_000
 OPEN_STORES: weakref.WeakSet = weakref.WeakSet()
 
 
-def commit_without_fsync(engine) -> None:
+def commit_without_fsync(engine, switch_to_wal: bool) -> None:
     """Make every connection of ``engine`` (an SQLite store's) keep its log ahead of the database file (WAL),
     commit without waiting for the disk (``synchronous=NORMAL``) and take the write lock when a transaction
-    begins (``BEGIN IMMEDIATE``).
+    begins (``BEGIN IMMEDIATE``). ``switch_to_wal``: put the file in WAL mode (a store this Store creates); an
+    existing store keeps its mode — one a tgbench before WAL wrote may still be in use by such a tgbench (a long
+    run from an older revision), whose deferred transactions would fail at once in WAL mode (below) — and only
+    a store already in WAL mode commits without waiting for the disk (in rollback mode that is unsafe).
 
     Why: a store writes one transaction per record field (Optuna's user attributes), hundreds per run, and SQLite's
     default rollback journal waits for several fsyncs on each: ~10-20 ms a commit on this project's machine, a
@@ -297,8 +300,8 @@ def commit_without_fsync(engine) -> None:
     a transaction) keeps the file's mode, which is just slower.
 
     ``BEGIN IMMEDIATE``: Optuna reads, then writes, in one transaction; in WAL mode a transaction that read
-    before another process committed cannot write at all ("database is locked" at once, no waiting: the tests
-    that run several workers on one store failed so), where a rollback journal made it wait. Taking the lock at
+    before another process committed cannot write at all (SQLITE_BUSY_SNAPSHOT: "database is locked" at once,
+    no waiting; SQLite's "Isolation In SQLite"), where a rollback journal made it wait. Taking the lock at
     the start makes every transaction wait its turn (``busy_timeout``) instead; pysqlite's own transaction
     handling is turned off for this (SQLAlchemy's documented recipe, "Serializable isolation / Savepoints /
     Transactional DDL" for pysqlite)."""
@@ -308,11 +311,14 @@ def commit_without_fsync(engine) -> None:
         connection.isolation_level = None   # (pysqlite's own deferred BEGIN off: on_begin says BEGIN IMMEDIATE)
         cursor = connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        try:
-            cursor.execute("PRAGMA journal_mode=WAL")
-        except sqlite3.OperationalError:   # busy: another connection holds a lock; the next connect tries again
-            pass
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        mode = cursor.execute("PRAGMA journal_mode").fetchone()[0]
+        if mode != "wal" and switch_to_wal:
+            try:
+                mode = cursor.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            except sqlite3.OperationalError:   # busy: another connection holds a lock; the next connect tries again
+                pass
+        if mode == "wal":
+            cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
     def on_begin(connection) -> None:
@@ -341,6 +347,7 @@ class Store:
                  heartbeat_interval: int | None = None, grace_period: int | None = None):
         self.url = refuse_in_memory(resolve_url(url))
         refuse_foreign_sqlite(self.url)
+        new_file = (path := sqlite_path(self.url)) is not None and (not path.exists() or path.stat().st_size == 0)
         if self.url.startswith("sqlite:///"):
             db_path = Path(self.url.removeprefix("sqlite:///"))
             try:
@@ -365,7 +372,7 @@ class Store:
                     continue
                 raise BadInput(f"--storage: cannot open {self.url!r}: {reason}") from None
         if sqlite_path(self.url) is not None:
-            commit_without_fsync(self.storage.engine)
+            commit_without_fsync(self.storage.engine, switch_to_wal=new_file)
         OPEN_STORES.add(self)
         # and when this Store is collected: its engine's pool sits in reference cycles that outlive it until the
         # garbage collector's next pass, and with them the open connections that keep the log apart from the file
