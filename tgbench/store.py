@@ -347,7 +347,8 @@ class Store:
                  heartbeat_interval: int | None = None, grace_period: int | None = None):
         self.url = refuse_in_memory(resolve_url(url))
         refuse_foreign_sqlite(self.url)
-        new_file = (path := sqlite_path(self.url)) is not None and (not path.exists() or path.stat().st_size == 0)
+        db_file = sqlite_path(self.url)
+        new_file = db_file is not None and (not db_file.exists() or db_file.stat().st_size == 0)
         if self.url.startswith("sqlite:///"):
             db_path = Path(self.url.removeprefix("sqlite:///"))
             try:
@@ -371,7 +372,7 @@ class Store:
                     time.sleep(0.5 + attempt)
                     continue
                 raise BadInput(f"--storage: cannot open {self.url!r}: {reason}") from None
-        if sqlite_path(self.url) is not None:
+        if db_file is not None:
             commit_without_fsync(self.storage.engine, switch_to_wal=new_file)
         OPEN_STORES.add(self)
         # and when this Store is collected: its engine's pool sits in reference cycles that outlive it until the

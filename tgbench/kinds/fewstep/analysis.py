@@ -105,10 +105,10 @@ def late_gains(curves: pd.DataFrame, summary: pd.DataFrame) -> dict[str, stats.M
     return {src: gain for src, gain in gains.items() if gain is not None}
 
 
-def convergence_flags(curves: pd.DataFrame, summary: pd.DataFrame) -> dict[str, bool]:
-    """Source -> whether its seed-averaged validation curve (complete cells) was still rising over the last
-    20 % of its outer iterations (``stats.still_rising``: its late gain above ``stats.RISING_TOLERANCE``)."""
-    return {src: gain.mean > stats.RISING_TOLERANCE for src, gain in late_gains(curves, summary).items()}
+def convergence_flags(gains: dict[str, stats.MeanCI]) -> dict[str, bool]:
+    """Source -> whether it was still rising over the last 20 % of its outer iterations, from its
+    :func:`late_gains` (``stats.still_rising``'s rule: a late gain above ``stats.RISING_TOLERANCE``)."""
+    return {src: gain.mean > stats.RISING_TOLERANCE for src, gain in gains.items()}
 
 
 def ceiling_of(ceiling: pd.DataFrame | None, dataset: str) -> pd.DataFrame:

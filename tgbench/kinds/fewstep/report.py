@@ -234,7 +234,7 @@ def convergence_lines(curves: pd.DataFrame | None, cells: pd.DataFrame, sources:
     gains = late_gains(curves, cells) if curves is not None and not curves.empty else {}
     if not gains:
         return []
-    flags = convergence_flags(curves, cells)
+    flags = convergence_flags(gains)
     rising = [src for src in sources if flags.get(src)]
     each = "; ".join(f"{src} {fmt_ci(g.mean, g.low, g.high, PERCENT_POINTS_DIFFERENCE)} ({g.n} checks)"
                      for src in sources if (g := gains.get(src)) is not None)
