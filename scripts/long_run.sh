@@ -4,9 +4,11 @@
 #
 #   scripts/long_run.sh SUITE [PROFILE] [REVISION] [JOBS]      e.g. scripts/long_run.sh fashion_generator_size
 #   scripts/long_run.sh --status [SUITE [PROFILE]]                 (no SUITE: every run under the runs folder)
+#   scripts/long_run.sh --move-to REVISION SUITE [PROFILE]       (a stopped run's code to REVISION; see below)
 #
 # Everything lives OUTSIDE the checkout, under ${TGBENCH_RUNS:-~/runs}/SUITE-PROFILE/:
-#   code/     a clone of this repository at one revision (REVISION, default HEAD; fixed once the run exists),
+#   code/     a clone of this repository at one revision (REVISION, default HEAD; kept once the run exists,
+#             revisions.log says which and when),
 #   venv/     a virtual environment with that clone installed (pip takes torch from local disk where it can),
 #   store.db  the experiment store, artifacts/ the teachers and saved states, report/ the report, run.log.
 # Running the same command again (on this machine, after a stop, a kill or a reboot) resumes the run where its
@@ -15,7 +17,30 @@
 # lowest CPU priority (nice ${TGBENCH_NICE:-19}, for the process and its scheduling group): the machine's other
 # work (tests, CI, a session's commands) goes first and the run takes the idle cores, so it need not be stopped
 # for them (timings still need it paused: kill -STOP / -CONT -PGID).
+# --move-to carries a stopped run on at another revision, for a fix that changes no number of it (a bug in how
+# it resumes, say): every record in the store names the revision that wrote it (the report lists them all), a
+# tuning study refuses to go on under another configuration hash, and a saved state that no longer fits its
+# cell is ignored (that cell starts again), so a move that did change the experiment shows rather than mixes.
 set -euo pipefail
+
+if [ "${1:-}" = "--move-to" ]; then
+    revision=${2:?usage: scripts/long_run.sh --move-to REVISION SUITE [PROFILE]}
+    root="${TGBENCH_RUNS:-$HOME/runs}/${3:?usage: scripts/long_run.sh --move-to REVISION SUITE [PROFILE]}-${4:-cpu}"
+    [ -d "$root/code" ] || { echo "long_run.sh: no run at $root" >&2; exit 2; }
+    if [ -f "$root/pid" ] && kill -0 "$(cat "$root/pid")" 2>/dev/null; then
+        echo "long_run.sh: $root is running (pid $(cat "$root/pid")): stop it first (kill -TERM -$(cat "$root/pid"))" >&2
+        exit 2
+    fi
+    repo="$(cd "$(dirname "$0")/.." && pwd)"
+    sha="$(git -C "$repo" rev-parse "$revision")"
+    old="$(git -C "$root/code" rev-parse HEAD)"
+    git -C "$root/code" fetch -q "$repo" "$sha"
+    git -C "$root/code" checkout -q --detach "$sha"
+    "$root/venv/bin/pip" install -q -e "$root/code"     # (its dependencies may have changed)
+    echo "$(date -u +%FT%TZ) moved from $old to $sha" >> "$root/revisions.log"
+    echo "$(basename "$root"): code moved from ${old:0:7} to ${sha:0:7}; resume it with: $0 $3 ${4:-cpu}"
+    exit 0
+fi
 
 if [ "${1:-}" = "--status" ] && [ -z "${2:-}" ]; then
     # every run under the runs folder, one after another
@@ -31,6 +56,7 @@ if [ "${1:-}" = "--status" ]; then
     root="${TGBENCH_RUNS:-$HOME/runs}/$2-${3:-cpu}"
     if [ -f "$root/pid" ] && kill -0 "$(cat "$root/pid")" 2>/dev/null; then echo "running (pid $(cat "$root/pid"))"
     else echo "not running"; fi
+    [ -f "$root/revisions.log" ] && cat "$root/revisions.log"
     [ -f "$root/run.log" ] && tail -n 5 "$root/run.log"
     # how far each unfinished cell got: its last saved state (every outer.save_every iterations)
     if [ -x "$root/venv/bin/python" ] && [ -d "$root/artifacts/saved_states" ]; then
@@ -66,6 +92,7 @@ if [ ! -d "$root/code" ]; then
     sha="$(git -C "$repo" rev-parse "$revision")"
     git clone -q --no-local "$repo" "$root/code"
     git -C "$root/code" checkout -q --detach "$sha"
+    echo "$(date -u +%FT%TZ) started at $sha" >> "$root/revisions.log"
 fi
 if [ ! -x "$root/venv/bin/tgbench" ]; then
     python3 -m venv "$root/venv"

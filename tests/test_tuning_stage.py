@@ -261,6 +261,45 @@ def test_a_study_killed_mid_trial_resumes_that_trial_and_samples_nothing_twice(t
     assert not list((store.artifacts_dir / "saved_states").rglob("*.pt"))
 
 
+def test_a_rerun_killed_again_is_run_again_not_replaced_by_a_fresh_sample(tmp_path, single_thread, monkeypatch,
+                                                                         capsys):
+    """A trial killed, then killed again in its re-run, is re-run a second time from its latest saved state with
+    its own values, seed and first-trial mark. (The settled run's GTN lost its official-values trial this way:
+    killed at iteration ~550 and again at ~1,000 of 2,000, the next start sampled a fresh trial instead.)"""
+    path = _suite(tmp_path, {"trials": 2, "budget_runs": 10, "pruner": None})
+    raw = yaml.safe_load(path.read_text())
+    raw["outer"]["save_every"] = 1
+    path.write_text(yaml.safe_dump(raw))
+    suite = load_suite(path, "smoke")
+    dataset = load_dataset("mnist-5k", seed=0)
+    store = Store(f"sqlite:///{tmp_path}/t.db")
+    step, kills = engine.MetaTrainer.step, [3, 5]   # the outer iterations after which the two kills come
+
+    def step_then_ctrl_c(self):
+        if kills and self.iteration == kills[0]:
+            kills.pop(0)
+            raise KeyboardInterrupt
+        return step(self)
+
+    monkeypatch.setattr(engine.MetaTrainer, "step", step_then_ctrl_c)
+    for _ in range(2):
+        with pytest.raises(KeyboardInterrupt):
+            tuning.tune_stage(store, suite, "smoke", dataset, log=lambda *a, **k: None)
+    killed = _trials(store, suite, suite.sources[0])
+    assert [t.state for t in killed] == [TrialState.FAIL, TrialState.FAIL]
+    assert killed[1].user_attrs[tuning.RETRY_OF] == 0 and sorted(killed[1].intermediate_values) == [2, 4]
+    capsys.readouterr()
+    tuning.tune_stage(store, suite, "smoke", dataset, log=lambda *a, **k: None)
+    assert "resuming tiny_full@smoke/tuning/real trial 0 from iteration 5" in capsys.readouterr().err
+    after = _trials(store, suite, suite.sources[0])
+    rerun = after[2]
+    assert rerun.state == TrialState.COMPLETE and rerun.params == killed[0].params
+    assert rerun.user_attrs[tuning.RETRY_OF] == 0 and tuning.AS_WRITTEN in rerun.user_attrs
+    assert sorted(rerun.intermediate_values) == [2, 4, 6] and rerun.user_attrs["outer_iterations"] == HORIZON
+    assert [tuning.trial_slot(t) for t in after] == [0, 0, 0, 3]   # then one fresh sample: 2 trials finished
+    assert [t.state for t in after[2:]] == [TrialState.COMPLETE, TrialState.COMPLETE]
+
+
 # ------------------------------------------------------------------------------------------ the report
 def test_the_tuning_section_shows_budget_flatness_pruned_and_every_trial(full_stage):
     tmp, suite, store, _ = full_stage

@@ -122,17 +122,18 @@ def trial_slot(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
 
 
 def _rerun_killed(study: optuna.Study) -> None:
-    """Enqueue, with the same values, every failed trial that no later trial re-runs: a killed run is finished,
-    not replaced by a fresh sample (so no point of the search is drawn and then lost), and continues from the
-    state it saved, under its own seed (``study_objective``)."""
-    trials = study.get_trials(deepcopy=False)
-    rerun = {trial_slot(t) for t in trials if RETRY_OF in t.user_attrs}
-    for t in trials:
-        if t.state == TrialState.FAIL and trial_slot(t) not in rerun and t.params:
-            attrs = {RETRY_OF: trial_slot(t), **({AS_WRITTEN: t.user_attrs[AS_WRITTEN]} if AS_WRITTEN in t.user_attrs
-                                                 else {})}
+    """Enqueue, with the same values, every slot (``trial_slot``) whose latest trial failed: a killed run is
+    finished, not replaced by a fresh sample (so no point of the search is drawn and then lost), and continues
+    from the state it saved, under its own seed (``study_objective``) — however many times it is killed, its
+    re-runs included (a slot whose latest trial is waiting, running or finished needs nothing)."""
+    latest: dict[int, optuna.trial.FrozenTrial] = {}
+    for t in study.get_trials(deepcopy=False):   # in trial-number order: the last one of a slot stays
+        latest[trial_slot(t)] = t
+    for slot, t in latest.items():
+        if t.state == TrialState.FAIL and t.params:
+            attrs = {RETRY_OF: slot, **({AS_WRITTEN: t.user_attrs[AS_WRITTEN]} if AS_WRITTEN in t.user_attrs
+                                        else {})}
             study.enqueue_trial(t.params, user_attrs=attrs)
-            rerun.add(trial_slot(t))
 
 
 class LostClaim(RuntimeError):
