@@ -52,14 +52,14 @@ def _pyproject() -> dict:
 
 
 def _source_packages() -> dict[str, Path]:
-    """Every package of the source tree (a folder with an ``__init__.py`` under tgbench/ or methods/) by the
-    name it installs as (methods/ installs as tgbench.methods)."""
+    """Every package of the source tree (every folder under tgbench/ or methods/: one with an ``__init__.py``, or
+    one of data such as tgbench/suites/) by the name it installs as (methods/ installs as tgbench.methods)."""
     found = {}
     for top, name in (("tgbench", "tgbench"), ("methods", "tgbench.methods")):
-        for init in sorted((REPO / top).rglob("__init__.py")):
-            rel = init.parent.relative_to(REPO / top)
+        for folder in sorted({REPO / top, *(p for p in (REPO / top).rglob("*") if p.is_dir())}):
+            rel = folder.relative_to(REPO / top)
             if "__pycache__" not in rel.parts:
-                found[".".join([name, *rel.parts])] = init.parent
+                found[".".join([name, *rel.parts])] = folder
     return found
 
 
@@ -170,8 +170,10 @@ def wheel(tmp_path_factory) -> Path:
     # package); a venv that Python 3.11 made still has setuptools 65 without `wheel`: then pip builds it in
     # isolation, fetching setuptools from the package index as any `pip install .` does
     isolation = [] if _setuptools_builds_wheels() else ["--use-pep517"]
-    _run([*_pip(Path(sys.executable)), "wheel", "--no-deps", *(isolation or ["--no-build-isolation"]),
-          "-w", tmp / "dist", src], tmp, _clean_env())
+    build = _run([*_pip(Path(sys.executable)), "wheel", "--no-deps", "--verbose",
+                  *(isolation or ["--no-build-isolation"]), "-w", tmp / "dist", src], tmp, _clean_env())
+    # setuptools warns of a data folder missing from the package list, and of other loose ends, this way
+    assert "would be ignored" not in build.stdout + build.stderr, (build.stdout + build.stderr)[-3000:]
     wheels = list((tmp / "dist").glob("tgbench-*.whl"))
     assert len(wheels) == 1, wheels
     return wheels[0]
