@@ -210,19 +210,23 @@ def test_a_plain_sgd_arm_gets_the_trial_cap_not_the_budget(tmp_path):
     assert real.pruner._min_resource == EVERY and real.pruner._reduction_factor == 3
 
 
+def _stage_saving_every_iteration(tmp: Path, trials: int) -> tuple:
+    """(suite, dataset, store) of a stage of ``trials`` trials, no pruner, whose trials save their state at every
+    outer iteration (so a kill anywhere leaves one to resume)."""
+    path = _suite(tmp, {"trials": trials, "budget_runs": 10, "pruner": None})
+    raw = yaml.safe_load(path.read_text())
+    raw["outer"]["save_every"] = 1
+    path.write_text(yaml.safe_dump(raw))
+    return load_suite(path, "smoke"), load_dataset("mnist-5k", seed=0), Store(f"sqlite:///{tmp}/t.db")
+
+
 def test_a_study_killed_mid_trial_resumes_that_trial_and_samples_nothing_twice(tmp_path, single_thread,
                                                                                monkeypatch, capsys):
     """Ctrl-C in the third trial's fourth outer iteration, then the same stage again: the finished trials are
     kept as they were, the interrupted one runs again with its own values and seed and continues from its saved
     state (``outer.save_every``) with the checkpoint it had reported replayed for the pruner, its saved state is
     removed once it finished, and no value set is sampled twice."""
-    path = _suite(tmp_path, {"trials": 4, "budget_runs": 10, "pruner": None})
-    raw = yaml.safe_load(path.read_text())
-    raw["outer"]["save_every"] = 1
-    path.write_text(yaml.safe_dump(raw))
-    suite = load_suite(path, "smoke")
-    dataset = load_dataset("mnist-5k", seed=0)
-    store = Store(f"sqlite:///{tmp_path}/t.db")
+    suite, dataset, store = _stage_saving_every_iteration(tmp_path, trials=4)
     step, seeds = engine.MetaTrainer.step, []
 
     def step_then_ctrl_c(self):
@@ -266,13 +270,7 @@ def test_a_rerun_killed_again_is_run_again_not_replaced_by_a_fresh_sample(tmp_pa
     """A trial killed, then killed again in its re-run, is re-run a second time from its latest saved state with
     its own values, seed and first-trial mark. (The settled run's GTN lost its official-values trial this way:
     killed at iteration ~550 and again at ~1,000 of 2,000, the next start sampled a fresh trial instead.)"""
-    path = _suite(tmp_path, {"trials": 2, "budget_runs": 10, "pruner": None})
-    raw = yaml.safe_load(path.read_text())
-    raw["outer"]["save_every"] = 1
-    path.write_text(yaml.safe_dump(raw))
-    suite = load_suite(path, "smoke")
-    dataset = load_dataset("mnist-5k", seed=0)
-    store = Store(f"sqlite:///{tmp_path}/t.db")
+    suite, dataset, store = _stage_saving_every_iteration(tmp_path, trials=2)
     step, kills = engine.MetaTrainer.step, [3, 5]   # the outer iterations after which the two kills come
 
     def step_then_ctrl_c(self):
