@@ -207,13 +207,14 @@ def test_a_plain_sgd_arm_gets_the_trial_cap_not_the_budget(tmp_path):
     real, sgd = (tuning.stage_spec(suite, "smoke", e, "mnist-5k") for e in suite.sources)
     assert (real.budget, real.min_trial_cost, real.settings.trials) == (3 * HORIZON, EVERY, 8)
     assert sgd.budget is None and isinstance(sgd.pruner, optuna.pruners.NopPruner)  # nothing to stop early
-    assert real.pruner._min_resource == EVERY and real.pruner._reduction_factor == 3
+    halving = real.pruner.pruner   # (inside tuning.SlotPruner)
+    assert halving._min_resource == EVERY and halving._reduction_factor == 3
 
 
-def _stage_saving_every_iteration(tmp: Path, trials: int) -> tuple:
-    """(suite, dataset, store) of a stage of ``trials`` trials, no pruner, whose trials save their state at every
-    outer iteration (so a kill anywhere leaves one to resume)."""
-    path = _suite(tmp, {"trials": trials, "budget_runs": 10, "pruner": None})
+def _stage_saving_every_iteration(tmp: Path, trials: int, pruner=None) -> tuple:
+    """(suite, dataset, store) of a stage of ``trials`` trials (no pruner, or ``pruner``'s settings; ``OMIT``: the
+    default one) whose trials save their state at every outer iteration (so a kill anywhere leaves one to resume)."""
+    path = _suite(tmp, {"trials": trials, "budget_runs": 10, "pruner": pruner})
     raw = yaml.safe_load(path.read_text())
     raw["outer"]["save_every"] = 1
     path.write_text(yaml.safe_dump(raw))
@@ -268,9 +269,11 @@ def test_a_study_killed_mid_trial_resumes_that_trial_and_samples_nothing_twice(t
 def test_a_rerun_killed_again_is_run_again_not_replaced_by_a_fresh_sample(tmp_path, single_thread, monkeypatch,
                                                                          capsys):
     """A trial killed, then killed again in its re-run, is re-run a second time from its latest saved state with
-    its own values, seed and first-trial mark. (The settled run's GTN lost its official-values trial this way:
-    killed at iteration ~550 and again at ~1,000 of 2,000, the next start sampled a fresh trial instead.)"""
-    suite, dataset, store = _stage_saving_every_iteration(tmp_path, trials=2)
+    its own values, seed and first-trial mark, and the rung it passed before the kills is passed, at the value it
+    was passed at, in every re-run. (The settled run's GTN lost its official-values trial this way: killed at
+    iteration ~550 and again at ~1,000 of 2,000, the next start sampled a fresh trial instead; with that fixed, the
+    re-run was pruned at 1,100 against its own killed runs' values.)"""
+    suite, dataset, store = _stage_saving_every_iteration(tmp_path, trials=2, pruner=OMIT)   # first rung: EVERY
     step, kills = engine.MetaTrainer.step, [3, 5]   # the outer iterations after which the two kills come
 
     def step_then_ctrl_c(self):
@@ -295,7 +298,26 @@ def test_a_rerun_killed_again_is_run_again_not_replaced_by_a_fresh_sample(tmp_pa
     assert rerun.user_attrs[tuning.RETRY_OF] == 0 and tuning.AS_WRITTEN in rerun.user_attrs
     assert sorted(rerun.intermediate_values) == [2, 4, 6] and rerun.user_attrs["outer_iterations"] == HORIZON
     assert [tuning.trial_slot(t) for t in after] == [0, 0, 0, 3]   # then one fresh sample: 2 trials finished
-    assert [t.state for t in after[2:]] == [TrialState.COMPLETE, TrialState.COMPLETE]
+    assert after[3].state in tuning.FINISHED
+    passed = killed[0].intermediate_values[EVERY]                # the first rung, passed before the first kill
+    assert [t.system_attrs["completed_rung_0"] for t in after[:3]] == [passed] * 3
+
+
+def test_the_pruner_leaves_killed_trials_out():
+    """A killed trial's rung values do not compete: its re-run stands for it (successive halving alone compares
+    with every trial that recorded a rung, failed ones included)."""
+    halving = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    study = optuna.create_study(pruner=tuning.SlotPruner(halving))
+    killed = study.ask()
+    killed.report(0.1, 1)
+    assert not killed.should_prune()             # alone at the rung: promoted, rung value 0.1 recorded
+    study.tell(killed, state=TrialState.FAIL)
+    rerun = study.ask()
+    rerun.report(0.2, 1)
+    assert not rerun.should_prune()              # (successive halving alone: 0.2 is not the best of 0.1, 0.2)
+    other = study.ask()
+    other.report(0.3, 1)
+    assert other.should_prune()                  # the pruner still prunes among the live trials
 
 
 # ------------------------------------------------------------------------------------------ the report

@@ -60,6 +60,7 @@ from tgbench.worker import WorkerEnv, set_up_worker
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 AS_WRITTEN = "as_written"   # user attribute of the trial that runs an arm's settings as written (its clipped keys)
 RETRY_OF = "retry_of"       # user attribute of a trial that re-runs a killed one: the number it re-runs
+RUNG_ATTR_PREFIX = "completed_rung_"   # the system attributes where successive halving keeps the rungs passed
 BUDGET_STOP = "stopped: the study's budget ends before its next checkpoint"   # a pruned trial's error, then
 
 
@@ -282,9 +283,17 @@ def _saved_state(store: Store, trial: optuna.Trial, values: dict, seed: int, dat
 
 
 def _replay_killed_run(trial: optuna.Trial) -> set[int]:
-    """For a re-run of a killed trial: report the checkpoints the killed run reported (its resumed run reproduces
-    them bit for bit, and never calls back for them), so the pruner compares it at the rungs it passed; returns
-    those outer iterations."""
+    """For a re-run of a killed trial: report the checkpoints the killed runs reported (its resumed run
+    reproduces them bit for bit, and never calls back for them), and carry the rungs they passed, each with the
+    value it was passed at (from the first run of the slot that reached it), so the pruner goes on at the next
+    rung as it would have without the kill; returns those outer iterations.
+
+    Why the rungs: Optuna's successive halving keeps a trial's rungs in its system attributes, not in its reported
+    values; a re-run without them started again at rung 0 and compared its latest value, at every rung it had
+    passed, with its own killed runs' values there (``SlotPruner`` now leaves failed trials out). GTN's
+    official-values trial in the settled run was pruned at iteration 1,100 of 2,000 that way: its value at 1,100
+    was a little worse than its killed run's at 900. (A kill between a checkpoint's report and its pruning
+    decision leaves that rung to the re-run's next checkpoint.)"""
     if RETRY_OF not in trial.user_attrs:
         return set()
     killed = [t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
@@ -293,7 +302,40 @@ def _replay_killed_run(trial: optuna.Trial) -> set[int]:
         return set()
     for step, value in sorted(killed[-1].intermediate_values.items()):
         trial.report(value, step)
+    rungs: dict[str, float] = {}
+    for run in killed:   # in trial-number order: the first run to pass a rung passed it at its checkpoint
+        for key, value in run.system_attrs.items():
+            if key.startswith(RUNG_ATTR_PREFIX):
+                rungs.setdefault(key, value)
+    for key, value in rungs.items():
+        trial.storage.set_trial_system_attr(trial._trial_id, key, value)
     return set(killed[-1].intermediate_values)
+
+
+class SlotPruner(optuna.pruners.BasePruner):
+    """``pruner`` deciding among the trials that were not killed: a killed trial is run again (``run_study``),
+    and its re-run (which carries the rungs it passed, ``_replay_killed_run``) stands for it. Optuna's successive
+    halving compares a trial with every trial that recorded a rung, failed ones included, so a slot killed twice
+    counted three times and its killed runs competed with its own re-run."""
+
+    def __init__(self, pruner: optuna.pruners.BasePruner) -> None:
+        self.pruner = pruner
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        return self.pruner.prune(_WithoutKilledTrials(study), trial)
+
+
+class _WithoutKilledTrials:
+    """A study as a pruner sees it, its failed (killed) trials left out; everything else is the study's."""
+
+    def __init__(self, study: optuna.Study) -> None:
+        self._study = study
+
+    def get_trials(self, deepcopy: bool = True, states=None) -> list[optuna.trial.FrozenTrial]:
+        return [t for t in self._study.get_trials(deepcopy=deepcopy, states=states) if t.state != TrialState.FAIL]
+
+    def __getattr__(self, name: str):
+        return getattr(self._study, name)
 
 
 def _kept(point: dict, scoring: Scoring) -> dict:
@@ -392,10 +434,10 @@ def stage_spec(suite: Suite, profile: str, entry: SourceEntry, dataset_resolved:
     first, notes = values_as_written(suite, entry, stage.space_for(entry))
     pruner = optuna.pruners.NopPruner()
     if stage.pruner is not None and horizon > 1:  # (a one-iteration trial has no checkpoint before its end)
-        pruner = optuna.pruners.SuccessiveHalvingPruner(
+        pruner = SlotPruner(optuna.pruners.SuccessiveHalvingPruner(
             min_resource=stage.pruner.min_resource or every, reduction_factor=stage.pruner.reduction_factor,
             min_early_stopping_rate=stage.pruner.min_early_stopping_rate,
-            bootstrap_count=stage.pruner.bootstrap_count)
+            bootstrap_count=stage.pruner.bootstrap_count))
     # an arm with one outer iteration (nothing meta-learned) is never pruned and a run costs one iteration: it
     # gets `trials` trials, as many as any arm may launch, rather than `budget_runs` of them
     budget = None if horizon == 1 else int(stage.budget_runs * horizon)
