@@ -36,7 +36,7 @@ if [ "${1:-}" = "--move-to" ]; then
     old="$(git -C "$root/code" rev-parse HEAD)"
     git -C "$root/code" fetch -q "$repo" "$sha"
     git -C "$root/code" checkout -q --detach "$sha"
-    "$root/venv/bin/pip" install -q -e "$root/code"     # (its dependencies may have changed)
+    "$root/venv/bin/pip" install -q -e "$root/code" > "$root/pip.log" 2>&1   # (its dependencies may have changed)
     echo "$(date -u +%FT%TZ) moved from $old to $sha" >> "$root/revisions.log"
     echo "$(basename "$root"): code moved from ${old:0:7} to ${sha:0:7}; resume it with: $0 $3 ${4:-cpu}"
     exit 0
