@@ -46,7 +46,10 @@ def make_ctx(steps: int = 3, batch: int = 10, classes: int = CLASSES, seed: int 
     return SourceContext(random_split(100, seed, classes=classes), steps, batch, Problem(SHAPE, classes))
 
 
-EXAMPLE_FILES = Path(tempfile.mkdtemp(prefix="tgbench-battery-"))  # what a source's example_params may write
+# what a source's example_params may write: one folder for every run, as tgbench.testing's battery uses (a new
+# mkdtemp folder at every import was left behind by every test run, one per xdist worker)
+EXAMPLE_FILES = Path(tempfile.gettempdir()) / "tgbench-battery"
+EXAMPLE_FILES.mkdir(exist_ok=True)
 
 
 def build(name: str, ctx: SourceContext, seed: int = 0, **params) -> Source:
