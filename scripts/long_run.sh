@@ -24,8 +24,9 @@
 set -euo pipefail
 
 if [ "${1:-}" = "--move-to" ]; then
-    revision=${2:?usage: scripts/long_run.sh --move-to REVISION SUITE [PROFILE]}
-    root="${TGBENCH_RUNS:-$HOME/runs}/${3:?usage: scripts/long_run.sh --move-to REVISION SUITE [PROFILE]}-${4:-cpu}"
+    [ -n "${3:-}" ] || { echo "usage: scripts/long_run.sh --move-to REVISION SUITE [PROFILE]" >&2; exit 2; }
+    revision=$2
+    root="${TGBENCH_RUNS:-$HOME/runs}/$3-${4:-cpu}"
     [ -d "$root/code" ] || { echo "long_run.sh: no run at $root" >&2; exit 2; }
     if [ -f "$root/pid" ] && kill -0 "$(cat "$root/pid")" 2>/dev/null; then
         echo "long_run.sh: $root is running (pid $(cat "$root/pid")): stop it first (kill -TERM -$(cat "$root/pid"))" >&2
